@@ -1,0 +1,248 @@
+"""The ``caloforge`` command line: a thin typer layer over the library functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from caloforge import __version__
+from caloforge.detector import (
+    CellGrid,
+    DetectorError,
+    available_detectors,
+    get_detector,
+    layer_depth_table,
+)
+from caloforge.io import ShowerFileError, open_showers
+from caloforge.observables import feature_names, observables_from_file
+
+app = typer.Typer(
+    name="caloforge",
+    help="Fast calorimeter shower simulation with generative models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+_state = {"debug": os.environ.get("CALOFORGE_DEBUG", "") not in ("", "0")}
+
+#: Exceptions that are the user's input being wrong: reported as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ShowerFileError,
+    DetectorError,
+    FileNotFoundError,
+    PermissionError,
+    ValueError,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"caloforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """caloforge: simulate, train, sample and evaluate calorimeter showers."""
+    _state["debug"] = _state["debug"] or debug
+
+
+def progress_bar() -> Progress:
+    """The progress bar used by every long command (showers done, rate, ETA)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+
+
+def _file_table(path: Path, detector: str | None) -> Table:
+    with open_showers(path, detector) as reader:
+        energy = reader.read_energy()
+        table = Table(title=str(path), show_header=False, title_justify="left")
+        table.add_row("kind", reader.kind)
+        table.add_row("showers", f"{len(reader):,}")
+        table.add_row("detector", reader.detector.name)
+        table.add_row("generator", reader.generator)
+        for key in ("seed", "physics", "particle", "format_version"):
+            if key in reader.attrs:
+                table.add_row(key, str(reader.attrs[key]))
+        if len(energy):
+            table.add_row(
+                "incident energy",
+                f"{energy.min():.2f} – {energy.max():.2f} GeV (mean {energy.mean():.2f})",
+            )
+        counts: list[np.ndarray] = []
+        for chunk in reader.iter_chunks(5000):
+            counts.append(chunk.n_points if reader.kind == "points" else (chunk.voxels > 0).sum(axis=1))
+        if counts:
+            c = np.concatenate(counts)
+            label = "points/shower" if reader.kind == "points" else "non-zero voxels/shower"
+            table.add_row(label, f"mean {c.mean():.1f}, std {c.std():.1f}, min {c.min()}, max {c.max()}")
+        if reader.kind == "points":
+            table.add_row("point slots on disk", str(reader.max_points))
+    return table
+
+
+@app.command()
+def info(
+    files: Annotated[list[Path] | None, typer.Argument(help="Shower files (HDF5) to summarise.")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(help="Detector name or .toml/.yaml file, overriding the files' own."),
+    ] = None,
+) -> None:
+    """Version, built-in detectors and a summary of shower files."""
+    console.print(f"caloforge {__version__}")
+    table = Table(title="detectors", title_justify="left")
+    for col in ("name", "layers", "readout", "channels", "threshold"):
+        table.add_column(col)
+    for name in available_detectors():
+        det = get_detector(name)
+        ro = det.readout
+        readout = (
+            f"{ro.n_cells}×{ro.n_cells} cells of {ro.cell_size_mm} mm"
+            if isinstance(ro, CellGrid)
+            else f"{ro.n_alpha} angular × {ro.n_radial} radial voxels"
+        )
+        table.add_row(name, str(det.n_layers), readout, f"{det.n_channels:,}", f"{det.threshold_mev} MeV")
+    console.print(table)
+    for path in files or []:
+        console.print(_file_table(path, detector))
+
+
+@app.command("detector")
+def detector_cmd(
+    name: Annotated[str, typer.Argument(help="Built-in detector name or a .toml/.yaml file.")],
+    save: Annotated[
+        Path | None,
+        typer.Option(help="Write the description to this YAML file (a template for your own)."),
+    ] = None,
+) -> None:
+    """Show a detector's geometry layer by layer (and optionally save it as YAML)."""
+    det = get_detector(name)
+    console.print(f"[bold]{det.name}[/bold]: {det.description}")
+    if det.source:
+        console.print(f"source: {det.source}")
+    table = Table(title="layers (depth in mm)", title_justify="left")
+    for col in ("layer", "absorber front", "active front", "active back"):
+        table.add_column(col, justify="right")
+    for row in layer_depth_table(det):
+        table.add_row(str(row[0]), *(f"{v:.3f}" for v in row[1:]))
+    console.print(table)
+    console.print(
+        f"absorber {det.absorber_material} total {sum(det.absorber_thicknesses_mm):.2f} mm; "
+        f"active {det.active_material} {det.active_thickness_mm} mm; threshold {det.threshold_mev} MeV"
+    )
+    if save is not None:
+        import yaml
+
+        from caloforge.io import atomic_write_text
+
+        atomic_write_text(save, yaml.safe_dump(det.to_dict(), sort_keys=False))
+        console.print(f"wrote {save}")
+
+
+@app.command()
+def observables(
+    file: Annotated[Path, typer.Argument(help="Shower file (HDF5, points or voxels).")],
+    detector: Annotated[
+        str | None, typer.Option(help="Detector name or file, overriding the file's own.")
+    ] = None,
+    max_showers: Annotated[int | None, typer.Option(min=1, help="Use only the first N showers.")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Showers read into memory at once.")] = 2000,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
+    ] = None,
+) -> None:
+    """Summary of the SPEC 4 observables of a shower file (projected on cells, thresholded)."""
+    with open_showers(file, detector) as reader:
+        det = reader.detector
+        total = min(len(reader), max_showers or len(reader))
+    with progress_bar() as bar:
+        task = bar.add_task("observables", total=total, rate="")
+        obs = observables_from_file(
+            file,
+            det,
+            chunk_size=chunk_size,
+            max_showers=max_showers,
+            progress=lambda k: bar.advance(task, k),
+        )
+    summary = obs.summary()
+    table = Table(title=f"{file} — {len(obs):,} showers on {det.name}", title_justify="left")
+    for col in ("observable", "mean", "std"):
+        table.add_column(col, justify="right")
+    for name, (mean, std) in summary.items():
+        table.add_row(name, f"{mean:.4g}", f"{std:.4g}")
+    hl = obs.high_level()
+    for i, name in enumerate(feature_names(det)[:-5]):
+        table.add_row(name + " [MeV]", f"{hl[:, i].mean():.4g}", f"{hl[:, i].std():.4g}")
+    console.print(table)
+    layer_max = int(np.argmax(obs.e_layer.mean(axis=0)))
+    console.print(f"longitudinal profile peaks in layer {layer_max} (0-based)")
+    if json_out is not None:
+        from caloforge.io import atomic_write_text
+
+        payload = {
+            "file": str(file),
+            "detector": det.name,
+            "n_showers": len(obs),
+            "summary": {k: {"mean": m, "std": s} for k, (m, s) in summary.items()},
+            "features": {
+                name: {"mean": float(hl[:, i].mean()), "std": float(hl[:, i].std())}
+                for i, name in enumerate(feature_names(det))
+            },
+            "mean_layer_profile_mev": obs.e_layer.mean(axis=0).tolist(),
+        }
+        atomic_write_text(json_out, json.dumps(payload, indent=2))
+        console.print(f"wrote {json_out}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning errors into one line and a non-zero exit code."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except USER_ERRORS as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Shared fixtures: small hand-built and random shower batches."""
+
+import numpy as np
+import pytest
+
+from caloforge.io import PointShowers
+
+
+def random_points(n: int, max_points: int, seed: int = 0, n_layers: int = 30) -> PointShowers:
+    """Random showers with a varying number of points, padded at the back."""
+    rng = np.random.default_rng(seed)
+    pts = np.zeros((n, max_points, 4), np.float32)
+    for i in range(n):
+        k = rng.integers(1, max_points + 1)
+        pts[i, :k, 0] = rng.normal(0, 15, k)
+        pts[i, :k, 1] = rng.normal(0, 15, k)
+        pts[i, :k, 2] = rng.integers(0, n_layers, k) + 0.5
+        pts[i, :k, 3] = rng.exponential(0.5, k) + 1e-3
+    return PointShowers(rng.uniform(10, 90, n), pts)
+
+
+@pytest.fixture
+def showers() -> PointShowers:
+    return random_points(50, 40)
