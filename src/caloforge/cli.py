@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -44,6 +45,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     PermissionError,
     ValueError,
+    FileExistsError,
 )
 
 
@@ -219,6 +221,90 @@ def observables(
         }
         atomic_write_text(json_out, json.dumps(payload, indent=2))
         console.print(f"wrote {json_out}")
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output point-cloud file (HDF5).")],
+    n: Annotated[int, typer.Option("-n", "--n-showers", min=1, help="Number of showers.")] = 100,
+    detector: Annotated[
+        str, typer.Option(help="ild-ecal, calochallenge-ds2 or a .toml/.yaml file.")
+    ] = "ild-ecal",
+    particle: Annotated[str, typer.Option(help="gamma, e- or e+.")] = "gamma",
+    energy: Annotated[
+        str | None, typer.Option(help="Incident energy in GeV: 50 (fixed) or 10:90 (uniform). Default 10:90.")
+    ] = None,
+    energy_log: Annotated[
+        str | None, typer.Option("--energy-log", help="Log-uniform incident energy range LO:HI in GeV.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same file.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one Geant4 each).")] = 1,
+    voxel_out: Annotated[
+        Path | None, typer.Option(help="Also write CaloChallenge voxels here (polar-readout detectors).")
+    ] = None,
+    physics: Annotated[
+        str, typer.Option(help="datafree (no Geant4 data sets needed) or standard (FTFP_BERT, needs data).")
+    ] = "datafree",
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted file with the same settings.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
+    from caloforge.simulate.driver import EnergySpec, SimulationConfig
+    from caloforge.simulate.driver import simulate as run_simulation
+
+    if energy is not None and energy_log is not None:
+        raise ValueError("give either --energy or --energy-log, not both")
+    spec = EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
+    det = get_detector(detector)
+    config = SimulationConfig(
+        detector=str(detector) if detector in available_detectors() else det.name,
+        particle=particle,
+        energy=spec,
+        n_showers=n,
+        seed=seed,
+        physics=physics,
+    )
+    console.print(
+        f"simulating {n} {particle} showers, {spec}, in {det.name} (seed {seed}, {workers} worker(s))"
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("geant4", total=n, rate="")
+        start = {"t": None, "done": None}
+
+        def advance(done: int, total: int) -> None:
+            now = time.perf_counter()
+            if start["t"] is None:
+                start["t"], start["done"] = now, done
+            elif now > start["t"]:
+                bar.update(task, rate=f"{(done - start['done']) / (now - start['t']):.2f} showers/s")
+            bar.update(task, completed=done)
+
+        result = run_simulation(
+            config,
+            out,
+            voxel_out=voxel_out,
+            workers=workers,
+            resume=resume,
+            overwrite=overwrite,
+            progress=advance,
+        )
+    if result.n_new == 0:
+        console.print(f"{out} already holds {result.n_done} showers: nothing to do")
+        return
+    per = result.wall_seconds / result.n_new
+    console.print(
+        f"wrote {result.n_new} showers ({result.n_done} in total) to {out}"
+        + (f" and {voxel_out}" if voxel_out else "")
+        + f" in {result.wall_seconds:.1f} s: {per * 1000:.0f} ms/shower wall; per worker "
+        f"{result.geant4_seconds / result.n_new * 1000:.0f} ms in Geant4, "
+        f"{result.ours_seconds / result.n_new * 1000:.0f} ms clustering/writing; "
+        f"{result.steps / result.n_new:.0f} steps and {result.points / result.n_new:.0f} points per shower"
+    )
+    if result.interrupted:
+        err_console.print(f"interrupted: {result.n_done} of {n} showers kept; rerun with --resume to finish")
+        raise typer.Exit(130)
 
 
 def main() -> None:

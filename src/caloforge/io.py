@@ -336,6 +336,14 @@ def read_showers(path: str | Path, start: int = 0, stop: int | None = None) -> S
         return reader.read(start, stop)
 
 
+def _publish(tmp: str | Path, path: Path) -> None:
+    """Give ``tmp`` the permissions a normally created file would have, then move it onto ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 @contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds.
@@ -354,7 +362,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
 
@@ -503,7 +511,7 @@ class ShowerWriter:
         """Close the temporary file and move it onto ``path``."""
         if not self._closed:
             self._h5.close()
-            os.replace(self._tmp, self.path)
+            _publish(self._tmp, self.path)
             self._closed = True
         return self.path
 

@@ -1,0 +1,295 @@
+"""``caloforge simulate``: Geant4 showers in worker processes, clustered and streamed to disk.
+
+Every event ``i`` of a job is fully determined by ``(seed, i)``: its incident energy comes
+from a NumPy stream seeded with ``seed`` and its Geant4 random state is derived from
+``(seed, i)`` by the engine. So the file does not depend on the number of workers, and a
+resumed job produces the same showers as an uninterrupted one.
+
+Geant4 never runs in the calling process: workers (one Geant4 each) are started with the
+``spawn`` method and terminated at the end, which also sidesteps Geant4's unreliable
+teardown at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caloforge.detector import Detector, get_detector
+from caloforge.io import PointShowers, ShowerFileError, ShowerWriter, VoxelShowers, open_showers
+from caloforge.projection import voxelise
+from caloforge.simulate.clustering import cluster_steps
+from caloforge.simulate.geometry import Geometry
+
+__all__ = ["EnergySpec", "SimulationConfig", "SimulationResult", "draw_energies", "simulate"]
+
+PARTICLES = ("gamma", "e-", "e+")
+
+
+@dataclass(frozen=True)
+class EnergySpec:
+    """Incident-energy spectrum in GeV: ``fixed`` (lo only), ``uniform`` or ``log-uniform`` in [lo, hi]."""
+
+    kind: str
+    lo: float
+    hi: float
+
+    @classmethod
+    def parse(cls, text: str, log: bool = False) -> EnergySpec:
+        """``"50"`` → fixed, ``"10:90"`` → uniform (log-uniform with ``log``).
+
+        >>> EnergySpec.parse("10:90"), EnergySpec.parse("1:100", log=True).kind
+        (EnergySpec(kind='uniform', lo=10.0, hi=90.0), 'log-uniform')
+        """
+        try:
+            parts = [float(p) for p in text.split(":")]
+        except ValueError:
+            raise ValueError(f"energy '{text}' is not a number or a range LO:HI in GeV") from None
+        if len(parts) == 1:
+            spec = cls("fixed", parts[0], parts[0])
+        elif len(parts) == 2:
+            spec = cls("log-uniform" if log else "uniform", parts[0], parts[1])
+        else:
+            raise ValueError(f"energy '{text}' must be a number or a range LO:HI in GeV")
+        if spec.lo <= 0 or spec.hi < spec.lo:
+            raise ValueError(f"energy '{text}': need 0 < LO <= HI (GeV)")
+        return spec
+
+    def __str__(self) -> str:
+        return f"{self.lo:g} GeV" if self.kind == "fixed" else f"{self.kind} {self.lo:g}-{self.hi:g} GeV"
+
+
+def draw_energies(spec: EnergySpec, n: int, seed: int) -> np.ndarray:
+    """The incident energies (GeV) of events ``0..n-1`` of a job with ``seed``."""
+    rng = np.random.default_rng([seed, 0xE1E])
+    if spec.kind == "fixed":
+        return np.full(n, spec.lo)
+    if spec.kind == "uniform":
+        return rng.uniform(spec.lo, spec.hi, n)
+    return np.exp(rng.uniform(math.log(spec.lo), math.log(spec.hi), n))
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """Everything that defines a simulated data set (recorded in the file's attributes)."""
+
+    detector: str = "ild-ecal"
+    particle: str = "gamma"
+    energy: EnergySpec = field(default_factory=lambda: EnergySpec("uniform", 10.0, 90.0))
+    n_showers: int = 100
+    seed: int = 0
+    physics: str = "datafree"
+
+    def attrs(self) -> dict[str, Any]:
+        """File attributes describing this job."""
+        return {
+            "generator": "geant4",
+            "particle": self.particle,
+            "energy_spectrum": self.energy.kind,
+            "energy_min_gev": self.energy.lo,
+            "energy_max_gev": self.energy.hi,
+            "n_requested": self.n_showers,
+            "physics": self.physics,
+            "seed": self.seed,
+        }
+
+
+@dataclass
+class SimulationResult:
+    """What a :func:`simulate` call did."""
+
+    path: Path
+    voxel_path: Path | None
+    n_done: int
+    n_new: int
+    wall_seconds: float
+    geant4_seconds: float = 0.0  # summed over workers: inside Geant4 (incl. step collection)
+    ours_seconds: float = 0.0  # summed over workers: clustering, voxelisation, copies
+    steps: int = 0
+    points: int = 0
+    interrupted: bool = False
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary."""
+        out = asdict(self)
+        out["path"] = str(self.path)
+        out["voxel_path"] = str(self.voxel_path) if self.voxel_path else None
+        return out
+
+
+# --- worker side -------------------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
+    # Ctrl-C is handled by the parent, which terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER["config"] = config
+    _WORKER["detector"] = get_detector(config.detector)
+    _WORKER["want_voxels"] = want_voxels
+
+
+def _simulate_block(block: tuple[int, np.ndarray]) -> dict[str, Any]:
+    from caloforge.simulate.geant4 import run_showers
+
+    first, energies = block
+    config: SimulationConfig = _WORKER["config"]
+    det: Detector = _WORKER["detector"]
+    t0 = time.perf_counter()
+    steps = list(
+        run_showers(
+            Geometry.from_detector(det),
+            config.particle,
+            energies,
+            seed=config.seed,
+            first_event=first,
+            physics=config.physics,
+        )
+    )
+    t1 = time.perf_counter()
+    clouds = cluster_steps(steps, det)
+    result: dict[str, Any] = {
+        "first": first,
+        "clouds": [c.astype(np.float32) for c in clouds],
+        "steps": int(sum(len(s) for s in steps)),
+    }
+    if _WORKER["want_voxels"]:
+        # Voxels come from the raw steps, not the clustered points: exact voxel energies.
+        raw = PointShowers.from_list(
+            energies, [np.column_stack([s[:, :2], s[:, 2] + 0.5, s[:, 3]]) for s in steps]
+        )
+        result["voxels"] = voxelise(raw, det).voxels
+    result["geant4_seconds"] = t1 - t0
+    result["ours_seconds"] = time.perf_counter() - t1
+    return result
+
+
+# --- parent side -------------------------------------------------------------------------
+
+
+def _check_resumable(path: Path, config: SimulationConfig, det: Detector) -> int:
+    with open_showers(path) as f:
+        attrs = f.attrs
+        n = len(f)
+    expected = config.attrs() | {"detector": det.name}
+    for key, value in expected.items():
+        have = attrs.get(key)
+        same = math.isclose(float(have), float(value)) if isinstance(value, float) else have == value
+        if key != "n_requested" and not same:
+            raise ShowerFileError(
+                f"cannot resume '{path}': it was made with {key}={have!r}, this job has {key}={value!r}"
+            )
+    return n
+
+
+def _blocks(energies: np.ndarray, start: int, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    for lo in range(start, len(energies), block_size):
+        yield lo, energies[lo : lo + block_size]
+
+
+def simulate(
+    config: SimulationConfig,
+    out: str | Path,
+    *,
+    voxel_out: str | Path | None = None,
+    workers: int = 1,
+    resume: bool = False,
+    overwrite: bool = False,
+    block_size: int = 10,
+    progress: Callable[[int, int], None] | None = None,
+) -> SimulationResult:
+    """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``.
+
+    ``progress(done, total)`` is called after every block. Ctrl-C (or SIGTERM) stops the job
+    and leaves valid files holding the showers done so far; ``resume=True`` continues them.
+    """
+    det = get_detector(config.detector)
+    if config.particle not in PARTICLES:
+        raise ValueError(f"particle '{config.particle}' is not one of {', '.join(PARTICLES)}")
+    if config.n_showers < 1:
+        raise ValueError("the number of showers must be at least 1")
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    if voxel_out is not None and not hasattr(det.readout, "n_alpha"):
+        raise ValueError(f"detector '{det.name}' has a cell readout: voxel files need a polar one")
+    paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
+    done = 0
+    if resume:
+        existing = [_check_resumable(p, config, det) if p.exists() else 0 for p in paths]
+        if len(set(existing)) != 1:
+            counts = ", ".join(f"'{p}' has {k}" for p, k in zip(paths, existing, strict=True))
+            raise ShowerFileError(f"cannot resume: the outputs differ ({counts} showers); remove one")
+        done = existing[0]
+    else:
+        for p in paths:
+            if p.exists() and not overwrite:
+                raise FileExistsError(
+                    f"'{p}' exists: pass --resume to continue it or --overwrite to replace it"
+                )
+    energies = draw_energies(config.energy, config.n_showers, config.seed)
+    result = SimulationResult(paths[0], paths[1] if len(paths) > 1 else None, done, 0, 0.0)
+    if done >= config.n_showers:
+        return result
+    attrs = config.attrs() | {"detector_description": det.description}
+    writers = [
+        ShowerWriter(
+            p,
+            kind,
+            det,
+            generator="geant4",
+            seed=config.seed,
+            attrs=attrs,
+            append=resume and p.exists(),
+            keep_on_interrupt=True,
+        )
+        for p, kind in zip(paths, ["points", "voxels"], strict=False)
+    ]
+    ctx = mp.get_context("spawn")
+    t0 = time.perf_counter()
+    # Explicit handlers: a job started in the background may have inherited SIGINT ignored.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(config, voxel_out is not None))
+    try:
+        for block in pool.imap(_simulate_block, _blocks(energies, done, block_size)):
+            n_block = len(block["clouds"])
+            block_energy = energies[block["first"] : block["first"] + n_block]
+            writers[0].write(PointShowers.from_list(block_energy, block["clouds"]))
+            if len(writers) > 1:
+                writers[1].write(VoxelShowers(block_energy, block["voxels"]))
+            result.n_new += n_block
+            result.steps += block["steps"]
+            result.points += int(sum(len(c) for c in block["clouds"]))
+            result.geant4_seconds += block["geant4_seconds"]
+            result.ours_seconds += block["ours_seconds"]
+            if progress is not None:
+                progress(done + result.n_new, config.n_showers)
+    except KeyboardInterrupt:
+        result.interrupted = True
+    except BaseException:
+        pool.terminate()
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    pool.terminate()
+    result.wall_seconds = time.perf_counter() - t0
+    for w in writers:
+        w.commit()
+    result.n_done = done + result.n_new
+    return result
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
