@@ -36,5 +36,12 @@ format: setup
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
+# The full ILD photon training and test sets (cached outside the repository; resumable).
+DATA ?= $(HOME)/.cache/caloforge/data
+data: setup
+	mkdir -p $(DATA)
+	$(BIN)/caloforge simulate -n 20000 --energy 10:90 --seed 1 --workers 2 --resume --out $(DATA)/ild_gamma_train.h5
+	$(BIN)/caloforge simulate -n 10000 --energy 10:90 --seed 2 --workers 2 --resume --out $(DATA)/ild_gamma_test.h5
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,25 @@
+"""The shipped Geant4 reference sample is what its README says it is."""
+
+import numpy as np
+import pytest
+
+from caloforge import asset_path
+from caloforge.io import open_showers
+from caloforge.observables import observables_from_file
+
+
+def test_reference_sample():
+    with open_showers(asset_path()) as f:
+        assert len(f) == 200 and f.kind == "points" and f.detector.name == "ild-ecal"
+        assert f.generator == "geant4" and f.attrs["seed"] == 42 and f.attrs["particle"] == "gamma"
+        energy = f.read_energy()
+    assert 10 <= energy.min() and energy.max() <= 90
+    obs = observables_from_file(asset_path())
+    assert 0.025 < obs.e_ratio.mean() < 0.033
+    assert 12 < obs.cog[:, 2].mean() < 16
+    assert np.all(obs.lost_mev == 0)
+
+
+def test_unknown_asset():
+    with pytest.raises(FileNotFoundError, match="no asset named"):
+        asset_path("nope.h5")
