@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caloforge.detector import Detector, get_detector
+from caloforge.detector import CellGrid, Detector, get_detector
 from caloforge.io import PointShowers, VoxelShowers, open_showers
 from caloforge.projection import Hits, apply_threshold, to_hits
 
@@ -33,10 +33,20 @@ __all__ = [
     "feature_names",
     "observables_from_file",
     "quantile_edges",
+    "radial_profile_edges",
 ]
 
-#: Width (mm) of the bins of the fine radial profile.
-RADIAL_PROFILE_STEP_MM = 2.5
+
+def radial_profile_edges(detector: Detector) -> np.ndarray:
+    """Ring edges (mm) of the radial profile: one cell wide for cells, the voxel rings for voxels.
+
+    Hit radii are taken at cell centres, so rings narrower than a cell would leave some empty.
+    """
+    if isinstance(detector.readout, CellGrid):
+        step = detector.readout.cell_size_mm
+        extent = max(detector.readout.half_extent_mm * np.sqrt(2), detector.radial_edges_mm[-1])
+        return np.arange(0.0, extent + step, step)
+    return np.asarray(detector.readout.radial_edges_mm, np.float64)
 
 
 @dataclass
@@ -55,7 +65,7 @@ class ShowerObservables:
     e_radial: np.ndarray  # (N, n_radial)
     e_layer: np.ndarray  # (N, n_layers) longitudinal profile
     hits_layer: np.ndarray  # (N, n_layers) hits per layer
-    radial_profile: np.ndarray  # (N, n_fine) energy per RADIAL_PROFILE_STEP_MM ring
+    radial_profile: np.ndarray  # (N, n_rings) energy per ring of radial_profile_edges()
     lost_mev: np.ndarray  # (N,) energy outside the readout
     cell_energy: np.ndarray  # (M,) MeV
     cell_offsets: np.ndarray  # (N + 1,)
@@ -163,8 +173,6 @@ def observables_from_hits(hits: Hits, energy: np.ndarray, detector: Detector) ->
     n_layers = detector.n_layers
     e_layer = np.bincount(s * n_layers + hits.layer, weights=e, minlength=n * n_layers)
     hits_layer = np.bincount(s * n_layers + hits.layer, minlength=n * n_layers)
-    extent = max(detector.readout.half_extent_mm * np.sqrt(2), detector.radial_edges_mm[-1])
-    fine_edges = np.arange(0.0, extent + RADIAL_PROFILE_STEP_MM, RADIAL_PROFILE_STEP_MM)
     return ShowerObservables(
         energy=np.asarray(energy, np.float64),
         n_hits=n_hits,
@@ -174,7 +182,7 @@ def observables_from_hits(hits: Hits, energy: np.ndarray, detector: Detector) ->
         e_radial=_binned_sum(n, s, radius, np.asarray(detector.radial_edges_mm), e),
         e_layer=e_layer.reshape(n, n_layers),
         hits_layer=hits_layer.reshape(n, n_layers),
-        radial_profile=_binned_sum(n, s, radius, fine_edges, e),
+        radial_profile=_binned_sum(n, s, radius, radial_profile_edges(detector), e),
         lost_mev=np.asarray(hits.lost_mev, np.float64),
         cell_energy=e.astype(np.float32),
         cell_offsets=np.concatenate([[0], np.cumsum(n_hits)]),
