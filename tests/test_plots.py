@@ -54,7 +54,7 @@ def test_distribution_figures_have_labels_and_ratio(samples, func, xlabels, ylab
     assert isinstance(fig, Figure)
     xs, ys = _labels(fig)
     assert xs == xlabels
-    assert ylabel in ys and "/ Geant4" in ys  # the ratio panel
+    assert ylabel in ys and "ratio to ref." in ys  # the ratio panel
     assert {"Geant4", "CaloClouds II", "CM"} <= _legend_texts(fig)
 
 

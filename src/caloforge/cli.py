@@ -23,6 +23,7 @@ from caloforge.detector import (
     get_detector,
     layer_depth_table,
 )
+from caloforge.evaluate import EvaluationError
 from caloforge.io import ShowerFileError, open_showers
 from caloforge.observables import feature_names, observables_from_file
 
@@ -42,6 +43,7 @@ _state = {"debug": os.environ.get("CALOFORGE_DEBUG", "") not in ("", "0")}
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ShowerFileError,
     DetectorError,
+    EvaluationError,
     FileNotFoundError,
     PermissionError,
     ValueError,
@@ -305,6 +307,71 @@ def simulate(
     if result.interrupted:
         err_console.print(f"interrupted: {result.n_done} of {n} showers kept; rerun with --resume to finish")
         raise typer.Exit(130)
+
+
+@app.command()
+def evaluate(
+    reference: Annotated[Path, typer.Argument(help="Reference shower file (normally Geant4).")],
+    candidates: Annotated[list[Path], typer.Argument(help="One or more candidate shower files.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, metrics.json, plots/.")],
+    draws: Annotated[int, typer.Option(min=1, help="W1 draws (mean ± std over draws).")] = 10,
+    draw_size: Annotated[
+        int | None, typer.Option(min=1, help="Showers per W1 draw (default: 50k or what the data allow).")
+    ] = None,
+    splits: Annotated[int, typer.Option(min=1, max=10, help="Classifier train/validation/test splits.")] = 10,
+    epochs: Annotated[int, typer.Option(min=1, help="Classifier training epochs.")] = 10,
+    low_level: Annotated[
+        bool, typer.Option(help="Also train the low-level (per-voxel) classifier on voxel data.")
+    ] = False,
+    plots: Annotated[bool, typer.Option(help="Write the figures (PNG and PDF).")] = True,
+    max_showers: Annotated[
+        int | None, typer.Option(min=1, help="Use only the first N showers of each file.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws and the classifier.")] = 0,
+) -> None:
+    """Compare candidates with a reference: W1 and its floor, classifier AUC, CaloChallenge metrics, plots."""
+    from caloforge.evaluate import EvaluationConfig
+    from caloforge.evaluate import evaluate as run_evaluation
+
+    config = EvaluationConfig(
+        n_draws=draws,
+        draw_size=draw_size,
+        classifier_splits=splits,
+        classifier_epochs=epochs,
+        low_level=low_level,
+        plots=plots,
+        max_showers=max_showers,
+        seed=seed,
+    )
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total, rate="")
+            bar.update(tasks[stage], completed=done)
+
+        result = run_evaluation(reference, candidates, out, config, progress=progress)
+    names = result["w1_observables"]
+    table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
+    table.add_column("observable")
+    table.add_column("floor", justify="right")
+    for c in result["candidates"]:
+        table.add_column(c["label"], justify="right")
+
+    def fmt(pair: list[float]) -> str:
+        return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+
+    for k in names:
+        table.add_row(k, fmt(result["w1_floor"][k]), *(fmt(c["w1"][k]) for c in result["candidates"]))
+    console.print(table)
+    for c in result["candidates"]:
+        if c["classifier_auc"] is not None:
+            auc, std = c["classifier_auc"]
+            console.print(f"classifier AUC {c['label']}: {auc:.3f} ± {std:.3f}")
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    console.print(f"report: {out / 'report.md'}")
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ def _draw_ratio(
         rax.stairs(ratio, edges, color=colours[name], lw=1.2)
         _band(rax, edges, ratio - ratio_err, ratio + ratio_err, colours[name], 0.25)
     rax.set_ylim(*_RATIO_LIMITS)
-    rax.set_ylabel(f"/ {reference_label}", fontsize=8)
+    rax.set_ylabel("ratio to ref.", fontsize=8)
 
 
 def _draw_curves(
