@@ -103,6 +103,10 @@ def test_errors(files, tmp_path):
     write_showers(narrow, PointShowers(showers.energy + 100, showers.points))
     with pytest.raises(EvaluationError, match="same spectrum"):
         evaluate(files["ref"], [narrow], tmp_path / "o2", FAST)
+    empty = tmp_path / "empty.h5"
+    write_showers(empty, PointShowers(np.zeros(0), np.zeros((0, 1, 4))))
+    with pytest.raises(EvaluationError, match="holds no showers"):
+        evaluate(files["ref"], [empty], tmp_path / "o4", FAST)
     with pytest.raises(EvaluationError, match="at least one candidate"):
         evaluate(files["ref"], [], tmp_path / "o3", FAST)
 

@@ -183,3 +183,13 @@ def test_writer_rejects_wrong_kind(tmp_path, showers):
     ):
         w.write(showers)
     assert not (tmp_path / "v.h5").exists()
+
+
+def test_empty_files_have_datasets(tmp_path):
+    write_showers(tmp_path / "p.h5", PointShowers(np.zeros(0), np.zeros((0, 1, 4))))
+    write_showers(
+        tmp_path / "v.h5", VoxelShowers(np.zeros(0), np.zeros((0, 6480))), detector="calochallenge-ds2"
+    )
+    for name in ("p.h5", "v.h5"):
+        with open_showers(tmp_path / name) as f:
+            assert len(f) == 0 and list(f.iter_chunks(10)) == []

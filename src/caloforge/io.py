@@ -510,6 +510,14 @@ class ShowerWriter:
     def commit(self) -> Path:
         """Close the temporary file and move it onto ``path``."""
         if not self._closed:
+            if self.n_written == 0:
+                # An empty file still has the datasets, so readers see "0 showers", not "no data".
+                if self.kind == "points":
+                    self._append("events", np.zeros((0, 4, 1)), (None, 4, None))
+                    self._append("energy", np.zeros((0, 1)), (None, 1))
+                else:
+                    self._append("showers", np.zeros((0, self.detector.n_channels)), (None, None))
+                    self._append("incident_energies", np.zeros((0, 1)), (None, 1))
             self._h5.close()
             _publish(self._tmp, self.path)
             self._closed = True
