@@ -1,0 +1,794 @@
+"""CaloClouds II (arXiv:2309.05704): configuration, training, checkpoints and generation.
+
+The model has two generative parts and a calibration step (SPEC 6.1):
+
+* the :class:`~caloforge.models.showerflow.ShowerFlow` samples per-shower summaries
+  (number of points, visible energy, per-layer counts and energies, centre of gravity)
+  given the incident energy;
+* the :class:`~caloforge.models.pointwise.PointWiseNet`, trained as an EDM denoiser,
+  samples that many points independently given (incident energy, number of points);
+* :mod:`caloforge.calibrate` makes the points agree with the summaries.
+
+:func:`train` streams a shower file once (per-shower summaries of every shower, a random
+subset of ``cache_points`` points per shower kept in memory), then trains both parts in one
+interleaved loop — the flow gets ``flow_steps`` of the ``steps`` iterations, spread evenly —
+so a run stopped early by ``max_minutes`` leaves both parts equally far along. Checkpoints
+(``out_dir/checkpoint.pt``) are written atomically every ``checkpoint_minutes``, at the end,
+and on Ctrl-C; ``resume=True`` continues bit for bit. :func:`generate` turns incident
+energies into :class:`~caloforge.io.PointShowers` ready for :class:`~caloforge.io.ShowerWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from caloforge import __version__
+from caloforge.calibrate import NPointsCalibration, calibrate_points, count_hits
+from caloforge.detector import Detector, DetectorError, detector_from_dict
+from caloforge.io import PointShowers, atomic_output, open_showers
+from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
+from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
+from caloforge.models.showerflow import (
+    ShowerFlow,
+    ShowerStats,
+    largest_remainder,
+    layer_energies,
+    shower_stats,
+)
+from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "PRESETS",
+    "CaloClouds2",
+    "CaloClouds2Config",
+    "CheckpointError",
+    "GenerationError",
+    "TrainResult",
+    "generate",
+    "load_model",
+    "train",
+]
+
+CHECKPOINT_FORMAT = "caloforge-caloclouds2"
+#: Bumped whenever the checkpoint layout changes; older/newer versions are refused.
+CHECKPOINT_VERSION = 1
+
+Progress = Callable[[str, int, int], None]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, of another format or version, or does not fit the run."""
+
+
+class GenerationError(ValueError):
+    """Showers cannot be generated as asked (e.g. incident energies outside the trained range)."""
+
+
+@dataclass(frozen=True)
+class CaloClouds2Config:
+    """Everything that defines a CaloClouds II training run; presets in :data:`PRESETS`.
+
+    >>> CaloClouds2Config.from_preset("cpu", steps=10).steps
+    10
+    """
+
+    name: str = "cpu"
+    # Data: showers used (None: all) and points per shower kept in memory for the PointWise Net.
+    max_showers: int | None = None
+    cache_points: int = 1024
+    chunk_size: int = 250
+    # Shower Flow (zuko neural spline flow).
+    flow_hidden: tuple[int, ...] = (128, 128)
+    flow_transforms: int = 6
+    flow_bins: int = 8
+    flow_passes: int | None = 2  # coupling layers; None: fully autoregressive (slow to sample)
+    flow_steps: int = 3000
+    flow_batch_size: int = 256
+    flow_lr: float = 1e-3
+    # PointWise Net trained with the EDM loss; `steps` is the length of the whole loop.
+    net_widths: tuple[int, ...] = CPU_WIDTHS
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    steps: int = 20000
+    batch_size: int = 64
+    points_per_shower: int = 256
+    lr: float = 5e-4
+    grad_clip: float = 10.0
+    ema_max_decay: float = 0.9999
+    # Calibration of the number of points: model showers generated after training.
+    calibration_showers: int = 256
+    calibration_sampler_steps: int = 13
+    calibration_refinements: int = 1
+    # Bookkeeping.
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    log_every: int = 100
+
+    def __post_init__(self) -> None:
+        for name in ("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field '{name}' must be at least 1, got {getattr(self, name)}")
+        if self.points_per_shower < 1 or self.flow_batch_size < 1 or self.flow_steps < 0:
+            raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
+        if len(self.net_widths) < 2 or self.net_widths[0] != 4 or self.net_widths[-1] != 4:
+            raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {self.net_widths}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> CaloClouds2Config:
+        """The preset ``name`` (``cpu`` or ``paper``) with some fields replaced."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown CaloClouds II preset '{name}': use one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able mapping (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaloClouds2Config:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown CaloClouds II config field(s): {', '.join(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+PRESETS: dict[str, CaloClouds2Config] = {
+    # About half an hour on one CPU core for a 20k-shower file (see the module docstring of
+    # the report in the repository for measured step times).
+    "cpu": CaloClouds2Config(),
+    # The published sizes: PointWise Net 4-128-256-512-256-128-4 (≈ 505k parameters), RAdam
+    # lr 1e-4, batch 128 whole showers, 2M iterations; a large Shower Flow. GPU territory.
+    "paper": CaloClouds2Config(
+        name="paper",
+        cache_points=6000,
+        flow_hidden=(512, 512, 512),
+        flow_transforms=10,
+        flow_steps=100_000,
+        flow_batch_size=2048,
+        flow_lr=5e-4,
+        net_widths=PAPER_WIDTHS,
+        steps=2_000_000,
+        batch_size=128,
+        points_per_shower=6000,
+        lr=1e-4,
+        calibration_showers=2000,
+        log_every=1000,
+    ),
+    # Seconds: checks that the whole pipeline runs (tests, first try of a new data file).
+    # Its showers are not meant to be good.
+    "smoke": CaloClouds2Config(
+        name="smoke",
+        cache_points=64,
+        chunk_size=50,
+        flow_hidden=(32,),
+        flow_transforms=2,
+        flow_steps=40,
+        flow_batch_size=32,
+        net_widths=(4, 32, 32, 4),
+        steps=40,
+        batch_size=8,
+        points_per_shower=64,
+        calibration_showers=16,
+        calibration_sampler_steps=4,
+        log_every=10,
+    ),
+}
+
+
+class CaloClouds2(nn.Module):
+    """A trained (or training) CaloClouds II: Shower Flow, PointWise Net (EMA weights), point
+    scaler and calibration, plus what it was trained on.
+
+    ``energy_range`` (GeV) is the span of incident energies in the training data;
+    ``max_points`` the largest shower in it (the flow's cap and the net's ``N`` scale).
+    """
+
+    def __init__(
+        self,
+        config: CaloClouds2Config,
+        detector: Detector,
+        max_points: int,
+        energy_range: tuple[float, float],
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.detector = detector
+        self.max_points = int(max_points)
+        self.energy_range = (float(energy_range[0]), float(energy_range[1]))
+        self.complete = False
+        self.flow = ShowerFlow(
+            n_layers=detector.n_layers,
+            hidden=config.flow_hidden,
+            transforms=config.flow_transforms,
+            bins=config.flow_bins,
+            passes=config.flow_passes,
+            max_points=self.max_points,
+        )
+        self.net = PointWiseNet(
+            config.net_widths, energy_scale_gev=max(100.0, self.energy_range[1]), n_scale=self.max_points
+        )
+        self.scaler = PointScaler(target_std=config.sigma_data, half_size_mm=detector.half_size_mm)
+        self.calibration = NPointsCalibration.identity(self.max_points)
+
+    @property
+    def denoiser(self) -> EDMDenoiser:
+        """The PointWise Net with EDM preconditioning: ``D(x, sigma, energy=, n_points=)``."""
+        return EDMDenoiser(self.net, self.config.sigma_data)
+
+    def n_parameters(self) -> dict[str, int]:
+        """Trainable parameters of the flow and of the PointWise Net."""
+        return {
+            "shower_flow": sum(p.numel() for p in self.flow.parameters()),
+            "pointwise_net": sum(p.numel() for p in self.net.parameters()),
+        }
+
+    def metadata(self) -> dict[str, Any]:
+        """The plain-data part of a checkpoint (JSON strings and numbers)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "caloforge_version": __version__,
+            "config": json.dumps(self.config.to_dict()),
+            "detector": json.dumps(self.detector.to_dict()),
+            "max_points": self.max_points,
+            "energy_range": list(self.energy_range),
+            "calibration": self.calibration.to_dict(),
+            "complete": self.complete,
+        }
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+_REQUIRED_KEYS = ("config", "detector", "max_points", "energy_range", "calibration", "complete", "model")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and sanity-check a checkpoint file (tensors and plain data only)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for truncated/foreign files
+        raise CheckpointError(
+            f"'{path}' is not a readable checkpoint (corrupt, truncated or not written by caloforge): {exc}"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a CaloClouds II checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    version = state.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"'{path}' has checkpoint format version {version}; this caloforge ({__version__}) reads "
+            f"version {CHECKPOINT_VERSION}: use the caloforge version that wrote it, or retrain"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"'{path}' lacks {', '.join(missing)}: the file is incomplete")
+    return state
+
+
+def _model_from_state(state: dict[str, Any], path: Path) -> CaloClouds2:
+    try:
+        config = CaloClouds2Config.from_dict(json.loads(state["config"]))
+        detector = detector_from_dict(json.loads(state["detector"]))
+        model = CaloClouds2(config, detector, int(state["max_points"]), tuple(state["energy_range"]))
+        model.load_state_dict(state["model"])
+        model.calibration = NPointsCalibration.from_dict(state["calibration"])
+    except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
+        raise CheckpointError(f"'{path}': the checkpoint does not describe a valid model: {exc}") from exc
+    model.complete = bool(state["complete"])
+    return model.eval()
+
+
+def load_model(path: str | Path) -> CaloClouds2:
+    """Load a CaloClouds II checkpoint written by :func:`train` (EMA weights, on CPU).
+
+    Raises :class:`CheckpointError` for missing, corrupt or incompatible files.
+    """
+    path = Path(path)
+    return _model_from_state(_read_checkpoint(path), path)
+
+
+# --------------------------------------------------------------------------- generation
+
+_SAMPLERS = {"heun": sample_heun, "euler": sample_euler}
+
+
+#: Padded points per denoiser call when generating: showers of similar size are grouped up
+#: to this many. Small on CPU, where a working set that fits the cache beats big batches.
+POINTS_PER_CALL = 8192
+
+
+def _sample_points(
+    model: CaloClouds2,
+    energy: Tensor,
+    n_flow: Tensor,
+    n: Tensor,
+    generator: torch.Generator,
+    n_steps: int,
+    sampler: str,
+    points_per_call: int,
+) -> Tensor:
+    """Run the sampler for ``n[b]`` points per shower; ``(B, max n, 4)`` in network space.
+
+    Showers are sorted by size and denoised in groups of at most ``points_per_call`` padded
+    points (at least one shower per group), so little work goes into padding.
+    """
+    sigmas = karras_sigmas(n_steps)
+    out = torch.zeros(len(n), int(n.max()), 4)
+    order = torch.argsort(n, stable=True).tolist()
+    sizes = n.tolist()
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * sizes[order[stop]] <= points_per_call:
+            stop += 1
+        idx = torch.tensor(order[start:stop])
+        width = sizes[order[stop - 1]]
+        x = torch.randn(len(idx), width, 4, generator=generator) * sigmas[0]
+        # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
+        # with that many points; the calibrated count only decides how many are drawn from it.
+        out[idx, :width] = _SAMPLERS[sampler](
+            model.denoiser, x, sigmas, energy=energy[idx], n_points=n_flow[idx]
+        )
+        start = stop
+    return out
+
+
+@torch.no_grad()
+def _generate_batch(
+    model: CaloClouds2,
+    energy: Tensor,
+    generator: torch.Generator,
+    n_steps: int,
+    sampler: str,
+    points_per_call: int = POINTS_PER_CALL,
+) -> tuple[PointShowers, Tensor]:
+    """One batch of showers and the flow's (uncalibrated) numbers of points."""
+    flow = model.flow.sample(energy, generator)
+    n_flow = flow.n_points
+    n = model.calibration(n_flow)
+    counts = largest_remainder(flow.point_fractions, n)
+    layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
+    mask = torch.arange(int(n.max())).unsqueeze(0) < n.unsqueeze(1)
+    z = _sample_points(model, energy, n_flow, n, generator, n_steps, sampler, points_per_call)
+    points = calibrate_points(model.scaler.inverse(z), mask, counts, layer_e, flow.cog[:, :2])
+    points = torch.where(mask.unsqueeze(-1), points, 0.0)
+    return PointShowers(energy.double().numpy(), points.numpy()), n_flow
+
+
+def generate(
+    model: CaloClouds2,
+    energies_gev: Sequence[float] | np.ndarray,
+    batch_size: int = 64,
+    seed: int = 0,
+    n_steps: int = 13,
+    sampler: str = "heun",
+    allow_extrapolation: bool = False,
+    points_per_call: int = POINTS_PER_CALL,
+) -> Iterator[PointShowers]:
+    """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
+
+    Points follow caloforge's in-memory convention (x, y mm; layer coordinate ``l + 0.5``;
+    E MeV; zero padding). ``n_steps`` noise levels (Heun: ``2 n_steps - 1`` network calls).
+    The output depends on ``seed``, ``batch_size`` and ``points_per_call`` (padded points per
+    network call; raise it on a GPU). Energies outside the trained range raise
+    :class:`GenerationError` unless ``allow_extrapolation``.
+    """
+    energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
+    if sampler not in _SAMPLERS:
+        raise GenerationError(f"unknown sampler '{sampler}': use one of {', '.join(_SAMPLERS)}")
+    if batch_size < 1 or n_steps < 1 or points_per_call < 1:
+        raise GenerationError("batch_size, n_steps and points_per_call must be at least 1")
+    if not np.all(np.isfinite(energies)) or np.any(energies <= 0):
+        raise GenerationError("incident energies must be finite and positive (GeV)")
+    lo, hi = model.energy_range
+    slack = 1e-6 * max(hi - lo, 1.0)
+    outside = (energies < lo - slack) | (energies > hi + slack)
+    if outside.any() and not allow_extrapolation:
+        raise GenerationError(
+            f"{int(outside.sum())} incident energies (e.g. {energies[outside][0]:.4g} GeV) lie outside the "
+            f"trained range {lo:.4g}-{hi:.4g} GeV; pass allow_extrapolation=True to generate them anyway"
+        )
+    if not model.complete:
+        warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    for start in range(0, len(energies), batch_size):
+        energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
+        yield _generate_batch(model, energy, generator, n_steps, sampler, points_per_call)[0]
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class _TrainingData:
+    detector: Detector
+    energy: Tensor  # (n,) GeV
+    stats: ShowerStats
+    hits: np.ndarray  # (n,) cell hits above threshold (Geant4), for the N calibration
+    points: Tensor  # (n, cache_points, 4) random subset of each shower's points, zero-padded
+    path: str
+    energy_range: tuple[float, float]  # GeV
+
+
+def _load_training_data(
+    data_path: Path, config: CaloClouds2Config, progress: Progress | None
+) -> _TrainingData:
+    """Stream the file once: summaries of every shower and a point subsample (seeded)."""
+    rng = np.random.default_rng(config.seed)
+    energies, stats, hits, points = [], [], [], []
+    with open_showers(data_path) as reader:
+        if reader.kind != "points":
+            raise ValueError(f"'{data_path}' holds {reader.kind}; CaloClouds II trains on point clouds")
+        detector = reader.detector
+        # The generated spectrum (caloforge files record it) can be a little wider than the sample.
+        spectrum = (reader.attrs.get("energy_min_gev"), reader.attrs.get("energy_max_gev"))
+        total = len(reader) if config.max_showers is None else min(len(reader), config.max_showers)
+        done = 0
+        for chunk in reader.iter_chunks(config.chunk_size, stop=total):
+            done += len(chunk)
+            chunk = chunk[chunk.n_points > 0]
+            if len(chunk):
+                energies.append(chunk.energy)
+                stats.append(shower_stats(chunk, detector.n_layers))
+                hits.append(count_hits(chunk, detector))
+                points.append(_subsample(chunk, config.cache_points, rng))
+            if progress is not None:
+                progress("load", done, total)
+    if not energies:
+        raise ValueError(f"'{data_path}' holds no showers with points to train on")
+    energy = np.concatenate(energies)
+    lo, hi = float(energy.min()), float(energy.max())
+    if isinstance(spectrum[0], (int, float)) and isinstance(spectrum[1], (int, float)):
+        lo, hi = min(lo, float(spectrum[0])), max(hi, float(spectrum[1]))
+    return _TrainingData(
+        detector=detector,
+        energy=torch.from_numpy(energy.astype(np.float32)),
+        stats=ShowerStats.concatenate(stats),
+        hits=np.concatenate(hits),
+        points=torch.from_numpy(np.concatenate(points)),
+        path=str(data_path),
+        energy_range=(lo, hi),
+    )
+
+
+def _subsample(showers: PointShowers, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` random real points per shower, ``(n, k, 4)`` with zero padding."""
+    mask = showers.mask
+    keys = np.where(mask, rng.random(mask.shape), 2.0)  # padding sorts last
+    take = np.argsort(keys, axis=1)[:, :k]
+    out = np.take_along_axis(showers.points, take[..., None], axis=1)
+    out[~np.take_along_axis(mask, take, axis=1)] = 0.0
+    if out.shape[1] < k:
+        out = np.pad(out, ((0, 0), (0, k - out.shape[1]), (0, 0)))
+    return out.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did: the checkpoint, how far it got and the last logged losses."""
+
+    checkpoint: Path
+    step: int
+    total_steps: int
+    complete: bool
+    minutes: float
+    losses: dict[str, float] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+
+
+class _Trainer:
+    """The mutable state of a training run, and one step of it."""
+
+    def __init__(self, config: CaloClouds2Config, data: _TrainingData) -> None:
+        self.config, self.data = config, data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
+            self.model = CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self._fit_standardisation()
+        self.train_net = self.model.net
+        self.ema = EMA(self.train_net, config.ema_max_decay)
+        self.model.net = self.ema.module  # the container samples with the averaged weights
+        self.opt_net = torch.optim.RAdam(self.train_net.parameters(), lr=config.lr)
+        self.opt_flow = torch.optim.Adam(self.model.flow.parameters(), lr=config.flow_lr)
+        self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.step = 0
+        self.skipped = 0
+        self.elapsed_s = 0.0
+
+    def _fit_standardisation(self) -> None:
+        gen = torch.Generator().manual_seed(self.config.seed + 2)
+        data = self.data
+        self.model.flow.fit_standardisation(self.model.flow.features_from_stats(data.stats, data.energy, gen))
+        pts = dequantize(data.points, data.detector.fine_cell_mm, gen)
+        self.model.scaler.fit(pts, data.points[..., 3] > 0)
+
+    def flow_steps_before(self, step: int) -> int:
+        """Flow updates done in the first ``step`` iterations (spread evenly over the loop)."""
+        return step * self.config.flow_steps // self.config.steps
+
+    def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
+        """Backpropagate, clip and step; returns the loss, or None (and counts a skip) when the loss
+        or the gradient is not finite, so one bad batch cannot poison a long run."""
+        optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            self.skipped += 1
+            return None
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        if not torch.isfinite(norm):
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            return None
+        optimizer.step()
+        return loss.item()
+
+    def net_step(self) -> float | None:
+        cfg, data = self.config, self.data
+        idx = torch.randint(len(data.energy), (cfg.batch_size,), generator=self.gen)
+        cached = data.points[idx]
+        valid = cached[..., 3] > 0
+        keys = torch.rand(valid.shape, generator=self.gen) + (~valid) * 2.0
+        take = keys.argsort(dim=1)[:, : cfg.points_per_shower]
+        pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
+        mask = valid.gather(1, take)
+        pts = dequantize(pts, data.detector.fine_cell_mm, self.gen)
+        x0 = torch.where(mask.unsqueeze(-1), self.model.scaler(pts), 0.0)
+        cond = {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
+        loss = edm_loss(
+            EDMDenoiser(self.train_net, cfg.sigma_data),
+            x0,
+            cond,
+            P_mean=cfg.p_mean,
+            P_std=cfg.p_std,
+            mask=mask,
+            generator=self.noise_gen,
+        )
+        value = self._update(loss, self.train_net, self.opt_net)
+        if value is not None:
+            self.ema.update(self.train_net)
+        return value
+
+    def flow_step(self, flow_step: int) -> float | None:
+        cfg, data = self.config, self.data
+        # Cosine decay to 1 % of the initial rate over the flow's share of the loop.
+        progress = min(flow_step / max(cfg.flow_steps, 1), 1.0)
+        for group in self.opt_flow.param_groups:
+            group["lr"] = cfg.flow_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+        idx = torch.randint(len(data.energy), (cfg.flow_batch_size,), generator=self.gen)
+        flow = self.model.flow
+        feats = flow.features_from_stats(data.stats[idx], data.energy[idx], self.gen)
+        loss = -flow.log_prob(feats, data.energy[idx]).mean() / flow.n_features
+        return self._update(loss, flow, self.opt_flow)
+
+    def state(self) -> dict[str, Any]:
+        model = self.model
+        return model.metadata() | {
+            "model": model.state_dict(),
+            "train_net": self.train_net.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "optimizers": {"net": self.opt_net.state_dict(), "flow": self.opt_flow.state_dict()},
+            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "elapsed_s": self.elapsed_s,
+            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        n = len(self.data.energy)
+        if state.get("data", {}).get("n_showers") != n:
+            raise CheckpointError(
+                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
+                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.train_net.load_state_dict(state["train_net"])
+            self.ema.num_updates = int(state["ema_num_updates"])
+            self.opt_net.load_state_dict(state["optimizers"]["net"])
+            self.opt_flow.load_state_dict(state["optimizers"]["flow"])
+            self.gen.set_state(state["rng"]["data"])
+            self.noise_gen.set_state(state["rng"]["noise"])
+            self.step = int(state["step"])
+            self.skipped = int(state["skipped_steps"])
+            self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
+        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
+        self.model.complete = bool(state["complete"])
+
+    def save(self, path: Path) -> None:
+        with atomic_output(path) as tmp:
+            torch.save(self.state(), tmp)
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C into a flag checked between steps (so the checkpoint is consistent);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
+        return self
+
+    def _restore(self) -> None:
+        # signal.signal() returns None for a handler not installed from Python.
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.raised = True
+        self._restore()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            self._restore()
+
+
+def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCalibration:
+    """Fit the number-of-points calibration (SPEC 6.1): model showers' cell hits match Geant4's.
+
+    A first run with the identity gives the cubic fit of :meth:`NPointsCalibration.fit`;
+    each of ``calibration_refinements`` further runs (same showers, same noise) corrects
+    it with a secant step (:meth:`NPointsCalibration.refine`).
+    """
+    model, data, cfg = trainer.model, trainer.data, trainer.config
+    pick = torch.randperm(len(data.energy), generator=torch.Generator().manual_seed(cfg.seed + 3))
+    energies = data.energy[pick[: cfg.calibration_showers]]
+    passes = 1 + cfg.calibration_refinements
+    model.eval()
+
+    def run(calibration: NPointsCalibration, index: int) -> tuple[np.ndarray, np.ndarray]:
+        model.calibration = calibration
+        gen = torch.Generator().manual_seed(cfg.seed + 4)
+        n_flow, hits, batch = [], [], 32
+        for start in range(0, len(energies), batch):
+            showers, n = _generate_batch(
+                model, energies[start : start + batch], gen, cfg.calibration_sampler_steps, "heun"
+            )
+            n_flow.append(n.numpy())
+            hits.append(count_hits(showers, data.detector))
+            if progress is not None:
+                done = index * len(energies) + min(start + batch, len(energies))
+                progress("calibrate", done, passes * len(energies))
+        return np.concatenate(n_flow), np.concatenate(hits)
+
+    n_data, hits_data = data.stats.n_points.numpy(), data.hits
+    previous = NPointsCalibration.identity(model.max_points)
+    previous_run = run(previous, 0)
+    current = NPointsCalibration.fit(n_data, hits_data, *previous_run, n_scale=model.max_points)
+    for index in range(1, passes):
+        current_run = run(current, index)
+        previous, current = current, current.refine(previous, n_data, hits_data, *previous_run, *current_run)
+        previous_run = current_run
+    return current
+
+
+def train(
+    config: CaloClouds2Config,
+    data_path: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train CaloClouds II on the point-cloud file ``data_path``; checkpoint in ``out_dir``.
+
+    ``progress(stage, done, total)`` is called with stages ``load``, ``train`` (every step)
+    and ``calibrate``. ``max_minutes`` stops the loop (counted from the call) with a
+    resumable checkpoint; the calibration is still fitted so the checkpoint can generate.
+    Ctrl-C writes a checkpoint after the current step and re-raises ``KeyboardInterrupt``.
+    ``out_dir/train_log.jsonl`` receives running losses every ``log_every`` steps.
+    ``resume=True`` continues ``out_dir/checkpoint.pt`` exactly (same data and config needed);
+    without it an existing checkpoint is an error rather than overwritten.
+    """
+    start = time.monotonic()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    state = None
+    if resume:
+        state = _read_checkpoint(ckpt)
+        saved = json.loads(state["config"])
+        if saved != config.to_dict():
+            diff = sorted(
+                k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k)
+            )
+            raise CheckpointError(
+                f"'{ckpt}' was trained with a different config (fields {', '.join(diff)}): "
+                "resume with the same config or train into a new directory"
+            )
+    elif ckpt.exists():
+        raise CheckpointError(f"'{ckpt}' exists: resume it, or train into another directory")
+
+    data = _load_training_data(Path(data_path), config, progress)
+    trainer = _Trainer(config, data)
+    if state is not None:
+        trainer.restore(state, ckpt)
+    elapsed_before = trainer.elapsed_s
+    log_path = out / "train_log.jsonl"
+    sums = {"edm_loss": [0.0, 0], "flow_loss": [0.0, 0]}
+    last: dict[str, float] = {}
+    last_save = time.monotonic()
+
+    def save() -> None:
+        trainer.elapsed_s = elapsed_before + time.monotonic() - start
+        trainer.save(ckpt)
+
+    with _InterruptFlag() as interrupt:
+        try:
+            while trainer.step < config.steps:
+                k = trainer.step
+                losses = [("edm_loss", trainer.net_step())]
+                for j in range(trainer.flow_steps_before(k), trainer.flow_steps_before(k + 1)):
+                    losses.append(("flow_loss", trainer.flow_step(j)))
+                for name, value in losses:
+                    if value is not None:
+                        sums[name][0] += value
+                        sums[name][1] += 1
+                trainer.step = k + 1
+                if trainer.step % config.log_every == 0 or trainer.step == config.steps:
+                    last = {name: s / c for name, (s, c) in sums.items() if c}
+                    sums = {name: [0.0, 0] for name in sums}
+                    record = {
+                        "step": trainer.step,
+                        **last,
+                        "skipped_steps": trainer.skipped,
+                        "minutes": (time.monotonic() - start) / 60,
+                    }
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if progress is not None:
+                    progress("train", trainer.step, config.steps)
+                if interrupt.raised:
+                    raise KeyboardInterrupt
+                if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
+                    save()
+                    last_save = time.monotonic()
+                if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
+                    break
+        except KeyboardInterrupt:
+            save()
+            raise
+    trainer.model.complete = trainer.step >= config.steps
+    save()  # the weights are safe even if the calibration below is interrupted
+    trainer.model.calibration = _fit_calibration(trainer, progress)
+    save()
+    return TrainResult(
+        checkpoint=ckpt,
+        step=trainer.step,
+        total_steps=config.steps,
+        complete=trainer.model.complete,
+        minutes=(time.monotonic() - start) / 60,
+        losses=last,
+        parameters=trainer.model.n_parameters(),
+    )

@@ -1,0 +1,202 @@
+"""The PointWise Net of CaloClouds II and the scaling of points into its input space.
+
+Every point ``(x, y, layer coordinate, E)`` of a shower is generated independently given
+the shower's context: incident energy, number of points and noise level. The network is a
+stack of concat-squash linear layers ``CSL(h, c) = (W h + b) * sigmoid(G c + g) + H c`` with
+LeakyReLU(0.01) between them; the noise level enters as ``c_noise = ln(sigma) / 4`` through
+fixed random Fourier features, a linear layer and a LeakyReLU, concatenated with the two
+conditioning numbers.
+
+Point scaling (:class:`PointScaler`), chosen so each input has a spread close to EDM's
+``sigma_data = 0.5`` and no sharp spike:
+
+* ``x``, ``y`` → ``asinh(x / 10 mm)``, then divided by a common scale fitted to the data:
+  a shower's dense core stays resolved while its tails (to the ±250 mm world edge) stay
+  within a few units. (The public code maps ±200 mm linearly to ±1, which squeezes the core
+  into a few hundredths.)
+* layer coordinate → standardised (it only ranks points; layers are assigned afterwards);
+* ``E`` → ``log(E / MeV)`` standardised, instead of raw MeV: point energies span seven
+  orders of magnitude.
+
+Training points are dequantised first (:func:`dequantize`): uniform within their fine-grid
+square and within their layer ``[l, l + 1)``.
+
+>>> import torch
+>>> net = PointWiseNet(widths=(4, 16, 4))
+>>> x = torch.zeros(2, 5, 4)
+>>> net(x, torch.zeros(2), energy=torch.tensor([10.0, 90.0]), n_points=torch.tensor([5, 3])).shape
+torch.Size([2, 5, 4])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CPU_WIDTHS",
+    "PAPER_WIDTHS",
+    "ConcatSquashLinear",
+    "PointScaler",
+    "PointWiseNet",
+    "dequantize",
+]
+
+#: Layer widths of the published PointWise Net (≈ 505k parameters).
+PAPER_WIDTHS = (4, 128, 256, 512, 256, 128, 4)
+#: A small net for CPU training (≈ 56k parameters).
+CPU_WIDTHS = (4, 64, 128, 64, 4)
+
+
+class ConcatSquashLinear(nn.Module):
+    """``(W h + b) * sigmoid(G c + g) + H c``: a linear map gated and shifted by the context ``c``."""
+
+    def __init__(self, dim_in: int, dim_out: int, dim_ctx: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(dim_in, dim_out)
+        self.gate = nn.Linear(dim_ctx, dim_out)
+        self.shift = nn.Linear(dim_ctx, dim_out, bias=False)
+
+    def forward(self, h: Tensor, ctx: Tensor) -> Tensor:
+        """``h`` ``(B, P, dim_in)``, ``ctx`` ``(B, 1, dim_ctx)`` (shared by all points of a shower)."""
+        return self.layer(h) * torch.sigmoid(self.gate(ctx)) + self.shift(ctx)
+
+
+class PointWiseNet(nn.Module):
+    """Concat-squash MLP ``F(x, c_noise, energy, n_points)`` applied to every point independently.
+
+    ``widths`` lists the layer sizes from input to output (both 4 for ``x, y, layer, E``).
+    The conditioning is ``[E / energy_scale_gev * 2 - 1, N / n_scale * 2 - 1]`` (SPEC 6.1);
+    ``n_fourier`` random frequencies (fixed, drawn from ``fourier_seed``) embed ``c_noise``.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = CPU_WIDTHS,
+        energy_scale_gev: float = 100.0,
+        n_scale: float = 6000.0,
+        n_fourier: int = 32,
+        fourier_std: float = 1.0,
+        fourier_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(widths) < 2:
+            raise ValueError(f"widths needs an input and an output size, got {widths}")
+        self.widths = tuple(int(w) for w in widths)
+        self.energy_scale_gev = float(energy_scale_gev)
+        self.n_scale = float(n_scale)
+        freqs = torch.randn(n_fourier, generator=torch.Generator().manual_seed(fourier_seed)) * fourier_std
+        self.register_buffer("fourier_freqs", freqs)
+        self.noise_embed = nn.Sequential(nn.Linear(2 * n_fourier, 2 * n_fourier), nn.LeakyReLU(0.01))
+        dim_ctx = 2 * n_fourier + 2
+        self.layers = nn.ModuleList(
+            ConcatSquashLinear(a, b, dim_ctx) for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)
+        )
+        self.act = nn.LeakyReLU(0.01)
+
+    def context(self, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
+        """The ``(B, 1, 2 n_fourier + 2)`` context shared by the points of each shower."""
+        phase = 2 * math.pi * c_noise.reshape(-1, 1) * self.fourier_freqs
+        noise = self.noise_embed(torch.cat([phase.sin(), phase.cos()], dim=-1))
+        cond = torch.stack(
+            [
+                energy.to(noise.dtype) / self.energy_scale_gev * 2 - 1,
+                n_points.to(noise.dtype) / self.n_scale * 2 - 1,
+            ],
+            dim=-1,
+        )
+        return torch.cat([noise, cond], dim=-1).unsqueeze(1)
+
+    def forward(self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
+        """``x`` ``(B, P, 4)`` scaled points; ``c_noise``, ``energy`` [GeV], ``n_points``: ``(B,)``."""
+        ctx = self.context(c_noise, energy, n_points)
+        h = x
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ctx)
+            if i < len(self.layers) - 1:
+                h = self.act(h)
+        return h
+
+
+def dequantize(points: Tensor, fine_cell_mm: float, generator: torch.Generator | None = None) -> Tensor:
+    """Spread clustered points uniformly over their fine-grid square and over their layer.
+
+    Geant4 points sit at fine-square centres and at ``l + 0.5``; a model trained on those
+    exact values would have to learn a comb. ``points`` ``(..., 4)``: x, y mm, layer, E.
+    """
+    u = torch.rand((*points.shape[:-1], 3), generator=generator, dtype=points.dtype)
+    out = points.clone()
+    out[..., :2] += (u[..., :2] - 0.5) * fine_cell_mm
+    out[..., 2] = points[..., 2].floor() + u[..., 2]
+    return out
+
+
+class PointScaler(nn.Module):
+    """Maps points ``(x mm, y mm, layer coordinate, E MeV)`` to network space and back.
+
+    ``x, y → asinh(x / xy_soft_mm) / scale_xy``; layer and ``log E`` are standardised;
+    every output is then multiplied by ``target_std`` (EDM's ``sigma_data``). The statistics
+    are buffers, fitted with :meth:`fit` on training points. :meth:`inverse` clamps to
+    ``half_size_mm`` and to the fitted log-energy range widened by ``energy_margin`` so
+    that sampled tails cannot overflow (or give ``E = 0``, which would read as padding).
+
+    >>> s = PointScaler()
+    >>> pts = torch.tensor([[[3.0, -40.0, 12.5, 0.2]]])
+    >>> torch.allclose(s.inverse(s(pts)), pts)
+    True
+    """
+
+    def __init__(
+        self, xy_soft_mm: float = 10.0, target_std: float = 0.5, half_size_mm: float = 250.0
+    ) -> None:
+        super().__init__()
+        self.xy_soft_mm = float(xy_soft_mm)
+        self.target_std = float(target_std)
+        self.half_size_mm = float(half_size_mm)
+        self.energy_margin = 2.0
+        self.register_buffer("loc", torch.zeros(4))
+        self.register_buffer("scale", torch.ones(4))
+        self.register_buffer("log_e_range", torch.tensor([-20.0, 10.0]))
+
+    def _warp(self, points: Tensor) -> Tensor:
+        return torch.stack(
+            [
+                torch.asinh(points[..., 0] / self.xy_soft_mm),
+                torch.asinh(points[..., 1] / self.xy_soft_mm),
+                points[..., 2],
+                points[..., 3].clamp_min(1e-30).log(),
+            ],
+            dim=-1,
+        )
+
+    @torch.no_grad()
+    def fit(self, points: Tensor, mask: Tensor) -> PointScaler:
+        """Fit the standardisation to the real points ``points[mask]`` (``mask`` ``(...,)`` bool)."""
+        w = self._warp(points[mask].double())
+        xy_std = w[:, :2].pow(2).mean().sqrt()  # x and y share one scale and stay centred on the axis
+        self.loc.copy_(torch.stack([w.new_zeros(()), w.new_zeros(()), w[:, 2].mean(), w[:, 3].mean()]))
+        std = torch.stack([xy_std, xy_std, w[:, 2].std(), w[:, 3].std()])
+        self.scale.copy_(std.nan_to_num(1.0).clamp_min(1e-3))
+        self.log_e_range.copy_(torch.stack([w[:, 3].min(), w[:, 3].max()]))
+        return self
+
+    def forward(self, points: Tensor) -> Tensor:
+        """Physical points ``(..., 4)`` → network space."""
+        return (self._warp(points) - self.loc) / self.scale * self.target_std
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Network space → physical points (energies strictly positive)."""
+        w = z / self.target_std * self.scale + self.loc
+        limit = math.asinh(self.half_size_mm / self.xy_soft_mm)
+        lo, hi = self.log_e_range[0] - self.energy_margin, self.log_e_range[1] + self.energy_margin
+        return torch.stack(
+            [
+                torch.sinh(w[..., 0].clamp(-limit, limit)) * self.xy_soft_mm,
+                torch.sinh(w[..., 1].clamp(-limit, limit)) * self.xy_soft_mm,
+                w[..., 2],
+                w[..., 3].clamp(lo, hi).exp(),
+            ],
+            dim=-1,
+        )

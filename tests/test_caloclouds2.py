@@ -1,0 +1,479 @@
+"""CaloClouds II: Shower Flow, PointWise Net, EDM contract, samplers, calibrations, training, checkpoints."""
+
+import json
+import math
+import signal
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.calibrate import (
+    NPointsCalibration,
+    assign_layers,
+    calibrate_points,
+    rescale_layer_energies,
+    shift_cog,
+)
+from caloforge.detector import get_detector
+from caloforge.io import PointShowers, ShowerWriter, read_showers, write_showers
+from caloforge.models import (
+    CaloClouds2Config,
+    CheckpointError,
+    GenerationError,
+    generate,
+    load_model,
+    train,
+)
+from caloforge.models.caloclouds2 import _InterruptFlag, _load_training_data, _Trainer
+from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
+from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
+from caloforge.models.showerflow import ShowerFlow, largest_remainder, shower_stats
+from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
+from conftest import random_points
+
+torch.set_num_threads(1)
+ILD = get_detector("ild-ecal")
+
+TINY = CaloClouds2Config(
+    name="tiny",
+    cache_points=32,
+    chunk_size=10,
+    flow_hidden=(16,),
+    flow_transforms=1,
+    flow_steps=6,
+    flow_batch_size=16,
+    net_widths=(4, 16, 4),
+    steps=8,
+    batch_size=4,
+    points_per_shower=16,
+    calibration_showers=8,
+    calibration_sampler_steps=2,
+    log_every=4,
+)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("data") / "train.h5"
+    showers = random_points(30, 60, seed=5)
+    write_showers(path, showers, generator="test", attrs={"energy_min_gev": 10.0, "energy_max_gev": 90.0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(data_file, tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("model")
+    result = train(TINY, data_file, out)
+    return result, load_model(result.checkpoint)
+
+
+# ----------------------------------------------------------------------------- Shower Flow
+
+
+def test_shower_stats_sum_to_totals():
+    showers = random_points(12, 40, seed=1)
+    stats = shower_stats(showers, 30)
+    assert torch.equal(stats.layer_counts.sum(1), torch.as_tensor(showers.n_points, dtype=torch.float32))
+    np.testing.assert_allclose(stats.e_vis.numpy(), showers.points[..., 3].sum(1), rtol=1e-5)
+    w = showers.points[..., 3]
+    np.testing.assert_allclose(
+        stats.cog[:, 0].numpy(), (w * showers.points[..., 0]).sum(1) / w.sum(1), atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("passes", [None, 2])
+def test_flow_log_prob_finite_and_samples_valid(passes):
+    showers = random_points(40, 50, seed=2)
+    flow = ShowerFlow(n_layers=30, hidden=(32,), transforms=2, passes=passes, max_points=50)
+    gen = torch.Generator().manual_seed(0)
+    feats = flow.features(showers, gen)
+    assert feats.shape == (40, 62)
+    flow.fit_standardisation(feats)
+    energy = torch.as_tensor(showers.energy, dtype=torch.float32)
+    assert torch.isfinite(flow.log_prob(feats, energy)).all()
+
+    sample = flow.sample(energy, torch.Generator().manual_seed(1))
+    n = sample.n_points
+    assert n.dtype == torch.int64 and (n >= 1).all() and (n <= 50).all()
+    assert torch.equal(sample.layer_counts.sum(1), n)
+    assert (sample.layer_counts >= 0).all()
+    torch.testing.assert_close(sample.layer_energy.sum(1), sample.e_vis, rtol=1e-4, atol=0)
+    assert (sample.layer_energy[sample.layer_counts == 0] == 0).all()
+    assert (sample.layer_energy[sample.layer_counts > 0] > 0).all()
+    torch.testing.assert_close(sample.point_fractions.sum(1), torch.ones(40))
+    assert torch.isfinite(sample.cog).all()
+    again = flow.sample(energy, torch.Generator().manual_seed(1))
+    assert torch.equal(again.layer_counts, sample.layer_counts)
+
+
+def test_flow_learns():
+    showers = random_points(64, 40, seed=3)
+    flow = ShowerFlow(n_layers=30, hidden=(32,), transforms=1, max_points=40)
+    gen = torch.Generator().manual_seed(0)
+    flow.fit_standardisation(flow.features(showers, gen))
+    energy = torch.as_tensor(showers.energy, dtype=torch.float32)
+    stats = shower_stats(showers, 30)
+    opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = -flow.log_prob(flow.features_from_stats(stats, energy, gen), energy).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_largest_remainder_sums_exactly(seed):
+    g = torch.Generator().manual_seed(seed)
+    frac = torch.rand(50, 30, generator=g) ** 4
+    totals = torch.randint(1, 7000, (50,), generator=g)
+    counts = largest_remainder(frac, totals)
+    assert torch.equal(counts.sum(1), totals)
+    exact = frac / frac.sum(1, keepdim=True) * totals.unsqueeze(1)
+    assert ((counts - exact).abs() < 1).all()
+
+
+# ----------------------------------------------------------------------------- PointWise Net, EDM
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_preset_sizes():
+    assert 500_000 < _n_params(PointWiseNet(PAPER_WIDTHS)) < 510_000  # SPEC 6.1: ≈ 505k
+    assert 20_000 < _n_params(PointWiseNet(CPU_WIDTHS)) < 70_000
+    assert CaloClouds2Config.from_preset("paper").net_widths == PAPER_WIDTHS
+    with pytest.raises(ValueError, match="unknown CaloClouds II preset"):
+        CaloClouds2Config.from_preset("huge")
+    cfg = CaloClouds2Config.from_preset("cpu", steps=5)
+    assert CaloClouds2Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_point_scaler_round_trip_and_spread():
+    showers = random_points(20, 80, seed=4)
+    pts, mask = torch.from_numpy(showers.points), torch.from_numpy(showers.mask)
+    scaler = PointScaler(target_std=0.5).fit(pts, mask)
+    z = scaler(pts)[mask]
+    torch.testing.assert_close(z.std(0)[2:], torch.full((2,), 0.5), atol=0.02, rtol=0)
+    torch.testing.assert_close(scaler.inverse(scaler(pts))[mask], pts[mask], rtol=1e-4, atol=1e-4)
+    assert (scaler.inverse(torch.full((1, 4), 1e3))[:, 3] < math.inf).all()
+
+
+def test_dequantize_stays_in_square_and_layer():
+    pts = torch.tensor([[[0.424, -0.424, 3.5, 1.0]] * 1000])
+    out = dequantize(pts, ILD.fine_cell_mm, torch.Generator().manual_seed(0))
+    half = ILD.fine_cell_mm / 2
+    assert ((out[..., 0] - 0.424).abs() <= half).all() and ((out[..., 1] + 0.424).abs() <= half).all()
+    assert ((out[..., 2] >= 3) & (out[..., 2] < 4)).all()
+    assert torch.equal(out[..., 3], pts[..., 3])
+    assert out[..., 2].std() > 0.25  # uniform over the layer, std 1/sqrt(12)
+
+
+def test_denoiser_contract():
+    torch.manual_seed(0)
+    net = PointWiseNet((4, 16, 4))
+    d = EDMDenoiser(net, sigma_data=0.5)
+    x = torch.randn(3, 7, 4)
+    cond = {"energy": torch.tensor([10.0, 50.0, 90.0]), "n_points": torch.tensor([7, 5, 2])}
+    torch.testing.assert_close(d(x, 1e-6, **cond), x, atol=1e-5, rtol=0)  # c_skip -> 1, c_out -> 0
+    c_skip, c_out, c_in = d.scalings(torch.tensor(1e4))
+    assert c_skip < 1e-8 and abs(c_out - 0.5) < 1e-6 and c_in < 1e-3
+    assert d(x, torch.tensor([0.1, 1.0, 10.0]), **cond).shape == x.shape
+
+
+def test_edm_loss_ignores_padding_and_trains():
+    torch.manual_seed(0)
+    net = PointWiseNet((4, 16, 4))
+    d = EDMDenoiser(net)
+    x0 = torch.randn(4, 10, 4) * 0.5
+    mask = torch.arange(10).unsqueeze(0) < torch.tensor([[10], [3], [1], [6]])
+    cond = {"energy": torch.full((4,), 50.0), "n_points": mask.sum(1)}
+    loss = edm_loss(d, x0, cond, mask=mask, generator=torch.Generator().manual_seed(1))
+    junk = torch.where(mask.unsqueeze(-1), x0, 1e3)
+    same = edm_loss(d, junk, cond, mask=mask, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(loss, same)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_ema_warm_up():
+    net = torch.nn.Linear(3, 3)
+    ema = EMA(net, max_decay=0.9999)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net)  # first decay is 0: a copy
+    torch.testing.assert_close(ema.module.weight, net.weight)
+    assert ema.decay == pytest.approx(1 - 2 ** (-2 / 3))
+    ema.num_updates = 10**9
+    assert ema.decay == 0.9999
+    restored = EMA(torch.nn.Linear(3, 3))
+    restored.load_state_dict(ema.state_dict())
+    torch.testing.assert_close(restored.module.weight, net.weight)
+    assert restored.num_updates == 10**9
+
+
+# ----------------------------------------------------------------------------- samplers
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(13)
+    assert len(s) == 14 and s[-1] == 0
+    assert s[0] == pytest.approx(80) and s[-2] == pytest.approx(0.002)
+    assert (s[:-1] > s[1:]).all()
+
+
+def _gaussian_denoiser(mu: float, std: float):
+    calls = []
+
+    def denoise(x, sigma):
+        calls.append(1)
+        shrink = std**2 / (std**2 + sigma.view(-1, 1) ** 2)
+        return mu + shrink * (x - mu)
+
+    return denoise, calls
+
+
+@pytest.mark.parametrize(("mu", "std"), [(1.0, 0.5), (-2.0, 2.0)])
+def test_heun_recovers_gaussian(mu, std):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(20000, 1, generator=g)
+    noise = (noise - noise.mean()) / noise.std()
+
+    def run(sampler, n):
+        denoise, calls = _gaussian_denoiser(mu, std)
+        sigmas = karras_sigmas(n)
+        return sampler(denoise, noise * sigmas[0], sigmas), len(calls)
+
+    out, calls = run(sample_heun, 13)
+    assert calls == 25  # 12 Heun steps + a final Euler step
+    assert out.mean().item() == pytest.approx(mu, abs=0.06 * max(1, abs(mu)))
+    assert out.std().item() == pytest.approx(std, rel=0.15)  # 13 steps: ~10 % discretisation error
+    fine, _ = run(sample_heun, 200)
+    assert fine.std().item() == pytest.approx(std, rel=0.01)
+    euler, _ = run(sample_euler, 13)
+    assert abs(out.std().item() - std) < abs(euler.std().item() - std)
+
+
+def test_churn_uses_generator():
+    denoise, _ = _gaussian_denoiser(0.0, 1.0)
+    sigmas = karras_sigmas(5)
+    x = torch.zeros(4, 2)
+
+    def run(seed):
+        return sample_heun(denoise, x, sigmas, s_churn=5.0, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+# ----------------------------------------------------------------------------- calibrations
+
+
+def _points(seed: int = 0):
+    showers = random_points(6, 40, seed=seed)
+    pts = torch.from_numpy(showers.points)
+    pts[..., 2] = torch.where(pts[..., 3] > 0, torch.rand(pts.shape[:2]) * 30, 0.0)
+    return pts, torch.from_numpy(showers.mask)
+
+
+def test_assign_layers_by_depth_rank():
+    pts, mask = _points()
+    n = mask.sum(1)
+    counts = largest_remainder(torch.rand(6, 30), n)
+    out = assign_layers(pts, mask, counts)
+    layer = out[..., 2].floor().long()
+    for b in range(6):
+        got = torch.bincount(layer[b][mask[b]], minlength=30)
+        assert torch.equal(got, counts[b])
+        depth = pts[b, mask[b], 2]
+        assert (torch.diff(layer[b][mask[b]][depth.argsort()]) >= 0).all()  # deeper never earlier
+    assert torch.equal(out[~mask], pts[~mask])
+    assert ((out[..., 2][mask] % 1) == 0.5).all()
+    with pytest.raises(ValueError, match="sum"):
+        assign_layers(pts, mask, counts + 1)
+
+
+def test_layer_energies_and_cog_restored():
+    pts, mask = _points(1)
+    n = mask.sum(1)
+    counts = largest_remainder(torch.rand(6, 30) + 0.1, n)
+    target_e = torch.rand(6, 30) * (counts > 0) * 50
+    target_cog = torch.randn(6, 2) * 5
+    out = calibrate_points(pts, mask, counts, target_e, target_cog)
+    layer = out[..., 2].floor().long().clamp(0, 29)
+    e = out[..., 3] * mask
+    per_layer = torch.zeros(6, 30).scatter_add_(1, layer, e)
+    torch.testing.assert_close(per_layer, target_e, rtol=1e-4, atol=1e-4)
+    cog = (out[..., :2] * e.unsqueeze(-1)).sum(1) / e.sum(1, keepdim=True)
+    torch.testing.assert_close(cog, target_cog, rtol=0, atol=1e-3)
+    assert (out[..., 3][mask] >= 0).all() and torch.equal(out[~mask], pts[~mask])
+    # The single steps are idempotent on data that already agrees.
+    torch.testing.assert_close(rescale_layer_energies(out, mask, target_e), out)
+    torch.testing.assert_close(shift_cog(out, mask, target_cog), out, rtol=0, atol=1e-4)
+
+
+def test_n_points_calibration_inverts_hit_ratio():
+    rng = np.random.default_rng(0)
+    n_data = rng.integers(500, 6000, 400)
+    n_gen = rng.integers(500, 6000, 300)
+    # Geant4 makes 0.3 hits per point; the model 0.6: it needs half as many points.
+    cal = NPointsCalibration.fit(n_data, 0.3 * n_data, n_gen, 0.6 * n_gen, n_scale=6000)
+    out = cal(torch.tensor([1000, 3000, 5000]))
+    np.testing.assert_allclose(out.numpy(), [500, 1500, 2500], rtol=0.01)
+    again = NPointsCalibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert torch.equal(again(torch.tensor([1, 4000, 9000])), cal(torch.tensor([1, 4000, 9000])))
+    assert NPointsCalibration.identity(100)(torch.tensor([0, 50, 500])).tolist() == [1, 50, 200]
+
+
+# ----------------------------------------------------------------------------- training, generation
+
+
+def test_train_then_generate(trained, tmp_path):
+    result, model = trained
+    assert result.complete and result.step == TINY.steps
+    assert model.complete and model.energy_range == (10.0, 90.0)
+    assert (result.checkpoint.parent / "train_log.jsonl").read_text().count("\n") == 2
+    energies = [10.0, 30.0, 55.5, 90.0, 42.0]
+    batches = list(generate(model, energies, batch_size=2, seed=3, n_steps=3))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    showers = PointShowers.concatenate(batches)
+    np.testing.assert_allclose(showers.energy, energies)
+    mask = showers.mask
+    assert (showers.n_points >= 1).all() and (showers.n_points <= model.calibration.n_cap).all()
+    pts = showers.points[mask]
+    assert np.isfinite(showers.points).all() and (pts[:, 3] > 0).all()
+    assert np.all(pts[:, 2] % 1 == 0.5) and pts[:, 2].min() >= 0 and pts[:, 2].max() < 30
+    assert np.abs(pts[:, :2]).max() < 1000
+    again = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=3, n_steps=3)))
+    np.testing.assert_array_equal(again.points, showers.points)
+    # Grouping showers differently per network call changes the noise, not the flow's summaries.
+    single = list(generate(model, energies, batch_size=2, seed=3, n_steps=3, points_per_call=1))
+    one_by_one = PointShowers.concatenate(single)
+    np.testing.assert_array_equal(one_by_one.n_points, showers.n_points)
+    assert (one_by_one.points[one_by_one.mask][:, 3] > 0).all()
+    path = tmp_path / "gen.h5"
+    with ShowerWriter(path, "points", model.detector, generator="caloclouds2") as writer:
+        for batch in batches:
+            writer.write(batch)
+    back = read_showers(path)
+    np.testing.assert_allclose(back.points[back.mask][:, :3], pts[:, :3], rtol=1e-6)
+
+
+def test_generate_refuses_extrapolation(trained):
+    _, model = trained
+    with pytest.raises(GenerationError, match="outside the trained range"):
+        next(generate(model, [50.0, 150.0]))
+    out = next(generate(model, [150.0], allow_extrapolation=True, n_steps=2))
+    assert len(out) == 1
+    with pytest.raises(GenerationError, match="sampler"):
+        next(generate(model, [50.0], sampler="dpm"))
+
+
+def test_time_budget_leaves_usable_checkpoint(data_file, tmp_path):
+    result = train(TINY, data_file, tmp_path, max_minutes=0)
+    assert result.step == 1 and not result.complete
+    model = load_model(result.checkpoint)
+    with pytest.warns(UserWarning, match="not finished"):
+        assert len(next(generate(model, [50.0], n_steps=2))) == 1
+    resumed = train(TINY, data_file, tmp_path, resume=True)
+    assert resumed.complete and resumed.step == TINY.steps
+
+
+def _stop_at(step: int):
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "train" and done == step:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_interrupt_and_resume_match_straight_run(data_file, tmp_path):
+    straight = train(TINY, data_file, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, data_file, tmp_path / "split", progress=_stop_at(4))
+    halfway = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert halfway["step"] == 4 and not halfway["complete"]
+    resumed = train(TINY, data_file, tmp_path / "split", resume=True)
+    assert resumed.step == straight.step == TINY.steps
+    a = torch.load(straight.checkpoint, weights_only=True)
+    b = torch.load(resumed.checkpoint, weights_only=True)
+    for key in ("model", "train_net"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert a["calibration"] == b["calibration"] and a["ema_num_updates"] == b["ema_num_updates"]
+
+
+def test_interrupt_flag_defers_ctrl_c():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers live in the main thread")
+    before = signal.getsignal(signal.SIGINT)
+    with _InterruptFlag() as flag:
+        signal.raise_signal(signal.SIGINT)
+        assert flag.raised
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_checkpoint_errors(trained, data_file, tmp_path):
+    result, _ = trained
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(garbage)
+    truncated = tmp_path / "truncated.pt"
+    raw = result.checkpoint.read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_model(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a CaloClouds II checkpoint"):
+        load_model(foreign)
+    state = torch.load(result.checkpoint, weights_only=True)
+    state["format_version"] = 99
+    future = tmp_path / "future.pt"
+    torch.save(state, future)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_model(future)
+    with pytest.raises(CheckpointError, match="exists"):
+        train(TINY, data_file, result.checkpoint.parent)
+    other = CaloClouds2Config.from_dict(TINY.to_dict() | {"lr": 1e-2})
+    with pytest.raises(CheckpointError, match="fields lr"):
+        train(other, data_file, result.checkpoint.parent, resume=True)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(TINY, data_file, tmp_path / "fresh", resume=True)
+
+
+def test_non_finite_loss_is_skipped(data_file):
+    trainer = _Trainer(TINY, _load_training_data(data_file, TINY, None))
+    before = {k: v.clone() for k, v in trainer.train_net.state_dict().items()}
+    loss = trainer.train_net.layers[0].layer.weight.sum() * float("nan")
+    assert trainer._update(loss, trainer.train_net, trainer.opt_net) is None
+    assert trainer.skipped == 1
+    for name, value in trainer.train_net.state_dict().items():
+        assert torch.equal(value, before[name])
+
+
+def test_n_points_calibration_refine_accounts_for_shared_cells():
+    # A model whose hits grow as draws^0.7 within a shower: hits = 0.6 N^0.3 M^0.7 for M draws
+    # from a shower of flow size N; Geant4 has 0.3 N. Exact answer: M = N 0.5^(1 / 0.7).
+    rng = np.random.default_rng(1)
+    n = rng.integers(500, 6000, 300).astype(float)
+
+    def model_hits(cal):
+        m = cal(torch.from_numpy(n).long()).numpy()
+        return 0.6 * n**0.3 * m**0.7
+
+    identity = NPointsCalibration.identity(6000)
+    first = NPointsCalibration.fit(n, 0.3 * n, n, model_hits(identity), n_scale=6000)
+    assert first(torch.tensor([4000])).item() == pytest.approx(2000, rel=0.01)  # ignores sharing
+    better = first.refine(identity, n, 0.3 * n, n, model_hits(identity), n, model_hits(first))
+    assert better(torch.tensor([4000])).item() == pytest.approx(4000 * 0.5 ** (1 / 0.7), rel=0.01)
+    np.testing.assert_allclose(model_hits(better), 0.3 * n, rtol=0.01)

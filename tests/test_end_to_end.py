@@ -1,0 +1,46 @@
+"""The whole pipeline through the command line: simulate → train → generate → evaluate."""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+
+from caloforge import cli
+from caloforge.io import open_showers
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("geant4_pybind") is None or shutil.which("g++") is None,
+    reason="needs geant4_pybind and g++",
+)
+
+
+def caloforge(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert exc.code in (0, None), f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
+
+
+def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
+    sim, run, gen, report = tmp_path / "g4.h5", tmp_path / "run", tmp_path / "gen.h5", tmp_path / "report"
+    caloforge(
+        monkeypatch, "simulate", "-n", 60, "--energy", "10:20", "--seed", 3, "--workers", 2, "--out", sim
+    )
+    caloforge(
+        monkeypatch, "train", "caloclouds2", "--data", sim, "--out", run, "--preset", "smoke", "--threads", 1
+    )
+    caloforge(
+        monkeypatch, "generate", "--model", run, "-n", 60, "--energy", "10:20", "--seed", 4, "--out", gen
+    )
+    with open_showers(gen) as f:
+        assert len(f) == 60 and f.generator == "caloclouds2" and f.detector.name == "ild-ecal"
+        showers = f.read()
+    assert showers.n_points.min() >= 1 and (showers.points[..., 3] >= 0).all()
+    caloforge(monkeypatch, "evaluate", sim, gen, "--out", report, "--draws", 2, "--splits", 2, "--epochs", 2)
+    metrics = json.loads((report / "metrics.json").read_text())
+    (candidate,) = metrics["candidates"]
+    assert candidate["generator"] == "caloclouds2" and candidate["classifier_auc"] is not None
+    assert (report / "report.md").exists() and (report / "plots" / "n_hits.png").exists()
