@@ -26,7 +26,7 @@ from caloforge.models import (
     load_model,
     train,
 )
-from caloforge.models.caloclouds2 import _InterruptFlag, _load_training_data, _Trainer
+from caloforge.models.caloclouds2 import _InterruptFlag, _load_training_data, _Trainer, save_for_inference
 from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
 from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
 from caloforge.models.showerflow import ShowerFlow, largest_remainder, shower_stats
@@ -477,3 +477,14 @@ def test_n_points_calibration_refine_accounts_for_shared_cells():
     better = first.refine(identity, n, 0.3 * n, n, model_hits(identity), n, model_hits(first))
     assert better(torch.tensor([4000])).item() == pytest.approx(4000 * 0.5 ** (1 / 0.7), rel=0.01)
     np.testing.assert_allclose(model_hits(better), 0.3 * n, rtol=0.01)
+
+
+def test_save_for_inference_keeps_what_generation_needs(trained, tmp_path):
+    result, model = trained
+    small = save_for_inference(result.checkpoint, tmp_path / "model.pt")
+    assert small.stat().st_size < result.checkpoint.stat().st_size
+    assert "optimizers" not in torch.load(small, weights_only=True)
+    stripped = load_model(small)
+    a = PointShowers.concatenate(list(generate(model, [20.0, 60.0], seed=1, n_steps=3)))
+    b = PointShowers.concatenate(list(generate(stripped, [20.0, 60.0], seed=1, n_steps=3)))
+    np.testing.assert_array_equal(a.points, b.points)
