@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +82,18 @@ def progress_bar() -> Progress:
         transient=True,
         disable=not err_console.is_terminal,
     )
+
+
+def _stage_progress(bar: Progress) -> Callable[[str, int, int], None]:
+    """A ``progress(stage, done, total)`` callback showing one bar per stage."""
+    tasks: dict[str, int] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in tasks:
+            tasks[stage] = bar.add_task(stage, total=total, rate="")
+        bar.update(tasks[stage], completed=done)
+
+    return progress
 
 
 def _file_table(path: Path, detector: str | None) -> Table:
@@ -344,13 +357,7 @@ def evaluate(
         seed=seed,
     )
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, rate="")
-            bar.update(tasks[stage], completed=done)
-
+        progress = _stage_progress(bar)
         result = run_evaluation(reference, candidates, out, config, progress=progress)
     names = result["w1_observables"]
     table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
@@ -420,13 +427,7 @@ def train_caloclouds2(
     }
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bar.add_task(stage, total=total, rate="")
-            bar.update(tasks[stage], completed=done)
-
+        progress = _stage_progress(bar)
         result = train(config, data, out, resume=resume, progress=progress, max_minutes=max_minutes)
     state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
     console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
