@@ -488,3 +488,10 @@ def test_save_for_inference_keeps_what_generation_needs(trained, tmp_path):
     a = PointShowers.concatenate(list(generate(model, [20.0, 60.0], seed=1, n_steps=3)))
     b = PointShowers.concatenate(list(generate(stripped, [20.0, 60.0], seed=1, n_steps=3)))
     np.testing.assert_array_equal(a.points, b.points)
+
+
+def test_config_from_before_flow_bound_keeps_its_spline_range():
+    old = CaloClouds2Config().to_dict()
+    del old["flow_bound"]
+    assert CaloClouds2Config.from_dict(old).flow_bound == 5.0  # zuko's default, what it was trained with
+    assert CaloClouds2Config.from_dict(CaloClouds2Config().to_dict()).flow_bound == 10.0

@@ -97,6 +97,7 @@ class CaloClouds2Config:
     flow_transforms: int = 6
     flow_bins: int = 8
     flow_passes: int | None = 2  # coupling layers; None: fully autoregressive (slow to sample)
+    flow_bound: float = 10.0
     flow_steps: int = 3000
     flow_batch_size: int = 256
     flow_lr: float = 1e-3
@@ -147,6 +148,8 @@ class CaloClouds2Config:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown CaloClouds II config field(s): {', '.join(unknown)}")
+        # Fields added later, with the value that checkpoints written before them were trained with.
+        data = {"flow_bound": 5.0} | data
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
@@ -220,6 +223,7 @@ class CaloClouds2(nn.Module):
             transforms=config.flow_transforms,
             bins=config.flow_bins,
             passes=config.flow_passes,
+            bound=config.flow_bound,
             max_points=self.max_points,
         )
         self.net = PointWiseNet(
@@ -731,11 +735,13 @@ def train(
     state = None
     if resume:
         state = _read_checkpoint(ckpt)
-        saved = json.loads(state["config"])
-        if saved != config.to_dict():
-            diff = sorted(
-                k for k in set(saved) | set(config.to_dict()) if saved.get(k) != config.to_dict().get(k)
-            )
+        try:
+            saved = CaloClouds2Config.from_dict(json.loads(state["config"])).to_dict()
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"'{ckpt}' holds an unreadable config: {exc}") from exc
+        wanted = config.to_dict()
+        if saved != wanted:
+            diff = sorted(k for k in wanted if saved[k] != wanted[k])
             raise CheckpointError(
                 f"'{ckpt}' was trained with a different config (fields {', '.join(diff)}): "
                 "resume with the same config or train into a new directory"

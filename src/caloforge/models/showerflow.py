@@ -179,12 +179,15 @@ def spline_flow(
     hidden: tuple[int, ...],
     bins: int = 8,
     passes: int | None = 2,
+    bound: float = 10.0,
     order_seed: int = 0,
 ) -> Flow:
     """A conditional spline flow: ``transforms`` masked spline transforms over a standard normal.
 
     Each transform gets a random feature order drawn from ``order_seed`` (reproducible, so
     a model rebuilt from its config has the same masks); ``passes=2`` makes coupling layers.
+    The splines act on ``[-bound, bound]`` (identity outside): wider than zuko's default 5
+    because standardised log-counts of the first and last layers have tails beyond 5 sigma.
     """
     g = torch.Generator().manual_seed(order_seed)
     layers = [
@@ -193,7 +196,7 @@ def spline_flow(
             context=context,
             passes=passes,
             order=torch.randperm(features, generator=g),
-            univariate=partial(MonotonicRQSTransform, slope=1e-3),
+            univariate=partial(MonotonicRQSTransform, bound=bound, slope=1e-3),
             shapes=[(bins,), (bins,), (bins - 1,)],
             hidden_features=tuple(hidden),
         )
@@ -217,13 +220,14 @@ class ShowerFlow(nn.Module):
         transforms: int = 6,
         bins: int = 8,
         passes: int | None = 2,
+        bound: float = 10.0,
         max_points: int = 6000,
     ) -> None:
         super().__init__()
         self.n_layers = int(n_layers)
         self.max_points = int(max_points)
         self.n_features = 2 * self.n_layers + 2
-        self.flow = spline_flow(self.n_features, 1, transforms, hidden, bins, passes)
+        self.flow = spline_flow(self.n_features, 1, transforms, hidden, bins, passes, bound)
         self.register_buffer("feature_mean", torch.zeros(self.n_features))
         self.register_buffer("feature_std", torch.ones(self.n_features))
 
