@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -27,6 +27,9 @@ from caloforge.detector import (
 from caloforge.evaluate import EvaluationError
 from caloforge.io import ShowerFileError, open_showers
 from caloforge.observables import feature_names, observables_from_file
+
+if TYPE_CHECKING:
+    from caloforge.simulate.driver import EnergySpec
 
 app = typer.Typer(
     name="caloforge",
@@ -82,6 +85,15 @@ def progress_bar() -> Progress:
         transient=True,
         disable=not err_console.is_terminal,
     )
+
+
+def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
+    """The incident-energy spectrum of ``--energy`` / ``--energy-log`` (default uniform 10-90 GeV)."""
+    from caloforge.simulate.driver import EnergySpec
+
+    if energy is not None and energy_log is not None:
+        raise ValueError("give either --energy or --energy-log, not both")
+    return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
 
 
 def _stage_progress(bar: Progress) -> Callable[[str, int, int], None]:
@@ -266,12 +278,10 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
-    from caloforge.simulate.driver import EnergySpec, SimulationConfig
+    from caloforge.simulate.driver import SimulationConfig
     from caloforge.simulate.driver import simulate as run_simulation
 
-    if energy is not None and energy_log is not None:
-        raise ValueError("give either --energy or --energy-log, not both")
-    spec = EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
+    spec = _energy_spec(energy, energy_log)
     det = get_detector(detector)
     config = SimulationConfig(
         detector=str(detector) if detector in available_detectors() else det.name,
@@ -443,8 +453,8 @@ def generate(
         str, typer.Option(help="'default' (shipped), a run directory or a checkpoint.")
     ] = "default",
     energy: Annotated[
-        str, typer.Option(help="Incident energy in GeV: 50 (fixed) or 10:90 (uniform).")
-    ] = "10:90",
+        str | None, typer.Option(help="Incident energy in GeV: 50 (fixed) or 10:90 (uniform). Default 10:90.")
+    ] = None,
     energy_log: Annotated[
         str | None, typer.Option("--energy-log", help="Log-uniform incident energy range LO:HI in GeV.")
     ] = None,
@@ -463,15 +473,14 @@ def generate(
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
     from caloforge.generation import generate_file
-    from caloforge.simulate.driver import EnergySpec, draw_energies
+    from caloforge.simulate.driver import draw_energies
 
     _set_threads(threads)
     if energies_file is not None:
         with open_showers(energies_file) as f:
             energies = f.read_energy()[:n]
     else:
-        spec = EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy)
-        energies = draw_energies(spec, n, seed)
+        energies = draw_energies(_energy_spec(energy, energy_log), n, seed)
     with progress_bar() as bar:
         task = bar.add_task("generate", total=len(energies), rate="")
         result = generate_file(
