@@ -26,7 +26,14 @@ from caloforge.models import (
     load_model,
     train,
 )
-from caloforge.models.caloclouds2 import _InterruptFlag, _load_training_data, _Trainer, save_for_inference
+from caloforge.models.caloclouds2 import (
+    SamplerSpec,
+    _InterruptFlag,
+    _load_training_data,
+    _Trainer,
+    calibrate,
+    save_for_inference,
+)
 from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
 from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
 from caloforge.models.showerflow import ShowerFlow, largest_remainder, shower_stats
@@ -385,7 +392,7 @@ def test_time_budget_leaves_usable_checkpoint(data_file, tmp_path):
 
 
 def _stop_at(step: int):
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(stage: str, done: int, total: int, info: str = "") -> None:
         if stage == "train" and done == step:
             raise KeyboardInterrupt
 
@@ -495,3 +502,41 @@ def test_config_from_before_flow_bound_keeps_its_spline_range():
     del old["flow_bound"]
     assert CaloClouds2Config.from_dict(old).flow_bound == 5.0  # zuko's default, what it was trained with
     assert CaloClouds2Config.from_dict(CaloClouds2Config().to_dict()).flow_bound == 10.0
+
+
+def test_progress_reports_running_loss(data_file, tmp_path):
+    infos = []
+
+    def progress(stage: str, done: int, total: int, info: str = "") -> None:
+        if stage == "train":
+            infos.append(info)
+
+    train(TINY, data_file, tmp_path, progress=progress)
+    assert infos[0] == ""  # nothing logged yet
+    last = infos[-1].split()
+    assert last[0] == "edm" and math.isfinite(float(last[1])) and "flow" in last
+
+
+def test_calibrate_refits_for_another_sampler(trained, data_file, tmp_path):
+    result, model = trained
+    out = tmp_path / "euler.pt"
+    calibration = calibrate(result.checkpoint, data_file, out, sampler="euler", n_steps=3, showers=8)
+    again = load_model(out)
+    assert again.sampler == SamplerSpec("euler", 3)
+    assert again.calibration.to_dict() == calibration.to_dict()
+    assert load_model(result.checkpoint).sampler == model.sampler  # the original is untouched
+    # generate() follows the model's sampler; the other kind of sampler is refused
+    assert len(next(generate(again, [50.0]))) == 1
+    with pytest.raises(GenerationError, match="does not fit an EDM"):
+        next(generate(again, [50.0], sampler="consistency"))
+    with pytest.raises(ValueError, match="does not fit"):
+        calibrate(result.checkpoint, data_file, tmp_path / "x.pt", sampler="consistency")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_sampler_spec_round_trip_and_calls():
+    spec = SamplerSpec("consistency", 2)
+    assert SamplerSpec(**spec.to_dict()) == spec and spec.network_calls == 2
+    assert SamplerSpec("heun", 13).network_calls == 25
+    with pytest.raises(ValueError, match="unknown sampler"):
+        SamplerSpec("dpm")

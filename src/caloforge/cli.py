@@ -96,14 +96,15 @@ def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
     return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
 
 
-def _stage_progress(bar: Progress) -> Callable[[str, int, int], None]:
-    """A ``progress(stage, done, total)`` callback showing one bar per stage."""
+def _stage_progress(bar: Progress) -> Callable[..., None]:
+    """A ``progress(stage, done, total, info="")`` callback showing one bar per stage;
+    ``info`` (e.g. the running loss) is shown next to the bar."""
     tasks: dict[str, int] = {}
 
-    def progress(stage: str, done: int, total: int) -> None:
+    def progress(stage: str, done: int, total: int, info: str = "") -> None:
         if stage not in tasks:
             tasks[stage] = bar.add_task(stage, total=total, rate="")
-        bar.update(tasks[stage], completed=done)
+        bar.update(tasks[stage], completed=done, rate=info)
 
     return progress
 
@@ -446,6 +447,46 @@ def train_caloclouds2(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[str, typer.Option(help="A run directory or checkpoint ('default' needs --out).")],
+    data: Annotated[Path, typer.Option(help="Geant4 point-cloud file to calibrate against.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write here instead of updating the checkpoint.")
+    ] = None,
+    sampler: Annotated[
+        str | None, typer.Option(help="Make this the model's sampler (heun, euler; consistency).")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Sampler steps (default: the model's).")] = None,
+    showers: Annotated[
+        int | None, typer.Option(min=1, help="Model showers per fit pass (default: the model config's).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the energies and noise used.")] = 0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+) -> None:
+    """Refit a model's number-of-points calibration (SPEC 6.1) for its (or a new) sampler."""
+    from caloforge.generation import resolve_model
+    from caloforge.models.caloclouds2 import calibrate as run_calibration
+
+    if model == "default" and out is None:
+        raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
+    _set_threads(threads)
+    path = resolve_model(model)
+    with progress_bar() as bar:
+        result = run_calibration(
+            path,
+            data,
+            out,
+            sampler=sampler,
+            n_steps=steps,
+            showers=showers,
+            seed=seed,
+            progress=_stage_progress(bar),
+        )
+    ratio = ", ".join(f"{c:.4g}" for c in result.ratio_coeffs)
+    console.print(f"number-of-points calibration refitted (cubic coefficients {ratio}); wrote {out or path}")
+
+
+@app.command()
 def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output point-cloud file (HDF5).")],
     n: Annotated[int, typer.Option("-n", "--n-showers", min=1, help="Number of showers.")] = 100,
@@ -463,8 +504,14 @@ def generate(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same showers.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Showers generated at once.")] = 64,
-    steps: Annotated[int, typer.Option(min=1, help="Sampler steps (13 Heun steps = 25 evaluations).")] = 13,
-    sampler: Annotated[str, typer.Option(help="heun or euler.")] = "heun",
+    steps: Annotated[
+        int | None,
+        typer.Option(min=1, help="Sampler steps (default: the model's; 13 Heun steps = 25 evaluations)."),
+    ] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(help="heun or euler (diffusion models), consistency (distilled); default: the model's."),
+    ] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
     allow_extrapolation: Annotated[
         bool, typer.Option(help="Allow energies outside the model's training range (with a warning).")

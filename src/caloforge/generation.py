@@ -60,8 +60,8 @@ def generate_file(
     *,
     seed: int = 0,
     batch_size: int = 64,
-    n_steps: int = 13,
-    sampler: str = "heun",
+    n_steps: int | None = None,
+    sampler: str | None = None,
     allow_extrapolation: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -71,7 +71,7 @@ def generate_file(
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
     it was. ``progress(done, total)`` is called after every batch.
     """
-    from caloforge.models.caloclouds2 import generate, load_model
+    from caloforge.models.caloclouds2 import generate, load_model, resolve_sampler
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -79,11 +79,13 @@ def generate_file(
     path = resolve_model(model)
     net = load_model(path)
     energies = np.asarray(energies_gev, np.float64)
+    spec = resolve_sampler(net, sampler, n_steps)
     attrs = {
         "model": str(path.name if str(model) == "default" else path),
         "model_family": "caloclouds2",
-        "sampler": sampler,
-        "sampler_steps": n_steps,
+        "sampler": spec.name,
+        "sampler_steps": spec.n_steps,
+        "network_calls": spec.network_calls,
         "energy_min_gev": float(energies.min()),
         "energy_max_gev": float(energies.max()),
     }
@@ -95,8 +97,8 @@ def generate_file(
             energies,
             batch_size=batch_size,
             seed=seed,
-            n_steps=n_steps,
-            sampler=sampler,
+            n_steps=spec.n_steps,
+            sampler=spec.name,
             allow_extrapolation=allow_extrapolation,
         ):
             writer.write(batch)

@@ -29,7 +29,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["Denoiser", "karras_sigmas", "sample_euler", "sample_heun"]
+__all__ = [
+    "Denoiser",
+    "consistency_sigmas",
+    "karras_sigmas",
+    "sample_consistency",
+    "sample_euler",
+    "sample_heun",
+]
 
 #: ``D(x, sigma, **cond) -> x0``: ``sigma`` holds one noise level per batch element.
 Denoiser = Callable[..., Tensor]
@@ -128,4 +135,45 @@ def sample_heun(
             d_next = (x_next - denoiser(x_next, x.new_full((x.shape[0],), sigma_next), **cond)) / sigma_next
             x_next = x + (d + d_next) / 2 * (sigma_next - sigma_hat)
         x = x_next
+    return x
+
+
+def consistency_sigmas(
+    n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, device: str = "cpu"
+) -> Tensor:
+    """Noise levels of an ``n``-step consistency sampler: ``sigma_max``, then ``n - 1``
+    intermediate levels of the Karras schedule with ``n + 1`` levels, then 0.
+
+    >>> [round(s, 3) for s in consistency_sigmas(2).tolist()]
+    [80.0, 2.515, 0.0]
+    """
+    if n < 1:
+        raise ValueError(f"need at least one step, got n={n}")
+    levels = karras_sigmas(n + 1, sigma_min, sigma_max, rho, device)[:n]
+    return torch.cat([levels, levels.new_zeros(1)])
+
+
+@torch.no_grad()
+def sample_consistency(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    sigma_min: float = 0.002,
+    **cond: Tensor,
+) -> Tensor:
+    """Multistep consistency sampling (Song et al. 2023, algorithm 1): one denoiser call per step.
+
+    ``x`` starts at ``sigmas[0]``; after each jump to the clean sample, fresh noise brings it
+    back to the next level ``sigmas[i] > 0`` (``sqrt(sigma^2 - sigma_min^2)`` of it, drawn
+    from ``generator``). With :func:`consistency_sigmas` ``(1)`` this is one network call.
+    """
+    x = denoiser(x, x.new_full((x.shape[0],), float(sigmas[0])), **cond)
+    for sigma in sigmas[1:].tolist():
+        if sigma <= 0:
+            break
+        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x + eps * math.sqrt(max(sigma**2 - sigma_min**2, 0.0))
+        x = denoiser(x, x.new_full((x.shape[0],), sigma), **cond)
     return x

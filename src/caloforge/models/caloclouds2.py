@@ -39,7 +39,7 @@ from caloforge import __version__
 from caloforge.calibrate import NPointsCalibration, calibrate_points, count_hits
 from caloforge.detector import Detector, DetectorError, detector_from_dict
 from caloforge.io import PointShowers, atomic_output, open_showers
-from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
+from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser, edm_loss
 from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
 from caloforge.models.showerflow import (
     ShowerFlow,
@@ -48,7 +48,13 @@ from caloforge.models.showerflow import (
     layer_energies,
     shower_stats,
 )
-from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
+from caloforge.sampling import (
+    consistency_sigmas,
+    karras_sigmas,
+    sample_consistency,
+    sample_euler,
+    sample_heun,
+)
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -58,9 +64,13 @@ __all__ = [
     "CaloClouds2Config",
     "CheckpointError",
     "GenerationError",
+    "SamplerSpec",
     "TrainResult",
+    "calibrate",
+    "fit_calibration",
     "generate",
     "load_model",
+    "resolve_sampler",
     "train",
 ]
 
@@ -68,7 +78,8 @@ CHECKPOINT_FORMAT = "caloforge-caloclouds2"
 #: Bumped whenever the checkpoint layout changes; older/newer versions are refused.
 CHECKPOINT_VERSION = 1
 
-Progress = Callable[[str, int, int], None]
+#: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
+Progress = Callable[..., None]
 
 
 class CheckpointError(ValueError):
@@ -77,6 +88,62 @@ class CheckpointError(ValueError):
 
 class GenerationError(ValueError):
     """Showers cannot be generated as asked (e.g. incident energies outside the trained range)."""
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How a model's points are sampled by default: ``heun`` / ``euler`` with ``n_steps`` noise
+    levels (EDM models; Heun costs ``2 n_steps - 1`` network calls), or ``consistency`` with
+    ``n_steps`` network calls (distilled models). The N calibration is fitted with it.
+
+    >>> SamplerSpec().network_calls, SamplerSpec("consistency", 1).sigmas().tolist()
+    (25, [80.0, 0.0])
+    """
+
+    name: str = "heun"
+    n_steps: int = 13
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def __post_init__(self) -> None:
+        if self.name not in _SAMPLERS:
+            raise ValueError(f"unknown sampler '{self.name}': use one of {', '.join(_SAMPLERS)}")
+        if self.n_steps < 1:
+            raise ValueError(f"the sampler needs at least one step, got {self.n_steps}")
+
+    @property
+    def consistency(self) -> bool:
+        """True for a distilled (consistency) model."""
+        return self.name == "consistency"
+
+    @property
+    def network_calls(self) -> int:
+        """Network evaluations per shower batch."""
+        return 2 * self.n_steps - 1 if self.name == "heun" else self.n_steps
+
+    def sigmas(self) -> Tensor:
+        """The noise levels the sampler visits (ending with 0)."""
+        make = consistency_sigmas if self.consistency else karras_sigmas
+        return make(self.n_steps, self.sigma_min, self.sigma_max)
+
+    def sample(self, denoiser: EDMDenoiser, x: Tensor, generator: torch.Generator, **cond: Tensor) -> Tensor:
+        """Run the sampler from ``x`` (already scaled to ``sigma_max``)."""
+        if self.consistency:
+            return sample_consistency(
+                denoiser, x, self.sigmas(), generator=generator, sigma_min=self.sigma_min, **cond
+            )
+        return _SAMPLERS[self.name](denoiser, x, self.sigmas(), **cond)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able mapping."""
+        return asdict(self)
+
+
+_SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "heun": sample_heun,
+    "euler": sample_euler,
+    "consistency": sample_consistency,
+}
 
 
 @dataclass(frozen=True)
@@ -112,7 +179,8 @@ class CaloClouds2Config:
     lr: float = 5e-4
     grad_clip: float = 10.0
     ema_max_decay: float = 0.9999
-    # Calibration of the number of points: model showers generated after training.
+    # Calibration of the number of points: model showers generated after training with the
+    # default sampler of the model, Heun with `calibration_sampler_steps` noise levels.
     calibration_showers: int = 256
     calibration_sampler_steps: int = 13
     calibration_refinements: int = 1
@@ -231,10 +299,14 @@ class CaloClouds2(nn.Module):
         )
         self.scaler = PointScaler(target_std=config.sigma_data, half_size_mm=detector.half_size_mm)
         self.calibration = NPointsCalibration.identity(self.max_points)
+        self.sampler = SamplerSpec()
 
     @property
     def denoiser(self) -> EDMDenoiser:
-        """The PointWise Net with EDM preconditioning: ``D(x, sigma, energy=, n_points=)``."""
+        """The PointWise Net with EDM (or, distilled, consistency) preconditioning:
+        ``D(x, sigma, energy=, n_points=)``."""
+        if self.sampler.consistency:
+            return ConsistencyDenoiser(self.net, self.config.sigma_data, self.sampler.sigma_min)
         return EDMDenoiser(self.net, self.config.sigma_data)
 
     def n_parameters(self) -> dict[str, int]:
@@ -255,6 +327,7 @@ class CaloClouds2(nn.Module):
             "max_points": self.max_points,
             "energy_range": list(self.energy_range),
             "calibration": self.calibration.to_dict(),
+            "sampler": self.sampler.to_dict(),
             "complete": self.complete,
         }
 
@@ -295,6 +368,8 @@ def _model_from_state(state: dict[str, Any], path: Path) -> CaloClouds2:
         model = CaloClouds2(config, detector, int(state["max_points"]), tuple(state["energy_range"]))
         model.load_state_dict(state["model"])
         model.calibration = NPointsCalibration.from_dict(state["calibration"])
+        # Checkpoints written before the sampler was stored are EDM models sampled with Heun, 13 levels.
+        model.sampler = SamplerSpec(**state.get("sampler", {}))
     except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
         raise CheckpointError(f"'{path}': the checkpoint does not describe a valid model: {exc}") from exc
     model.complete = bool(state["complete"])
@@ -308,7 +383,11 @@ def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
     need: about a third of the size, for shipping a model.
     """
     state = _read_checkpoint(Path(checkpoint))
-    keep = {k: state[k] for k in ("format", "format_version", "caloforge_version", *_REQUIRED_KEYS)}
+    keep = {
+        k: state[k]
+        for k in ("format", "format_version", "caloforge_version", "sampler", *_REQUIRED_KEYS)
+        if k in state
+    }
     with atomic_output(out) as tmp:
         torch.save(keep, tmp)
     return Path(out)
@@ -325,9 +404,6 @@ def load_model(path: str | Path) -> CaloClouds2:
 
 # --------------------------------------------------------------------------- generation
 
-_SAMPLERS = {"heun": sample_heun, "euler": sample_euler}
-
-
 #: Padded points per denoiser call when generating: showers of similar size are grouped up
 #: to this many. Small on CPU, where a working set that fits the cache beats big batches.
 POINTS_PER_CALL = 8192
@@ -339,8 +415,7 @@ def _sample_points(
     n_flow: Tensor,
     n: Tensor,
     generator: torch.Generator,
-    n_steps: int,
-    sampler: str,
+    sampler: SamplerSpec,
     points_per_call: int,
 ) -> Tensor:
     """Run the sampler for ``n[b]`` points per shower; ``(B, max n, 4)`` in network space.
@@ -348,10 +423,10 @@ def _sample_points(
     Showers are sorted by size and denoised in groups of at most ``points_per_call`` padded
     points (at least one shower per group), so little work goes into padding.
     """
-    sigmas = karras_sigmas(n_steps)
     out = torch.zeros(len(n), int(n.max()), 4)
     order = torch.argsort(n, stable=True).tolist()
     sizes = n.tolist()
+    denoiser = model.denoiser
     start = 0
     while start < len(order):
         stop = start + 1
@@ -359,12 +434,10 @@ def _sample_points(
             stop += 1
         idx = torch.tensor(order[start:stop])
         width = sizes[order[stop - 1]]
-        x = torch.randn(len(idx), width, 4, generator=generator) * sigmas[0]
+        x = torch.randn(len(idx), width, 4, generator=generator) * sampler.sigma_max
         # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
         # with that many points; the calibrated count only decides how many are drawn from it.
-        out[idx, :width] = _SAMPLERS[sampler](
-            model.denoiser, x, sigmas, energy=energy[idx], n_points=n_flow[idx]
-        )
+        out[idx, :width] = sampler.sample(denoiser, x, generator, energy=energy[idx], n_points=n_flow[idx])
         start = stop
     return out
 
@@ -374,8 +447,7 @@ def _generate_batch(
     model: CaloClouds2,
     energy: Tensor,
     generator: torch.Generator,
-    n_steps: int,
-    sampler: str,
+    sampler: SamplerSpec | None = None,
     points_per_call: int = POINTS_PER_CALL,
 ) -> tuple[PointShowers, Tensor]:
     """One batch of showers and the flow's (uncalibrated) numbers of points."""
@@ -385,10 +457,32 @@ def _generate_batch(
     counts = largest_remainder(flow.point_fractions, n)
     layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
     mask = torch.arange(int(n.max())).unsqueeze(0) < n.unsqueeze(1)
-    z = _sample_points(model, energy, n_flow, n, generator, n_steps, sampler, points_per_call)
+    z = _sample_points(model, energy, n_flow, n, generator, sampler or model.sampler, points_per_call)
     points = calibrate_points(model.scaler.inverse(z), mask, counts, layer_e, flow.cog[:, :2])
     points = torch.where(mask.unsqueeze(-1), points, 0.0)
     return PointShowers(energy.double().numpy(), points.numpy()), n_flow
+
+
+def resolve_sampler(
+    model: CaloClouds2, sampler: str | None = None, n_steps: int | None = None
+) -> SamplerSpec:
+    """The model's default sampler with ``sampler`` / ``n_steps`` replaced where given.
+
+    A distilled (consistency) model only samples with ``consistency``; an EDM model with
+    ``heun`` or ``euler``. Raises :class:`GenerationError` otherwise.
+    """
+    base = model.sampler
+    name = base.name if sampler is None else sampler
+    if name not in _SAMPLERS:
+        raise GenerationError(f"unknown sampler '{name}': use one of {', '.join(_SAMPLERS)}")
+    if (name == "consistency") != base.consistency:
+        kind = "a distilled (consistency) model" if base.consistency else "an EDM (diffusion) model"
+        allowed = "consistency" if base.consistency else "heun or euler"
+        raise GenerationError(f"sampler '{name}' does not fit {kind}: use {allowed}")
+    steps = n_steps if n_steps is not None else (base.n_steps if name == base.name else 13)
+    if steps < 1:
+        raise GenerationError(f"the sampler needs at least one step, got {steps}")
+    return replace(base, name=name, n_steps=steps)
 
 
 def generate(
@@ -396,24 +490,24 @@ def generate(
     energies_gev: Sequence[float] | np.ndarray,
     batch_size: int = 64,
     seed: int = 0,
-    n_steps: int = 13,
-    sampler: str = "heun",
+    n_steps: int | None = None,
+    sampler: str | None = None,
     allow_extrapolation: bool = False,
     points_per_call: int = POINTS_PER_CALL,
 ) -> Iterator[PointShowers]:
     """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
 
     Points follow caloforge's in-memory convention (x, y mm; layer coordinate ``l + 0.5``;
-    E MeV; zero padding). ``n_steps`` noise levels (Heun: ``2 n_steps - 1`` network calls).
-    The output depends on ``seed``, ``batch_size`` and ``points_per_call`` (padded points per
-    network call; raise it on a GPU). Energies outside the trained range raise
-    :class:`GenerationError` unless ``allow_extrapolation``.
+    E MeV; zero padding). ``sampler`` and ``n_steps`` default to the model's own
+    (:attr:`CaloClouds2.sampler`, the one its calibration was fitted with); see
+    :func:`resolve_sampler`. The output depends on ``seed``, ``batch_size`` and
+    ``points_per_call`` (padded points per network call; raise it on a GPU). Energies outside
+    the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
     """
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
-    if sampler not in _SAMPLERS:
-        raise GenerationError(f"unknown sampler '{sampler}': use one of {', '.join(_SAMPLERS)}")
-    if batch_size < 1 or n_steps < 1 or points_per_call < 1:
-        raise GenerationError("batch_size, n_steps and points_per_call must be at least 1")
+    spec = resolve_sampler(model, sampler, n_steps)
+    if batch_size < 1 or points_per_call < 1:
+        raise GenerationError("batch_size and points_per_call must be at least 1")
     if not np.all(np.isfinite(energies)) or np.any(energies <= 0):
         raise GenerationError("incident energies must be finite and positive (GeV)")
     lo, hi = model.energy_range
@@ -430,7 +524,7 @@ def generate(
     model.eval()
     for start in range(0, len(energies), batch_size):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
-        yield _generate_batch(model, energy, generator, n_steps, sampler, points_per_call)[0]
+        yield _generate_batch(model, energy, generator, spec, points_per_call)[0]
 
 
 # --------------------------------------------------------------------------- training data
@@ -516,6 +610,23 @@ class TrainResult:
     parameters: dict[str, int] = field(default_factory=dict)
 
 
+def point_batch(
+    data: _TrainingData, scaler: PointScaler, batch_size: int, points: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """A training batch: ``points`` random cached points of ``batch_size`` random showers,
+    dequantised and scaled, ``(B, points, 4)``; the real-point mask; the conditioning."""
+    idx = torch.randint(len(data.energy), (batch_size,), generator=gen)
+    cached = data.points[idx]
+    valid = cached[..., 3] > 0
+    keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0
+    take = keys.argsort(dim=1)[:, :points]
+    pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
+    mask = valid.gather(1, take)
+    pts = dequantize(pts, data.detector.fine_cell_mm, gen)
+    x0 = torch.where(mask.unsqueeze(-1), scaler(pts), 0.0)
+    return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
+
+
 class _Trainer:
     """The mutable state of a training run, and one step of it."""
 
@@ -524,6 +635,7 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
             self.model = CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range)
+        self.model.sampler = SamplerSpec("heun", config.calibration_sampler_steps)
         self.gen = torch.Generator().manual_seed(config.seed)
         self._fit_standardisation()
         self.train_net = self.model.net
@@ -535,6 +647,7 @@ class _Trainer:
         self.step = 0
         self.skipped = 0
         self.elapsed_s = 0.0
+        self.last_losses: dict[str, float] = {}
 
     def _fit_standardisation(self) -> None:
         gen = torch.Generator().manual_seed(self.config.seed + 2)
@@ -564,17 +677,10 @@ class _Trainer:
         return loss.item()
 
     def net_step(self) -> float | None:
-        cfg, data = self.config, self.data
-        idx = torch.randint(len(data.energy), (cfg.batch_size,), generator=self.gen)
-        cached = data.points[idx]
-        valid = cached[..., 3] > 0
-        keys = torch.rand(valid.shape, generator=self.gen) + (~valid) * 2.0
-        take = keys.argsort(dim=1)[:, : cfg.points_per_shower]
-        pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
-        mask = valid.gather(1, take)
-        pts = dequantize(pts, data.detector.fine_cell_mm, self.gen)
-        x0 = torch.where(mask.unsqueeze(-1), self.model.scaler(pts), 0.0)
-        cond = {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
+        cfg = self.config
+        x0, mask, cond = point_batch(
+            self.data, self.model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen
+        )
         loss = edm_loss(
             EDMDenoiser(self.train_net, cfg.sigma_data),
             x0,
@@ -588,6 +694,14 @@ class _Trainer:
         if value is not None:
             self.ema.update(self.train_net)
         return value
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        """One PointWise Net update and the flow updates that fall on this step."""
+        k = self.step
+        losses = [("edm_loss", self.net_step())]
+        for j in range(self.flow_steps_before(k), self.flow_steps_before(k + 1)):
+            losses.append(("flow_loss", self.flow_step(j)))
+        return losses
 
     def flow_step(self, flow_step: int) -> float | None:
         cfg, data = self.config, self.data
@@ -671,43 +785,198 @@ class _InterruptFlag:
             self._restore()
 
 
-def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCalibration:
-    """Fit the number-of-points calibration (SPEC 6.1): model showers' cell hits match Geant4's.
+def fit_calibration(
+    model: CaloClouds2,
+    energies: Tensor,
+    n_points: np.ndarray,
+    hits: np.ndarray,
+    refinements: int = 1,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> NPointsCalibration:
+    """Fit the number-of-points calibration (SPEC 6.1) of ``model`` with its own sampler.
 
-    A first run with the identity gives the cubic fit of :meth:`NPointsCalibration.fit`;
-    each of ``calibration_refinements`` further runs (same showers, same noise) corrects
-    it with a secant step (:meth:`NPointsCalibration.refine`).
+    Model showers at ``energies`` are generated so that their cell hits match the Geant4
+    showers' (``n_points`` clustered points and ``hits`` cells above threshold each, any
+    number of showers). A first run with the identity gives the cubic fit of
+    :meth:`NPointsCalibration.fit`; each of the ``refinements`` further runs (same showers,
+    same noise) corrects it with a secant step (:meth:`NPointsCalibration.refine`).
+    ``model.calibration`` is left set to the result.
     """
-    model, data, cfg = trainer.model, trainer.data, trainer.config
-    pick = torch.randperm(len(data.energy), generator=torch.Generator().manual_seed(cfg.seed + 3))
-    energies = data.energy[pick[: cfg.calibration_showers]]
-    passes = 1 + cfg.calibration_refinements
+    passes = 1 + refinements
     model.eval()
 
     def run(calibration: NPointsCalibration, index: int) -> tuple[np.ndarray, np.ndarray]:
         model.calibration = calibration
-        gen = torch.Generator().manual_seed(cfg.seed + 4)
-        n_flow, hits, batch = [], [], 32
+        gen = torch.Generator().manual_seed(seed + 4)
+        n_flow, hits_model, batch = [], [], 32
         for start in range(0, len(energies), batch):
-            showers, n = _generate_batch(
-                model, energies[start : start + batch], gen, cfg.calibration_sampler_steps, "heun"
-            )
+            showers, n = _generate_batch(model, energies[start : start + batch], gen)
             n_flow.append(n.numpy())
-            hits.append(count_hits(showers, data.detector))
+            hits_model.append(count_hits(showers, model.detector))
             if progress is not None:
                 done = index * len(energies) + min(start + batch, len(energies))
                 progress("calibrate", done, passes * len(energies))
-        return np.concatenate(n_flow), np.concatenate(hits)
+        return np.concatenate(n_flow), np.concatenate(hits_model)
 
-    n_data, hits_data = data.stats.n_points.numpy(), data.hits
     previous = NPointsCalibration.identity(model.max_points)
     previous_run = run(previous, 0)
-    current = NPointsCalibration.fit(n_data, hits_data, *previous_run, n_scale=model.max_points)
+    current = NPointsCalibration.fit(n_points, hits, *previous_run, n_scale=model.max_points)
     for index in range(1, passes):
         current_run = run(current, index)
-        previous, current = current, current.refine(previous, n_data, hits_data, *previous_run, *current_run)
+        previous, current = current, current.refine(previous, n_points, hits, *previous_run, *current_run)
         previous_run = current_run
+    model.calibration = current
     return current
+
+
+def _calibration_energies(energy: Tensor, n: int, seed: int) -> Tensor:
+    pick = torch.randperm(len(energy), generator=torch.Generator().manual_seed(seed + 3))
+    return energy[pick[:n]]
+
+
+def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCalibration:
+    """The calibration at the end of training, on the training showers."""
+    model, data, cfg = trainer.model, trainer.data, trainer.config
+    energies = _calibration_energies(data.energy, cfg.calibration_showers, cfg.seed)
+    return fit_calibration(
+        model,
+        energies,
+        data.stats.n_points.numpy(),
+        data.hits,
+        cfg.calibration_refinements,
+        cfg.seed,
+        progress,
+    )
+
+
+def calibrate(
+    model_path: str | Path,
+    data_path: str | Path,
+    out: str | Path | None = None,
+    *,
+    sampler: str | None = None,
+    n_steps: int | None = None,
+    showers: int | None = None,
+    refinements: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> NPointsCalibration:
+    """Refit the N calibration of the checkpoint ``model_path`` against the Geant4 file ``data_path``.
+
+    ``sampler`` / ``n_steps`` change the model's default sampler (the calibration belongs to
+    it, see :func:`resolve_sampler`). The checkpoint is rewritten atomically (or written to
+    ``out``), everything else in it unchanged, so a training run can still be resumed.
+    ``showers`` model showers (default: the model config's ``calibration_showers``) are
+    drawn at energies of the data file.
+    """
+    path = Path(model_path)
+    state = _read_checkpoint(path)
+    model = _model_from_state(state, path)
+    try:
+        model.sampler = resolve_sampler(model, sampler, n_steps)
+    except GenerationError as exc:
+        raise ValueError(str(exc)) from exc
+    cfg = model.config
+    energy, n_points, hits = [], [], []
+    with open_showers(data_path) as reader:
+        if reader.kind != "points":
+            raise ValueError(f"'{data_path}' holds {reader.kind}; the calibration needs point clouds")
+        if reader.detector.name != model.detector.name:
+            raise ValueError(
+                f"'{data_path}' is for detector '{reader.detector.name}', "
+                f"the model for '{model.detector.name}'"
+            )
+        for chunk in reader.iter_chunks(cfg.chunk_size):
+            chunk = chunk[chunk.n_points > 0]
+            energy.append(chunk.energy)
+            n_points.append(chunk.n_points)
+            hits.append(count_hits(chunk, model.detector))
+            if progress is not None:
+                progress("load", sum(len(e) for e in energy), len(reader))
+    if not energy:
+        raise ValueError(f"'{data_path}' holds no showers with points")
+    all_energy = torch.from_numpy(np.concatenate(energy).astype(np.float32))
+    count = cfg.calibration_showers if showers is None else showers
+    calibration = fit_calibration(
+        model,
+        _calibration_energies(all_energy, count, seed),
+        np.concatenate(n_points).astype(np.float64),
+        np.concatenate(hits),
+        cfg.calibration_refinements if refinements is None else refinements,
+        seed,
+        progress,
+    )
+    state = state | {"calibration": calibration.to_dict(), "sampler": model.sampler.to_dict()}
+    with atomic_output(path if out is None else out) as tmp:
+        torch.save(state, tmp)
+    return calibration
+
+
+def _run_loop(
+    trainer: Any,
+    total_steps: int,
+    ckpt: Path,
+    log_every: int,
+    checkpoint_minutes: float,
+    progress: Progress | None,
+    max_minutes: float | None,
+    start: float,
+) -> None:
+    """Step ``trainer`` to ``total_steps``: logs, progress, periodic checkpoints, time budget, Ctrl-C.
+
+    ``trainer`` has ``step``, ``elapsed_s``, ``last_losses``, ``one_step() -> [(name, loss | None)]``
+    and ``save(path)``. Running means of the losses go to ``train_log.jsonl`` next to ``ckpt``
+    every ``log_every`` steps. Ctrl-C saves after the current step and re-raises.
+    """
+    elapsed_before = trainer.elapsed_s
+    log_path = ckpt.parent / "train_log.jsonl"
+    sums: dict[str, list[float]] = {}
+    last_save = time.monotonic()
+
+    def save() -> None:
+        trainer.elapsed_s = elapsed_before + time.monotonic() - start
+        trainer.save(ckpt)
+
+    with _InterruptFlag() as interrupt:
+        try:
+            while trainer.step < total_steps:
+                for name, value in trainer.one_step():
+                    total = sums.setdefault(name, [0.0, 0])
+                    if value is not None:
+                        total[0] += value
+                        total[1] += 1
+                trainer.step += 1
+                if trainer.step % log_every == 0 or trainer.step == total_steps:
+                    trainer.last_losses = {name: s / c for name, (s, c) in sums.items() if c}
+                    sums = {}
+                    record = {
+                        "step": trainer.step,
+                        **trainer.last_losses,
+                        "skipped_steps": trainer.skipped,
+                        "minutes": (time.monotonic() - start) / 60,
+                    }
+                    with log_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if progress is not None:
+                    progress("train", trainer.step, total_steps, info=_loss_info(trainer.last_losses))
+                if interrupt.raised:
+                    raise KeyboardInterrupt
+                if time.monotonic() - last_save > 60 * checkpoint_minutes:
+                    save()
+                    last_save = time.monotonic()
+                if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
+                    break
+        except KeyboardInterrupt:
+            save()
+            raise
+    trainer.elapsed_s = elapsed_before + time.monotonic() - start
+
+
+def _loss_info(losses: dict[str, float]) -> str:
+    """``edm 0.912 flow -0.21``: the last logged losses for a progress bar."""
+    short = {"edm_loss": "edm", "flow_loss": "flow", "cd_loss": "cd"}
+    return " ".join(f"{short.get(k, k)} {v:.3g}" for k, v in losses.items())
 
 
 def train(
@@ -753,61 +1022,19 @@ def train(
     trainer = _Trainer(config, data)
     if state is not None:
         trainer.restore(state, ckpt)
-    elapsed_before = trainer.elapsed_s
-    log_path = out / "train_log.jsonl"
-    sums = {"edm_loss": [0.0, 0], "flow_loss": [0.0, 0]}
-    last: dict[str, float] = {}
-    last_save = time.monotonic()
-
-    def save() -> None:
-        trainer.elapsed_s = elapsed_before + time.monotonic() - start
-        trainer.save(ckpt)
-
-    with _InterruptFlag() as interrupt:
-        try:
-            while trainer.step < config.steps:
-                k = trainer.step
-                losses = [("edm_loss", trainer.net_step())]
-                for j in range(trainer.flow_steps_before(k), trainer.flow_steps_before(k + 1)):
-                    losses.append(("flow_loss", trainer.flow_step(j)))
-                for name, value in losses:
-                    if value is not None:
-                        sums[name][0] += value
-                        sums[name][1] += 1
-                trainer.step = k + 1
-                if trainer.step % config.log_every == 0 or trainer.step == config.steps:
-                    last = {name: s / c for name, (s, c) in sums.items() if c}
-                    sums = {name: [0.0, 0] for name in sums}
-                    record = {
-                        "step": trainer.step,
-                        **last,
-                        "skipped_steps": trainer.skipped,
-                        "minutes": (time.monotonic() - start) / 60,
-                    }
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if progress is not None:
-                    progress("train", trainer.step, config.steps)
-                if interrupt.raised:
-                    raise KeyboardInterrupt
-                if time.monotonic() - last_save > 60 * config.checkpoint_minutes:
-                    save()
-                    last_save = time.monotonic()
-                if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
-                    break
-        except KeyboardInterrupt:
-            save()
-            raise
+    _run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
     trainer.model.complete = trainer.step >= config.steps
-    save()  # the weights are safe even if the calibration below is interrupted
+    trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
     trainer.model.calibration = _fit_calibration(trainer, progress)
-    save()
+    trainer.save(ckpt)
     return TrainResult(
         checkpoint=ckpt,
         step=trainer.step,
         total_steps=config.steps,
         complete=trainer.model.complete,
         minutes=(time.monotonic() - start) / 60,
-        losses=last,
+        losses=trainer.last_losses,
         parameters=trainer.model.n_parameters(),
     )

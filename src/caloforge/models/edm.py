@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EMA", "EDMDenoiser", "edm_loss"]
+__all__ = ["EMA", "ConsistencyDenoiser", "EDMDenoiser", "edm_loss"]
 
 
 def _per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -57,6 +57,35 @@ class EDMDenoiser(nn.Module):
         c_skip, c_out, c_in = self.scalings(s)
         c_noise = s.reshape(-1).log() / 4
         return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond)
+
+
+class ConsistencyDenoiser(EDMDenoiser):
+    """A consistency model ``f(x, sigma)`` (Song et al. 2023) with EDM's network scalings.
+
+    Only ``c_skip`` and ``c_out`` change, so that ``f(x, sigma_min) = x`` exactly (the
+    boundary condition): ``c_skip = sd^2 / ((sigma - sigma_min)^2 + sd^2)``,
+    ``c_out = (sigma - sigma_min) sd / sqrt(sigma^2 + sd^2)``. A student initialised from an
+    EDM teacher's network starts close to the teacher's denoiser.
+
+    >>> class Ones(torch.nn.Module):
+    ...     def forward(self, x, c_noise):
+    ...         return torch.ones_like(x)
+    >>> f = ConsistencyDenoiser(Ones(), sigma_data=0.5, sigma_min=0.002)
+    >>> x = torch.full((1, 2, 4), 3.0)
+    >>> torch.equal(f(x, 0.002), x)
+    True
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002) -> None:
+        super().__init__(net, sigma_data)
+        self.sigma_min = float(sigma_min)
+
+    def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        sd2 = self.sigma_data**2
+        shifted = sigma - self.sigma_min
+        c_skip = sd2 / (shifted**2 + sd2)
+        c_out = shifted * self.sigma_data / (sigma**2 + sd2).sqrt()
+        return c_skip, c_out, 1 / (sigma**2 + sd2).sqrt()
 
 
 def edm_loss(
