@@ -1,4 +1,4 @@
-"""The whole pipeline through the command line: simulate → train → generate → evaluate."""
+"""The whole pipeline through the command line: simulate → train → distil → generate → evaluate."""
 
 import importlib.util
 import json
@@ -32,15 +32,35 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
     caloforge(
         monkeypatch, "train", "caloclouds2", "--data", sim, "--out", run, "--preset", "smoke", "--threads", 1
     )
-    caloforge(
-        monkeypatch, "generate", "--model", run, "-n", 60, "--energy", "10:20", "--seed", 4, "--out", gen
-    )
+    cm, gen_cm = tmp_path / "run_cm", tmp_path / "gen_cm.h5"
+    caloforge(monkeypatch, "distill", "--teacher", run, "--data", sim, "--out", cm, "--preset", "smoke")
+    caloforge(monkeypatch, "calibrate", "--model", cm, "--data", sim, "--showers", 8)
+    for model, out in ((run, gen), (cm, gen_cm)):
+        caloforge(
+            monkeypatch,
+            "generate",
+            "--model",
+            model,
+            "-n",
+            60,
+            "--energy",
+            "10:20",
+            "--seed",
+            4,
+            "--out",
+            out,
+        )
+    with open_showers(gen_cm) as f:
+        assert f.attrs["sampler"] == "consistency" and f.attrs["network_calls"] == 1
     with open_showers(gen) as f:
         assert len(f) == 60 and f.generator == "caloclouds2" and f.detector.name == "ild-ecal"
         showers = f.read()
     assert showers.n_points.min() >= 1 and (showers.points[..., 3] >= 0).all()
-    caloforge(monkeypatch, "evaluate", sim, gen, "--out", report, "--draws", 2, "--splits", 2, "--epochs", 2)
+    caloforge(
+        monkeypatch, "evaluate", sim, gen, gen_cm, "--out", report, "--draws", 2, "--splits", 2, "--epochs", 2
+    )
     metrics = json.loads((report / "metrics.json").read_text())
-    (candidate,) = metrics["candidates"]
-    assert candidate["generator"] == "caloclouds2" and candidate["classifier_auc"] is not None
+    assert len(metrics["candidates"]) == 2
+    for candidate in metrics["candidates"]:
+        assert candidate["generator"] == "caloclouds2" and candidate["classifier_auc"] is not None
     assert (report / "report.md").exists() and (report / "plots" / "n_hits.png").exists()

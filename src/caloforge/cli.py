@@ -419,6 +419,10 @@ def train_caloclouds2(
     max_showers: Annotated[
         int | None, typer.Option(min=1, help="Use only the first N training showers.")
     ] = None,
+    widths: Annotated[
+        str | None,
+        typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
     max_minutes: Annotated[
@@ -433,13 +437,85 @@ def train_caloclouds2(
     _set_threads(threads)
     overrides = {
         k: v
-        for k, v in {"steps": steps, "flow_steps": flow_steps, "max_showers": max_showers}.items()
+        for k, v in {
+            "steps": steps,
+            "flow_steps": flow_steps,
+            "max_showers": max_showers,
+            "net_widths": _widths(widths),
+        }.items()
         if v is not None
     }
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
     with progress_bar() as bar:
         progress = _stage_progress(bar)
         result = train(config, data, out, resume=resume, progress=progress, max_minutes=max_minutes)
+    state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
+    console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
+    if not result.complete:
+        console.print("continue with the same command and --resume")
+
+
+def _widths(text: str | None) -> tuple[int, ...] | None:
+    """``4,64,128,64,4`` → a tuple of layer widths (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ValueError(
+            f"layer widths must be integers separated by commas, e.g. 4,64,128,64,4; got '{text}'"
+        ) from None
+
+
+@app.command()
+def distill(
+    teacher: Annotated[
+        str, typer.Option(help="The EDM model to distil: a run directory, checkpoint or 'default'.")
+    ],
+    data: Annotated[Path, typer.Option(help="The teacher's training point-cloud file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory of the consistency model.")],
+    preset: Annotated[str, typer.Option(help="cpu, paper or smoke.")] = "cpu",
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Distillation steps (default: the preset's).")
+    ] = None,
+    levels: Annotated[
+        int | None, typer.Option(min=2, help="Karras noise levels N of the teacher's steps (default 18).")
+    ] = None,
+    student_widths: Annotated[
+        str | None,
+        typer.Option(help="A narrower student, e.g. 4,32,64,32,4 (random start); default: the teacher's."),
+    ] = None,
+    loss: Annotated[str | None, typer.Option(help="l2 (default) or pseudo-huber.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of batches and noise.")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+) -> None:
+    """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
+    from caloforge.generation import resolve_model
+    from caloforge.models.consistency import DistillConfig
+    from caloforge.models.consistency import distill as run_distill
+
+    _set_threads(threads)
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": steps,
+            "n_levels": levels,
+            "student_widths": _widths(student_widths),
+            "loss": loss,
+        }.items()
+        if v is not None
+    }
+    config = DistillConfig.from_preset(preset, seed=seed, **overrides)
+    path = None if resume else resolve_model(teacher)
+    with progress_bar() as bar:
+        result = run_distill(
+            path, data, out, config, resume=resume, progress=_stage_progress(bar), max_minutes=max_minutes
+        )
     state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
     console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
     if not result.complete:
