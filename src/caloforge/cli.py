@@ -624,6 +624,54 @@ def generate(
     )
 
 
+def _numbers(text: str, kind: type = float) -> tuple:
+    try:
+        return tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"expected numbers separated by commas, e.g. 10,50,90; got '{text}'") from None
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for bench.md and bench.json.")] = Path(
+        "bench-results"
+    ),
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="LABEL=PATH of a CaloClouds II model (repeat); default: the shipped models."),
+    ] = None,
+    onnx: Annotated[
+        bool, typer.Option(help="Also time the ONNX Runtime export of the (last) consistency model.")
+    ] = True,
+    energies: Annotated[str, typer.Option(help="Incident energies in GeV.")] = "10,50,90",
+    threads: Annotated[str | None, typer.Option(help="Thread counts (default: 1 and all cores).")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Model batch sizes.")] = "1,64",
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per row (mean ± std).")] = 3,
+    quick: Annotated[bool, typer.Option(help="A few showers per row: checks every row runs.")] = False,
+    geant4: Annotated[bool, typer.Option(help="Time Geant4 (the reference of the speed-ups).")] = True,
+) -> None:
+    """Time Geant4 and the generative models per shower, in one run; speed-ups against Geant4."""
+    import dataclasses
+
+    from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results
+
+    config = BenchConfig.quick() if quick else BenchConfig()
+    changes: dict[str, object] = {"repeats": 1 if quick else repeats}
+    if not quick:
+        changes |= {"energies": _numbers(energies), "batch_sizes": _numbers(batch_sizes, int)}
+    if threads is not None:
+        changes["threads"] = _numbers(threads, int)
+    config = dataclasses.replace(config, **changes)
+    specs = default_models(model, onnx=onnx, workdir=out)
+    with err_console.status("benchmarking") as status:
+        result = run_bench(
+            specs, config, progress=lambda what: status.update(f"timing {what}"), geant4=geant4
+        )
+    json_path, md_path = write_results(result, out)
+    console.print(to_markdown(result))
+    console.print(f"wrote {md_path} and {json_path}")
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and a non-zero exit code."""
     try:

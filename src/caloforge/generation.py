@@ -17,24 +17,28 @@ import numpy as np
 
 from caloforge.io import ShowerWriter
 
-__all__ = ["DEFAULT_MODEL", "GenerationResult", "generate_file", "resolve_model"]
+__all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "GenerationResult", "generate_file", "resolve_model"]
 
-#: File name of the shipped CaloClouds II model in ``caloforge/assets``.
-DEFAULT_MODEL = "caloclouds2_cpu.pt"
+#: Models shipped in ``caloforge/assets``, by the name that selects them (``--model NAME``).
+SHIPPED_MODELS = {"caloclouds2": "caloclouds2_cpu.pt", "caloclouds2-cm": "caloclouds2_cm_cpu.pt"}
+#: The shipped model that ``--model default`` means.
+DEFAULT_MODEL = "caloclouds2"
 
 
 def resolve_model(model: str | Path) -> Path:
-    """Path of a checkpoint: ``default`` (the shipped model), a run directory or a ``.pt`` file."""
-    if str(model) == "default":
+    """Path of a checkpoint: ``default`` or a name of :data:`SHIPPED_MODELS`, a run directory or a file."""
+    name = DEFAULT_MODEL if str(model) == "default" else str(model)
+    if name in SHIPPED_MODELS:
         from caloforge import asset_path
 
-        return asset_path(DEFAULT_MODEL)
+        return asset_path(SHIPPED_MODELS[name])
     path = Path(model)
     if path.is_dir():
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(
-            f"model '{model}' not found: give 'default', a run directory or a checkpoint file"
+            f"model '{model}' not found: give 'default', {', '.join(SHIPPED_MODELS)}, "
+            "a run directory or a checkpoint file"
         )
     return path
 
@@ -81,7 +85,7 @@ def generate_file(
     energies = np.asarray(energies_gev, np.float64)
     spec = resolve_sampler(net, sampler, n_steps)
     attrs = {
-        "model": str(path.name if str(model) == "default" else path),
+        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
         "model_family": "caloclouds2",
         "sampler": spec.name,
         "sampler_steps": spec.n_steps,

@@ -437,7 +437,16 @@ def _sample_points(
         x = torch.randn(len(idx), width, 4, generator=generator) * sampler.sigma_max
         # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
         # with that many points; the calibrated count only decides how many are drawn from it.
-        out[idx, :width] = sampler.sample(denoiser, x, generator, energy=energy[idx], n_points=n_flow[idx])
+        # Noise is drawn on the CPU, so a GPU gives the same showers as the CPU (up to rounding).
+        device = next(model.net.parameters()).device
+        z = sampler.sample(
+            denoiser,
+            x.to(device),
+            generator,
+            energy=energy[idx].to(device),
+            n_points=n_flow[idx].to(device),
+        )
+        out[idx, :width] = z.cpu()
         start = stop
     return out
 
@@ -494,6 +503,7 @@ def generate(
     sampler: str | None = None,
     allow_extrapolation: bool = False,
     points_per_call: int = POINTS_PER_CALL,
+    device: str | torch.device | None = None,
 ) -> Iterator[PointShowers]:
     """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
 
@@ -503,6 +513,7 @@ def generate(
     :func:`resolve_sampler`. The output depends on ``seed``, ``batch_size`` and
     ``points_per_call`` (padded points per network call; raise it on a GPU). Energies outside
     the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
+    ``device`` (e.g. ``cuda``) moves the PointWise Net there; the rest runs on the CPU.
     """
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
     spec = resolve_sampler(model, sampler, n_steps)
@@ -522,6 +533,8 @@ def generate(
         warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
     generator = torch.Generator().manual_seed(seed)
     model.eval()
+    if device is not None:
+        model.net.to(device)  # only the PointWise Net runs there; flow and calibration stay on the CPU
     for start in range(0, len(energies), batch_size):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
         yield _generate_batch(model, energy, generator, spec, points_per_call)[0]

@@ -1,0 +1,395 @@
+"""``caloforge bench``: time per shower of Geant4 and of the generative models, in one run.
+
+Every row is one generator at one incident energy, one thread count and one batch size;
+its speed-up is the Geant4 time per shower *at the same energy and thread count, measured in
+the same run*, divided by its own. What is timed is what a user waits for:
+
+* **Geant4**: simulation, clustering into points and writing the file (``caloforge
+  simulate`` with as many workers as threads; the clock starts when the first block of
+  showers is back, so starting the workers and building the geometry are not counted);
+* **models**: Shower Flow, point sampling, calibration and writing the points to an HDF5
+  file (``caloforge generate``); loading the model and one warm-up batch are not counted.
+
+Each generator and thread count runs in a fresh process (``spawn``), so its peak resident
+memory (``ru_maxrss``, for Geant4 the largest worker) is its own. A GPU, when torch sees one,
+adds rows for the models on it (batch sizes as on the CPU), with the device's name.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_markdown"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A generator to time: ``kind`` is ``caloclouds2`` (a checkpoint, with an optional sampler
+    override) or ``onnx`` (a file written by ``caloforge export``)."""
+
+    label: str
+    kind: str
+    path: str
+    sampler: str | None = None
+    n_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to time. ``showers[E]`` showers per row at ``E`` GeV for the models (Geant4 gets
+    ``geant4_showers[E]``), repeated ``repeats`` times (mean ± std of the repeats)."""
+
+    energies: tuple[float, ...] = (10.0, 50.0, 90.0)
+    threads: tuple[int, ...] = (1, os.cpu_count() or 1)
+    batch_sizes: tuple[int, ...] = (1, 64)
+    showers: dict[float, int] = field(default_factory=lambda: {10.0: 256, 50.0: 128, 90.0: 128})
+    geant4_showers: dict[float, int] = field(default_factory=lambda: {10.0: 100, 50.0: 40, 90.0: 30})
+    repeats: int = 3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> BenchConfig:
+        """A few showers per row: checks that every row runs (tests, first look)."""
+        return cls(
+            energies=(10.0, 90.0),
+            showers={10.0: 4, 90.0: 2},
+            geant4_showers={10.0: 4, 90.0: 2},
+            batch_sizes=(1, 2),
+            repeats=1,
+        )
+
+    def n_showers(self, energy: float, geant4: bool = False) -> int:
+        table = self.geant4_showers if geant4 else self.showers
+        return int(table.get(energy, min(table.values())))
+
+
+@dataclass
+class BenchRow:
+    """One measurement: ms per shower (mean and std over repeats) and peak memory of its process."""
+
+    generator: str
+    energy_gev: float
+    threads: int
+    batch_size: int | None  # None for Geant4
+    device: str
+    ms_per_shower: float
+    ms_std: float
+    n_showers: int
+    peak_rss_mb: float
+    speedup: float | None = None
+    network_calls: int | None = None
+
+
+def cpu_name() -> str:
+    """The processor model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _peak_rss_mb(children: bool = False) -> float:
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
+
+
+def _time_geant4(energy: float, n: int, workers: int, directory: Path, seed: int) -> float:
+    """ms per shower of ``caloforge simulate`` at ``energy`` with ``workers`` workers."""
+    from caloforge.simulate.driver import EnergySpec, SimulationConfig, simulate
+
+    config = SimulationConfig(energy=EnergySpec("fixed", energy, energy), n_showers=n, seed=seed)
+    marks: list[tuple[float, int]] = []
+    block = max(1, min(5, n // (2 * workers)))
+    simulate(
+        config,
+        directory / f"g4_{energy:g}_{workers}.h5",
+        workers=workers,
+        block_size=block,
+        overwrite=True,
+        progress=lambda done, total: marks.append((time.perf_counter(), done)),
+    )
+    (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
+    if n_last == n_first:  # one block only: no interval to time
+        raise ValueError(f"need more than one block of Geant4 showers at {energy} GeV: raise the count")
+    return 1000 * (t_last - t_first) / (n_last - n_first)
+
+
+def _geant4_worker(config: BenchConfig, threads: int) -> list[dict[str, Any]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for energy in config.energies:
+            n = config.n_showers(energy, geant4=True)
+            times = [
+                _time_geant4(energy, n, threads, Path(tmp), config.seed + r) for r in range(config.repeats)
+            ]
+            rows.append(
+                BenchRow(
+                    "Geant4",
+                    energy,
+                    threads,
+                    None,
+                    "cpu",
+                    statistics.fmean(times),
+                    statistics.pstdev(times),
+                    n,
+                    _peak_rss_mb(children=True),
+                )
+            )
+    return [asdict(r) for r in rows]
+
+
+def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray, int], Any], int, Any]:
+    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector."""
+    if spec.kind == "onnx":
+        from caloforge.export import OnnxGenerator
+
+        onnx_model = OnnxGenerator(spec.path)
+        return onnx_model.generate, onnx_model.network_calls, onnx_model.detector
+    from caloforge.models.caloclouds2 import POINTS_PER_CALL, generate, load_model, resolve_sampler
+
+    model = load_model(spec.path)
+    sampler = resolve_sampler(model, spec.sampler, spec.n_steps)
+    # Larger point groups per network call on a GPU, where wide batches pay.
+    per_call = POINTS_PER_CALL if device == "cpu" else 1 << 20
+
+    def run(energies: np.ndarray, batch_size: int) -> Any:
+        return generate(
+            model,
+            energies,
+            batch_size=batch_size,
+            sampler=sampler.name,
+            n_steps=sampler.n_steps,
+            device=device,
+            points_per_call=per_call,
+        )
+
+    return run, sampler.network_calls, model.detector
+
+
+def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
+    import torch
+
+    from caloforge.io import ShowerWriter
+
+    torch.set_num_threads(threads)
+    run, calls, detector = _model_generator(spec, device)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for energy in config.energies:
+            n = config.n_showers(energy)
+            energies = np.full(n, energy)
+            for batch in config.batch_sizes:
+                for _ in run(energies[: min(batch, n)], batch):  # warm-up
+                    pass
+                times = []
+                for _ in range(config.repeats):
+                    out = Path(tmp) / "gen.h5"
+                    if device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    with ShowerWriter(out, "points", detector, generator=spec.label) as writer:
+                        for showers in run(energies, batch):
+                            writer.write(showers)
+                    times.append(1000 * (time.perf_counter() - start) / n)
+                    out.unlink()
+                rows.append(
+                    BenchRow(
+                        spec.label,
+                        energy,
+                        threads,
+                        batch,
+                        device if device == "cpu" else torch.cuda.get_device_name(device),
+                        statistics.fmean(times),
+                        statistics.pstdev(times),
+                        n,
+                        _peak_rss_mb(),
+                        network_calls=calls,
+                    )
+                )
+    return [asdict(r) for r in rows]
+
+
+def _child(connection: Any, fn: Callable[..., list[dict[str, Any]]], args: tuple) -> None:
+    try:
+        connection.send(("ok", fn(*args)))
+    except BaseException as exc:  # report anything, including Ctrl-C in the child
+        connection.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        connection.close()
+
+
+def _in_fresh_process(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> list[dict[str, Any]]:
+    """Run ``fn(*args)`` in a spawned (non-daemonic: Geant4 starts its own workers) process,
+    so it has its own threads and its own peak memory."""
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, fn, args))
+    process.start()
+    send.close()
+    try:
+        status, payload = receive.recv()
+    except EOFError:
+        status, payload = "error", f"the benchmark process died (exit code {process.exitcode})"
+    finally:
+        process.join()
+    if status != "ok":
+        raise RuntimeError(f"benchmark of {fn.__name__.strip('_')} failed: {payload}")
+    return payload
+
+
+def _gpu() -> str | None:
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover - torch is a dependency of the models
+        return None
+
+
+def run_bench(
+    models: Sequence[ModelSpec],
+    config: BenchConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+    geant4: bool = True,
+) -> dict[str, Any]:
+    """Time Geant4 and ``models``; returns ``{"machine": ..., "rows": [...]}`` (JSON-able).
+
+    Speed-ups are filled in against the Geant4 row at the same energy and thread count.
+    """
+    config = config or BenchConfig()
+    rows: list[dict[str, Any]] = []
+    for threads in config.threads:
+        if geant4:
+            if progress is not None:
+                progress(f"Geant4, {threads} worker(s)")
+            rows += _in_fresh_process(_geant4_worker, config, threads)
+        for spec in models:
+            if progress is not None:
+                progress(f"{spec.label}, {threads} thread(s)")
+            rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
+    gpu = _gpu()
+    if gpu is not None:
+        for spec in models:
+            if spec.kind == "caloclouds2":
+                if progress is not None:
+                    progress(f"{spec.label}, GPU")
+                rows += _in_fresh_process(_model_worker, config, spec, 1, gpu)
+    reference = {
+        (r["energy_gev"], r["threads"]): r["ms_per_shower"] for r in rows if r["generator"] == "Geant4"
+    }
+    for r in rows:
+        g4 = reference.get((r["energy_gev"], r["threads"]))
+        if g4 is not None and r["ms_per_shower"] > 0:
+            r["speedup"] = g4 / r["ms_per_shower"]
+    return {
+        "machine": {
+            "cpu": cpu_name(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "gpu": _gpu_name(),
+        },
+        "config": {
+            "energies_gev": list(config.energies),
+            "threads": list(config.threads),
+            "batch_sizes": list(config.batch_sizes),
+            "showers": {str(k): v for k, v in config.showers.items()},
+            "geant4_showers": {str(k): v for k, v in config.geant4_showers.items()},
+            "repeats": config.repeats,
+        },
+        "models": [asdict(m) for m in models],
+        "rows": rows,
+    }
+
+
+def _gpu_name() -> str | None:
+    if _gpu() is None:
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    """The bench result as a Markdown table (one row per measurement)."""
+    m = result["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
+        "",
+        "| generator | E [GeV] | threads | batch | device | calls | ms/shower | × Geant4 | peak RSS [MB] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        speed = f"{r['speedup']:.1f}" if r.get("speedup") is not None else "—"
+        batch = "—" if r["batch_size"] is None else str(r["batch_size"])
+        calls = "—" if r.get("network_calls") is None else str(r["network_calls"])
+        lines.append(
+            f"| {r['generator']} | {r['energy_gev']:g} | {r['threads']} | {batch} | {r['device']} "
+            f"| {calls} | {r['ms_per_shower']:.2f} ± {r['ms_std']:.2f} | {speed} | {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """``bench.json`` and ``bench.md`` in ``out_dir`` (atomically)."""
+    from caloforge.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "bench.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out / "bench.md", to_markdown(result))
+    return out / "bench.json", out / "bench.md"
+
+
+#: Labels of the shipped models in the bench table.
+DIFFUSION_LABEL = "CaloClouds II (25 NFE)"
+CM_LABEL = "CaloClouds II (CM, 1 NFE)"
+ONNX_SUFFIX = " ONNX Runtime"
+
+
+def default_models(
+    models: Sequence[str] | None = None, onnx: bool = True, workdir: str | Path = "."
+) -> list[ModelSpec]:
+    """The models to time: ``LABEL=PATH`` entries (or paths), else the shipped diffusion and CM
+    models; with ``onnx``, the last consistency model is also exported to ONNX (into ``workdir``)
+    and timed with ONNX Runtime."""
+    from caloforge.generation import resolve_model
+    from caloforge.models.caloclouds2 import load_model
+
+    if not models:
+        entries = [f"{DIFFUSION_LABEL}=caloclouds2", f"{CM_LABEL}=caloclouds2-cm"]
+    else:
+        entries = list(models)
+    specs = []
+    for entry in entries:
+        label, _, path = entry.rpartition("=")
+        resolved = resolve_model(path)
+        specs.append(ModelSpec(label or Path(path).stem, "caloclouds2", str(resolved)))
+    if onnx:
+        consistency = [s for s in specs if load_model(s.path).sampler.consistency]
+        if not consistency:
+            raise ValueError("--onnx needs a distilled (consistency) model among --model; or pass --no-onnx")
+        from caloforge.export import export_model
+
+        source = consistency[-1]
+        target = Path(workdir) / (Path(source.path).stem + ".onnx")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export_model(source.path, target, "onnx")
+        specs.append(ModelSpec(source.label + ONNX_SUFFIX, "onnx", str(target)))
+    return specs

@@ -1,0 +1,62 @@
+"""caloforge bench in its quick mode: every row is there, speed-ups are against Geant4 of the same run."""
+
+import dataclasses
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+
+from caloforge import cli
+from caloforge.bench import BenchConfig, ModelSpec, run_bench, to_markdown, write_results
+from caloforge.models import train
+from caloforge.models.consistency import DistillConfig, distill
+from test_caloclouds2 import TINY, data_file  # noqa: F401  (fixture)
+
+needs_geant4 = pytest.mark.skipif(
+    importlib.util.find_spec("geant4_pybind") is None or shutil.which("g++") is None,
+    reason="needs geant4_pybind and g++",
+)
+
+
+@pytest.fixture(scope="module")
+def models(data_file, tmp_path_factory):  # noqa: F811
+    tmp = tmp_path_factory.mktemp("bench_models")
+    teacher = train(TINY, data_file, tmp / "teacher").checkpoint
+    student = distill(teacher, data_file, tmp / "cm", DistillConfig.from_preset("smoke", steps=4)).checkpoint
+    return [
+        ModelSpec("diffusion", "caloclouds2", str(teacher), n_steps=2),
+        ModelSpec("cm", "caloclouds2", str(student)),
+    ]
+
+
+@needs_geant4
+def test_quick_bench_has_every_row(models, tmp_path):
+    config = dataclasses.replace(BenchConfig.quick(), threads=(1,))
+    result = run_bench(models, config)
+    rows = result["rows"]
+    g4 = [r for r in rows if r["generator"] == "Geant4"]
+    assert sorted(r["energy_gev"] for r in g4) == [10.0, 90.0]
+    for spec in models:
+        mine = [r for r in rows if r["generator"] == spec.label]
+        assert {(r["energy_gev"], r["batch_size"]) for r in mine} == {
+            (e, b) for e in (10.0, 90.0) for b in (1, 2)
+        }
+        for r in mine:
+            ref = next(g["ms_per_shower"] for g in g4 if g["energy_gev"] == r["energy_gev"])
+            assert r["speedup"] == pytest.approx(ref / r["ms_per_shower"])
+            assert r["peak_rss_mb"] > 10 and r["ms_per_shower"] > 0
+    assert {r["network_calls"] for r in rows if r["generator"] == "diffusion"} == {3}
+    assert {r["network_calls"] for r in rows if r["generator"] == "cm"} == {1}
+    json_path, md_path = write_results(result, tmp_path)
+    assert json.loads(json_path.read_text())["rows"] == rows
+    table = md_path.read_text()
+    assert table == to_markdown(result) and table.count("\n| ") == len(rows) + 1
+
+
+def test_bench_cli_errors(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(sys, "argv", ["caloforge", "bench", "--energies", "ten", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == 2 and "numbers separated by commas" in capsys.readouterr().err
