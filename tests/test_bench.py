@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from caloforge import cli
-from caloforge.bench import BenchConfig, ModelSpec, run_bench, to_markdown, write_results
+from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results
 from caloforge.models import train
 from caloforge.models.consistency import DistillConfig, distill
 from test_caloclouds2 import TINY, data_file  # noqa: F401  (fixture)
@@ -25,10 +25,7 @@ def models(data_file, tmp_path_factory):  # noqa: F811
     tmp = tmp_path_factory.mktemp("bench_models")
     teacher = train(TINY, data_file, tmp / "teacher").checkpoint
     student = distill(teacher, data_file, tmp / "cm", DistillConfig.from_preset("smoke", steps=4)).checkpoint
-    return [
-        ModelSpec("diffusion", "caloclouds2", str(teacher), n_steps=2),
-        ModelSpec("cm", "caloclouds2", str(student)),
-    ]
+    return default_models([f"diffusion={teacher}", f"cm={student}"], onnx=True, workdir=tmp)
 
 
 @needs_geant4
@@ -48,7 +45,8 @@ def test_quick_bench_has_every_row(models, tmp_path):
             assert r["speedup"] == pytest.approx(ref / r["ms_per_shower"])
             assert r["peak_rss_mb"] > 10 and r["ms_per_shower"] > 0
     assert {r["network_calls"] for r in rows if r["generator"] == "diffusion"} == {3}
-    assert {r["network_calls"] for r in rows if r["generator"] == "cm"} == {1}
+    assert {r["network_calls"] for r in rows if r["generator"].startswith("cm")} == {1}
+    assert [m.label for m in models] == ["diffusion", "cm", "cm ONNX Runtime"]
     json_path, md_path = write_results(result, tmp_path)
     assert json.loads(json_path.read_text())["rows"] == rows
     table = md_path.read_text()

@@ -160,7 +160,11 @@ def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray
         from caloforge.export import OnnxGenerator
 
         onnx_model = OnnxGenerator(spec.path)
-        return onnx_model.generate, onnx_model.network_calls, onnx_model.detector
+
+        def run_onnx(energies: np.ndarray, batch_size: int) -> Any:
+            return onnx_model.generate(energies, batch_size)
+
+        return run_onnx, onnx_model.network_calls, onnx_model.detector
     from caloforge.models.caloclouds2 import POINTS_PER_CALL, generate, load_model, resolve_sampler
 
     model = load_model(spec.path)

@@ -624,6 +624,33 @@ def generate(
     )
 
 
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output file (.onnx or TorchScript .pt).")],
+    model: Annotated[
+        str, typer.Option(help="'default', a shipped model name, a run directory or checkpoint.")
+    ] = ("default"),
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript.")] = "onnx",
+    max_points: Annotated[
+        int | None,
+        typer.Option(min=1, help="Points per shower in the graph (default: the most it can make)."),
+    ] = None,
+    sampler: Annotated[str | None, typer.Option(help="Sampler (default: the model's).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Sampler steps (default: the model's).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Export a model as one self-contained ONNX / TorchScript graph for C++ frameworks (docs/export.md)."""
+    from caloforge.export import export_model
+    from caloforge.generation import resolve_model
+
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
+    path = export_model(
+        resolve_model(model), out, format, max_points=max_points, sampler=sampler, n_steps=steps
+    )
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); contract in docs/export.md")
+
+
 def _numbers(text: str, kind: type = float) -> tuple:
     try:
         return tuple(kind(v) for v in text.split(","))

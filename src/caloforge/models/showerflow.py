@@ -143,9 +143,14 @@ def largest_remainder(fractions: Tensor, totals: Tensor) -> Tensor:
     exact = f * totals.double().unsqueeze(1)
     base = exact.floor()
     missing = (totals.double() - base.sum(dim=1)).long()
-    order = torch.argsort(exact - base, dim=1, descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(f.shape[1]).expand_as(order).contiguous())
+    # Rank of each remainder in a stable descending sort (ties: lower layer first), by comparisons:
+    # the same as argsort(descending=True, stable=True), and traceable for ONNX export.
+    rem = exact - base
+    layer = torch.arange(f.shape[1], device=f.device)
+    ahead = (rem.unsqueeze(1) > rem.unsqueeze(2)) | (
+        (rem.unsqueeze(1) == rem.unsqueeze(2)) & (layer.view(1, 1, -1) < layer.view(1, -1, 1))
+    )
+    rank = ahead.sum(dim=2)
     return (base.long() + (rank < missing.unsqueeze(1)).long()).to(torch.int64)
 
 
@@ -270,22 +275,42 @@ class ShowerFlow(nn.Module):
         return self.flow(self.context(energy)).log_prob(z) - self.feature_std.log().sum()
 
     @torch.no_grad()
+    def features_from_noise(self, energy: Tensor, noise: Tensor) -> Tensor:
+        """Raw features ``(n, 2 L + 2)`` for incident energies ``energy`` [GeV] from standard normal
+        base noise ``noise`` ``(n, 2 L + 2)``: the flow's inverse pass (deterministic)."""
+        dist = self.flow(self.context(energy))
+        return dist.transform.inv(noise) * self.feature_std + self.feature_mean
+
+    @torch.no_grad()
     def sample_features(self, energy: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Raw features ``(n, 2 L + 2)`` for incident energies ``energy`` [GeV]."""
-        dist = self.flow(self.context(energy))
         eps = torch.randn(len(energy), self.n_features, generator=generator)
-        return dist.transform.inv(eps) * self.feature_std + self.feature_mean
+        return self.features_from_noise(energy, eps)
 
     @torch.no_grad()
     def sample(self, energy: Tensor, generator: torch.Generator | None = None) -> FlowSample:
         """Decode sampled features into per-shower quantities (see :class:`FlowSample`)."""
-        feat = self.sample_features(energy, generator).double()
+        return self.decode(self.sample_features(energy, generator), energy)
+
+    @torch.no_grad()
+    def sample_from_noise(self, energy: Tensor, noise: Tensor) -> FlowSample:
+        """:meth:`sample` with the base noise given (``(n, 2 L + 2)``, standard normal) instead of
+        drawn: ``sample(e, g)`` equals ``sample_from_noise(e, torch.randn(n, F, generator=g))``."""
+        return self.decode(self.features_from_noise(energy, noise), energy)
+
+    def decode(self, features: Tensor, energy: Tensor) -> FlowSample:
+        """Per-shower quantities (see :class:`FlowSample`) from raw features ``(n, 2 L + 2)``.
+
+        Only fixed-shape tensor operations, so that it can be traced for export.
+        """
+        feat = features.double()
         n_layers = self.n_layers
         # exp() of a wild tail sample could overflow; clamp far beyond any real shower.
         counts = feat[:, :n_layers].clamp(max=math.log(self.max_points + 1)).exp().floor()
         # A shower always has a point somewhere: if every layer rounds to empty, use the largest.
-        empty = counts.sum(dim=1) == 0
-        counts[empty] = torch.nn.functional.one_hot(feat[empty, :n_layers].argmax(dim=1), n_layers).double()
+        empty = counts.sum(dim=1, keepdim=True) == 0
+        largest = torch.nn.functional.one_hot(feat[:, :n_layers].argmax(dim=1), n_layers).to(counts.dtype)
+        counts = torch.where(empty, largest, counts)
         frac = counts / counts.sum(dim=1, keepdim=True)
         n_points = counts.sum(dim=1).clamp(max=self.max_points).to(torch.int64)
         counts = largest_remainder(frac, n_points)  # exact unless N was capped
@@ -296,7 +321,9 @@ class ShowerFlow(nn.Module):
         weights = per_gev * energy.double().unsqueeze(1)
         layer_e = weights * (counts > 0)
         e_vis = layer_e.sum(dim=1)
-        cog_z = (layer_e * torch.arange(n_layers, dtype=layer_e.dtype)).sum(dim=1) / e_vis
+        cog_z = (layer_e * torch.arange(n_layers, dtype=layer_e.dtype, device=layer_e.device)).sum(
+            dim=1
+        ) / e_vis
         return FlowSample(
             n_points=n_points,
             e_vis=e_vis.float(),
