@@ -533,6 +533,9 @@ def calibrate(
         str | None, typer.Option(help="Make this the model's sampler (heun, euler; consistency).")
     ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Sampler steps (default: the model's).")] = None,
+    sigma_max: Annotated[
+        float | None, typer.Option(help="Highest noise level of the sampler (default: the model's).")
+    ] = None,
     showers: Annotated[
         int | None, typer.Option(min=1, help="Model showers per fit pass (default: the model config's).")
     ] = None,
@@ -554,6 +557,7 @@ def calibrate(
             out,
             sampler=sampler,
             n_steps=steps,
+            sigma_max=sigma_max,
             showers=showers,
             seed=seed,
             progress=_stage_progress(bar),

@@ -165,7 +165,7 @@ class CaloClouds2Config:
     flow_bins: int = 8
     flow_passes: int | None = 2  # coupling layers; None: fully autoregressive (slow to sample)
     flow_bound: float = 10.0
-    flow_steps: int = 3000
+    flow_steps: int = 4000
     flow_batch_size: int = 256
     flow_lr: float = 1e-3
     # PointWise Net trained with the EDM loss; `steps` is the length of the whole loop.
@@ -183,6 +183,9 @@ class CaloClouds2Config:
     # default sampler of the model, Heun with `calibration_sampler_steps` noise levels.
     calibration_showers: int = 256
     calibration_sampler_steps: int = 13
+    # Highest noise level of the default sampler: 10 rather than the paper's 80, because with 13
+    # Heun steps from 80 the outer radial rings come out with +60 % energy (+25 % from 10).
+    sampler_sigma_max: float = 10.0
     calibration_refinements: int = 1
     # Bookkeeping.
     seed: int = 0
@@ -217,18 +220,18 @@ class CaloClouds2Config:
         if unknown:
             raise ValueError(f"unknown CaloClouds II config field(s): {', '.join(unknown)}")
         # Fields added later, with the value that checkpoints written before them were trained with.
-        data = {"flow_bound": 5.0} | data
+        data = {"flow_bound": 5.0, "sampler_sigma_max": 80.0} | data
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 PRESETS: dict[str, CaloClouds2Config] = {
-    # About half an hour on one CPU core for a 20k-shower file (see the module docstring of
-    # the report in the repository for measured step times).
+    # Half an hour on one CPU core for a 20k-shower file (30.6 min measured, docs/results.md).
     "cpu": CaloClouds2Config(),
     # The published sizes: PointWise Net 4-128-256-512-256-128-4 (≈ 505k parameters), RAdam
     # lr 1e-4, batch 128 whole showers, 2M iterations; a large Shower Flow. GPU territory.
     "paper": CaloClouds2Config(
         name="paper",
+        sampler_sigma_max=80.0,
         cache_points=6000,
         flow_hidden=(512, 512, 512),
         flow_transforms=10,
@@ -473,9 +476,9 @@ def _generate_batch(
 
 
 def resolve_sampler(
-    model: CaloClouds2, sampler: str | None = None, n_steps: int | None = None
+    model: CaloClouds2, sampler: str | None = None, n_steps: int | None = None, sigma_max: float | None = None
 ) -> SamplerSpec:
-    """The model's default sampler with ``sampler`` / ``n_steps`` replaced where given.
+    """The model's default sampler with ``sampler`` / ``n_steps`` / ``sigma_max`` replaced where given.
 
     A distilled (consistency) model only samples with ``consistency``; an EDM model with
     ``heun`` or ``euler``. Raises :class:`GenerationError` otherwise.
@@ -491,7 +494,11 @@ def resolve_sampler(
     steps = n_steps if n_steps is not None else (base.n_steps if name == base.name else 13)
     if steps < 1:
         raise GenerationError(f"the sampler needs at least one step, got {steps}")
-    return replace(base, name=name, n_steps=steps)
+    if sigma_max is not None and not sigma_max > base.sigma_min:
+        raise GenerationError(f"sigma_max must exceed sigma_min ({base.sigma_min}), got {sigma_max}")
+    return replace(
+        base, name=name, n_steps=steps, sigma_max=base.sigma_max if sigma_max is None else sigma_max
+    )
 
 
 def generate(
@@ -648,7 +655,9 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
             self.model = CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range)
-        self.model.sampler = SamplerSpec("heun", config.calibration_sampler_steps)
+        self.model.sampler = SamplerSpec(
+            "heun", config.calibration_sampler_steps, sigma_max=config.sampler_sigma_max
+        )
         self.gen = torch.Generator().manual_seed(config.seed)
         self._fit_standardisation()
         self.train_net = self.model.net
@@ -870,6 +879,7 @@ def calibrate(
     *,
     sampler: str | None = None,
     n_steps: int | None = None,
+    sigma_max: float | None = None,
     showers: int | None = None,
     refinements: int | None = None,
     seed: int = 0,
@@ -877,9 +887,10 @@ def calibrate(
 ) -> NPointsCalibration:
     """Refit the N calibration of the checkpoint ``model_path`` against the Geant4 file ``data_path``.
 
-    ``sampler`` / ``n_steps`` change the model's default sampler (the calibration belongs to
-    it, see :func:`resolve_sampler`). The checkpoint is rewritten atomically (or written to
-    ``out``), everything else in it unchanged, so a training run can still be resumed.
+    ``sampler`` / ``n_steps`` / ``sigma_max`` change the model's default sampler (the
+    calibration belongs to it, see :func:`resolve_sampler`). The checkpoint is rewritten
+    atomically (or written to ``out``), everything else in it unchanged, so a training run can
+    still be resumed.
     ``showers`` model showers (default: the model config's ``calibration_showers``) are
     drawn at energies of the data file.
     """
@@ -887,7 +898,7 @@ def calibrate(
     state = _read_checkpoint(path)
     model = _model_from_state(state, path)
     try:
-        model.sampler = resolve_sampler(model, sampler, n_steps)
+        model.sampler = resolve_sampler(model, sampler, n_steps, sigma_max)
     except GenerationError as exc:
         raise ValueError(str(exc)) from exc
     cfg = model.config

@@ -46,8 +46,8 @@ __all__ = [
 
 #: Layer widths of the published PointWise Net (≈ 505k parameters).
 PAPER_WIDTHS = (4, 128, 256, 512, 256, 128, 4)
-#: A small net for CPU training (≈ 56k parameters).
-CPU_WIDTHS = (4, 64, 128, 64, 4)
+#: A small net for CPU training (≈ 94k parameters; 30 min for 20k steps on one core).
+CPU_WIDTHS = (4, 96, 192, 96, 4)
 
 
 class ConcatSquashLinear(nn.Module):
