@@ -543,3 +543,12 @@ def test_sampler_spec_round_trip_and_calls():
     assert SamplerSpec("heun", 13).network_calls == 25
     with pytest.raises(ValueError, match="unknown sampler"):
         SamplerSpec("dpm")
+
+
+def test_traced_generation_gives_the_same_showers(trained):
+    _, model = trained
+    energies = [12.0, 55.0, 88.0]
+    eager = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=5, traced=False)))
+    fast = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=5, traced=True)))
+    assert np.array_equal(eager.n_points, fast.n_points)
+    np.testing.assert_allclose(fast.points, eager.points, rtol=1e-5, atol=1e-4)
