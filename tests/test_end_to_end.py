@@ -62,5 +62,6 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert len(metrics["candidates"]) == 2
     for candidate in metrics["candidates"]:
-        assert candidate["generator"] == "caloclouds2" and candidate["classifier_auc"] is not None
+        assert candidate["generator"].startswith("caloclouds2") and candidate["classifier_auc"] is not None
+    assert [c["generator"] for c in metrics["candidates"]] == ["caloclouds2", "caloclouds2-cm"]
     assert (report / "report.md").exists() and (report / "plots" / "n_hits.png").exists()

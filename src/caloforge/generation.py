@@ -95,7 +95,14 @@ def generate_file(
     }
     start = time.perf_counter()
     done = 0
-    with ShowerWriter(out, "points", net.detector, generator="caloclouds2", seed=seed, attrs=attrs) as writer:
+    with ShowerWriter(
+        out,
+        "points",
+        net.detector,
+        generator="caloclouds2-cm" if spec.consistency else "caloclouds2",
+        seed=seed,
+        attrs=attrs,
+    ) as writer:
         for batch in generate(
             net,
             energies,
