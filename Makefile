@@ -17,16 +17,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[all]"
 	touch $@
 
-# The main job on the embedded defaults: the shipped CaloClouds II model and a fresh Geant4
-# sample, both evaluated against the shipped Geant4 reference (Geant4 vs Geant4 shows the
-# floor); report in out/demo/report.md.
+# The main job on the embedded defaults: the shipped CaloClouds II (CM) and CaloClouds II
+# models and a fresh Geant4 sample, all evaluated against the shipped Geant4 reference
+# (Geant4 vs Geant4 shows the floor); report in out/demo/report.md.
 REFERENCE := src/caloforge/assets/ild_reference.h5
 demo: setup
 	mkdir -p out
 	$(BIN)/caloforge info $(REFERENCE)
-	$(BIN)/caloforge generate --model default --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2.h5
+	$(BIN)/caloforge generate --model default --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2_cm.h5
+	$(BIN)/caloforge generate --model caloclouds2 --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2.h5
 	$(BIN)/caloforge simulate -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_geant4.h5
-	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2.h5 out/demo_geant4.h5 --out out/demo
+	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 --out out/demo
 
 test: setup
 	$(BIN)/ruff check src tests

@@ -193,3 +193,16 @@ def test_empty_files_have_datasets(tmp_path):
     for name in ("p.h5", "v.h5"):
         with open_showers(tmp_path / name) as f:
             assert len(f) == 0 and list(f.iter_chunks(10)) == []
+
+
+def test_writer_buffers_small_batches(tmp_path):
+    showers = random_points(70, 30, seed=9)
+    with ShowerWriter(tmp_path / "one.h5", "points") as w:
+        for i in range(len(showers)):
+            w.write(showers[i : i + 1])
+            assert w.n_written == i + 1
+    with ShowerWriter(tmp_path / "all.h5", "points") as w:
+        w.write(showers)
+    a, b = read_showers(tmp_path / "one.h5"), read_showers(tmp_path / "all.h5")
+    np.testing.assert_array_equal(a.energy, b.energy)
+    np.testing.assert_array_equal(a.points, b.points)

@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "GenerationResult", "generate_file
 #: Models shipped in ``caloforge/assets``, by the name that selects them (``--model NAME``).
 SHIPPED_MODELS = {"caloclouds2": "caloclouds2_cpu.pt", "caloclouds2-cm": "caloclouds2_cm_cpu.pt"}
 #: The shipped model that ``--model default`` means.
-DEFAULT_MODEL = "caloclouds2"
+DEFAULT_MODEL = "caloclouds2-cm"
 
 
 def resolve_model(model: str | Path) -> Path:

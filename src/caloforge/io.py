@@ -401,6 +401,8 @@ class ShowerWriter:
         self.detector = get_detector(detector)
         self.keep_on_interrupt = keep_on_interrupt
         self._compression = compression
+        self._pending: list[Any] = []
+        self._pending_n = 0
         if not self.path.parent.is_dir():
             raise ShowerFileError(
                 f"cannot write '{self.path}': directory '{self.path.parent}' does not exist"
@@ -457,14 +459,34 @@ class ShowerWriter:
     def n_written(self) -> int:
         """Showers written so far (including those of an appended file)."""
         key = "events" if self.kind == "points" else "showers"
-        return int(self._h5[key].shape[0]) if key in self._h5 else 0
+        return (int(self._h5[key].shape[0]) if key in self._h5 else 0) + self._pending_n
+
+    #: Showers held in memory before they go to the file: appending a few showers at a time
+    #: would recompress the same HDF5 chunks (64 showers) over and over.
+    BUFFER_SHOWERS = 64
 
     def write(self, batch: Showers) -> None:
-        """Append a batch of showers."""
+        """Append a batch of showers (buffered up to :attr:`BUFFER_SHOWERS`; all of them are in
+        the file after :meth:`commit`)."""
         if batch.kind != self.kind:
             raise ShowerFileError(f"cannot write {batch.kind} into a {self.kind} file")
+        if isinstance(batch, VoxelShowers) and batch.voxels.shape[1] != self.detector.n_channels:
+            raise ShowerFileError(
+                f"{batch.voxels.shape[1]} voxels per shower, detector '{self.detector.name}' "
+                f"has {self.detector.n_channels}"
+            )
         if len(batch) == 0:
             return
+        self._pending.append(batch)
+        self._pending_n += len(batch)
+        if self._pending_n >= self.BUFFER_SHOWERS:
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        batches, self._pending, self._pending_n = self._pending, [], 0
+        batch = batches[0] if len(batches) == 1 else type(batches[0]).concatenate(batches)  # type: ignore[arg-type]
         if isinstance(batch, PointShowers):
             # Memory [x, y, layer, E MeV] -> disk [x, depth, y, E GeV], (n, 4, P).
             disk = batch.points[..., [0, 2, 1, 3]].transpose(0, 2, 1).copy()
@@ -472,11 +494,6 @@ class ShowerWriter:
             self._append("events", disk, (None, 4, None))
             self._append("energy", batch.energy.reshape(-1, 1), (None, 1))
         else:
-            if batch.voxels.shape[1] != self.detector.n_channels:
-                raise ShowerFileError(
-                    f"{batch.voxels.shape[1]} voxels per shower, detector '{self.detector.name}' "
-                    f"has {self.detector.n_channels}"
-                )
             self._append("showers", batch.voxels, (None, batch.voxels.shape[1]))
             self._append("incident_energies", batch.energy.reshape(-1, 1) * 1000.0, (None, 1))
         self._h5.flush()
@@ -510,6 +527,7 @@ class ShowerWriter:
     def commit(self) -> Path:
         """Close the temporary file and move it onto ``path``."""
         if not self._closed:
+            self._flush_pending()
             if self.n_written == 0:
                 # An empty file still has the datasets, so readers see "0 showers", not "no data".
                 if self.kind == "points":
