@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -396,6 +396,26 @@ train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
+ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]
+MaxMinutesOption = Annotated[
+    float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues.")
+]
+ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The options the user gave (not None), as config overrides."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _report_run(result: Any) -> None:
+    """How a training run ended (a :class:`~caloforge.models.caloclouds2.TrainResult`)."""
+    state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
+    console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
+    if not result.complete:
+        console.print("continue with the same command and --resume")
+
+
 def _set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch
@@ -424,35 +444,22 @@ def train_caloclouds2(
         typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues."),
-    ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    resume: ResumeOption = False,
+    max_minutes: MaxMinutesOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."""
     from caloforge.models.caloclouds2 import CaloClouds2Config, train
 
     _set_threads(threads)
-    overrides = {
-        k: v
-        for k, v in {
-            "steps": steps,
-            "flow_steps": flow_steps,
-            "max_showers": max_showers,
-            "net_widths": _widths(widths),
-        }.items()
-        if v is not None
-    }
+    overrides = _given(
+        steps=steps, flow_steps=flow_steps, max_showers=max_showers, net_widths=_widths(widths)
+    )
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
     with progress_bar() as bar:
         progress = _stage_progress(bar)
         result = train(config, data, out, resume=resume, progress=progress, max_minutes=max_minutes)
-    state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
-    console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
-    if not result.complete:
-        console.print("continue with the same command and --resume")
+    _report_run(result)
 
 
 def _widths(text: str | None) -> tuple[int, ...] | None:
@@ -487,12 +494,9 @@ def distill(
     ] = None,
     loss: Annotated[str | None, typer.Option(help="l2 (default) or pseudo-huber.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of batches and noise.")] = 0,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")] = False,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues."),
-    ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    resume: ResumeOption = False,
+    max_minutes: MaxMinutesOption = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
     from caloforge.generation import resolve_model
@@ -500,26 +504,14 @@ def distill(
     from caloforge.models.consistency import distill as run_distill
 
     _set_threads(threads)
-    overrides = {
-        k: v
-        for k, v in {
-            "steps": steps,
-            "n_levels": levels,
-            "student_widths": _widths(student_widths),
-            "loss": loss,
-        }.items()
-        if v is not None
-    }
+    overrides = _given(steps=steps, n_levels=levels, student_widths=_widths(student_widths), loss=loss)
     config = DistillConfig.from_preset(preset, seed=seed, **overrides)
     path = None if resume else resolve_model(teacher)
     with progress_bar() as bar:
         result = run_distill(
             path, data, out, config, resume=resume, progress=_stage_progress(bar), max_minutes=max_minutes
         )
-    state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
-    console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
-    if not result.complete:
-        console.print("continue with the same command and --resume")
+    _report_run(result)
 
 
 @app.command()
@@ -540,7 +532,7 @@ def calibrate(
         int | None, typer.Option(min=1, help="Model showers per fit pass (default: the model config's).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the energies and noise used.")] = 0,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    threads: ThreadsOption = None,
 ) -> None:
     """Refit a model's number-of-points calibration (SPEC 6.1) for its (or a new) sampler."""
     from caloforge.generation import resolve_model
@@ -592,7 +584,7 @@ def generate(
         str | None,
         typer.Option(help="heun or euler (diffusion models), consistency (distilled); default: the model's."),
     ] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")] = None,
+    threads: ThreadsOption = None,
     allow_extrapolation: Annotated[
         bool, typer.Option(help="Allow energies outside the model's training range (with a warning).")
     ] = False,

@@ -27,9 +27,9 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from caloforge import __version__
 from caloforge.calibrate import NPointsCalibration, calibrate_points, count_hits
 from caloforge.detector import Detector, DetectorError, detector_from_dict
 from caloforge.io import PointShowers, atomic_output, open_showers
+from caloforge.models._config import PresetConfig
 from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser, edm_loss
 from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
 from caloforge.models.showerflow import (
@@ -147,7 +148,7 @@ _SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 
 @dataclass(frozen=True)
-class CaloClouds2Config:
+class CaloClouds2Config(PresetConfig):
     """Everything that defines a CaloClouds II training run; presets in :data:`PRESETS`.
 
     >>> CaloClouds2Config.from_preset("cpu", steps=10).steps
@@ -192,6 +193,10 @@ class CaloClouds2Config:
     checkpoint_minutes: float = 5.0
     log_every: int = 100
 
+    KIND: ClassVar[str] = "CaloClouds II"
+    # Fields added later, with the value that checkpoints written before them were trained with.
+    LEGACY: ClassVar[dict[str, Any]] = {"flow_bound": 5.0, "sampler_sigma_max": 80.0}
+
     def __post_init__(self) -> None:
         for name in ("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size"):
             if getattr(self, name) < 1:
@@ -200,28 +205,6 @@ class CaloClouds2Config:
             raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
         if len(self.net_widths) < 2 or self.net_widths[0] != 4 or self.net_widths[-1] != 4:
             raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {self.net_widths}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> CaloClouds2Config:
-        """The preset ``name`` (``cpu`` or ``paper``) with some fields replaced."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown CaloClouds II preset '{name}': use one of {', '.join(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able mapping (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CaloClouds2Config:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown CaloClouds II config field(s): {', '.join(unknown)}")
-        # Fields added later, with the value that checkpoints written before them were trained with.
-        data = {"flow_bound": 5.0, "sampler_sigma_max": 80.0} | data
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 PRESETS: dict[str, CaloClouds2Config] = {
@@ -265,6 +248,7 @@ PRESETS: dict[str, CaloClouds2Config] = {
         log_every=10,
     ),
 }
+CaloClouds2Config.PRESETS = PRESETS
 
 
 class CaloClouds2(nn.Module):

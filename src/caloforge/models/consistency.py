@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from caloforge.models._config import PresetConfig
 from caloforge.models.caloclouds2 import (
     CaloClouds2,
     CheckpointError,
@@ -58,7 +59,7 @@ __all__ = ["DISTILL_PRESETS", "DistillConfig", "consistency_distillation_loss", 
 
 
 @dataclass(frozen=True)
-class DistillConfig:
+class DistillConfig(PresetConfig):
     """A consistency-distillation run; presets in :data:`DISTILL_PRESETS`.
 
     >>> DistillConfig.from_preset("cpu", steps=10).n_levels
@@ -83,6 +84,8 @@ class DistillConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 100
 
+    KIND: ClassVar[str] = "distillation"
+
     def __post_init__(self) -> None:
         if self.n_levels < 2:
             raise ValueError(f"n_levels must be at least 2, got {self.n_levels}")
@@ -96,26 +99,6 @@ class DistillConfig:
         widths = self.student_widths
         if widths is not None and (len(widths) < 2 or widths[0] != 4 or widths[-1] != 4):
             raise ValueError(f"student_widths must start and end with 4 (x, y, layer, E), got {widths}")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> DistillConfig:
-        """The preset ``name`` with some fields replaced."""
-        if name not in DISTILL_PRESETS:
-            raise ValueError(f"unknown distillation preset '{name}': use one of {', '.join(DISTILL_PRESETS)}")
-        return replace(DISTILL_PRESETS[name], **overrides)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able mapping."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DistillConfig:
-        """Inverse of :meth:`to_dict`."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown distillation config field(s): {', '.join(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
@@ -133,6 +116,7 @@ DISTILL_PRESETS: dict[str, DistillConfig] = {
     # Seconds: the pipeline runs.
     "smoke": DistillConfig(name="smoke", steps=20, batch_size=4, points_per_shower=32, log_every=5),
 }
+DistillConfig.PRESETS = DISTILL_PRESETS
 
 
 def _distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
