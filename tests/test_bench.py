@@ -58,3 +58,15 @@ def test_bench_cli_errors(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main()
     assert exc.value.code == 2 and "numbers separated by commas" in capsys.readouterr().err
+
+
+def test_default_models_adds_bf16_rows_and_exports_the_float32_cm(models, tmp_path):
+    diffusion, cm, _ = models
+    specs = default_models([f"d={diffusion.path}", f"c={cm.path}"], onnx=True, workdir=tmp_path, bf16=True)
+    assert [(s.label, s.precision) for s in specs] == [
+        ("d", "float32"),
+        ("c", "float32"),
+        ("d bf16", "bfloat16"),
+        ("c bf16", "bfloat16"),
+        ("c ONNX Runtime", "float32"),
+    ]

@@ -552,3 +552,16 @@ def test_traced_generation_gives_the_same_showers(trained):
     fast = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=5, traced=True)))
     assert np.array_equal(eager.n_points, fast.n_points)
     np.testing.assert_allclose(fast.points, eager.points, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_generation_is_close(trained):
+    _, model = trained
+    energies = [20.0, 70.0]
+    full = PointShowers.concatenate(list(generate(model, energies, seed=2)))
+    half = PointShowers.concatenate(list(generate(model, energies, seed=2, precision="bfloat16")))
+    assert np.array_equal(full.n_points, half.n_points)  # the flow and the counts stay in float32
+    assert np.isfinite(half.points).all() and (half.points[..., 3] >= 0).all()
+    layer = np.floor(full.points[..., 2]) == np.floor(half.points[..., 2])
+    assert layer.mean() > 0.9
+    with pytest.raises(GenerationError, match="precision"):
+        next(generate(model, energies, precision="float8"))

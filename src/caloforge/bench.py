@@ -45,6 +45,7 @@ class ModelSpec:
     path: str
     sampler: str | None = None
     n_steps: int | None = None
+    precision: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray
             n_steps=sampler.n_steps,
             device=device,
             points_per_call=per_call,
+            precision=spec.precision,
         )
 
     return run, sampler.network_calls, model.detector
@@ -368,11 +370,11 @@ ONNX_SUFFIX = " ONNX Runtime"
 
 
 def default_models(
-    models: Sequence[str] | None = None, onnx: bool = True, workdir: str | Path = "."
+    models: Sequence[str] | None = None, onnx: bool = True, workdir: str | Path = ".", bf16: bool = False
 ) -> list[ModelSpec]:
     """The models to time: ``LABEL=PATH`` entries (or paths), else the shipped diffusion and CM
     models; with ``onnx``, the last consistency model is also exported to ONNX (into ``workdir``)
-    and timed with ONNX Runtime."""
+    and timed with ONNX Runtime; with ``bf16``, every model is also timed in bfloat16."""
     from caloforge.generation import resolve_model
     from caloforge.models.caloclouds2 import load_model
 
@@ -385,8 +387,12 @@ def default_models(
         label, _, path = entry.rpartition("=")
         resolved = resolve_model(path)
         specs.append(ModelSpec(label or Path(path).stem, "caloclouds2", str(resolved)))
+    if bf16:
+        specs += [ModelSpec(f"{s.label} bf16", s.kind, s.path, precision="bfloat16") for s in list(specs)]
     if onnx:
-        consistency = [s for s in specs if load_model(s.path).sampler.consistency]
+        consistency = [
+            s for s in specs if s.precision == "float32" and load_model(s.path).sampler.consistency
+        ]
         if not consistency:
             raise ValueError("--onnx needs a distilled (consistency) model among --model; or pass --no-onnx")
         from caloforge.export import export_model

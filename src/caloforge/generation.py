@@ -67,6 +67,7 @@ def generate_file(
     n_steps: int | None = None,
     sampler: str | None = None,
     allow_extrapolation: bool = False,
+    precision: str = "float32",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
@@ -90,6 +91,7 @@ def generate_file(
         "sampler": spec.name,
         "sampler_steps": spec.n_steps,
         "network_calls": spec.network_calls,
+        "precision": precision,
         "energy_min_gev": float(energies.min()),
         "energy_max_gev": float(energies.max()),
     }
@@ -111,6 +113,7 @@ def generate_file(
             n_steps=spec.n_steps,
             sampler=spec.name,
             allow_extrapolation=allow_extrapolation,
+            precision=precision,
         ):
             writer.write(batch)
             done += len(batch)

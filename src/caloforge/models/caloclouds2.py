@@ -449,6 +449,7 @@ def _sample_points(
     sampler: SamplerSpec,
     points_per_call: int,
     net: nn.Module | None = None,
+    bfloat16: bool = False,
 ) -> Tensor:
     """Run the sampler for ``n[b]`` points per shower; ``(B, max n, 4)`` in network space.
 
@@ -472,14 +473,15 @@ def _sample_points(
         # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
         # with that many points; the calibrated count only decides how many are drawn from it.
         # Noise is drawn on the CPU, so a GPU gives the same showers as the CPU (up to rounding).
-        z = sampler.sample(
-            denoiser,
-            x.to(device),
-            generator,
-            energy=energy[idx].to(device),
-            n_points=n_flow[idx].to(device),
-        )
-        out[idx, :width] = z.cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+            z = sampler.sample(
+                denoiser,
+                x.to(device),
+                generator,
+                energy=energy[idx].to(device),
+                n_points=n_flow[idx].to(device),
+            )
+        out[idx, :width] = z.float().cpu()
         start = stop
     return out
 
@@ -492,11 +494,13 @@ def _generate_batch(
     sampler: SamplerSpec | None = None,
     points_per_call: int = POINTS_PER_CALL,
     traced: bool = False,
+    bfloat16: bool = False,
 ) -> tuple[PointShowers, Tensor]:
     """One batch of showers and the flow's (uncalibrated) numbers of points.
 
     ``traced`` runs the flow's inverse pass and the PointWise Net as TorchScript traces (CPU
-    only): the same showers, less overhead.
+    only): the same showers, less overhead. ``bfloat16`` runs the PointWise Net under bfloat16
+    autocast (then not traced: autocast does not reach into traces).
     """
     net = None
     if traced:
@@ -510,7 +514,10 @@ def _generate_batch(
     counts = largest_remainder(flow.point_fractions, n)
     layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
     mask = torch.arange(int(n.max())).unsqueeze(0) < n.unsqueeze(1)
-    z = _sample_points(model, energy, n_flow, n, generator, sampler or model.sampler, points_per_call, net)
+    if bfloat16:
+        net = None
+    spec = sampler or model.sampler
+    z = _sample_points(model, energy, n_flow, n, generator, spec, points_per_call, net, bfloat16)
     points = calibrate_points(model.scaler.inverse(z), mask, counts, layer_e, flow.cog[:, :2])
     points = torch.where(mask.unsqueeze(-1), points, 0.0)
     return PointShowers(energy.double().numpy(), points.numpy()), n_flow
@@ -553,6 +560,7 @@ def generate(
     points_per_call: int = POINTS_PER_CALL,
     device: str | torch.device | None = None,
     traced: bool = True,
+    precision: str = "float32",
 ) -> Iterator[PointShowers]:
     """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
 
@@ -564,7 +572,11 @@ def generate(
     the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
     ``device`` (e.g. ``cuda``) moves the PointWise Net there; the rest runs on the CPU.
     ``traced`` (CPU) runs the flow and the net as TorchScript traces: the same showers, faster.
+    ``precision="bfloat16"`` runs the PointWise Net in bfloat16 (fast on CPUs with AMX /
+    AVX-512-BF16 and on GPUs; slightly different showers, see docs/benchmarks.md).
     """
+    if precision not in ("float32", "bfloat16"):
+        raise GenerationError(f"unknown precision '{precision}': use float32 or bfloat16")
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
     spec = resolve_sampler(model, sampler, n_steps)
     if batch_size < 1 or points_per_call < 1:
@@ -588,7 +600,9 @@ def generate(
     traced = traced and next(model.net.parameters()).device.type == "cpu"
     for start in range(0, len(energies), batch_size):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
-        yield _generate_batch(model, energy, generator, spec, points_per_call, traced)[0]
+        yield _generate_batch(
+            model, energy, generator, spec, points_per_call, traced, precision == "bfloat16"
+        )[0]
 
 
 # --------------------------------------------------------------------------- training data
