@@ -379,8 +379,7 @@ def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
         for k in ("format", "format_version", "caloforge_version", "sampler", *_REQUIRED_KEYS)
         if k in state
     }
-    with atomic_output(out) as tmp:
-        torch.save(keep, tmp)
+    save_checkpoint(keep, out)
     return Path(out)
 
 
@@ -705,6 +704,47 @@ def point_batch(
     return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
 
 
+def optimizer_step(
+    loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
+) -> bool:
+    """Backpropagate ``loss``, clip ``module``'s gradient norm to ``grad_clip`` and step.
+
+    Returns False, without stepping, when the loss or the gradient is not finite, so one bad
+    batch cannot poison a long run.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    if not torch.isfinite(norm):
+        optimizer.zero_grad(set_to_none=True)
+        return False
+    optimizer.step()
+    return True
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (an existing file stays until it is replaced)."""
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)
+
+
+def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:
+    """Raise :class:`CheckpointError` unless the JSON config stored in ``ckpt`` equals ``config``."""
+    try:
+        saved = type(config).from_dict(json.loads(saved_config)).to_dict()
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"'{ckpt}' holds an unreadable config: {exc}") from exc
+    wanted = config.to_dict()
+    if saved != wanted:
+        diff = sorted(k for k in wanted if saved[k] != wanted[k])
+        raise CheckpointError(
+            f"'{ckpt}' was {verb} with a different config (fields {', '.join(diff)}): "
+            "resume with the same config or start in a new directory"
+        )
+
+
 class _Trainer:
     """The mutable state of a training run, and one step of it."""
 
@@ -741,19 +781,10 @@ class _Trainer:
         return step * self.config.flow_steps // self.config.steps
 
     def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
-        """Backpropagate, clip and step; returns the loss, or None (and counts a skip) when the loss
-        or the gradient is not finite, so one bad batch cannot poison a long run."""
-        optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        """:func:`optimizer_step`; returns the loss, or None (and counts a skip)."""
+        if not optimizer_step(loss, module, optimizer, self.config.grad_clip):
             self.skipped += 1
             return None
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
-        if not torch.isfinite(norm):
-            optimizer.zero_grad(set_to_none=True)
-            self.skipped += 1
-            return None
-        optimizer.step()
         return loss.item()
 
     def net_step(self) -> float | None:
@@ -833,8 +864,7 @@ class _Trainer:
         self.model.complete = bool(state["complete"])
 
     def save(self, path: Path) -> None:
-        with atomic_output(path) as tmp:
-            torch.save(self.state(), tmp)
+        save_checkpoint(self.state(), path)
 
 
 class _InterruptFlag:
@@ -990,8 +1020,7 @@ def calibrate(
         progress,
     )
     state = state | {"calibration": calibration.to_dict(), "sampler": model.sampler.to_dict()}
-    with atomic_output(path if out is None else out) as tmp:
-        torch.save(state, tmp)
+    save_checkpoint(state, path if out is None else out)
     return calibration
 
 
@@ -1086,17 +1115,7 @@ def train(
     state = None
     if resume:
         state = _read_checkpoint(ckpt)
-        try:
-            saved = CaloClouds2Config.from_dict(json.loads(state["config"])).to_dict()
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(f"'{ckpt}' holds an unreadable config: {exc}") from exc
-        wanted = config.to_dict()
-        if saved != wanted:
-            diff = sorted(k for k in wanted if saved[k] != wanted[k])
-            raise CheckpointError(
-                f"'{ckpt}' was trained with a different config (fields {', '.join(diff)}): "
-                "resume with the same config or train into a new directory"
-            )
+        check_resumable(ckpt, state["config"], config)
     elif ckpt.exists():
         raise CheckpointError(f"'{ckpt}' exists: resume it, or train into another directory")
 

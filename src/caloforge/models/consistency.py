@@ -44,12 +44,16 @@ from caloforge.models.caloclouds2 import (
     TrainResult,
     _calibration_energies,
     _load_training_data,
+    _model_from_state,
     _read_checkpoint,
     _run_loop,
     _TrainingData,
+    check_resumable,
     fit_calibration,
     load_model,
+    optimizer_step,
     point_batch,
+    save_checkpoint,
 )
 from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.pointwise import PointWiseNet
@@ -223,17 +227,9 @@ class _Distiller:
             self.gen,
             cfg.loss,
         )
-        self.opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not optimizer_step(loss, self.student_net, self.opt, cfg.grad_clip):
             self.skipped += 1
             return [("cd_loss", None)]
-        loss.backward()
-        norm = nn.utils.clip_grad_norm_(self.student_net.parameters(), cfg.grad_clip)
-        if not torch.isfinite(norm):
-            self.opt.zero_grad(set_to_none=True)
-            self.skipped += 1
-            return [("cd_loss", None)]
-        self.opt.step()
         with torch.no_grad():
             for tgt, new in zip(self.target_net.parameters(), self.student_net.parameters(), strict=True):
                 tgt.lerp_(new, 1 - cfg.target_decay)
@@ -280,16 +276,11 @@ class _Distiller:
             raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
 
     def save(self, path: Path) -> None:
-        from caloforge.io import atomic_output
-
-        with atomic_output(path) as tmp:
-            torch.save(self.state(), tmp)
+        save_checkpoint(self.state(), path)
 
 
 def _teacher_from_run(state: dict[str, Any], path: Path) -> CaloClouds2:
     """The teacher stored inside a distillation checkpoint (resuming needs no teacher file)."""
-    from caloforge.models.caloclouds2 import _model_from_state
-
     teacher_state = dict(state["distill"]["teacher"]) | {"model": state["distill"]["teacher_model"]}
     return _model_from_state(teacher_state, path)
 
@@ -321,13 +312,7 @@ def distill(
         state = _read_checkpoint(ckpt)
         if "distill" not in state:
             raise CheckpointError(f"'{ckpt}' is not a distillation run (no training state): start a new one")
-        saved = DistillConfig.from_dict(json.loads(state["distill"]["config"]))
-        if saved != config:
-            diff = sorted(k for k, v in config.to_dict().items() if saved.to_dict()[k] != v)
-            raise CheckpointError(
-                f"'{ckpt}' was distilled with a different config (fields {', '.join(diff)}): "
-                "resume with the same config or distil into a new directory"
-            )
+        check_resumable(ckpt, state["distill"]["config"], config, verb="distilled")
         teacher = _teacher_from_run(state, ckpt)
     else:
         if ckpt.exists():
