@@ -477,7 +477,8 @@ def _widths(text: str | None) -> tuple[int, ...] | None:
 @app.command()
 def distill(
     teacher: Annotated[
-        str, typer.Option(help="The EDM model to distil: a run directory, checkpoint or 'default'.")
+        str,
+        typer.Option(help="The EDM model to distil: a run directory, checkpoint or 'caloclouds2' (shipped)."),
     ],
     data: Annotated[Path, typer.Option(help="The teacher's training point-cloud file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory of the consistency model.")],
