@@ -26,9 +26,9 @@ from caloforge.models import (
     load_model,
     train,
 )
+from caloforge.models._training import _InterruptFlag
 from caloforge.models.caloclouds2 import (
     SamplerSpec,
-    _InterruptFlag,
     _load_training_data,
     _Trainer,
     calibrate,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,8 +36,16 @@ from torch import Tensor, nn
 from caloforge import __version__
 from caloforge.calibrate import NPointsCalibration, calibrate_points, count_hits
 from caloforge.detector import Detector, DetectorError, detector_from_dict
-from caloforge.io import PointShowers, atomic_output, open_showers
+from caloforge.io import PointShowers, open_showers
 from caloforge.models._config import PresetConfig
+from caloforge.models._training import (
+    CheckpointError,
+    Progress,
+    check_resumable,
+    optimizer_step,
+    run_loop,
+    save_checkpoint,
+)
 from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser, edm_loss
 from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
 from caloforge.models.showerflow import (
@@ -79,12 +85,6 @@ CHECKPOINT_FORMAT = "caloforge-caloclouds2"
 #: Bumped whenever the checkpoint layout changes; older/newer versions are refused.
 CHECKPOINT_VERSION = 1
 
-#: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
-Progress = Callable[..., None]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, of another format or version, or does not fit the run."""
 
 
 class GenerationError(ValueError):
@@ -704,47 +704,6 @@ def point_batch(
     return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
 
 
-def optimizer_step(
-    loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
-) -> bool:
-    """Backpropagate ``loss``, clip ``module``'s gradient norm to ``grad_clip`` and step.
-
-    Returns False, without stepping, when the loss or the gradient is not finite, so one bad
-    batch cannot poison a long run.
-    """
-    optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return False
-    loss.backward()
-    norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    if not torch.isfinite(norm):
-        optimizer.zero_grad(set_to_none=True)
-        return False
-    optimizer.step()
-    return True
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically (an existing file stays until it is replaced)."""
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
-
-
-def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:
-    """Raise :class:`CheckpointError` unless the JSON config stored in ``ckpt`` equals ``config``."""
-    try:
-        saved = type(config).from_dict(json.loads(saved_config)).to_dict()
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"'{ckpt}' holds an unreadable config: {exc}") from exc
-    wanted = config.to_dict()
-    if saved != wanted:
-        diff = sorted(k for k in wanted if saved[k] != wanted[k])
-        raise CheckpointError(
-            f"'{ckpt}' was {verb} with a different config (fields {', '.join(diff)}): "
-            "resume with the same config or start in a new directory"
-        )
-
-
 class _Trainer:
     """The mutable state of a training run, and one step of it."""
 
@@ -865,34 +824,6 @@ class _Trainer:
 
     def save(self, path: Path) -> None:
         save_checkpoint(self.state(), path)
-
-
-class _InterruptFlag:
-    """Turns the first Ctrl-C into a flag checked between steps (so the checkpoint is consistent);
-    a second Ctrl-C interrupts at once."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous: Any = None
-        self._installed = False
-
-    def __enter__(self) -> _InterruptFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-            self._installed = True
-        return self
-
-    def _restore(self) -> None:
-        # signal.signal() returns None for a handler not installed from Python.
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        self.raised = True
-        self._restore()
-
-    def __exit__(self, *exc: object) -> None:
-        if self._installed:
-            self._restore()
 
 
 def fit_calibration(
@@ -1024,72 +955,6 @@ def calibrate(
     return calibration
 
 
-def _run_loop(
-    trainer: Any,
-    total_steps: int,
-    ckpt: Path,
-    log_every: int,
-    checkpoint_minutes: float,
-    progress: Progress | None,
-    max_minutes: float | None,
-    start: float,
-) -> None:
-    """Step ``trainer`` to ``total_steps``: logs, progress, periodic checkpoints, time budget, Ctrl-C.
-
-    ``trainer`` has ``step``, ``elapsed_s``, ``last_losses``, ``one_step() -> [(name, loss | None)]``
-    and ``save(path)``. Running means of the losses go to ``train_log.jsonl`` next to ``ckpt``
-    every ``log_every`` steps. Ctrl-C saves after the current step and re-raises.
-    """
-    elapsed_before = trainer.elapsed_s
-    log_path = ckpt.parent / "train_log.jsonl"
-    sums: dict[str, list[float]] = {}
-    last_save = time.monotonic()
-
-    def save() -> None:
-        trainer.elapsed_s = elapsed_before + time.monotonic() - start
-        trainer.save(ckpt)
-
-    with _InterruptFlag() as interrupt:
-        try:
-            while trainer.step < total_steps:
-                for name, value in trainer.one_step():
-                    total = sums.setdefault(name, [0.0, 0])
-                    if value is not None:
-                        total[0] += value
-                        total[1] += 1
-                trainer.step += 1
-                if trainer.step % log_every == 0 or trainer.step == total_steps:
-                    trainer.last_losses = {name: s / c for name, (s, c) in sums.items() if c}
-                    sums = {}
-                    record = {
-                        "step": trainer.step,
-                        **trainer.last_losses,
-                        "skipped_steps": trainer.skipped,
-                        "minutes": (time.monotonic() - start) / 60,
-                    }
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if progress is not None:
-                    progress("train", trainer.step, total_steps, info=_loss_info(trainer.last_losses))
-                if interrupt.raised:
-                    raise KeyboardInterrupt
-                if time.monotonic() - last_save > 60 * checkpoint_minutes:
-                    save()
-                    last_save = time.monotonic()
-                if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
-                    break
-        except KeyboardInterrupt:
-            save()
-            raise
-    trainer.elapsed_s = elapsed_before + time.monotonic() - start
-
-
-def _loss_info(losses: dict[str, float]) -> str:
-    """``edm 0.912 flow -0.21``: the last logged losses for a progress bar."""
-    short = {"edm_loss": "edm", "flow_loss": "flow", "cd_loss": "cd"}
-    return " ".join(f"{short.get(k, k)} {v:.3g}" for k, v in losses.items())
-
-
 def train(
     config: CaloClouds2Config,
     data_path: str | Path,
@@ -1123,7 +988,7 @@ def train(
     trainer = _Trainer(config, data)
     if state is not None:
         trainer.restore(state, ckpt)
-    _run_loop(
+    run_loop(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     trainer.model.complete = trainer.step >= config.steps

@@ -36,24 +36,26 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models._config import PresetConfig
-from caloforge.models.caloclouds2 import (
-    CaloClouds2,
+from caloforge.models._training import (
     CheckpointError,
     Progress,
+    check_resumable,
+    optimizer_step,
+    run_loop,
+    save_checkpoint,
+)
+from caloforge.models.caloclouds2 import (
+    CaloClouds2,
     SamplerSpec,
     TrainResult,
     _calibration_energies,
     _load_training_data,
     _model_from_state,
     _read_checkpoint,
-    _run_loop,
     _TrainingData,
-    check_resumable,
     fit_calibration,
     load_model,
-    optimizer_step,
     point_batch,
-    save_checkpoint,
 )
 from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.pointwise import PointWiseNet
@@ -330,7 +332,7 @@ def distill(
     run = _Distiller(config, teacher, data)
     if state is not None:
         run.restore(state, ckpt)
-    _run_loop(
+    run_loop(
         run, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     run.model.complete = run.step >= config.steps
