@@ -462,6 +462,161 @@ def train_caloclouds2(
     _report_run(result)
 
 
+def _train_calodream(
+    part: str,
+    data: Path,
+    out: Path,
+    preset: str,
+    steps: int | None,
+    batch_size: int | None,
+    seed: int,
+    resume: bool,
+    max_minutes: float | None,
+    threads: int | None,
+    **links: Path | None,
+) -> None:
+    from caloforge.models.calodream import CaloDreamConfig, train
+
+    _set_threads(threads)
+    config = CaloDreamConfig.from_preset(preset, seed=seed, **_given(steps=steps, batch_size=batch_size))
+    with progress_bar() as bar:
+        result = train(
+            config,
+            part,
+            data,
+            out,
+            resume=resume,
+            progress=_stage_progress(bar),
+            max_minutes=max_minutes,
+            **links,
+        )
+    console.print(f"CaloDREAM {part} network: {result.parameters:,} parameters; last losses {result.losses}")
+    _report_run(result)
+
+
+VoxelDataOption = Annotated[
+    Path, typer.Option(help="Training voxel file (`caloforge simulate --voxel-out`).")
+]
+RunOption = Annotated[
+    Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, train_log.jsonl).")
+]
+DreamPresetOption = Annotated[str, typer.Option(help="cpu (about an hour on 2 cores), paper (GPU) or smoke.")]
+DreamStepsOption = Annotated[int | None, typer.Option(min=1, help="Training steps (default: the preset's).")]
+BatchOption = Annotated[int | None, typer.Option(min=1, help="Batch size (default: the preset's).")]
+SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")]
+
+
+@train_app.command("calodream-energy")
+def train_calodream_energy(
+    data: VoxelDataOption,
+    out: RunOption,
+    preset: DreamPresetOption = "cpu",
+    steps: DreamStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    max_minutes: MaxMinutesOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Train CaloDREAM's energy network (transfusion CFM over the 45 layer-energy variables)."""
+    _train_calodream("energy", data, out, preset, steps, batch_size, seed, resume, max_minutes, threads)
+
+
+@train_app.command("calodream-shape")
+def train_calodream_shape(
+    data: VoxelDataOption,
+    out: RunOption,
+    energy_model: Annotated[
+        Path | None,
+        typer.Option(help="A trained energy run, embedded so that the shape model generates on its own."),
+    ] = None,
+    vae: Annotated[
+        Path | None,
+        typer.Option(help="A trained VAE run: train the latent variant (laViT) in its latent space."),
+    ] = None,
+    preset: DreamPresetOption = "cpu",
+    steps: DreamStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    max_minutes: MaxMinutesOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Train CaloDREAM's shape network (3-d ViT CFM over voxel fractions, or laViT with --vae)."""
+    _train_calodream(
+        "shape",
+        data,
+        out,
+        preset,
+        steps,
+        batch_size,
+        seed,
+        resume,
+        max_minutes,
+        threads,
+        energy_model=energy_model,
+        vae_model=vae,
+    )
+
+
+@train_app.command("calodream-vae")
+def train_calodream_vae(
+    data: VoxelDataOption,
+    out: RunOption,
+    preset: DreamPresetOption = "cpu",
+    steps: DreamStepsOption = None,
+    batch_size: BatchOption = None,
+    seed: SeedOption = 0,
+    resume: ResumeOption = False,
+    max_minutes: MaxMinutesOption = None,
+    threads: ThreadsOption = None,
+) -> None:
+    """Train the VAE whose latent space the laViT shape network works in."""
+    _train_calodream("vae", data, out, preset, steps, batch_size, seed, resume, max_minutes, threads)
+
+
+@app.command("train-solver")
+def train_solver(
+    model: Annotated[Path, typer.Option(help="A CaloDREAM shape run directory or checkpoint.")],
+    data: Annotated[Path, typer.Option(help="Voxel file whose showers give the conditions (energies).")],
+    steps: Annotated[int, typer.Option(min=1, help="Solver steps = network evaluations per shower.")] = 4,
+    loss: Annotated[
+        str, typer.Option(help="global (end points) or local (each step) truncation error.")
+    ] = "global",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write a copy here instead of updating the checkpoint.")
+    ] = None,
+    n_train: Annotated[int, typer.Option(min=1, help="Showers with dopri5 reference trajectories.")] = 256,
+    iterations: Annotated[int, typer.Option(min=1, help="Optimiser iterations.")] = 150,
+    batch_size: Annotated[int, typer.Option(min=1, help="Showers per iteration.")] = 16,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
+) -> None:
+    """Train a bespoke non-stationary (BNS) ODE solver for a frozen CaloDREAM shape network."""
+    from caloforge.models.calodream import load_model, save_solver
+    from caloforge.models.calodream import train_solver as run
+
+    _set_threads(threads)
+    net = load_model(model)
+    with progress_bar() as bar:
+        solver = run(
+            net,
+            data,
+            steps,
+            loss=loss,
+            n_train=n_train,
+            iterations=iterations,
+            batch_size=batch_size,
+            seed=seed,
+            progress=_stage_progress(bar),
+        )
+    target = save_solver(model, solver, out)
+    times = ", ".join(f"{t:.3f}" for t in solver.times().tolist())
+    console.print(
+        f"BNS solver ({steps} steps, {loss} loss; times {times}) is now the shape sampler of {target}"
+    )
+
+
 def _widths(text: str | None) -> tuple[int, ...] | None:
     """``4,64,128,64,4`` → a tuple of layer widths (None stays None)."""
     if text is None:
@@ -583,7 +738,10 @@ def generate(
     ] = None,
     sampler: Annotated[
         str | None,
-        typer.Option(help="heun or euler (diffusion models), consistency (distilled); default: the model's."),
+        typer.Option(
+            help="heun or euler (diffusion models), consistency (distilled); euler, midpoint, rk4 or bns "
+            "(CaloDREAM); default: the model's."
+        ),
     ] = None,
     threads: ThreadsOption = None,
     allow_extrapolation: Annotated[

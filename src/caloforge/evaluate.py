@@ -141,6 +141,16 @@ def _calochallenge(
         "fpd": metrics.fpd(x, y, seed=config.seed),
         "kpd": metrics.kpd(x, y, seed=config.seed),
     }
+    if min(len(ref_vox), len(cand_vox)) >= MIN_CLASSIFIER_SHOWERS:
+        # CaloChallenge high-level classifier: the features above plus log10 of the incident energy.
+        result = metrics.classifier_auc(
+            np.column_stack([np.log10(ref_vox.energy), x]),
+            np.column_stack([np.log10(cand_vox.energy), y]),
+            n_splits=config.classifier_splits,
+            epochs=config.classifier_epochs,
+            seed=config.seed,
+        )
+        out["high_level_auc"] = result.as_tuple()
     if config.low_level:
         result = metrics.classifier_auc(
             metrics.low_level_features(ref_vox, det),
@@ -372,15 +382,19 @@ def _report(result: dict[str, Any]) -> str:
             "",
         ]
         groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
-        lines.append("| sample | " + " | ".join(f"SP {g}" for g in groups) + " | FPD | KPD | low-level AUC |")
-        lines.append("|---|" + "---|" * (len(groups) + 3))
+        lines.append(
+            "| sample | "
+            + " | ".join(f"SP {g}" for g in groups)
+            + " | FPD | KPD | high-level AUC | low-level AUC |"
+        )
+        lines.append("|---|" + "---|" * (len(groups) + 4))
         for c in result["candidates"]:
             cc = c["calochallenge"]
-            low = _fmt(cc["low_level_auc"], 3) if "low_level_auc" in cc else "not run"
+            high, low = (_fmt(cc[k], 3) if k in cc else "-" for k in ("high_level_auc", "low_level_auc"))
             lines.append(
                 f"| {c['label']} | "
                 + " | ".join(f"{cc['separation_power'][g]:.4f}" for g in groups)
-                + f" | {_fmt(cc['fpd'], 4)} | {_fmt(cc['kpd'], 5)} | {low} |"
+                + f" | {_fmt(cc['fpd'], 4)} | {_fmt(cc['kpd'], 5)} | {high} | {low} |"
             )
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]

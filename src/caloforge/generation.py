@@ -77,11 +77,18 @@ def generate_file(
     it was. ``progress(done, total)`` is called after every batch.
     """
     from caloforge.models.caloclouds2 import generate, load_model, resolve_sampler
+    from caloforge.models.calodream import is_calodream_checkpoint
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
     path = resolve_model(model)
+    if is_calodream_checkpoint(path):
+        if precision != "float32":
+            raise ValueError("--precision applies to CaloClouds II models; CaloDREAM runs in float32")
+        return _generate_calodream(
+            path, model, energies_gev, out, seed, batch_size, n_steps, sampler, allow_extrapolation, progress
+        )
     net = load_model(path)
     energies = np.asarray(energies_gev, np.float64)
     spec = resolve_sampler(net, sampler, n_steps)
@@ -114,6 +121,64 @@ def generate_file(
             sampler=spec.name,
             allow_extrapolation=allow_extrapolation,
             precision=precision,
+        ):
+            writer.write(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, len(energies))
+    return GenerationResult(out, done, time.perf_counter() - start)
+
+
+def _generate_calodream(
+    path: Path,
+    model: str | Path,
+    energies_gev: np.ndarray,
+    out: Path,
+    seed: int,
+    batch_size: int,
+    n_steps: int | None,
+    sampler: str | None,
+    allow_extrapolation: bool,
+    progress: Callable[[int, int], None] | None,
+) -> GenerationResult:
+    """CaloDREAM: energy network then shape network, written as a CaloChallenge voxel file."""
+    from caloforge.models.calodream import SolverSpec, generate, load_model
+
+    net = load_model(path)
+    if net.part != "shape":
+        raise ValueError(f"'{path}' is a CaloDREAM {net.part} network: generate with a shape model")
+    stored = net.sampler["shape"]
+    method = sampler or stored.method
+    if method == "bns" and stored.method != "bns":
+        raise ValueError(f"'{path}' has no trained BNS solver: run `caloforge train-solver` first")
+    if method == "bns" and n_steps not in (None, stored.n_steps):
+        raise ValueError(f"the model's BNS solver has {stored.n_steps} steps; --steps cannot change it")
+    if method == stored.method:
+        spec = SolverSpec(method, n_steps or stored.n_steps, stored.bns)
+    else:
+        spec = SolverSpec(method, n_steps or stored.n_steps)
+    energies = np.asarray(energies_gev, np.float64)
+    attrs = {
+        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
+        "model_family": "calodream",
+        "latent": bool(net.latent),
+        "sampler": spec.method,
+        "sampler_steps": spec.n_steps,
+        "network_calls": spec.evaluations,
+        "energy_min_gev": float(energies.min()),
+        "energy_max_gev": float(energies.max()),
+    }
+    start = time.perf_counter()
+    done = 0
+    label = "calodream-lavit" if net.latent else "calodream"
+    with ShowerWriter(out, "voxels", net.detector, generator=label, seed=seed, attrs=attrs) as writer:
+        for batch in generate(
+            net,
+            energies,
+            batch_size=batch_size,
+            seed=seed,
+            shape_solver=spec,
+            allow_extrapolation=allow_extrapolation,
         ):
             writer.write(batch)
             done += len(batch)

@@ -1,0 +1,380 @@
+"""CaloDREAM: layer-energy variables, transfusion masking, ViT patching, VAE, solvers, training, CLI."""
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge import cli
+from caloforge.detector import get_detector
+from caloforge.io import VoxelShowers, open_showers, write_showers
+from caloforge.models.calodream import (
+    CaloDreamConfig,
+    SolverSpec,
+    fractions,
+    layer_energies,
+    layer_energies_from_u,
+    load_model,
+    sample_voxels,
+    train,
+    u_from_layer_energies,
+    voxels_from_fractions,
+)
+from caloforge.models.transfusion import Transfusion
+from caloforge.models.vae import LayerVAE
+from caloforge.models.vit import ViT3d, patchify, unpatchify
+from caloforge.odesolvers import BNSSolver, solve_fixed
+
+torch.set_num_threads(1)
+DET = get_detector("calochallenge-ds2")
+
+
+def toy_voxels(n: int, seed: int = 0) -> VoxelShowers:
+    """Shower-like voxels: a longitudinal Gamma profile and an exponential radial fall-off."""
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(np.log(1.0), np.log(100.0), n))
+    layer = np.arange(45)
+    ring = np.arange(9)
+    out = np.zeros((n, 45, 16, 9), np.float32)
+    for i in range(n):
+        peak = 6 + 2 * np.log(energy[i]) + rng.normal(0, 1)
+        prof = (layer + 1) ** 2 * np.exp(-(layer + 1) / max(peak / 2, 1.0))
+        prof = prof / prof.sum() * energy[i] * 1000 * 0.015 * rng.uniform(0.9, 1.1)
+        radial = np.exp(-ring / rng.uniform(0.8, 1.5))
+        shape = radial[None, None, :] * rng.gamma(4.0, 1.0, (45, 16, 9))
+        shape /= shape.sum(axis=(1, 2), keepdims=True)
+        out[i] = prof[:, None, None] * shape
+    out[out < DET.threshold_mev] = 0.0
+    return VoxelShowers(energy, out.reshape(n, -1))
+
+
+@pytest.fixture(scope="module")
+def voxel_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dream") / "toy.h5"
+    write_showers(
+        path, toy_voxels(80), DET, generator="toy", attrs={"energy_min_gev": 1.0, "energy_max_gev": 100.0}
+    )
+    return path
+
+
+# ----------------------------------------------------------------------------- variables
+
+
+def test_u_round_trip_with_empty_layers():
+    gen = torch.Generator().manual_seed(0)
+    e = torch.rand(50, 45, generator=gen, dtype=torch.float64).float() * 100
+    e[:10, 30:] = 0.0  # showers that end early
+    e[10:12, :5] = 0.0  # and ones that start late
+    e_inc = torch.full((50,), 1e4)
+    u = u_from_layer_energies(e, e_inc)
+    assert u.shape == (50, 45) and (u >= 0).all() and (u <= 1).all()
+    back = layer_energies_from_u(u, e_inc)
+    torch.testing.assert_close(back, e, rtol=1e-4, atol=1e-3)
+
+
+def test_fractions_and_voxels_keep_layer_energies():
+    vox = torch.from_numpy(toy_voxels(5).voxels)
+    e_layer = layer_energies(vox, 45)
+    frac = fractions(vox, 45)
+    filled = e_layer > 0
+    torch.testing.assert_close(layer_energies(frac, 45)[filled], torch.ones(int(filled.sum())))
+    back = voxels_from_fractions(frac, e_layer, DET.threshold_mev)
+    torch.testing.assert_close(back, vox, rtol=1e-4, atol=1e-4)
+    noisy = voxels_from_fractions(frac + 1e-7, e_layer, DET.threshold_mev)
+    assert ((noisy == 0) | (noisy >= DET.threshold_mev)).all()  # threshold applied
+    torch.testing.assert_close(layer_energies(noisy, 45), e_layer, rtol=1e-4, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("k", [0, 7, 22, 43])
+def test_transfusion_is_causal(k):
+    torch.manual_seed(0)
+    net = Transfusion(n_dims=45, d_model=16, n_heads=2, n_decoder_layers=2, head_hidden=16).eval()
+    z, cond = torch.randn(4, 45), torch.randn(4, 1)
+    x_t, t = torch.randn(4, 45), torch.rand(4, 45)
+    z2 = z.clone()
+    z2[:, k] += 3.0
+    with torch.no_grad():
+        v1, v2 = net(x_t, t, z, cond), net(x_t, t, z2, cond)
+    torch.testing.assert_close(v1[:, : k + 1], v2[:, : k + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(v1[:, k + 1 :], v2[:, k + 1 :])  # later layers do see it
+
+
+def test_transfusion_sampling_uses_the_teacher_forced_context():
+    """Sampling dimension by dimension gives the same velocity field as the training pass."""
+    torch.manual_seed(1)
+    net = Transfusion(n_dims=6, d_model=16, n_heads=2, n_decoder_layers=1, head_hidden=16).eval()
+    cond = torch.randn(3, 1)
+    z = net.sample(cond, lambda v, x0: solve_fixed(v, x0, "euler", 2), torch.Generator().manual_seed(0))
+    h = net.context(z, cond)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 6, generator=gen)
+    # Replaying the last dimension's Euler steps with the teacher-forced context gives z[:, -1].
+    x = noise[:, -1]
+    for t in (0.0, 0.5):
+        x = x + 0.5 * net.velocity(x, torch.tensor([t]), h[:, -1])
+    torch.testing.assert_close(x, z[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "patch"),
+    [
+        ((1, 45, 16, 9), (5, 4, 3)),
+        ((1, 45, 16, 9), (3, 4, 1)),
+        ((4, 15, 8, 3), (3, 2, 1)),
+        ((2, 4, 4, 4), (1, 1, 1)),
+    ],
+)
+def test_patchify_unpatchify_exact_inverse(shape, patch):
+    x = torch.randn(3, *shape)
+    tokens = patchify(x, patch)
+    assert tokens.shape == (3, np.prod(shape[1:]) // np.prod(patch), shape[0] * np.prod(patch))
+    assert torch.equal(unpatchify(tokens, shape, patch), x)
+    assert torch.equal(patchify(unpatchify(tokens, shape, patch), patch), tokens)
+
+
+def test_patch_that_does_not_tile_is_refused():
+    with pytest.raises(ValueError, match=r"does not tile the grid \(45, 16, 9\) \(16 by 3\)"):
+        ViT3d((1, 45, 16, 9), (5, 3, 3), n_cond=46)
+
+
+def test_vit_velocity_shape_and_zero_init():
+    net = ViT3d((1, 45, 16, 9), (5, 4, 3), n_cond=46, dim=16, depth=1, n_heads=2)
+    x = torch.randn(2, 1, 45, 16, 9)
+    v = net(x, torch.rand(2), torch.randn(2, 46))
+    assert v.shape == x.shape and torch.equal(v, torch.zeros_like(v))  # zero-initialised output layer
+
+
+def test_vae_decodes_layer_distributions():
+    vae = LayerVAE((45, 16, 9), latent_channels=2, stride=(3, 2, 3), channels=8)
+    frac = fractions(torch.from_numpy(toy_voxels(3).voxels), 45).reshape(3, 1, 45, 16, 9)
+    mu, logvar = vae.encode(frac)
+    assert mu.shape == (3, 2, 15, 8, 3) == logvar.shape
+    out = vae.decode(mu)
+    torch.testing.assert_close(out.sum((-1, -2)), torch.ones(3, 1, 45))
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+def test_solver_spec_checks_and_counts():
+    assert SolverSpec("rk4", 4).evaluations == 16 and SolverSpec("midpoint", 3).evaluations == 6
+    with pytest.raises(ValueError, match="unknown ODE solver"):
+        SolverSpec("heun", 4)
+    with pytest.raises(ValueError, match="train-solver"):
+        SolverSpec("bns", 4)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.fixture(scope="module")
+def trained(voxel_file, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cfg = CaloDreamConfig.from_preset("smoke")
+    train(cfg, "energy", voxel_file, root / "energy")
+    train(cfg, "vae", voxel_file, root / "vae")
+    train(cfg, "shape", voxel_file, root / "shape", energy_model=root / "energy")
+    train(cfg, "shape", voxel_file, root / "lavit", energy_model=root / "energy", vae_model=root / "vae")
+    return root
+
+
+def test_bns_initialised_as_euler_reproduces_euler_on_the_shape_model(trained):
+    model = load_model(trained / "shape")
+    e = torch.tensor([3.0, 30.0])
+    u = u_from_layer_energies(layer_energies(torch.from_numpy(toy_voxels(2).voxels), 45), e * 1000)
+    euler = SolverSpec("euler", 3)
+    bns = SolverSpec("bns", 3, BNSSolver(3, init="euler").to_dict())
+    a = sample_voxels(model, e, u, euler, torch.Generator().manual_seed(5))
+    b = sample_voxels(model, e, u, bns, torch.Generator().manual_seed(5))
+    assert torch.equal(a, b)
+
+
+def test_resume_continues_exactly(voxel_file, tmp_path):
+    cfg = CaloDreamConfig.from_preset("smoke", steps=20, checkpoint_minutes=1e-9)
+    train(cfg, "energy", voxel_file, tmp_path / "full")
+    train(cfg, "energy", voxel_file, tmp_path / "half", max_minutes=0.0)  # stops after one step
+    train(cfg, "energy", voxel_file, tmp_path / "half", resume=True)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "half" / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_run_is_not_overwritten(trained, voxel_file):
+    with pytest.raises(ValueError, match="exists: resume it"):
+        train(CaloDreamConfig.from_preset("smoke"), "energy", voxel_file, trained / "energy")
+
+
+def test_wrong_parts_are_refused(trained, voxel_file, tmp_path):
+    with pytest.raises(ValueError, match="a vae model is needed"):
+        train(
+            CaloDreamConfig.from_preset("smoke"),
+            "shape",
+            voxel_file,
+            tmp_path / "x",
+            vae_model=trained / "energy",
+        )
+    with pytest.raises(ValueError, match="only apply to the shape network"):
+        train(
+            CaloDreamConfig.from_preset("smoke"),
+            "energy",
+            voxel_file,
+            tmp_path / "y",
+            vae_model=trained / "vae",
+        )
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def caloforge(monkeypatch, *args: str, code: int = 0) -> None:
+    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert (exc.code or 0) == code, f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
+
+
+@pytest.mark.parametrize("run", ["shape", "lavit"])
+def test_generate_with_every_solver(monkeypatch, trained, voxel_file, tmp_path, run):
+    model = tmp_path / "model.pt"
+    caloforge(
+        monkeypatch,
+        "train-solver",
+        "--model",
+        trained / run,
+        "--data",
+        voxel_file,
+        "--steps",
+        2,
+        "--n-train",
+        8,
+        "--iterations",
+        3,
+        "--out",
+        model,
+    )
+    for sampler in ("bns", "euler", "midpoint", "rk4"):
+        out = tmp_path / f"{sampler}.h5"
+        caloforge(
+            monkeypatch,
+            "generate",
+            "--model",
+            model,
+            "-n",
+            12,
+            "--energy-log",
+            "1:100",
+            "--sampler",
+            sampler,
+            "--out",
+            out,
+        )
+        with open_showers(out) as f:
+            assert f.kind == "voxels" and f.generator.startswith("calodream") and len(f) == 12
+            assert f.attrs["sampler"] == sampler and f.attrs["latent"] == (run == "lavit")
+            v = f.read().voxels
+        assert np.isfinite(v).all() and ((v == 0) | (v >= DET.threshold_mev)).all()
+
+
+def test_generate_errors_are_one_line(monkeypatch, trained, tmp_path, capsys):
+    caloforge(monkeypatch, "generate", "--model", trained / "energy", "--out", tmp_path / "a.h5", code=2)
+    caloforge(
+        monkeypatch,
+        "generate",
+        "--model",
+        trained / "shape",
+        "--sampler",
+        "bns",
+        "--out",
+        tmp_path / "b.h5",
+        code=2,
+    )
+    caloforge(
+        monkeypatch,
+        "generate",
+        "--model",
+        trained / "shape",
+        "--energy",
+        "500",
+        "--out",
+        tmp_path / "c.h5",
+        code=2,
+    )
+    err = capsys.readouterr().err
+    assert "energy network" in err and "train-solver" in err and "outside the training range" in err
+    assert not any((tmp_path / n).exists() for n in ("a.h5", "b.h5", "c.h5"))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("geant4_pybind") is None or shutil.which("g++") is None,
+    reason="needs geant4_pybind and g++",
+)
+def test_simulate_train_generate_evaluate_voxels(monkeypatch, tmp_path):
+    """Geant4 voxel showers → CaloDREAM (energy + shape) → generated voxel file → CaloChallenge metrics."""
+    pts, vox = tmp_path / "pts.h5", tmp_path / "vox.h5"
+    caloforge(
+        monkeypatch,
+        "simulate",
+        "--detector",
+        "calochallenge-ds2",
+        "--particle",
+        "e-",
+        "--energy-log",
+        "2:20",
+        "-n",
+        60,
+        "--seed",
+        3,
+        "--workers",
+        2,
+        "--out",
+        pts,
+        "--voxel-out",
+        vox,
+    )
+    energy, shape, gen, report = tmp_path / "e", tmp_path / "s", tmp_path / "gen.h5", tmp_path / "report"
+    caloforge(monkeypatch, "train", "calodream-energy", "--data", vox, "--out", energy, "--preset", "smoke")
+    caloforge(
+        monkeypatch,
+        "train",
+        "calodream-shape",
+        "--data",
+        vox,
+        "--out",
+        shape,
+        "--preset",
+        "smoke",
+        "--energy-model",
+        energy,
+    )
+    caloforge(
+        monkeypatch, "generate", "--model", shape, "-n", 60, "--energies-file", vox, "--seed", 4, "--out", gen
+    )
+    caloforge(
+        monkeypatch,
+        "evaluate",
+        vox,
+        gen,
+        "--out",
+        report,
+        "--splits",
+        2,
+        "--epochs",
+        2,
+        "--draws",
+        2,
+        "--low-level",
+    )
+    metrics = json.loads((report / "metrics.json").read_text())
+    (candidate,) = metrics["candidates"]
+    assert candidate["generator"] == "calodream"
+    text = json.dumps(candidate)
+    for key in ("separation_power", "fpd", "kpd", "low_level_auc", "high_level_auc", "classifier_auc"):
+        assert key in text
