@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch is installed first, pinned, so that nothing later pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint format data clean
+.PHONY: setup demo test test-all lint format data data-ds2 clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ data: setup
 	mkdir -p $(DATA)
 	$(BIN)/caloforge simulate -n 20000 --energy 10:90 --seed 1 --workers 2 --resume --out $(DATA)/ild_gamma_train.h5
 	$(BIN)/caloforge simulate -n 10000 --energy 10:90 --seed 2 --workers 2 --resume --out $(DATA)/ild_gamma_test.h5
+
+# CaloChallenge-dataset-2-like electron voxel showers for CaloDREAM (log-uniform 1-100 GeV).
+data-ds2: setup
+	mkdir -p $(DATA)
+	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 20000 --seed 11 --workers 2 --resume --out $(DATA)/ds2_train_points.h5 --voxel-out $(DATA)/ds2_train.h5
+	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 8000 --seed 12 --workers 2 --resume --out $(DATA)/ds2_test_points.h5 --voxel-out $(DATA)/ds2_test.h5
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -742,7 +742,8 @@ def _load_part(path: str | Path, part: str) -> CaloDream:
 # --------------------------------------------------------------------------- generation
 
 
-def _shape_velocity(model: CaloDream, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+def shape_velocity(model: CaloDream, cond: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """The shape network as a velocity field ``v(t, x)`` for a batch with conditions ``cond``."""
     net = model.net
 
     def v(t: Tensor, x: Tensor) -> Tensor:
@@ -751,11 +752,13 @@ def _shape_velocity(model: CaloDream, cond: Tensor) -> Callable[[Tensor, Tensor]
     return v
 
 
-def _shape_noise(model: CaloDream, n: int, gen: torch.Generator) -> Tensor:
+def shape_noise(model: CaloDream, n: int, gen: torch.Generator) -> Tensor:
+    """Starting points ``x(t=0)`` of ``n`` showers in the shape network's variables."""
     return torch.randn((n, *model.standard.mean.shape), generator=gen)
 
 
-def _shape_condition(model: CaloDream, e_inc: Tensor, u: Tensor) -> Tensor:
+def shape_condition(model: CaloDream, e_inc: Tensor, u: Tensor) -> Tensor:
+    """The shape network's condition: scaled log incident energy and standardised logit(u)."""
     return torch.cat([model.energy_condition(e_inc), model.u_features(u)], dim=-1)
 
 
@@ -782,8 +785,8 @@ def sample_voxels(
     model: CaloDream, e_inc: Tensor, u: Tensor, solver: SolverSpec, gen: torch.Generator
 ) -> Tensor:
     """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u``."""
-    x0 = _shape_noise(model, len(e_inc), gen)
-    x1 = solver.solver()(_shape_velocity(model, _shape_condition(model, e_inc, u)), x0)
+    x0 = shape_noise(model, len(e_inc), gen)
+    x1 = solver.solver()(shape_velocity(model, shape_condition(model, e_inc, u)), x0)
     frac = model.fractions_from_features(x1)
     e_layer = layer_energies_from_u(u, e_inc * 1000.0)
     return voxels_from_fractions(frac, e_layer, model.detector.threshold_mev)
@@ -859,12 +862,12 @@ def train_solver(
     data = load_voxel_data(data_path, with_fractions=False, max_showers=n_train, min_showers=1)
     n = len(data.energy)
     gen = torch.Generator().manual_seed(seed)
-    cond = _shape_condition(model, data.energy, data.u)
-    x0 = _shape_noise(model, n, gen)
+    cond = shape_condition(model, data.energy, data.u)
+    x0 = shape_noise(model, n, gen)
     grid = torch.linspace(0, 1, 33)
     refs = []
     for lo in range(0, n, 64):
-        v = _shape_velocity(model, cond[lo : lo + 64])
+        v = shape_velocity(model, cond[lo : lo + 64])
         with torch.no_grad():
             if loss == "global":
                 refs.append(_dopri5_end(v, x0[lo : lo + 64], rtol))
@@ -878,7 +881,7 @@ def train_solver(
     best, best_loss = solver.to_dict(), math.inf
     for it in range(iterations):
         idx = torch.randint(n, (batch_size,), generator=gen)
-        v = _shape_velocity(model, cond[idx])
+        v = shape_velocity(model, cond[idx])
         target = ref[idx] if loss == "global" else (grid, ref[:, idx])
         value = bns_loss(solver, v, x0[idx], target, loss)
         opt.zero_grad()
