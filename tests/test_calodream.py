@@ -16,6 +16,7 @@ from caloforge.models.calodream import (
     CaloDreamConfig,
     SolverSpec,
     fractions,
+    generate,
     layer_energies,
     layer_energies_from_u,
     load_model,
@@ -378,3 +379,14 @@ def test_simulate_train_generate_evaluate_voxels(monkeypatch, tmp_path):
     text = json.dumps(candidate)
     for key in ("separation_power", "fpd", "kpd", "low_level_auc", "high_level_auc", "classifier_auc"):
         assert key in text
+
+
+def test_energy_network_can_be_embedded_after_training(trained, voxel_file, tmp_path):
+    cfg = CaloDreamConfig.from_preset("smoke", steps=5)
+    train(cfg, "shape", voxel_file, tmp_path / "s")
+    with pytest.raises(ValueError, match="no energy network"):
+        next(generate(load_model(tmp_path / "s"), np.array([10.0])))
+    train(cfg, "shape", voxel_file, tmp_path / "s", resume=True, energy_model=trained / "energy")
+    train(cfg, "shape", voxel_file, tmp_path / "s", resume=True)  # a later resume keeps it
+    (batch,) = generate(load_model(tmp_path / "s"), np.array([10.0, 20.0]))
+    assert batch.voxels.shape == (2, 6480) and (batch.voxels.sum(1) > 0).all()

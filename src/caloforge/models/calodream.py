@@ -364,6 +364,13 @@ class CaloDream(nn.Module):
         self.energy_model: CaloDream | None = None
         self.vae_model: CaloDream | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Embedded parts are saved as their own inference states, not inside this state dict.
+        if name in ("energy_model", "vae_model"):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # ---- preprocessing
     def energy_condition(self, e_inc_gev: Tensor) -> Tensor:
         """``(n, 1)``: log incident energy mapped to [-1, 1] over the training range."""
@@ -681,7 +688,8 @@ def train(
 
     ``part`` is ``energy``, ``shape`` (with ``vae_model``: the latent laViT) or ``vae``.
     ``energy_model`` (a finished energy run) is embedded in a shape checkpoint so that it
-    generates showers on its own. Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at
+    generates showers on its own; ``resume=True`` with ``energy_model`` on a finished run
+    embeds (or replaces) it afterwards. Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at
     the end; ``resume=True`` continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
     """
     start = time.monotonic()
@@ -718,6 +726,8 @@ def train(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     trainer.model.complete = trainer.step >= config.steps
+    if energy is None and state is not None and state.get("energy_model") is not None:
+        energy = _from_state(state["energy_model"], str(ckpt))  # keep what an earlier call embedded
     trainer.model.energy_model = energy
     trainer.save(ckpt)
     return TrainResult(
