@@ -39,7 +39,7 @@ from caloforge.models.calodream import (
 )
 from caloforge.odesolvers import BNSSolver, count_evaluations, solve_dopri5
 
-FIXED = {"euler": (2, 4, 8, 16, 32), "midpoint": (2, 4, 8, 16, 32), "rk4": (4, 8, 16, 32)}
+FIXED = {"euler": (2, 4, 8, 16, 32), "midpoint": (2, 4, 8, 16), "rk4": (4, 8, 16)}
 BNS_NFE = (2, 4, 8)
 
 
