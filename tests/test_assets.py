@@ -23,3 +23,15 @@ def test_reference_sample():
 def test_unknown_asset():
     with pytest.raises(FileNotFoundError, match="no asset named"):
         asset_path("nope.h5")
+
+
+def test_ds2_reference_sample():
+    from caloforge.metrics import calochallenge_features
+
+    with open_showers(asset_path("ds2_reference.h5")) as f:
+        assert len(f) == 300 and f.kind == "voxels" and f.detector.name == "calochallenge-ds2"
+        assert f.generator == "geant4" and f.attrs["seed"] == 42 and f.attrs["particle"] == "e-"
+        showers = f.read()
+    assert 1 <= showers.energy.min() and showers.energy.max() <= 100
+    ratio = calochallenge_features(showers)["E_ratio"]
+    assert 0.028 < ratio.mean() < 0.033

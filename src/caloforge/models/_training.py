@@ -17,7 +17,15 @@ from torch import Tensor, nn
 from caloforge.io import atomic_output
 from caloforge.models._config import PresetConfig
 
-__all__ = ["CheckpointError", "Progress", "check_resumable", "optimizer_step", "run_loop", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "Progress",
+    "check_resumable",
+    "open_run",
+    "optimizer_step",
+    "run_loop",
+    "save_checkpoint",
+]
 
 #: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
 Progress = Callable[..., None]
@@ -160,3 +168,25 @@ def _loss_info(losses: dict[str, float]) -> str:
     """``edm 0.912 flow -0.21``: the last logged losses for a progress bar."""
     short = {"edm_loss": "edm", "flow_loss": "flow", "cd_loss": "cd"}
     return " ".join(f"{short.get(k, k)} {v:.3g}" for k, v in losses.items())
+
+
+def open_run(
+    out_dir: str | Path,
+    config: PresetConfig,
+    resume: bool,
+    read: Callable[[Path], dict[str, Any]],
+) -> tuple[Path, dict[str, Any] | None]:
+    """Create ``out_dir``; return its checkpoint path and, with ``resume``, the checked saved state.
+
+    Without ``resume`` an existing checkpoint is an error rather than overwritten.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint.pt"
+    if resume:
+        state = read(ckpt)
+        check_resumable(ckpt, state["config"], config)
+        return ckpt, state
+    if ckpt.exists():
+        raise CheckpointError(f"'{ckpt}' exists: resume it, or train into another directory")
+    return ckpt, None

@@ -41,7 +41,7 @@ from caloforge.models._config import PresetConfig
 from caloforge.models._training import (
     CheckpointError,
     Progress,
-    check_resumable,
+    open_run,
     optimizer_step,
     run_loop,
     save_checkpoint,
@@ -974,15 +974,7 @@ def train(
     without it an existing checkpoint is an error rather than overwritten.
     """
     start = time.monotonic()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
-    state = None
-    if resume:
-        state = _read_checkpoint(ckpt)
-        check_resumable(ckpt, state["config"], config)
-    elif ckpt.exists():
-        raise CheckpointError(f"'{ckpt}' exists: resume it, or train into another directory")
+    ckpt, state = open_run(out_dir, config, resume, _read_checkpoint)
 
     data = _load_training_data(Path(data_path), config, progress)
     trainer = _Trainer(config, data)

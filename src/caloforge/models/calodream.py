@@ -40,7 +40,7 @@ from caloforge.models._config import PresetConfig
 from caloforge.models._training import (
     CheckpointError,
     Progress,
-    check_resumable,
+    open_run,
     optimizer_step,
     run_loop,
     save_checkpoint,
@@ -697,15 +697,7 @@ def train(
         raise ValueError(f"unknown CaloDREAM part '{part}': use one of {', '.join(PARTS)}")
     if part != "shape" and (energy_model is not None or vae_model is not None):
         raise ValueError("--energy-model and --vae only apply to the shape network")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
-    state = None
-    if resume:
-        state = _read(ckpt)
-        check_resumable(ckpt, state["config"], config)
-    elif ckpt.exists():
-        raise CheckpointError(f"'{ckpt}' exists: resume it, or train into another directory")
+    ckpt, state = open_run(out_dir, config, resume, _read)
     vae = _load_part(vae_model, "vae") if vae_model is not None else None
     energy = _load_part(energy_model, "energy") if energy_model is not None else None
     if progress is not None:
