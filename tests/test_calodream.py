@@ -15,6 +15,7 @@ from caloforge.io import VoxelShowers, open_showers, write_showers
 from caloforge.models.calodream import (
     CaloDreamConfig,
     SolverSpec,
+    dequantize_fractions,
     fractions,
     generate,
     layer_energies,
@@ -85,6 +86,11 @@ def test_fractions_and_voxels_keep_layer_energies():
     torch.testing.assert_close(layer_energies(frac, 45)[filled], torch.ones(int(filled.sum())))
     back = voxels_from_fractions(frac, e_layer, DET.threshold_mev)
     torch.testing.assert_close(back, vox, rtol=1e-4, atol=1e-4)
+    dq = dequantize_fractions(frac, e_layer, DET.threshold_mev, torch.Generator().manual_seed(0))
+    assert (dq[frac > 0] == frac[frac > 0]).all() and (dq[(frac == 0) & (vox == 0)] > 0).any()
+    torch.testing.assert_close(
+        voxels_from_fractions(dq, e_layer, DET.threshold_mev), vox, rtol=1e-3, atol=1e-3
+    )
     noisy = voxels_from_fractions(frac + 1e-7, e_layer, DET.threshold_mev)
     assert ((noisy == 0) | (noisy >= DET.threshold_mev)).all()  # threshold applied
     torch.testing.assert_close(layer_energies(noisy, 45), e_layer, rtol=1e-4, atol=1e-3)

@@ -136,16 +136,34 @@ def fractions(voxels: Tensor, n_layers: int) -> Tensor:
     return torch.where(e > 0, v / e.clamp_min(1e-30), 0.0).reshape(voxels.shape)
 
 
-def voxels_from_fractions(frac: Tensor, e_layer: Tensor, threshold: float) -> Tensor:
-    """Voxel energies from per-layer fractions: renormalised, thresholded, layer energy kept."""
+def dequantize_fractions(frac: Tensor, e_layer: Tensor, threshold: float, gen: torch.Generator) -> Tensor:
+    """Empty voxels of non-empty layers get a fraction ``U(0, 1) · threshold / E_layer``.
+
+    These voxels lie below the threshold by construction, so :func:`voxels_from_fractions`
+    (which applies it) maps them back to zero.
+    """
     n, n_layers = e_layer.shape
-    f = frac.reshape(n, n_layers, -1).clamp_min(0.0)
-    f = f / f.sum(-1, keepdim=True).clamp_min(1e-30)
-    v = f * e_layer.unsqueeze(-1)
-    v = torch.where(v >= threshold, v, 0.0)
-    kept = v.sum(-1, keepdim=True)
-    v = torch.where(kept > 0, v * (e_layer.unsqueeze(-1) / kept.clamp_min(1e-30)), 0.0)
-    return v.reshape(n, -1)
+    f = frac.reshape(n, n_layers, -1)
+    scale = (threshold / e_layer.clamp_min(1e-30)).unsqueeze(-1)
+    noise = torch.rand(f.shape, generator=gen) * scale
+    f = torch.where((f == 0) & (e_layer > 0).unsqueeze(-1), noise, f)
+    return f.reshape(frac.shape)
+
+
+def voxels_from_fractions(frac: Tensor, e_layer: Tensor, threshold: float) -> Tensor:
+    """Voxel energies ``fraction × layer energy``, thresholded, then rescaled to keep each layer's energy.
+
+    The threshold acts before any renormalisation, so the sub-threshold fractions of
+    :func:`dequantize_fractions` vanish however much of the layer they add up to.
+    """
+    n, n_layers = e_layer.shape
+    v = frac.reshape(n, n_layers, -1).clamp_min(0.0) * e_layer.unsqueeze(-1)
+    target = e_layer.unsqueeze(-1)
+    for _ in range(3):  # scaling down can push a voxel under the threshold again: repeat
+        v = torch.where(v >= threshold, v, 0.0)
+        kept = v.sum(-1, keepdim=True)
+        v = torch.where(kept > 0, v * (target / kept.clamp_min(1e-30)), 0.0)
+    return torch.where(v >= threshold, v, 0.0).reshape(n, -1)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -194,6 +212,9 @@ class CaloDreamConfig(PresetConfig):
     energy_solver_steps: int = 8
     shape_solver: str = "rk4"
     shape_solver_steps: int = 4
+    # empty voxels of a filled layer train as uniform energies below the threshold (the
+    # threshold cut after sampling makes them empty again): no spike at logit(ε)
+    dequantize: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "log_every"):
@@ -561,7 +582,8 @@ class _Trainer:
         self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
         self.model.cond_standard.fit(_logit(data.u[self.train_idx]))
         if part == "shape":
-            self.model.standard.fit(self._shape_x(self.train_idx[:4000], fitted=False))
+            fit_gen = torch.Generator().manual_seed(config.seed + 3)
+            self.model.standard.fit(self._shape_x(self.train_idx[:4000], fit_gen, fitted=False))
         self.ema = EMA(self.model.net, config.ema_decay)
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=config.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, config.steps, eta_min=config.min_lr)
@@ -572,8 +594,11 @@ class _Trainer:
         assert self.data.frac is not None
         return self.data.frac[idx].reshape(-1, 1, *self.model.grid)
 
-    def _shape_x(self, idx: Tensor, fitted: bool = True) -> Tensor:
+    def _shape_x(self, idx: Tensor, gen: torch.Generator, fitted: bool = True) -> Tensor:
         frac = self.data.frac[idx]  # type: ignore[index]
+        if self.config.dequantize and not self.model.latent:
+            e_layer = layer_energies_from_u(self.data.u[idx], self.data.energy[idx] * 1000.0)
+            frac = dequantize_fractions(frac, e_layer, self.data.detector.threshold_mev, gen)
         if not fitted:  # the standardisation itself is being fitted: raw features
             with torch.no_grad():
                 if self.model.latent:
@@ -593,7 +618,7 @@ class _Trainer:
         if self.part == "vae":
             ce, kl = vae_loss(net, self._frac(idx), self.config.vae_beta, gen)  # type: ignore[arg-type]
             return ce + self.config.vae_beta * kl, {"ce": ce.item(), "kl": kl.item()}
-        x1 = self._shape_x(idx)
+        x1 = self._shape_x(idx, gen)
         cond = torch.cat([m.energy_condition(data.energy[idx]), m.u_features(data.u[idx])], dim=-1)
         x_t, t, target = _cfm_pair(x1, gen, per_element=False)
         loss = (net(x_t, t, cond) - target).pow(2).mean()
