@@ -146,7 +146,7 @@ def dequantize_fractions(frac: Tensor, e_layer: Tensor, threshold: float, gen: t
     f = frac.reshape(n, n_layers, -1)
     scale = (threshold / e_layer.clamp_min(1e-30)).unsqueeze(-1)
     noise = torch.rand(f.shape, generator=gen) * scale
-    f = torch.where((f == 0) & (e_layer > 0).unsqueeze(-1), noise, f)
+    f = torch.where((f == 0) & (e_layer >= threshold).unsqueeze(-1), noise, f)
     return f.reshape(frac.shape)
 
 
@@ -504,6 +504,7 @@ class _Data:
     detector: Detector
     energy: Tensor  # GeV, (n,)
     u: Tensor  # (n, L)
+    e_layer: Tensor  # MeV, (n, L)
     frac: Tensor | None  # (n, n_voxels)
     energy_range: tuple[float, float]
 
@@ -522,12 +523,13 @@ def load_voxel_data(
         if not isinstance(det.readout, PolarGrid):
             raise ValueError(f"'{path}' is for detector '{det.name}' without a voxel readout")
         attrs = dict(f.attrs)
-        energies, us, fracs = [], [], []
+        energies, us, fracs, e_layers = [], [], [], []
         for chunk in f.iter_chunks(2000, stop=max_showers):
             v = torch.from_numpy(chunk.voxels.astype(np.float32))
             e = torch.from_numpy(chunk.energy.astype(np.float32))
             energies.append(e)
-            us.append(u_from_layer_energies(layer_energies(v, det.n_layers), e * 1000.0))
+            e_layers.append(layer_energies(v, det.n_layers))
+            us.append(u_from_layer_energies(e_layers[-1], e * 1000.0))
             if with_fractions:
                 fracs.append(fractions(v, det.n_layers))
     if not energies:
@@ -538,7 +540,8 @@ def load_voxel_data(
     # The simulated spectrum's range when the file records it, else the range of its showers.
     lo = float(attrs.get("energy_min_gev", energy.min()))
     hi = float(attrs.get("energy_max_gev", energy.max()))
-    return _Data(det, energy, torch.cat(us), torch.cat(fracs) if with_fractions else None, (lo, hi))
+    fracs_all = torch.cat(fracs) if with_fractions else None
+    return _Data(det, energy, torch.cat(us), torch.cat(e_layers), fracs_all, (lo, hi))
 
 
 # --------------------------------------------------------------------------- training
@@ -597,8 +600,7 @@ class _Trainer:
     def _shape_x(self, idx: Tensor, gen: torch.Generator, fitted: bool = True) -> Tensor:
         frac = self.data.frac[idx]  # type: ignore[index]
         if self.config.dequantize and not self.model.latent:
-            e_layer = layer_energies_from_u(self.data.u[idx], self.data.energy[idx] * 1000.0)
-            frac = dequantize_fractions(frac, e_layer, self.data.detector.threshold_mev, gen)
+            frac = dequantize_fractions(frac, self.data.e_layer[idx], self.data.detector.threshold_mev, gen)
         if not fitted:  # the standardisation itself is being fitted: raw features
             with torch.no_grad():
                 if self.model.latent:
