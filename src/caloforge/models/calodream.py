@@ -178,6 +178,7 @@ class CaloDreamConfig(PresetConfig):
     """
 
     KIND: ClassVar[str] = "CaloDREAM"
+    LEGACY: ClassVar[dict[str, Any]] = {"dequantize": False}
 
     seed: int = 0
     steps: int = 6000
