@@ -22,6 +22,7 @@ from caloforge.models.calodream import (
     layer_energies_from_u,
     load_model,
     sample_voxels,
+    save_for_inference,
     train,
     u_from_layer_energies,
     voxels_from_fractions,
@@ -396,3 +397,11 @@ def test_energy_network_can_be_embedded_after_training(trained, voxel_file, tmp_
     train(cfg, "shape", voxel_file, tmp_path / "s", resume=True)  # a later resume keeps it
     (batch,) = generate(load_model(tmp_path / "s"), np.array([10.0, 20.0]))
     assert batch.voxels.shape == (2, 6480) and (batch.voxels.sum(1) > 0).all()
+
+
+def test_inference_copy_loads_without_pickled_code(trained, tmp_path):
+    out = save_for_inference(trained / "lavit", tmp_path / "small.pt")
+    state = torch.load(out, weights_only=True)
+    assert "train" not in state and state["vae_model"] is not None and state["energy_model"] is not None
+    (batch,) = generate(load_model(out), np.array([5.0]))
+    assert batch.voxels.shape == (1, 6480)

@@ -68,6 +68,7 @@ __all__ = [
     "layer_energies",
     "layer_energies_from_u",
     "load_model",
+    "save_for_inference",
     "train",
     "train_solver",
     "u_from_layer_energies",
@@ -483,6 +484,18 @@ def load_model(path: str | Path) -> CaloDream:
     if path.is_dir():
         path = path / "checkpoint.pt"
     return _from_state(_read(path), str(path))
+
+
+def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
+    """Copy a run's checkpoint without its training state (optimiser, live weights, RNG)."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = _read(path)
+    _from_state(state, str(path))  # refuse anything that would not load
+    state.pop("train", None)
+    save_checkpoint(state, out)
+    return Path(out)
 
 
 def is_calodream_checkpoint(path: str | Path) -> bool:
