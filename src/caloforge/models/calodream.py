@@ -635,9 +635,8 @@ class _Trainer:
             ce, kl = vae_loss(net, self._frac(idx), self.config.vae_beta, gen)  # type: ignore[arg-type]
             return ce + self.config.vae_beta * kl, {"ce": ce.item(), "kl": kl.item()}
         x1 = self._shape_x(idx, gen)
-        cond = torch.cat([m.energy_condition(data.energy[idx]), m.u_features(data.u[idx])], dim=-1)
         x_t, t, target = _cfm_pair(x1, gen, per_element=False)
-        loss = (net(x_t, t, cond) - target).pow(2).mean()
+        loss = (net(x_t, t, shape_condition(m, data.energy[idx], data.u[idx])) - target).pow(2).mean()
         return loss, {"cfm": loss.item()}
 
     def one_step(self) -> list[tuple[str, float | None]]:
