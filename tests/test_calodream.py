@@ -405,3 +405,9 @@ def test_inference_copy_loads_without_pickled_code(trained, tmp_path):
     assert "train" not in state and state["vae_model"] is not None and state["energy_model"] is not None
     (batch,) = generate(load_model(out), np.array([5.0]))
     assert batch.voxels.shape == (1, 6480)
+
+
+def test_dequantised_shape_training_runs(voxel_file, tmp_path):
+    cfg = CaloDreamConfig.from_preset("smoke", steps=4, dequantize=True)
+    result = train(cfg, "shape", voxel_file, tmp_path / "dq")
+    assert result.complete and np.isfinite(result.losses["cfm"])

@@ -214,9 +214,11 @@ class CaloDreamConfig(PresetConfig):
     energy_solver_steps: int = 8
     shape_solver: str = "rk4"
     shape_solver_steps: int = 4
-    # empty voxels of a filled layer train as uniform energies below the threshold (the
-    # threshold cut after sampling makes them empty again): no spike at logit(ε)
-    dequantize: bool = True
+    # With dequantize, empty voxels of a filled layer train as uniform energies below the
+    # threshold (the cut after sampling empties them again) instead of a spike at logit(ε).
+    # Off by default: on ds2 it doubled the generated hits (uniform noise in linear space
+    # piles up just under the threshold in logit space, and small errors push it over).
+    dequantize: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "log_every"):
