@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--splits", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bns-showers", type=int, default=256, help="showers with dopri5 references for BNS")
+    ap.add_argument("--bns-iterations", type=int, default=150)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def main() -> None:
     cond = shape_condition(model, e, u)
     e_layer = layer_energies_from_u(u, e * 1000.0)
 
-    def run(solve, batch: int = 250) -> tuple[VoxelShowers, float, int]:
+    def run(solve, batch: int = 250) -> tuple[VoxelShowers, float, int, torch.Tensor]:
         outs, calls = [], 0
         start = time.perf_counter()
         with torch.no_grad():
@@ -88,29 +90,38 @@ def main() -> None:
         x1 = torch.cat(outs)
         vox = voxels_from_fractions(model.fractions_from_features(x1), e_layer, det.threshold_mev)
         ms = 1000 * (time.perf_counter() - start) / len(e)
-        return VoxelShowers(ref.energy, vox.numpy()), ms, calls
+        return VoxelShowers(ref.energy, vox.numpy()), ms, calls, x1
 
     def score(sample: VoxelShowers) -> dict[str, list[float]]:
         feat = metrics.feature_matrix(metrics.calochallenge_features(sample, det))
-        clf = metrics.classifier_auc(
-            ref_x, np.column_stack([np.log10(sample.energy), feat]), n_splits=args.splits, seed=args.seed
-        )
-        return {"auc": list(clf.as_tuple()), "fpd": list(metrics.fpd(ref_feat, feat, seed=args.seed))}
+        x = np.column_stack([np.log10(sample.energy), feat])
+        return {
+            "auc": list(metrics.classifier_auc(ref_x, x, n_splits=args.splits, seed=args.seed).as_tuple()),
+            "fpd": list(metrics.fpd(ref_feat, feat, seed=args.seed)),
+        }
 
     rows = []
 
-    def record(name: str, nfe: int, sample: VoxelShowers, ms: float) -> None:
+    precise: list[torch.Tensor] = []
+
+    def record(name: str, nfe: int, sample: VoxelShowers, ms: float, x1: torch.Tensor) -> None:
         row = {"solver": name, "nfe": nfe, "ms_per_shower": ms} | score(sample)
+        if precise:  # the solver's own error: same noise, relative RMS distance to the dopri5 solution
+            row["error_vs_dopri5"] = float(
+                (x1 - precise[0]).pow(2).mean().sqrt() / precise[0].pow(2).mean().sqrt()
+            )
+        else:
+            precise.append(x1)
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    sample, ms, calls = run(lambda v, x: solve_dopri5(v, x, rtol=1e-5, atol=1e-5))
-    record("dopri5", calls, sample, ms)
+    sample, ms, calls, x1 = run(lambda v, x: solve_dopri5(v, x, rtol=1e-5, atol=1e-5))
+    record("dopri5", calls, sample, ms, x1)
     for method, nfes in FIXED.items():
         for nfe in nfes:
             spec = SolverSpec(method, nfe // {"euler": 1, "midpoint": 2, "rk4": 4}[method])
-            sample, ms, _ = run(spec.solver())
-            record(method, nfe, sample, ms)
+            sample, ms, _, x1 = run(spec.solver())
+            record(method, nfe, sample, ms, x1)
     for loss in ("global", "local"):
         for nfe in BNS_NFE:
             cache = args.out / f"bns_{loss}_{nfe}.json"
@@ -118,12 +129,20 @@ def main() -> None:
                 solver = BNSSolver.from_dict(json.loads(cache.read_text()))
             else:
                 t0 = time.perf_counter()
-                solver = train_solver(model, args.train, nfe, loss=loss, seed=args.seed)
+                solver = train_solver(
+                    model,
+                    args.train,
+                    nfe,
+                    loss=loss,
+                    seed=args.seed,
+                    n_train=args.bns_showers,
+                    iterations=args.bns_iterations,
+                )
                 print(f"trained BNS {loss} {nfe} in {time.perf_counter() - t0:.0f} s", flush=True)
                 atomic_write_text(cache, json.dumps(solver.to_dict()))
             solver.requires_grad_(False)
-            sample, ms, _ = run(lambda v, x, s=solver: s(v, x))
-            record(f"bns-{loss}", nfe, sample, ms)
+            sample, ms, _, x1 = run(lambda v, x, s=solver: s(v, x))
+            record(f"bns-{loss}", nfe, sample, ms, x1)
 
     meta = {
         "model": str(args.model),
@@ -135,16 +154,26 @@ def main() -> None:
     lines = [
         f"Shape-network solvers, {len(e)} showers vs Geant4 ({args.test}), {args.threads} threads.",
         "",
-        "| solver | NFE | high-level AUC | FPD | ms/shower (shape sampling) |",
-        "|---|---|---|---|---|",
+        "| solver | NFE | AUC vs Geant4 | error vs dopri5 (same noise) | FPD vs Geant4 "
+        "| ms/shower (shape sampling) |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['solver']} | {r['nfe']} | {r['auc'][0]:.3f} ± {r['auc'][1]:.3f} | "
+            f"| {r['solver']} | {r['nfe']} | {r['auc'][0]:.3f} ± {r['auc'][1]:.3f} | {_auc(r)} | "
             f"{r['fpd'][0]:.3g} ± {r['fpd'][1]:.2g} | {r['ms_per_shower']:.2f} |"
         )
     atomic_write_text(args.out / "solvers.md", "\n".join(lines) + "\n")
     _plot(rows, args.out / "solvers.png")
+
+
+def _auc(row: dict) -> str:
+    a = row.get("error_vs_dopri5")
+    return f"{a:.4f}" if a is not None else "—"
+
+
+def _value(v: float | list[float]) -> tuple[float, float]:
+    return (float(v[0]), float(v[1])) if isinstance(v, list) else (float(v), 0.0)
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -153,19 +182,27 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name in ("euler", "midpoint", "rk4", "bns-global", "bns-local"):
-        pts = sorted((r["nfe"], r["auc"][0], r["auc"][1]) for r in rows if r["solver"] == name)
-        if pts:
-            n, a, s = map(np.array, zip(*pts, strict=True))
-            ax.errorbar(n, a, yerr=s, marker="o", capsize=2, label=name)
-    ref = [r for r in rows if r["solver"] == "dopri5"]
-    if ref:
-        ax.axhline(ref[0]["auc"][0], color="k", ls="--", label=f"dopri5 ({ref[0]['nfe']} NFE)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("network evaluations (NFE)")
-    ax.set_ylabel("high-level classifier AUC")
-    ax.legend(frameon=False, fontsize=8)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    panels = (
+        ("auc", "AUC vs Geant4"),
+        ("error_vs_dopri5", "relative error vs dopri5 (same noise)"),
+        ("fpd", "FPD vs Geant4"),
+    )
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for name in ("euler", "midpoint", "rk4", "bns-global", "bns-local"):
+            pts = sorted((r["nfe"], *_value(r[key])) for r in rows if r["solver"] == name and key in r)
+            if pts:
+                n, a, s = map(np.array, zip(*pts, strict=True))
+                ax.errorbar(n, a, yerr=s, marker="o", capsize=2, label=name)
+        ref = [r for r in rows if r["solver"] == "dopri5" and key in r]
+        if ref:
+            ax.axhline(_value(ref[0][key])[0], color="k", ls="--", label=f"dopri5 ({ref[0]['nfe']} NFE)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("network evaluations (NFE)")
+        ax.set_ylabel(label)
+        if key != "auc":
+            ax.set_yscale("log")
+    axes[0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
 
