@@ -35,3 +35,19 @@ def test_ds2_reference_sample():
     assert 1 <= showers.energy.min() and showers.energy.max() <= 100
     ratio = calochallenge_features(showers)["E_ratio"]
     assert 0.028 < ratio.mean() < 0.033
+
+
+@pytest.mark.parametrize(("name", "latent"), [("calodream", False), ("calodream-lavit", True)])
+def test_shipped_calodream_models_generate(name, latent, tmp_path):
+    from caloforge.generation import generate_file, resolve_model
+    from caloforge.models.calodream import load_model
+
+    model = load_model(resolve_model(name))
+    assert model.part == "shape" and model.latent == latent and model.complete
+    assert model.energy_model is not None and model.detector.name == "calochallenge-ds2"
+    out = generate_file(name, np.array([2.0, 20.0, 80.0]), tmp_path / "g.h5", seed=1)
+    with open_showers(out.path) as f:
+        v = f.read()
+        assert f.generator.startswith("calodream") and f.attrs["latent"] == latent
+    ratio = v.voxels.sum(1) / (v.energy * 1000)
+    assert np.all((0.02 < ratio) & (ratio < 0.04))  # Geant4: 0.0306 ± 0.0020

@@ -20,7 +20,12 @@ from caloforge.io import ShowerWriter
 __all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "GenerationResult", "generate_file", "resolve_model"]
 
 #: Models shipped in ``caloforge/assets``, by the name that selects them (``--model NAME``).
-SHIPPED_MODELS = {"caloclouds2": "caloclouds2_cpu.pt", "caloclouds2-cm": "caloclouds2_cm_cpu.pt"}
+SHIPPED_MODELS = {
+    "caloclouds2": "caloclouds2_cpu.pt",
+    "caloclouds2-cm": "caloclouds2_cm_cpu.pt",
+    "calodream": "calodream_ds2_cpu.pt",
+    "calodream-lavit": "calodream_lavit_ds2_cpu.pt",
+}
 #: The shipped model that ``--model default`` means.
 DEFAULT_MODEL = "caloclouds2-cm"
 
