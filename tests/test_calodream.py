@@ -411,3 +411,12 @@ def test_dequantised_shape_training_runs(voxel_file, tmp_path):
     cfg = CaloDreamConfig.from_preset("smoke", steps=4, dequantize=True)
     result = train(cfg, "shape", voxel_file, tmp_path / "dq")
     assert result.complete and np.isfinite(result.losses["cfm"])
+
+
+def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():
+    frac = torch.full((1, 2 * 144), 1.0 / 144)
+    frac[0, 7] = 2.0 / 144
+    e_layer = torch.tensor([[1.0, 0.01]])  # 1 MeV spread over 144 voxels: all under 15 keV
+    v = voxels_from_fractions(frac, e_layer, DET.threshold_mev).reshape(2, 144)
+    assert v[0, 7] == pytest.approx(1.0) and (v[0].sum() == v[0, 7])
+    assert (v[1] == 0).all()  # a layer under the threshold stays empty

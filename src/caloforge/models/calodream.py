@@ -155,13 +155,18 @@ def voxels_from_fractions(frac: Tensor, e_layer: Tensor, threshold: float) -> Te
     """Voxel energies ``fraction × layer energy``, thresholded, then rescaled to keep each layer's energy.
 
     The threshold acts before any renormalisation, so the sub-threshold fractions of
-    :func:`dequantize_fractions` vanish however much of the layer they add up to.
+    :func:`dequantize_fractions` vanish however much of the layer they add up to. A layer
+    with energy above the threshold but no voxel above it puts all of it in its largest voxel,
+    so layer energies (from the energy network) are always kept.
     """
     n, n_layers = e_layer.shape
     v = frac.reshape(n, n_layers, -1).clamp_min(0.0) * e_layer.unsqueeze(-1)
     target = e_layer.unsqueeze(-1)
+    # A layer whose voxels all fall under the threshold keeps its energy in its largest voxel.
+    top = torch.zeros_like(v).scatter_(-1, v.argmax(-1, keepdim=True), 1.0)
     for _ in range(3):  # scaling down can push a voxel under the threshold again: repeat
         v = torch.where(v >= threshold, v, 0.0)
+        v = torch.where((v.sum(-1, keepdim=True) > 0) | (target < threshold), v, top * target)
         kept = v.sum(-1, keepdim=True)
         v = torch.where(kept > 0, v * (target / kept.clamp_min(1e-30)), 0.0)
     return torch.where(v >= threshold, v, 0.0).reshape(n, -1)
