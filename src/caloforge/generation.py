@@ -9,9 +9,10 @@ generated file can be compared shower for shower in energy with a simulated one.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,31 +108,18 @@ def generate_file(
         "energy_min_gev": float(energies.min()),
         "energy_max_gev": float(energies.max()),
     }
-    start = time.perf_counter()
-    done = 0
-    with ShowerWriter(
-        out,
-        "points",
-        net.detector,
-        generator="caloclouds2-cm" if spec.consistency else "caloclouds2",
+    batches = generate(
+        net,
+        energies,
+        batch_size=batch_size,
         seed=seed,
-        attrs=attrs,
-    ) as writer:
-        for batch in generate(
-            net,
-            energies,
-            batch_size=batch_size,
-            seed=seed,
-            n_steps=spec.n_steps,
-            sampler=spec.name,
-            allow_extrapolation=allow_extrapolation,
-            precision=precision,
-        ):
-            writer.write(batch)
-            done += len(batch)
-            if progress is not None:
-                progress(done, len(energies))
-    return GenerationResult(out, done, time.perf_counter() - start)
+        n_steps=spec.n_steps,
+        sampler=spec.name,
+        allow_extrapolation=allow_extrapolation,
+        precision=precision,
+    )
+    label = "caloclouds2-cm" if spec.consistency else "caloclouds2"
+    return _stream(out, "points", net.detector, label, seed, attrs, batches, len(energies), progress)
 
 
 def _generate_calodream(
@@ -173,20 +161,36 @@ def _generate_calodream(
         "energy_min_gev": float(energies.min()),
         "energy_max_gev": float(energies.max()),
     }
+    batches = generate(
+        net,
+        energies,
+        batch_size=batch_size,
+        seed=seed,
+        shape_solver=spec,
+        allow_extrapolation=allow_extrapolation,
+    )
+    label = "calodream-lavit" if net.latent else "calodream"
+    return _stream(out, "voxels", net.detector, label, seed, attrs, batches, len(energies), progress)
+
+
+def _stream(
+    out: Path,
+    kind: str,
+    detector: Any,
+    label: str,
+    seed: int,
+    attrs: dict[str, Any],
+    batches: Iterator[Any],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> GenerationResult:
+    """Write generated batches atomically into ``out``, timing everything (generation and writing)."""
     start = time.perf_counter()
     done = 0
-    label = "calodream-lavit" if net.latent else "calodream"
-    with ShowerWriter(out, "voxels", net.detector, generator=label, seed=seed, attrs=attrs) as writer:
-        for batch in generate(
-            net,
-            energies,
-            batch_size=batch_size,
-            seed=seed,
-            shape_solver=spec,
-            allow_extrapolation=allow_extrapolation,
-        ):
+    with ShowerWriter(out, kind, detector, generator=label, seed=seed, attrs=attrs) as writer:  # type: ignore[arg-type]
+        for batch in batches:
             writer.write(batch)
             done += len(batch)
             if progress is not None:
-                progress(done, len(energies))
+                progress(done, total)
     return GenerationResult(out, done, time.perf_counter() - start)
