@@ -37,7 +37,7 @@ from caloforge.models.calodream import (
     train_solver,
     voxels_from_fractions,
 )
-from caloforge.odesolvers import BNSSolver, count_evaluations, solve_dopri5
+from caloforge.odesolvers import BNSSolver, count_evaluations, solve_dopri5, steps_for_nfe
 
 FIXED = {"euler": (2, 4, 8, 16, 32), "midpoint": (2, 4, 8, 16), "rk4": (4, 8, 16)}
 BNS_NFE = (2, 4, 8)
@@ -119,7 +119,7 @@ def main() -> None:
     record("dopri5", calls, sample, ms, x1)
     for method, nfes in FIXED.items():
         for nfe in nfes:
-            spec = SolverSpec(method, nfe // {"euler": 1, "midpoint": 2, "rk4": 4}[method])
+            spec = SolverSpec(method, steps_for_nfe(method, nfe))
             sample, ms, _, x1 = run(spec.solver())
             record(method, nfe, sample, ms, x1)
     for loss in ("global", "local"):

@@ -1,9 +1,21 @@
 """Shared fixtures: small hand-built and random shower batches."""
 
+import sys
+
 import numpy as np
 import pytest
 
+from caloforge import cli
 from caloforge.io import PointShowers
+
+
+def run_cli(monkeypatch, *args: object, code: int = 0) -> None:
+    """Run ``caloforge ARGS`` in-process and assert its exit code (0 by default)."""
+    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as exc:
+        assert (exc.code or 0) == code, f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
 
 
 def random_points(n: int, max_points: int, seed: int = 0, n_layers: int = 30) -> PointShowers:

@@ -3,13 +3,11 @@
 import importlib.util
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from caloforge import cli
 from caloforge.detector import get_detector
 from caloforge.io import VoxelShowers, open_showers, write_showers
 from caloforge.models.calodream import (
@@ -31,6 +29,7 @@ from caloforge.models.transfusion import Transfusion
 from caloforge.models.vae import LayerVAE
 from caloforge.models.vit import ViT3d, patchify, unpatchify
 from caloforge.odesolvers import BNSSolver, solve_fixed
+from conftest import run_cli
 
 torch.set_num_threads(1)
 DET = get_detector("calochallenge-ds2")
@@ -241,12 +240,7 @@ def test_wrong_parts_are_refused(trained, voxel_file, tmp_path):
 # ----------------------------------------------------------------------------- command line
 
 
-def caloforge(monkeypatch, *args: str, code: int = 0) -> None:
-    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        assert (exc.code or 0) == code, f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
+caloforge = run_cli
 
 
 @pytest.mark.parametrize("run", ["shape", "lavit"])

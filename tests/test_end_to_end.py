@@ -3,12 +3,11 @@
 import importlib.util
 import json
 import shutil
-import sys
 
 import pytest
 
-from caloforge import cli
 from caloforge.io import open_showers
+from conftest import run_cli
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("geant4_pybind") is None or shutil.which("g++") is None,
@@ -16,12 +15,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def caloforge(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
-    try:
-        cli.main()
-    except SystemExit as exc:
-        assert exc.code in (0, None), f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
+caloforge = run_cli
 
 
 def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):

@@ -98,16 +98,8 @@ def generate_file(
     net = load_model(path)
     energies = np.asarray(energies_gev, np.float64)
     spec = resolve_sampler(net, sampler, n_steps)
-    attrs = {
-        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
-        "model_family": "caloclouds2",
-        "sampler": spec.name,
-        "sampler_steps": spec.n_steps,
-        "network_calls": spec.network_calls,
-        "precision": precision,
-        "energy_min_gev": float(energies.min()),
-        "energy_max_gev": float(energies.max()),
-    }
+    attrs = _attrs(model, path, energies, "caloclouds2", spec.name, spec.n_steps, spec.network_calls)
+    attrs["precision"] = precision
     batches = generate(
         net,
         energies,
@@ -135,32 +127,15 @@ def _generate_calodream(
     progress: Callable[[int, int], None] | None,
 ) -> GenerationResult:
     """CaloDREAM: energy network then shape network, written as a CaloChallenge voxel file."""
-    from caloforge.models.calodream import SolverSpec, generate, load_model
+    from caloforge.models.calodream import generate, load_model, resolve_solver
 
     net = load_model(path)
     if net.part != "shape":
         raise ValueError(f"'{path}' is a CaloDREAM {net.part} network: generate with a shape model")
-    stored = net.sampler["shape"]
-    method = sampler or stored.method
-    if method == "bns" and stored.method != "bns":
-        raise ValueError(f"'{path}' has no trained BNS solver: run `caloforge train-solver` first")
-    if method == "bns" and n_steps not in (None, stored.n_steps):
-        raise ValueError(f"the model's BNS solver has {stored.n_steps} steps; --steps cannot change it")
-    if method == stored.method:
-        spec = SolverSpec(method, n_steps or stored.n_steps, stored.bns)
-    else:
-        spec = SolverSpec(method, n_steps or stored.n_steps)
+    spec = resolve_solver(net, sampler, n_steps)
     energies = np.asarray(energies_gev, np.float64)
-    attrs = {
-        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
-        "model_family": "calodream",
-        "latent": bool(net.latent),
-        "sampler": spec.method,
-        "sampler_steps": spec.n_steps,
-        "network_calls": spec.evaluations,
-        "energy_min_gev": float(energies.min()),
-        "energy_max_gev": float(energies.max()),
-    }
+    attrs = _attrs(model, path, energies, "calodream", spec.method, spec.n_steps, spec.evaluations)
+    attrs["latent"] = bool(net.latent)
     batches = generate(
         net,
         energies,
@@ -171,6 +146,21 @@ def _generate_calodream(
     )
     label = "calodream-lavit" if net.latent else "calodream"
     return _stream(out, "voxels", net.detector, label, seed, attrs, batches, len(energies), progress)
+
+
+def _attrs(
+    model: str | Path, path: Path, energies: np.ndarray, family: str, sampler: str, steps: int, calls: int
+) -> dict[str, Any]:
+    """File attributes every generated file carries: which model and sampler, the energy range."""
+    return {
+        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
+        "model_family": family,
+        "sampler": sampler,
+        "sampler_steps": steps,
+        "network_calls": calls,
+        "energy_min_gev": float(energies.min()),
+        "energy_max_gev": float(energies.max()),
+    }
 
 
 def _stream(

@@ -68,6 +68,7 @@ __all__ = [
     "layer_energies",
     "layer_energies_from_u",
     "load_model",
+    "resolve_solver",
     "save_for_inference",
     "train",
     "train_solver",
@@ -416,13 +417,16 @@ class CaloDream(nn.Module):
         """Inverse of :meth:`u_features`."""
         return _expit(self.cond_standard.inverse(z))
 
-    def shape_features(self, frac: Tensor) -> Tensor:
-        """Network variables of voxel fractions ``(n, n_voxels)``: ``(n, C, L, A, R)`` standardised."""
+    def raw_shape_features(self, frac: Tensor) -> Tensor:
+        """``logit(frac)`` (or the VAE's latent mean for laViT) as ``(n, C, L, A, R)``, not standardised."""
         if self.latent:
             assert self.vae_model is not None
-            mu, _ = self.vae_model.net.encode(frac.reshape(-1, 1, *self.grid))  # type: ignore[operator]
-            return self.standard(mu)
-        return self.standard(_logit(frac).reshape(-1, 1, *self.grid))
+            return self.vae_model.net.encode(frac.reshape(-1, 1, *self.grid))[0]  # type: ignore[operator]
+        return _logit(frac).reshape(-1, 1, *self.grid)
+
+    def shape_features(self, frac: Tensor) -> Tensor:
+        """Network variables of voxel fractions ``(n, n_voxels)``: ``(n, C, L, A, R)`` standardised."""
+        return self.standard(self.raw_shape_features(frac))
 
     def fractions_from_features(self, x: Tensor) -> Tensor:
         """Inverse of :meth:`shape_features` (the VAE's decoder for laViT): ``(n, n_voxels)``."""
@@ -622,13 +626,8 @@ class _Trainer:
         frac = self.data.frac[idx]  # type: ignore[index]
         if self.config.dequantize and not self.model.latent:
             frac = dequantize_fractions(frac, self.data.e_layer[idx], self.data.detector.threshold_mev, gen)
-        if not fitted:  # the standardisation itself is being fitted: raw features
-            with torch.no_grad():
-                if self.model.latent:
-                    return self.model.vae_model.net.encode(frac.reshape(-1, 1, *self.model.grid))[0]  # type: ignore[union-attr,operator]
-                return _logit(frac).reshape(-1, 1, *self.model.grid)
-        with torch.no_grad():
-            return self.model.shape_features(frac)
+        with torch.no_grad():  # unfitted: the standardisation itself is being fitted
+            return self.model.shape_features(frac) if fitted else self.model.raw_shape_features(frac)
 
     def _loss(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         m, data = self.model, self.data
@@ -811,6 +810,20 @@ def shape_condition(model: CaloDream, e_inc: Tensor, u: Tensor) -> Tensor:
     return torch.cat([model.energy_condition(e_inc), model.u_features(u)], dim=-1)
 
 
+def resolve_solver(model: CaloDream, method: str | None = None, n_steps: int | None = None) -> SolverSpec:
+    """The shape model's stored solver with ``method`` / ``n_steps`` replaced where given.
+
+    A BNS solver only exists as trained (``caloforge train-solver``), with its own step count.
+    """
+    stored = model.sampler["shape"]
+    method = method or stored.method
+    if method == "bns" and stored.method != "bns":
+        raise ValueError("this model has no trained BNS solver: run `caloforge train-solver` first")
+    if method == "bns" and n_steps not in (None, stored.n_steps):
+        raise ValueError(f"the model's BNS solver has {stored.n_steps} steps; --steps cannot change it")
+    return SolverSpec(method, n_steps or stored.n_steps, stored.bns if method == stored.method else None)
+
+
 def check_energies(model: CaloDream, energies: np.ndarray, allow_extrapolation: bool) -> None:
     """Refuse incident energies outside the training range (unless ``allow_extrapolation``)."""
     lo, hi = model.energy_range
@@ -880,10 +893,6 @@ def generate(
 # --------------------------------------------------------------------------- BNS solvers
 
 
-def _dopri5_end(v: Callable[[Tensor, Tensor], Tensor], x0: Tensor, rtol: float) -> Tensor:
-    return solve_dopri5(v, x0, rtol=rtol, atol=rtol)
-
-
 def train_solver(
     model: CaloDream,
     data_path: str | Path,
@@ -919,7 +928,7 @@ def train_solver(
         v = shape_velocity(model, cond[lo : lo + 64])
         with torch.no_grad():
             if loss == "global":
-                refs.append(_dopri5_end(v, x0[lo : lo + 64], rtol))
+                refs.append(solve_dopri5(v, x0[lo : lo + 64], rtol=rtol, atol=rtol))
             else:
                 refs.append(solve_dopri5(v, x0[lo : lo + 64], rtol=rtol, atol=rtol, times=grid))
         if progress is not None:
