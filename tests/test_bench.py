@@ -47,6 +47,8 @@ def test_quick_bench_has_every_row(models, tmp_path):
     assert {r["network_calls"] for r in rows if r["generator"] == "diffusion"} == {3}
     assert {r["network_calls"] for r in rows if r["generator"].startswith("cm")} == {1}
     assert [m.label for m in models] == ["diffusion", "cm", "cm ONNX Runtime"]
+    resolved = {r["precision"] for r in rows if r["generator"] == "cm"}
+    assert resolved <= {"float32", "bfloat16"} and len(resolved) == 1
     json_path, md_path = write_results(result, tmp_path)
     assert json.loads(json_path.read_text())["rows"] == rows
     table = md_path.read_text()
@@ -60,13 +62,17 @@ def test_bench_cli_errors(monkeypatch, tmp_path, capsys):
     assert exc.value.code == 2 and "numbers separated by commas" in capsys.readouterr().err
 
 
-def test_default_models_adds_bf16_rows_and_exports_the_float32_cm(models, tmp_path):
+def test_default_models_one_row_per_precision_and_exports_the_cm(models, tmp_path):
     diffusion, cm, _ = models
-    specs = default_models([f"d={diffusion.path}", f"c={cm.path}"], onnx=True, workdir=tmp_path, bf16=True)
+    assert (diffusion.precision, cm.precision) == ("auto", "auto")
+    entries = [f"d={diffusion.path}", f"c={cm.path}"]
+    specs = default_models(entries, onnx=True, workdir=tmp_path, precisions=["float32", "bfloat16"])
     assert [(s.label, s.precision) for s in specs] == [
-        ("d", "float32"),
-        ("c", "float32"),
-        ("d bf16", "bfloat16"),
-        ("c bf16", "bfloat16"),
+        ("d float32", "float32"),
+        ("c float32", "float32"),
+        ("d bfloat16", "bfloat16"),
+        ("c bfloat16", "bfloat16"),
         ("c ONNX Runtime", "float32"),
     ]
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        default_models(entries, onnx=False, precisions=["fp8"])

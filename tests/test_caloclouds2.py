@@ -24,6 +24,7 @@ from caloforge.models import (
     GenerationError,
     generate,
     load_model,
+    pointwise,
     train,
 )
 from caloforge.models._training import _InterruptFlag
@@ -32,10 +33,19 @@ from caloforge.models.caloclouds2 import (
     _load_training_data,
     _Trainer,
     calibrate,
+    native_bfloat16,
+    resolve_precision,
     save_for_inference,
 )
 from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
-from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
+from caloforge.models.pointwise import (
+    CPU_WIDTHS,
+    PAPER_WIDTHS,
+    FoldedPointWiseNet,
+    PointScaler,
+    PointWiseNet,
+    dequantize,
+)
 from caloforge.models.showerflow import ShowerFlow, largest_remainder, shower_stats
 from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
 from conftest import random_points
@@ -308,6 +318,42 @@ def test_assign_layers_by_depth_rank():
         assign_layers(pts, mask, counts + 1)
 
 
+def test_assign_layers_full_shower_and_empty_layers():
+    depth = torch.tensor([[2.0, 0.5, 1.5, 0.1], [3.0, 1.0, 0.0, 0.0]])
+    pts = torch.zeros(2, 4, 4)
+    pts[..., 2], pts[..., 3] = depth, 1.0
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])  # first: no padding
+    counts = torch.tensor([[2, 0, 2], [0, 0, 2]])  # empty first/middle layers
+    out = assign_layers(pts, mask, counts)
+    assert out[0, :, 2].tolist() == [2.5, 0.5, 2.5, 0.5]
+    assert out[1, :2, 2].tolist() == [2.5, 2.5] and out[1, 2:, 2].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn", "batched"])
+@pytest.mark.parametrize("widths", [(4, 16, 4), (4, 24, 40, 24, 4)])
+def test_folded_net_equals_the_net(widths, fused, monkeypatch):
+    if fused and not pointwise.fused_linear_available(torch.float32):
+        pytest.skip("oneDNN's fused linear kernel is not available here")
+    monkeypatch.setattr(pointwise, "fused_linear_available", lambda dtype=None: fused)
+    torch.manual_seed(0)
+    net = PointWiseNet(widths=widths)
+    x = torch.randn(3, 7, 4)
+    args = (torch.tensor([-1.0, 0.2, 0.5]), torch.tensor([10.0, 50.0, 90.0]), torch.tensor([7, 5, 2]))
+    with torch.no_grad():
+        want = net(x, *args)
+        torch.testing.assert_close(FoldedPointWiseNet(net)(x, *args), want, rtol=1e-5, atol=1e-5)
+        half = FoldedPointWiseNet(net, torch.bfloat16)(x, *args)
+    assert half.dtype == torch.float32 and half.shape == want.shape
+    assert (half - want).abs().max() < 0.05 * want.abs().max()  # bfloat16: 8 significant bits
+
+
+def test_precision_resolution():
+    assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    with pytest.raises(GenerationError, match="unknown precision 'half'"):
+        resolve_precision("half")
+
+
 def test_layer_energies_and_cog_restored():
     pts, mask = _points(1)
     n = mask.sum(1)
@@ -545,11 +591,12 @@ def test_sampler_spec_round_trip_and_calls():
         SamplerSpec("dpm")
 
 
-def test_traced_generation_gives_the_same_showers(trained):
+def test_fast_generation_gives_the_same_showers(trained):
     _, model = trained
     energies = [12.0, 55.0, 88.0]
-    eager = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=5, traced=False)))
-    fast = PointShowers.concatenate(list(generate(model, energies, batch_size=2, seed=5, traced=True)))
+    kw = {"batch_size": 2, "seed": 5, "precision": "float32"}
+    eager = PointShowers.concatenate(list(generate(model, energies, fast=False, **kw)))
+    fast = PointShowers.concatenate(list(generate(model, energies, fast=True, **kw)))
     assert np.array_equal(eager.n_points, fast.n_points)
     np.testing.assert_allclose(fast.points, eager.points, rtol=1e-5, atol=1e-4)
 
@@ -557,7 +604,7 @@ def test_traced_generation_gives_the_same_showers(trained):
 def test_bfloat16_generation_is_close(trained):
     _, model = trained
     energies = [20.0, 70.0]
-    full = PointShowers.concatenate(list(generate(model, energies, seed=2)))
+    full = PointShowers.concatenate(list(generate(model, energies, seed=2, precision="float32")))
     half = PointShowers.concatenate(list(generate(model, energies, seed=2, precision="bfloat16")))
     assert np.array_equal(full.n_points, half.n_points)  # the flow and the counts stay in float32
     assert np.isfinite(half.points).all() and (half.points[..., 3] >= 0).all()
@@ -565,3 +612,15 @@ def test_bfloat16_generation_is_close(trained):
     assert layer.mean() > 0.9
     with pytest.raises(GenerationError, match="precision"):
         next(generate(model, energies, precision="float8"))
+
+
+def test_fast_row_argsort_is_torchs_stable_argsort():
+    from caloforge.calibrate import _argsort_rows
+
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(5, 300, generator=g) * 1e3
+    values[:, :80] = torch.randint(-2, 3, (5, 80), generator=g).float()  # ties, -0.0 / +0.0
+    values[0, :10] = -0.0
+    values[:, 250:] = float("inf")  # padding
+    values[1, 5] = -float("inf")
+    assert torch.equal(_argsort_rows(values), torch.argsort(values, dim=1, stable=True))

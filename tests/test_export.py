@@ -16,7 +16,13 @@ from caloforge.export import (
     default_max_points,
     export_model,
 )
-from caloforge.models.caloclouds2 import CaloClouds2, CaloClouds2Config, SamplerSpec, _generate_batch
+from caloforge.models.caloclouds2 import (
+    POINTS_PAD,
+    CaloClouds2,
+    CaloClouds2Config,
+    SamplerSpec,
+    _generate_batch,
+)
 from caloforge.models.showerflow import largest_remainder
 from conftest import random_points
 
@@ -56,7 +62,8 @@ def _reference_noise(model: CaloClouds2, module: ExportedCaloClouds2, seed: int)
     batch = len(ENERGY)
     flow_noise = torch.randn(batch, module.n_features, generator=gen)
     n = model.calibration(model.flow.sample_from_noise(ENERGY, flow_noise).n_points)
-    order, width = torch.argsort(n, stable=True), int(n.max())
+    order = torch.argsort(n, stable=True)
+    width = -(-int(n.max()) // POINTS_PAD) * POINTS_PAD  # generate() pads its point groups
     filler = torch.Generator().manual_seed(99)  # slots generate() does not draw: any noise
     point_noise = torch.randn(batch, module.max_points, 4, generator=filler)
     point_noise[order, :width] = torch.randn(batch, width, 4, generator=gen)

@@ -45,7 +45,7 @@ class ModelSpec:
     path: str
     sampler: str | None = None
     n_steps: int | None = None
-    precision: str = "float32"
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,7 @@ class BenchRow:
     peak_rss_mb: float
     speedup: float | None = None
     network_calls: int | None = None
+    precision: str = "—"  # of the PointWise Net, as resolved on this machine
 
 
 def cpu_name() -> str:
@@ -155,8 +156,8 @@ def _geant4_worker(config: BenchConfig, threads: int) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
-def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray, int], Any], int, Any]:
-    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector."""
+def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray, int], Any], int, Any, str]:
+    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector, precision."""
     if spec.kind == "onnx":
         from caloforge.export import OnnxGenerator
 
@@ -165,11 +166,18 @@ def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray
         def run_onnx(energies: np.ndarray, batch_size: int) -> Any:
             return onnx_model.generate(energies, batch_size)
 
-        return run_onnx, onnx_model.network_calls, onnx_model.detector
-    from caloforge.models.caloclouds2 import POINTS_PER_CALL, generate, load_model, resolve_sampler
+        return run_onnx, onnx_model.network_calls, onnx_model.detector, "float32"
+    from caloforge.models.caloclouds2 import (
+        POINTS_PER_CALL,
+        generate,
+        load_model,
+        resolve_precision,
+        resolve_sampler,
+    )
 
     model = load_model(spec.path)
     sampler = resolve_sampler(model, spec.sampler, spec.n_steps)
+    precision = resolve_precision(spec.precision, device)
     # Larger point groups per network call on a GPU, where wide batches pay.
     per_call = POINTS_PER_CALL if device == "cpu" else 1 << 20
 
@@ -182,10 +190,10 @@ def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray
             n_steps=sampler.n_steps,
             device=device,
             points_per_call=per_call,
-            precision=spec.precision,
+            precision=precision,
         )
 
-    return run, sampler.network_calls, model.detector
+    return run, sampler.network_calls, model.detector, precision
 
 
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
@@ -194,7 +202,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
     from caloforge.io import ShowerWriter
 
     torch.set_num_threads(threads)
-    run, calls, detector = _model_generator(spec, device)
+    run, calls, detector, precision = _model_generator(spec, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for energy in config.energies:
@@ -226,6 +234,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                         n,
                         _peak_rss_mb(),
                         network_calls=calls,
+                        precision=precision,
                     )
                 )
     return [asdict(r) for r in rows]
@@ -338,8 +347,9 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
         "",
-        "| generator | E [GeV] | threads | batch | device | calls | ms/shower | × Geant4 | peak RSS [MB] |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| generator | E [GeV] | threads | batch | device | precision | calls | ms/shower | × Geant4 "
+        "| peak RSS [MB] |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         speed = f"{r['speedup']:.1f}" if r.get("speedup") is not None else "—"
@@ -347,7 +357,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         calls = "—" if r.get("network_calls") is None else str(r["network_calls"])
         lines.append(
             f"| {r['generator']} | {r['energy_gev']:g} | {r['threads']} | {batch} | {r['device']} "
-            f"| {calls} | {r['ms_per_shower']:.2f} ± {r['ms_std']:.2f} | {speed} | {r['peak_rss_mb']:.0f} |"
+            f"| {r.get('precision', '—')} | {calls} | {r['ms_per_shower']:.2f} ± {r['ms_std']:.2f} "
+            f"| {speed} | {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -370,36 +381,43 @@ ONNX_SUFFIX = " ONNX Runtime"
 
 
 def default_models(
-    models: Sequence[str] | None = None, onnx: bool = True, workdir: str | Path = ".", bf16: bool = False
+    models: Sequence[str] | None = None,
+    onnx: bool = True,
+    workdir: str | Path = ".",
+    precisions: Sequence[str] = ("auto",),
 ) -> list[ModelSpec]:
     """The models to time: ``LABEL=PATH`` entries (or paths), else the shipped diffusion and CM
-    models; with ``onnx``, the last consistency model is also exported to ONNX (into ``workdir``)
-    and timed with ONNX Runtime; with ``bf16``, every model is also timed in bfloat16."""
+    models, each at every precision of ``precisions`` (``auto``, ``float32``, ``bfloat16``; a
+    label gets the precision appended when there are several); with ``onnx``, the last
+    consistency model is also exported to ONNX (into ``workdir``) and timed with ONNX Runtime."""
     from caloforge.generation import resolve_model
-    from caloforge.models.caloclouds2 import load_model
+    from caloforge.models.caloclouds2 import PRECISIONS, load_model
 
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ValueError(f"unknown precision '{unknown[0] if unknown else ''}': use {', '.join(PRECISIONS)}")
     if not models:
         entries = [f"{DIFFUSION_LABEL}=caloclouds2", f"{CM_LABEL}=caloclouds2-cm"]
     else:
         entries = list(models)
-    specs = []
+    bases = []
     for entry in entries:
         label, _, path = entry.rpartition("=")
-        resolved = resolve_model(path)
-        specs.append(ModelSpec(label or Path(path).stem, "caloclouds2", str(resolved)))
-    if bf16:
-        specs += [ModelSpec(f"{s.label} bf16", s.kind, s.path, precision="bfloat16") for s in list(specs)]
+        bases.append((label or Path(path).stem, str(resolve_model(path))))
+    specs = [
+        ModelSpec(label if len(precisions) == 1 else f"{label} {p}", "caloclouds2", path, precision=p)
+        for p in dict.fromkeys(precisions)
+        for label, path in bases
+    ]
     if onnx:
-        consistency = [
-            s for s in specs if s.precision == "float32" and load_model(s.path).sampler.consistency
-        ]
+        consistency = [(label, path) for label, path in bases if load_model(path).sampler.consistency]
         if not consistency:
             raise ValueError("--onnx needs a distilled (consistency) model among --model; or pass --no-onnx")
         from caloforge.export import export_model
 
-        source = consistency[-1]
-        target = Path(workdir) / (Path(source.path).stem + ".onnx")
+        label, path = consistency[-1]
+        target = Path(workdir) / (Path(path).stem + ".onnx")
         target.parent.mkdir(parents=True, exist_ok=True)
-        export_model(source.path, target, "onnx")
-        specs.append(ModelSpec(source.label + ONNX_SUFFIX, "onnx", str(target)))
+        export_model(path, target, "onnx")
+        specs.append(ModelSpec(label + ONNX_SUFFIX, "onnx", str(target), precision="float32"))
     return specs

@@ -48,6 +48,23 @@ __all__ = [
 ]
 
 
+def _argsort_rows(values: Tensor) -> Tensor:
+    """``torch.argsort(values, dim=1, stable=True)`` for float32 rows, ~3x faster on the CPU.
+
+    Each float becomes an int32 of the same order, joined with its column index into one
+    int64 key, and numpy's (SIMD) sort of the keys gives the stable order. Traced, off the CPU
+    or for other types: torch's sort.
+    """
+    traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    if traced or values.device.type != "cpu" or values.dtype != torch.float32:
+        return torch.argsort(values, dim=1, stable=True)
+    bits = (values.numpy() + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
+    key = (ordered.astype(np.int64) << 32) | np.arange(values.shape[1], dtype=np.int64)
+    key.sort(axis=1)
+    return torch.from_numpy(key & 0xFFFFFFFF)
+
+
 def assign_layers(points: Tensor, mask: Tensor, layer_counts: Tensor) -> Tensor:
     """Deal points to layers in order of their depth value, ``layer_counts[b, l]`` to layer ``l``.
 
@@ -58,11 +75,14 @@ def assign_layers(points: Tensor, mask: Tensor, layer_counts: Tensor) -> Tensor:
     if not torch.equal(layer_counts.sum(dim=1).to(n_real.dtype), n_real):
         raise ValueError("per-layer counts must sum to each shower's number of points")
     depth = points[..., 2].masked_fill(~mask, float("inf"))
-    order = torch.argsort(depth, dim=1, stable=True)
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order).contiguous())
-    bounds = layer_counts.cumsum(dim=1).contiguous()
-    layer = torch.searchsorted(bounds, rank.contiguous(), right=True).clamp(max=layer_counts.shape[1] - 1)
+    order = _argsort_rows(depth)
+    # Sorted position j goes to layer #{l : bounds[l] <= j}: count the bounds at each position.
+    n_slots, n_layers = depth.shape[1], layer_counts.shape[1]
+    bounds = layer_counts.cumsum(dim=1).clamp(max=n_slots)
+    at = torch.zeros(depth.shape[0], n_slots + 1, dtype=torch.long, device=depth.device)
+    at.scatter_add_(1, bounds, torch.ones_like(bounds))
+    by_position = at[:, :n_slots].cumsum(dim=1).clamp(max=n_layers - 1)
+    layer = torch.empty_like(order).scatter_(1, order, by_position)
     out = points.clone()
     out[..., 2] = torch.where(mask, layer.to(points.dtype) + 0.5, points[..., 2])
     return out

@@ -748,8 +748,12 @@ def generate(
         bool, typer.Option(help="Allow energies outside the model's training range (with a warning).")
     ] = False,
     precision: Annotated[
-        str, typer.Option(help="float32, or bfloat16 for the PointWise Net (faster on AMX CPUs and GPUs).")
-    ] = "float32",
+        str,
+        typer.Option(
+            help="PointWise Net precision: auto (bfloat16 where the CPU/GPU computes it natively, "
+            "e.g. AMX; else float32), float32 or bfloat16."
+        ),
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
@@ -835,7 +839,12 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per row (mean ± std).")] = 3,
     quick: Annotated[bool, typer.Option(help="A few showers per row: checks every row runs.")] = False,
     geant4: Annotated[bool, typer.Option(help="Time Geant4 (the reference of the speed-ups).")] = True,
-    bf16: Annotated[bool, typer.Option(help="Also time every model with a bfloat16 PointWise Net.")] = False,
+    precision: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="PointWise Net precision(s) to time (repeat): auto (what generate uses), float32, bfloat16."
+        ),
+    ] = None,
 ) -> None:
     """Time Geant4 and the generative models per shower, in one run; speed-ups against Geant4."""
     import dataclasses
@@ -849,7 +858,7 @@ def bench(
     if threads is not None:
         changes["threads"] = _numbers(threads, int)
     config = dataclasses.replace(config, **changes)
-    specs = default_models(model, onnx=onnx, workdir=out, bf16=bf16)
+    specs = default_models(model, onnx=onnx, workdir=out, precisions=precision or ["auto"])
     with err_console.status("benchmarking") as status:
         result = run_bench(
             specs, config, progress=lambda what: status.update(f"timing {what}"), geant4=geant4

@@ -73,7 +73,7 @@ def generate_file(
     n_steps: int | None = None,
     sampler: str | None = None,
     allow_extrapolation: bool = False,
-    precision: str = "float32",
+    precision: str = "auto",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
@@ -82,7 +82,7 @@ def generate_file(
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
     it was. ``progress(done, total)`` is called after every batch.
     """
-    from caloforge.models.caloclouds2 import generate, load_model, resolve_sampler
+    from caloforge.models.caloclouds2 import generate, load_model, resolve_precision, resolve_sampler
     from caloforge.models.calodream import is_calodream_checkpoint
 
     out = Path(out)
@@ -90,7 +90,7 @@ def generate_file(
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
     path = resolve_model(model)
     if is_calodream_checkpoint(path):
-        if precision != "float32":
+        if precision not in ("auto", "float32"):
             raise ValueError("--precision applies to CaloClouds II models; CaloDREAM runs in float32")
         return _generate_calodream(
             path, model, energies_gev, out, seed, batch_size, n_steps, sampler, allow_extrapolation, progress
@@ -99,6 +99,7 @@ def generate_file(
     energies = np.asarray(energies_gev, np.float64)
     spec = resolve_sampler(net, sampler, n_steps)
     attrs = _attrs(model, path, energies, "caloclouds2", spec.name, spec.n_steps, spec.network_calls)
+    precision = resolve_precision(precision)
     attrs["precision"] = precision
     batches = generate(
         net,

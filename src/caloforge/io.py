@@ -513,6 +513,7 @@ class ShowerWriter:
                 maxshape=maxshape,
                 chunks=chunks,
                 compression=self._compression,
+                compression_opts=1 if self._compression == "gzip" else None,
                 shuffle=self._compression is not None,
             )
             return

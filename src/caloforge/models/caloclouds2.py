@@ -28,9 +28,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
+from unittest import mock
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge import __version__
@@ -47,7 +49,15 @@ from caloforge.models._training import (
     save_checkpoint,
 )
 from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser, edm_loss
-from caloforge.models.pointwise import CPU_WIDTHS, PAPER_WIDTHS, PointScaler, PointWiseNet, dequantize
+from caloforge.models.pointwise import (
+    CPU_WIDTHS,
+    PAPER_WIDTHS,
+    FoldedPointWiseNet,
+    PointScaler,
+    PointWiseNet,
+    dequantize,
+    fused_linear_available,
+)
 from caloforge.models.showerflow import (
     ShowerFlow,
     ShowerStats,
@@ -84,7 +94,6 @@ __all__ = [
 CHECKPOINT_FORMAT = "caloforge-caloclouds2"
 #: Bumped whenever the checkpoint layout changes; older/newer versions are refused.
 CHECKPOINT_VERSION = 1
-
 
 
 class GenerationError(ValueError):
@@ -397,6 +406,42 @@ def load_model(path: str | Path) -> CaloClouds2:
 #: Padded points per denoiser call when generating: showers of similar size are grouped up
 #: to this many. Small on CPU, where a working set that fits the cache beats big batches.
 POINTS_PER_CALL = 8192
+#: Point groups are padded to a multiple of this many points, so that the matmul kernels
+#: (built per shape by oneDNN, especially in bfloat16) are few and get reused.
+POINTS_PAD = 64
+#: Values of ``precision`` in :func:`generate`.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16(device: str | torch.device = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 matmuls natively (CPU: AMX or AVX-512-BF16; GPU: Ampere+)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    has = [
+        getattr(torch.cpu, name, lambda: False)()
+        for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    ]
+    return any(has) and fused_linear_available(torch.bfloat16)
+
+
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+    """``float32`` or ``bfloat16`` for the PointWise Net; ``auto`` picks bfloat16 where
+    :func:`native_bfloat16` (it keeps the shipped models' fidelity, docs/benchmarks.md), else
+    float32. Raises :class:`GenerationError` for anything else."""
+    if precision not in PRECISIONS:
+        raise GenerationError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return precision
+
+
+def _softmax(x: Tensor, dim: int | None = None, *args: Any, **kwargs: Any) -> Tensor:
+    """``softmax`` spelt out: torch's CPU kernel is ~10x slower on the flow's 8-bin last axis."""
+    e = (x - x.amax(dim=dim, keepdim=True)).exp()
+    return e / e.sum(dim=dim, keepdim=True)
 
 
 class _FlowInverse(nn.Module):
@@ -408,35 +453,22 @@ class _FlowInverse(nn.Module):
         return self.flow.features_from_noise(energy, noise)
 
 
-class _Positional(nn.Module):
-    """Calls a traced PointWise Net (positional arguments only) the way the denoiser does."""
-
-    def __init__(self, traced: nn.Module) -> None:
-        super().__init__()
-        self.traced = traced
-
-    def forward(self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
-        return self.traced(x, c_noise, energy, n_points)
-
-
-def _traced_parts(model: CaloClouds2) -> tuple[nn.Module, nn.Module]:
-    """TorchScript traces of the Shower Flow's inverse pass and of the PointWise Net, cached on
-    the model. They share the model's weights and give the same numbers as the eager modules,
-    without Python's per-operation overhead: 4.5× faster flow sampling at batch size 1."""
-    key = (id(model.flow), id(model.net))
-    cached = model.__dict__.get("_traced")
-    if cached is not None and cached[0] == key:
-        return cached[1], cached[2]
+def _traced_flow(model: CaloClouds2) -> nn.Module:
+    """A TorchScript trace of the Shower Flow's inverse pass, cached on the model. It shares the
+    model's weights and gives the same numbers as the eager flow, without Python's
+    per-operation overhead (4.5x faster at batch size 1); the spline's softmax is traced in
+    its explicit form, which is faster on the CPU."""
+    cached = model.__dict__.get("_traced_flow")
+    if cached is not None and cached[0] == id(model.flow):
+        return cached[1]
     n_features = model.flow.n_features
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), mock.patch.object(F, "softmax", _softmax):
         warnings.simplefilter("ignore")  # tracer warnings about Python numbers in the graph
         flow = torch.jit.trace(
             _FlowInverse(model.flow), (torch.full((3,), 50.0), torch.zeros(3, n_features)), check_trace=False
         )
-        example = (torch.zeros(2, 5, 4), torch.zeros(2), torch.full((2,), 50.0), torch.full((2,), 5))
-        net = _Positional(torch.jit.trace(model.net, example, check_trace=False))
-    model.__dict__["_traced"] = (key, flow, net)
-    return flow, net
+    model.__dict__["_traced_flow"] = (id(model.flow), flow)
+    return flow
 
 
 def _sample_points(
@@ -448,17 +480,19 @@ def _sample_points(
     sampler: SamplerSpec,
     points_per_call: int,
     net: nn.Module | None = None,
-    bfloat16: bool = False,
+    autocast: bool = False,
 ) -> Tensor:
     """Run the sampler for ``n[b]`` points per shower; ``(B, max n, 4)`` in network space.
 
-    Showers are sorted by size and denoised in groups of at most ``points_per_call`` padded
-    points (at least one shower per group), so little work goes into padding. ``net``
-    replaces the PointWise Net (e.g. by its trace).
+    Showers are sorted by size and denoised in groups of at most ``points_per_call`` points
+    (at least one shower per group), each padded to a multiple of :data:`POINTS_PAD`, so little
+    work goes into padding. ``net`` replaces the PointWise Net (e.g. by its folded form);
+    ``autocast`` runs it under bfloat16 autocast.
     """
-    out = torch.zeros(len(n), int(n.max()), 4)
+    padded = (n + POINTS_PAD - 1) // POINTS_PAD * POINTS_PAD
+    out = torch.zeros(len(n), int(padded.max()), 4)
     order = torch.argsort(n, stable=True).tolist()
-    sizes = n.tolist()
+    sizes = padded.tolist()
     denoiser = model.denoiser if net is None else model.denoiser_for(net)
     device = next(model.net.parameters()).device
     start = 0
@@ -472,7 +506,7 @@ def _sample_points(
         # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
         # with that many points; the calibrated count only decides how many are drawn from it.
         # Noise is drawn on the CPU, so a GPU gives the same showers as the CPU (up to rounding).
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             z = sampler.sample(
                 denoiser,
                 x.to(device),
@@ -482,7 +516,7 @@ def _sample_points(
             )
         out[idx, :width] = z.float().cpu()
         start = stop
-    return out
+    return out[:, : int(n.max())]
 
 
 @torch.no_grad()
@@ -492,31 +526,36 @@ def _generate_batch(
     generator: torch.Generator,
     sampler: SamplerSpec | None = None,
     points_per_call: int = POINTS_PER_CALL,
-    traced: bool = False,
-    bfloat16: bool = False,
+    fast: bool = False,
+    precision: str = "float32",
 ) -> tuple[PointShowers, Tensor]:
     """One batch of showers and the flow's (uncalibrated) numbers of points.
 
-    ``traced`` runs the flow's inverse pass and the PointWise Net as TorchScript traces (CPU
-    only): the same showers, less overhead. ``bfloat16`` runs the PointWise Net under bfloat16
-    autocast (then not traced: autocast does not reach into traces).
+    ``fast`` (CPU only) runs the flow's inverse pass as a TorchScript trace and the PointWise
+    Net in its folded form (:class:`~caloforge.models.pointwise.FoldedPointWiseNet`): the same
+    showers up to float rounding, less overhead. ``precision`` (``float32`` or ``bfloat16``)
+    is that of the PointWise Net: on the CPU its folded form runs in that type, elsewhere the
+    eager net runs under autocast.
     """
+    on_cpu = next(model.net.parameters()).device.type == "cpu"
+    bfloat16 = precision == "bfloat16"
     net = None
-    if traced:
-        flow_inverse, net = _traced_parts(model)
+    if fast and on_cpu:
         noise = torch.randn(len(energy), model.flow.n_features, generator=generator)
-        flow = model.flow.decode(flow_inverse(energy, noise), energy)
+        flow = model.flow.decode(_traced_flow(model)(energy, noise), energy)
     else:
         flow = model.flow.sample(energy, generator)
+    if on_cpu and (fast or bfloat16):
+        net = FoldedPointWiseNet(model.net, torch.bfloat16 if bfloat16 else torch.float32)
     n_flow = flow.n_points
     n = model.calibration(n_flow)
     counts = largest_remainder(flow.point_fractions, n)
     layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
     mask = torch.arange(int(n.max())).unsqueeze(0) < n.unsqueeze(1)
-    if bfloat16:
-        net = None
     spec = sampler or model.sampler
-    z = _sample_points(model, energy, n_flow, n, generator, spec, points_per_call, net, bfloat16)
+    z = _sample_points(
+        model, energy, n_flow, n, generator, spec, points_per_call, net, bfloat16 and net is None
+    )
     points = calibrate_points(model.scaler.inverse(z), mask, counts, layer_e, flow.cog[:, :2])
     points = torch.where(mask.unsqueeze(-1), points, 0.0)
     return PointShowers(energy.double().numpy(), points.numpy()), n_flow
@@ -558,8 +597,8 @@ def generate(
     allow_extrapolation: bool = False,
     points_per_call: int = POINTS_PER_CALL,
     device: str | torch.device | None = None,
-    traced: bool = True,
-    precision: str = "float32",
+    fast: bool = True,
+    precision: str = "auto",
 ) -> Iterator[PointShowers]:
     """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
 
@@ -570,12 +609,13 @@ def generate(
     ``points_per_call`` (padded points per network call; raise it on a GPU). Energies outside
     the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
     ``device`` (e.g. ``cuda``) moves the PointWise Net there; the rest runs on the CPU.
-    ``traced`` (CPU) runs the flow and the net as TorchScript traces: the same showers, faster.
-    ``precision="bfloat16"`` runs the PointWise Net in bfloat16 (fast on CPUs with AMX /
-    AVX-512-BF16 and on GPUs; slightly different showers, see docs/benchmarks.md).
+    ``fast`` (CPU) runs the flow as a TorchScript trace and the net in its folded form: the
+    same showers up to float rounding, faster. ``precision`` is the PointWise Net's: ``auto``
+    (bfloat16 where the hardware computes it natively, else float32; see
+    :func:`resolve_precision`), ``float32`` or ``bfloat16`` (slightly different showers of the
+    same fidelity, docs/benchmarks.md).
     """
-    if precision not in ("float32", "bfloat16"):
-        raise GenerationError(f"unknown precision '{precision}': use float32 or bfloat16")
+    precision = resolve_precision(precision, device if device is not None else "cpu")
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
     spec = resolve_sampler(model, sampler, n_steps)
     if batch_size < 1 or points_per_call < 1:
@@ -596,12 +636,9 @@ def generate(
     model.eval()
     if device is not None:
         model.net.to(device)  # only the PointWise Net runs there; flow and calibration stay on the CPU
-    traced = traced and next(model.net.parameters()).device.type == "cpu"
     for start in range(0, len(energies), batch_size):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
-        yield _generate_batch(
-            model, energy, generator, spec, points_per_call, traced, precision == "bfloat16"
-        )[0]
+        yield _generate_batch(model, energy, generator, spec, points_per_call, fast, precision)[0]
 
 
 # --------------------------------------------------------------------------- training data
