@@ -283,3 +283,38 @@ def test_training_is_reproducible_from_seed():
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
+
+
+def test_conditional_training_uses_each_samples_field():
+    """A field per sample (rotation speed ``rate[i]``): references and losses must pair each
+    noise sample with its own field, else the trained solver cannot beat Euler on all of them."""
+    rate = torch.linspace(0.5, 3.0, 128, dtype=torch.float32)
+
+    def field_for(index):
+        r = rate[index].unsqueeze(1)
+
+        def v(t: Tensor, x: Tensor) -> Tensor:
+            return (1.0 + t) * r * torch.stack([-x[:, 1], x[:, 0]], dim=1) - 0.3 * x**3 / (1 + x**2)
+
+        return v
+
+    x0 = gaussian_noise(128, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        v_all = field_for(slice(None))
+        reference = solve_dopri5(v_all, x0)
+        euler_error = end_point_error(solve_fixed(v_all, x0, "euler", 4), reference)
+    chunks: list[int] = []
+    solver = train_bns(
+        field_for,
+        lambda n, gen: gaussian_noise(n, torch.Generator().manual_seed(0)),
+        4,
+        n_train=128,
+        batch=32,
+        iterations=150,
+        lr=3e-3,
+        conditional=True,
+        reference_progress=lambda done, total: chunks.append(done),
+    )
+    assert chunks == [32, 64, 96, 128]
+    with torch.no_grad():
+        assert end_point_error(solver(v_all, x0), reference) < euler_error / 2

@@ -11,8 +11,9 @@ A velocity field is any callable ``v(t, x) -> dx/dt`` where ``t`` is a 0-dim ten
   :func:`count_evaluations` wraps a field to count its calls.
 * :class:`BNSSolver`, :func:`bns_loss`, :func:`train_bns` — bespoke non-stationary solvers
   (Shaul et al. 2024): an ``n``-step solver with a learned time grid and learned multistep
-  coefficients, trained to match the reference solution of one frozen velocity field with
-  exactly ``n`` NFE (the approach CaloDREAM uses for fast sampling).
+  coefficients, trained to match the reference solution of one frozen velocity field (or of a
+  conditional one: a field per training sample) with exactly ``n`` NFE (the approach
+  CaloDREAM uses for fast sampling).
 
 On ``dx/dt = -x`` the exact end point is ``x0 / e``; an untrained :class:`BNSSolver` is
 plain Euler:
@@ -46,6 +47,7 @@ __all__ = [
     "FIXED_STEP_METHODS",
     "LOSS_MODES",
     "BNSSolver",
+    "FieldFor",
     "VelocityField",
     "bns_loss",
     "count_evaluations",
@@ -58,6 +60,10 @@ __all__ = [
 
 #: ``v(t, x) -> dx/dt``: ``t`` a 0-dim tensor, ``x`` of shape ``(batch, ...)``.
 VelocityField = Callable[[Tensor, Tensor], Tensor]
+
+#: ``field_for(index) -> v``: the velocity field of the training samples ``x0[index]`` (a
+#: conditional model's field with those samples' conditions), ``index`` a slice or index tensor.
+FieldFor = Callable[[Tensor | slice], VelocityField]
 
 #: Fixed-step methods of :func:`solve_fixed`.
 FIXED_STEP_METHODS = ("euler", "midpoint", "rk4")
@@ -313,14 +319,25 @@ def bns_loss(
 
 
 def _reference(
-    v: VelocityField, x0: Tensor, mode: str, batch: int, rtol: float, points: int
+    field_for: FieldFor,
+    x0: Tensor,
+    mode: str,
+    batch: int,
+    rtol: float,
+    points: int,
+    progress: Callable[[int, int], None] | None,
 ) -> Tensor | DenseReference:
     """dopri5 reference of ``x0`` for ``mode``, computed in chunks of ``batch``."""
     times = None
     if mode == "local":
         times = torch.linspace(0.0, 1.0, points, dtype=torch.float64).to(dtype=x0.dtype, device=x0.device)
+    chunks = []
     with torch.no_grad():
-        chunks = [solve_dopri5(v, chunk, rtol=rtol, atol=rtol, times=times) for chunk in x0.split(batch)]
+        for start in range(0, len(x0), batch):
+            index = slice(start, start + batch)
+            chunks.append(solve_dopri5(field_for(index), x0[index], rtol=rtol, atol=rtol, times=times))
+            if progress is not None:
+                progress(min(start + batch, len(x0)), len(x0))
     if times is None:
         return torch.cat(chunks)
     return times, torch.cat(chunks, dim=1)
@@ -333,7 +350,7 @@ def _subset(reference: Tensor | DenseReference, index: Tensor | slice) -> Tensor
 
 
 def train_bns(
-    v: VelocityField,
+    v: VelocityField | FieldFor,
     x0_sampler: Callable[[int, torch.Generator], Tensor],
     n_steps: int,
     mode: str = "global",
@@ -346,40 +363,47 @@ def train_bns(
     progress: Callable[[int, int, float], None] | None = None,
     reference_points: int = 65,
     eval_every: int = 25,
+    *,
+    conditional: bool = False,
+    reference_progress: Callable[[int, int], None] | None = None,
 ) -> BNSSolver:
     """An ``n_steps`` :class:`BNSSolver` fitted to the dopri5 solutions of the frozen field ``v``.
 
-    ``x0_sampler(n, generator)`` draws the ``n_train`` noise samples once; their reference
-    (end points, or for ``"local"`` trajectories at ``reference_points`` uniform times) is
-    computed without grad. Adam then fits the solver on random minibatches (reproducible from
-    ``seed``); every ``eval_every`` iterations the loss on the whole training set is measured
-    and the solver with the lowest one (the Euler start included) is returned.
-    ``progress(iteration, iterations, minibatch_loss)`` is called after each step. Only the
-    solver's parameters are differentiated: ``v``'s parameters never get a ``.grad``.
+    With ``conditional``, ``v`` is a :data:`FieldFor`: ``v(index)`` is the field of the
+    samples ``x0[index]`` (e.g. a network with those samples' conditions). ``x0_sampler(n,
+    generator)`` draws the ``n_train`` noise samples once; their reference (end points, or for
+    ``"local"`` trajectories at ``reference_points`` uniform times) is computed without grad
+    (``reference_progress(done, n_train)`` after each chunk of ``batch``). Adam then fits the
+    solver on random minibatches (reproducible from ``seed``); every ``eval_every``
+    iterations the loss on the whole training set is measured and the solver with the lowest
+    one (the Euler start included) is returned. ``progress(iteration, iterations,
+    minibatch_loss)`` is called after each step. Only the solver's parameters are
+    differentiated: ``v``'s parameters never get a ``.grad``.
     """
     _check_mode(mode)
     if n_train < 1 or batch < 1 or iterations < 0 or eval_every < 1:
         raise ValueError("n_train, batch and eval_every must be positive and iterations non-negative")
+    field_for: FieldFor = v if conditional else (lambda index: v)  # type: ignore[assignment,return-value]
     generator = torch.Generator().manual_seed(seed)
     x0 = x0_sampler(n_train, generator)
-    reference = _reference(v, x0, mode, batch, reference_rtol, reference_points)
+    reference = _reference(field_for, x0, mode, batch, reference_rtol, reference_points, reference_progress)
     solver = BNSSolver(n_steps).to(x0.device)
     params = list(solver.parameters())
     optimizer = torch.optim.Adam(params, lr=lr)
 
+    def loss_on(index: Tensor | slice) -> Tensor:
+        return bns_loss(solver, field_for(index), x0[index], _subset(reference, index), mode)
+
     def full_loss() -> float:
         with torch.no_grad():
             total = sum(
-                bns_loss(solver, v, x0[s : s + batch], _subset(reference, slice(s, s + batch)), mode).item()
-                * len(x0[s : s + batch])
-                for s in range(0, n_train, batch)
+                loss_on(slice(s, s + batch)).item() * len(x0[s : s + batch]) for s in range(0, n_train, batch)
             )
         return total / n_train
 
     best_loss, best_state = full_loss(), copy.deepcopy(solver.state_dict())
     for iteration in range(1, iterations + 1):
-        index = torch.randperm(n_train, generator=generator)[:batch].to(x0.device)
-        loss = bns_loss(solver, v, x0[index], _subset(reference, index), mode)
+        loss = loss_on(torch.randperm(n_train, generator=generator)[:batch].to(x0.device))
         grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
         for param, grad in zip(params, grads, strict=True):
             param.grad = grad

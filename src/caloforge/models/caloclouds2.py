@@ -405,7 +405,7 @@ def load_model(path: str | Path) -> CaloClouds2:
 
 #: Padded points per denoiser call when generating: showers of similar size are grouped up
 #: to this many. Small on CPU, where a working set that fits the cache beats big batches.
-POINTS_PER_CALL = 8192
+POINTS_PER_CALL = 32768
 #: Point groups are padded to a multiple of this many points, so that the matmul kernels
 #: (built per shape by oneDNN, especially in bfloat16) are few and get reused.
 POINTS_PAD = 64
@@ -438,8 +438,9 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
     return precision
 
 
-def _softmax(x: Tensor, dim: int | None = None, *args: Any, **kwargs: Any) -> Tensor:
-    """``softmax`` spelt out: torch's CPU kernel is ~10x slower on the flow's 8-bin last axis."""
+def _softmax(x: Tensor, dim: int = -1, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Tensor:
+    """``F.softmax`` spelt out: torch's CPU kernel is ~10x slower on the flow's 8-bin last axis."""
+    x = x if dtype is None else x.to(dtype)
     e = (x - x.amax(dim=dim, keepdim=True)).exp()
     return e / e.sum(dim=dim, keepdim=True)
 

@@ -51,11 +51,11 @@ from caloforge.models.vae import LayerVAE, vae_loss
 from caloforge.models.vit import ViT3d
 from caloforge.odesolvers import (
     FIXED_STEP_METHODS,
+    LOSS_MODES,
     BNSSolver,
-    bns_loss,
     evaluations_per_step,
-    solve_dopri5,
     solve_fixed,
+    train_bns,
 )
 
 __all__ = [
@@ -909,47 +909,42 @@ def train_solver(
 ) -> BNSSolver:
     """Train an ``n_steps`` bespoke non-stationary solver for ``model``'s frozen shape network.
 
-    Conditions (incident and layer energies) come from showers of ``data_path``; references
-    are dopri5 solutions. ``loss`` is ``global`` (end points) or ``local`` (each step from the
-    reference trajectory). The solver starts as Euler; the best iterate (training loss) wins.
+    Conditions (incident and layer energies) come from the first ``n_train`` showers of
+    ``data_path``; references are dopri5 solutions (:func:`caloforge.odesolvers.train_bns`,
+    with the shape network's field for each shower's condition). ``loss`` is ``global`` (end
+    points) or ``local`` (each step from the reference trajectory). The solver starts as
+    Euler; the iterate with the lowest loss on all ``n_train`` showers wins.
     """
     if model.part != "shape":
         raise ValueError(f"BNS solvers are trained for shape models; this is a {model.part} model")
-    if loss not in ("global", "local"):
-        raise ValueError(f"unknown BNS loss '{loss}': use global or local")
+    if loss not in LOSS_MODES:
+        raise ValueError(f"unknown BNS loss '{loss}': use {' or '.join(LOSS_MODES)}")
     data = load_voxel_data(data_path, with_fractions=False, max_showers=n_train, min_showers=1)
-    n = len(data.energy)
-    gen = torch.Generator().manual_seed(seed)
     cond = shape_condition(model, data.energy, data.u)
-    x0 = shape_noise(model, n, gen)
-    grid = torch.linspace(0, 1, 33)
-    refs = []
-    for lo in range(0, n, 64):
-        v = shape_velocity(model, cond[lo : lo + 64])
-        with torch.no_grad():
-            if loss == "global":
-                refs.append(solve_dopri5(v, x0[lo : lo + 64], rtol=rtol, atol=rtol))
-            else:
-                refs.append(solve_dopri5(v, x0[lo : lo + 64], rtol=rtol, atol=rtol, times=grid))
+
+    def on_step(iteration: int, total: int, value: float) -> None:
         if progress is not None:
-            progress("reference", min(lo + 64, n), n)
-    ref = torch.cat(refs) if loss == "global" else torch.cat(refs, dim=1)
-    solver = BNSSolver(n_steps, init="euler")
-    opt = torch.optim.Adam(solver.parameters(), lr=lr)
-    best, best_loss = solver.to_dict(), math.inf
-    for it in range(iterations):
-        idx = torch.randint(n, (batch_size,), generator=gen)
-        v = shape_velocity(model, cond[idx])
-        target = ref[idx] if loss == "global" else (grid, ref[:, idx])
-        value = bns_loss(solver, v, x0[idx], target, loss)
-        opt.zero_grad()
-        value.backward()
-        opt.step()
-        if value.item() < best_loss:
-            best_loss, best = value.item(), solver.to_dict()
+            progress("train", iteration, total, info=f"loss {value:.3g}")
+
+    def on_reference(done: int, total: int) -> None:
         if progress is not None:
-            progress("train", it + 1, iterations, info=f"loss {value.item():.3g}")
-    return BNSSolver.from_dict(best)
+            progress("reference", done, total)
+
+    return train_bns(
+        lambda index: shape_velocity(model, cond[index]),
+        lambda n, gen: shape_noise(model, n, gen),
+        n_steps,
+        mode=loss,
+        n_train=len(cond),
+        batch=batch_size,
+        iterations=iterations,
+        lr=lr,
+        seed=seed,
+        reference_rtol=rtol,
+        conditional=True,
+        progress=on_step,
+        reference_progress=on_reference,
+    )
 
 
 def save_solver(model_path: str | Path, solver: BNSSolver, out: str | Path | None = None) -> Path:
