@@ -4,6 +4,7 @@ import importlib.util
 import json
 import shutil
 
+import h5py
 import pytest
 
 from caloforge.io import open_showers
@@ -29,6 +30,7 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
     cm, gen_cm = tmp_path / "run_cm", tmp_path / "gen_cm.h5"
     caloforge(monkeypatch, "distill", "--teacher", run, "--data", sim, "--out", cm, "--preset", "smoke")
     caloforge(monkeypatch, "calibrate", "--model", cm, "--data", sim, "--showers", 8)
+    options = {gen: [], gen_cm: ["--compression", "lzf", "--precision", "float32"]}
     for model, out in ((run, gen), (cm, gen_cm)):
         caloforge(
             monkeypatch,
@@ -43,9 +45,16 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
             4,
             "--out",
             out,
+            *options[out],
         )
     with open_showers(gen_cm) as f:
         assert f.attrs["sampler"] == "consistency" and f.attrs["network_calls"] == 1
+        assert f.attrs["precision"] == "float32"
+    with h5py.File(gen_cm) as f, h5py.File(gen) as g:
+        assert f["events"].compression == "lzf" and g["events"].compression == "gzip"
+    bad = tmp_path / "bad.h5"
+    caloforge(monkeypatch, "generate", "--model", cm, "--compression", "zip", "--out", bad, code=2)
+    assert not bad.exists()
     with open_showers(gen) as f:
         assert len(f) == 60 and f.generator == "caloclouds2" and f.detector.name == "ild-ecal"
         showers = f.read()

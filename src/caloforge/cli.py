@@ -754,6 +754,9 @@ def generate(
             "e.g. AMX; else float32), float32 or bfloat16."
         ),
     ] = "auto",
+    compression: Annotated[
+        str, typer.Option(help="File compression: gzip (level 1), lzf (faster, h5py filter) or none.")
+    ] = "gzip",
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
@@ -778,6 +781,7 @@ def generate(
             sampler=sampler,
             allow_extrapolation=allow_extrapolation,
             precision=precision,
+            compression=compression,
             overwrite=overwrite,
             progress=lambda done, total: bar.update(task, completed=done),
         )

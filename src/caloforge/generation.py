@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from caloforge.io import ShowerWriter
+from caloforge.io import COMPRESSIONS, ShowerWriter
 
 __all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "GenerationResult", "generate_file", "resolve_model"]
 
@@ -74,18 +74,22 @@ def generate_file(
     sampler: str | None = None,
     allow_extrapolation: bool = False,
     precision: str = "auto",
+    compression: str = "gzip",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Generate one shower per entry of ``energies_gev`` into ``out`` (point-cloud file).
 
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
-    it was. ``progress(done, total)`` is called after every batch.
+    it was. ``compression`` is the file's (:data:`caloforge.io.COMPRESSIONS`). ``progress(done,
+    total)`` is called after every batch.
     """
     from caloforge.models.caloclouds2 import generate, load_model, resolve_precision, resolve_sampler
     from caloforge.models.calodream import is_calodream_checkpoint
 
     out = Path(out)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression '{compression}': use {', '.join(COMPRESSIONS)}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
     path = resolve_model(model)
@@ -93,7 +97,17 @@ def generate_file(
         if precision not in ("auto", "float32"):
             raise ValueError("--precision applies to CaloClouds II models; CaloDREAM runs in float32")
         return _generate_calodream(
-            path, model, energies_gev, out, seed, batch_size, n_steps, sampler, allow_extrapolation, progress
+            path,
+            model,
+            energies_gev,
+            out,
+            seed,
+            batch_size,
+            n_steps,
+            sampler,
+            allow_extrapolation,
+            compression,
+            progress,
         )
     net = load_model(path)
     energies = np.asarray(energies_gev, np.float64)
@@ -112,7 +126,9 @@ def generate_file(
         precision=precision,
     )
     label = "caloclouds2-cm" if spec.consistency else "caloclouds2"
-    return _stream(out, "points", net.detector, label, seed, attrs, batches, len(energies), progress)
+    return _stream(
+        out, "points", net.detector, label, seed, attrs, batches, len(energies), compression, progress
+    )
 
 
 def _generate_calodream(
@@ -125,6 +141,7 @@ def _generate_calodream(
     n_steps: int | None,
     sampler: str | None,
     allow_extrapolation: bool,
+    compression: str,
     progress: Callable[[int, int], None] | None,
 ) -> GenerationResult:
     """CaloDREAM: energy network then shape network, written as a CaloChallenge voxel file."""
@@ -146,7 +163,9 @@ def _generate_calodream(
         allow_extrapolation=allow_extrapolation,
     )
     label = "calodream-lavit" if net.latent else "calodream"
-    return _stream(out, "voxels", net.detector, label, seed, attrs, batches, len(energies), progress)
+    return _stream(
+        out, "voxels", net.detector, label, seed, attrs, batches, len(energies), compression, progress
+    )
 
 
 def _attrs(
@@ -173,12 +192,22 @@ def _stream(
     attrs: dict[str, Any],
     batches: Iterator[Any],
     total: int,
+    compression: str,
     progress: Callable[[int, int], None] | None,
 ) -> GenerationResult:
     """Write generated batches atomically into ``out``, timing everything (generation and writing)."""
     start = time.perf_counter()
     done = 0
-    with ShowerWriter(out, kind, detector, generator=label, seed=seed, attrs=attrs) as writer:  # type: ignore[arg-type]
+    codec = None if compression == "none" else compression
+    with ShowerWriter(
+        out,
+        kind,  # type: ignore[arg-type]
+        detector,
+        generator=label,
+        seed=seed,
+        attrs=attrs,
+        compression=codec,
+    ) as writer:
         for batch in batches:
             writer.write(batch)
             done += len(batch)

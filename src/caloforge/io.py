@@ -42,6 +42,7 @@ from caloforge import __version__
 from caloforge.detector import Detector, DetectorError, detector_from_dict, get_detector
 
 __all__ = [
+    "COMPRESSIONS",
     "DEFAULT_ATTRS",
     "FORMAT_VERSION",
     "PointShowers",
@@ -373,6 +374,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+#: File compressions of :class:`ShowerWriter` (``compression``; ``none`` is ``None`` there):
+#: shuffle + gzip level 1 (readable everywhere), shuffle + lzf (2.6x faster to write, 9 % larger
+#: files, a filter h5py ships but plain HDF5 tools need as a plugin), or none.
+COMPRESSIONS = ("gzip", "lzf", "none")
+
+
 class ShowerWriter:
     """Write showers to ``path`` atomically, in chunks.
 
@@ -400,6 +407,8 @@ class ShowerWriter:
         self.kind = kind
         self.detector = get_detector(detector)
         self.keep_on_interrupt = keep_on_interrupt
+        if compression not in ("gzip", "lzf", None):
+            raise ShowerFileError(f"unknown compression '{compression}': use gzip, lzf or None")
         self._compression = compression
         self._pending: list[Any] = []
         self._pending_n = 0
