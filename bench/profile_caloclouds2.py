@@ -38,7 +38,8 @@ from caloforge.models.showerflow import largest_remainder, layer_energies
 def profile(
     model_name: str, energy: float, n: int, batch: int, precision: str, compression: str | None
 ) -> dict:
-    """Seconds per stage for ``n`` showers at ``energy`` GeV (one warm-up batch first)."""
+    """Seconds per stage for ``n`` showers (rounded up to whole batches) at ``energy`` GeV, after
+    one warm-up batch."""
     model = load_model(resolve_model(model_name))
     model.eval()
     precision = resolve_precision(precision)
@@ -93,16 +94,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     compression = None if args.compression == "none" else args.compression
-    times = profile(args.model, args.energy, args.n, args.batch_size, args.precision, compression)
+    n = -(-args.n // args.batch_size) * args.batch_size  # whole batches
+    times = profile(args.model, args.energy, n, args.batch_size, args.precision, compression)
     total = sum(times.values())
     print(
-        f"{args.model}, {args.energy:g} GeV, batch {args.batch_size}, {args.threads} thread(s), "
-        f"{args.n} showers\n"
+        f"{args.model}, {args.energy:g} GeV, batch {args.batch_size}, {args.threads} thread(s), {n} showers\n"
     )
     print("| stage | ms/shower | share |\n|---|---|---|")
     for stage, seconds in times.items():
-        print(f"| {stage} | {1000 * seconds / args.n:.3f} | {100 * seconds / total:.0f} % |")
-    print(f"| **total** | **{1000 * total / args.n:.3f}** | |")
+        print(f"| {stage} | {1000 * seconds / n:.3f} | {100 * seconds / total:.0f} % |")
+    print(f"| **total** | **{1000 * total / n:.3f}** | |")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -22,6 +23,7 @@ from caloforge.models.calodream import (
     sample_voxels,
     save_for_inference,
     train,
+    train_solver,
     u_from_layer_energies,
     voxels_from_fractions,
 )
@@ -262,7 +264,7 @@ def test_generate_with_every_solver(monkeypatch, trained, voxel_file, tmp_path, 
         "--out",
         model,
     )
-    for sampler in ("bns", "euler", "midpoint", "rk4"):
+    for sampler, compression in (("bns", "none"), ("euler", "lzf"), ("midpoint", "gzip"), ("rk4", "gzip")):
         out = tmp_path / f"{sampler}.h5"
         caloforge(
             monkeypatch,
@@ -275,9 +277,13 @@ def test_generate_with_every_solver(monkeypatch, trained, voxel_file, tmp_path, 
             "1:100",
             "--sampler",
             sampler,
+            "--compression",
+            compression,
             "--out",
             out,
         )
+        with h5py.File(out) as f:
+            assert f["showers"].compression == (None if compression == "none" else compression)
         with open_showers(out) as f:
             assert f.kind == "voxels" and f.generator.startswith("calodream") and len(f) == 12
             assert f.attrs["sampler"] == sampler and f.attrs["latent"] == (run == "lavit")
@@ -414,3 +420,20 @@ def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():
     v = voxels_from_fractions(frac, e_layer, DET.threshold_mev).reshape(2, 144)
     assert v[0, 7] == pytest.approx(1.0) and (v[0].sum() == v[0, 7])
     assert (v[1] == 0).all()  # a layer under the threshold stays empty
+
+
+def test_train_solver_reports_both_stages(trained, voxel_file):
+    calls: list[tuple[str, int, int]] = []
+    solver = train_solver(
+        load_model(trained / "shape"),
+        voxel_file,
+        2,
+        n_train=6,
+        batch_size=4,
+        iterations=3,
+        progress=lambda stage, done, total, **kw: calls.append((stage, done, total)),
+    )
+    assert solver.n_steps == 2
+    assert calls == [("reference", 4, 6), ("reference", 6, 6)] + [("train", i, 3) for i in (1, 2, 3)]
+    with pytest.raises(ValueError, match="unknown BNS loss 'mid'"):
+        train_solver(load_model(trained / "shape"), voxel_file, 2, loss="mid")

@@ -195,6 +195,19 @@ def test_empty_files_have_datasets(tmp_path):
             assert len(f) == 0 and list(f.iter_chunks(10)) == []
 
 
+@pytest.mark.parametrize(("compression", "level"), [("gzip", 1), ("lzf", None), (None, None)])
+def test_writer_compressions(tmp_path, compression, level):
+    showers = random_points(10, 20, seed=2)
+    with ShowerWriter(tmp_path / "c.h5", "points", compression=compression) as w:
+        w.write(showers)
+    with h5py.File(tmp_path / "c.h5") as f:
+        assert f["events"].compression == compression and f["events"].compression_opts == level
+    np.testing.assert_allclose(read_showers(tmp_path / "c.h5").points, showers.points, rtol=1e-6)
+    with pytest.raises(ShowerFileError, match="unknown compression 'zip'"):
+        ShowerWriter(tmp_path / "d.h5", "points", compression="zip")
+    assert not (tmp_path / "d.h5").exists()
+
+
 def test_writer_buffers_small_batches(tmp_path):
     showers = random_points(70, 30, seed=9)
     with ShowerWriter(tmp_path / "one.h5", "points") as w:

@@ -393,9 +393,11 @@ def default_models(
     from caloforge.generation import resolve_model
     from caloforge.models.caloclouds2 import PRECISIONS, load_model
 
+    if not precisions:
+        raise ValueError(f"no precision to time: give at least one of {', '.join(PRECISIONS)}")
     unknown = [p for p in precisions if p not in PRECISIONS]
-    if unknown or not precisions:
-        raise ValueError(f"unknown precision '{unknown[0] if unknown else ''}': use {', '.join(PRECISIONS)}")
+    if unknown:
+        raise ValueError(f"unknown precision '{unknown[0]}': use {', '.join(PRECISIONS)}")
     if not models:
         entries = [f"{DIFFUSION_LABEL}=caloclouds2", f"{CM_LABEL}=caloclouds2-cm"]
     else:

@@ -55,10 +55,11 @@ def _argsort_rows(values: Tensor) -> Tensor:
     int64 key, and numpy's (SIMD) sort of the keys gives the stable order. Traced, off the CPU
     or for other types: torch's sort.
     """
-    traced = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    if traced or values.device.type != "cpu" or values.dtype != torch.float32:
+    compiling = getattr(torch.compiler, "is_compiling", lambda: False)()  # torch >= 2.3
+    if torch.jit.is_tracing() or compiling or values.device.type != "cpu" or values.dtype != torch.float32:
         return torch.argsort(values, dim=1, stable=True)
-    bits = (values.numpy() + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0
+    array = values.detach().numpy() + np.float32(0.0)  # + 0.0 turns -0.0 into +0.0
+    bits = np.where(np.isnan(array), np.float32(np.nan), array).view(np.int32)  # NaNs last, as torch
     ordered = bits ^ ((bits >> 31) & np.int32(0x7FFFFFFF))
     key = (ordered.astype(np.int64) << 32) | np.arange(values.shape[1], dtype=np.int64)
     key.sort(axis=1)

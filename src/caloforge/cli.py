@@ -750,7 +750,7 @@ def generate(
     precision: Annotated[
         str,
         typer.Option(
-            help="PointWise Net precision: auto (bfloat16 where the CPU/GPU computes it natively, "
+            help="PointWise Net precision: auto (bfloat16 where the CPU computes it natively, "
             "e.g. AMX; else float32), float32 or bfloat16."
         ),
     ] = "auto",

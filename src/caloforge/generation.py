@@ -95,7 +95,9 @@ def generate_file(
     path = resolve_model(model)
     if is_calodream_checkpoint(path):
         if precision not in ("auto", "float32"):
-            raise ValueError("--precision applies to CaloClouds II models; CaloDREAM runs in float32")
+            raise ValueError(
+                f"--precision {precision}: CaloDREAM models run in float32 (use auto or float32)"
+            )
         return _generate_calodream(
             path,
             model,

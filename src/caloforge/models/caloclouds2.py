@@ -20,6 +20,7 @@ energies into :class:`~caloforge.io.PointShowers` ready for :class:`~caloforge.i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -27,8 +28,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
-from unittest import mock
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -404,7 +404,9 @@ def load_model(path: str | Path) -> CaloClouds2:
 # --------------------------------------------------------------------------- generation
 
 #: Padded points per denoiser call when generating: showers of similar size are grouped up
-#: to this many. Small on CPU, where a working set that fits the cache beats big batches.
+#: to this many. On the CPU the folded net runs each shower's layers on its own, so this only
+#: sets how many showers share the per-call work (noise, folded weights, the denoiser's
+#: scalings): 32k points (about 14 showers at 50 GeV) was the fastest of 8k-200k.
 POINTS_PER_CALL = 32768
 #: Point groups are padded to a multiple of this many points, so that the matmul kernels
 #: (built per shape by oneDNN, especially in bfloat16) are few and get reused.
@@ -417,7 +419,7 @@ def native_bfloat16(device: str | torch.device = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 matmuls natively (CPU: AMX or AVX-512-BF16; GPU: Ampere+)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        return torch.cuda.is_available() and torch.cuda.get_device_properties(device).major >= 8
     if device.type != "cpu":
         return False
     has = [
@@ -427,7 +429,7 @@ def native_bfloat16(device: str | torch.device = "cpu") -> bool:
     return any(has) and fused_linear_available(torch.bfloat16)
 
 
-def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str:
+def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Literal["float32", "bfloat16"]:
     """``float32`` or ``bfloat16`` for the PointWise Net; ``auto`` picks bfloat16 where
     :func:`native_bfloat16` (it keeps the shipped models' fidelity, docs/benchmarks.md), else
     float32. Raises :class:`GenerationError` for anything else."""
@@ -435,7 +437,7 @@ def resolve_precision(precision: str, device: str | torch.device = "cpu") -> str
         raise GenerationError(f"unknown precision '{precision}': use {', '.join(PRECISIONS)}")
     if precision == "auto":
         return "bfloat16" if native_bfloat16(device) else "float32"
-    return precision
+    return "bfloat16" if precision == "bfloat16" else "float32"
 
 
 def _softmax(x: Tensor, dim: int = -1, _stacklevel: int = 3, dtype: torch.dtype | None = None) -> Tensor:
@@ -443,6 +445,17 @@ def _softmax(x: Tensor, dim: int = -1, _stacklevel: int = 3, dtype: torch.dtype 
     x = x if dtype is None else x.to(dtype)
     e = (x - x.amax(dim=dim, keepdim=True)).exp()
     return e / e.sum(dim=dim, keepdim=True)
+
+
+@contextlib.contextmanager
+def _explicit_softmax() -> Iterator[None]:
+    """Within the block, ``torch.nn.functional.softmax`` (which zuko's splines call) is :func:`_softmax`."""
+    original = F.softmax
+    F.softmax = _softmax  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        F.softmax = original
 
 
 class _FlowInverse(nn.Module):
@@ -458,12 +471,13 @@ def _traced_flow(model: CaloClouds2) -> nn.Module:
     """A TorchScript trace of the Shower Flow's inverse pass, cached on the model. It shares the
     model's weights and gives the same numbers as the eager flow, without Python's
     per-operation overhead (4.5x faster at batch size 1); the spline's softmax is traced in
-    its explicit form, which is faster on the CPU."""
+    its explicit form, which is faster on the CPU (equal up to float rounding, which can very
+    rarely move a rounded number of points by one)."""
     cached = model.__dict__.get("_traced_flow")
     if cached is not None and cached[0] == id(model.flow):
         return cached[1]
     n_features = model.flow.n_features
-    with warnings.catch_warnings(), torch.no_grad(), mock.patch.object(F, "softmax", _softmax):
+    with warnings.catch_warnings(), torch.no_grad(), _explicit_softmax():
         warnings.simplefilter("ignore")  # tracer warnings about Python numbers in the graph
         flow = torch.jit.trace(
             _FlowInverse(model.flow), (torch.full((3,), 50.0), torch.zeros(3, n_features)), check_trace=False
@@ -528,7 +542,7 @@ def _generate_batch(
     sampler: SamplerSpec | None = None,
     points_per_call: int = POINTS_PER_CALL,
     fast: bool = False,
-    precision: str = "float32",
+    precision: Literal["float32", "bfloat16"] = "float32",
 ) -> tuple[PointShowers, Tensor]:
     """One batch of showers and the flow's (uncalibrated) numbers of points.
 
@@ -616,7 +630,7 @@ def generate(
     :func:`resolve_precision`), ``float32`` or ``bfloat16`` (slightly different showers of the
     same fidelity, docs/benchmarks.md).
     """
-    precision = resolve_precision(precision, device if device is not None else "cpu")
+    resolve_precision(precision)  # a bad value fails here, before anything moves
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
     spec = resolve_sampler(model, sampler, n_steps)
     if batch_size < 1 or points_per_call < 1:
@@ -637,9 +651,10 @@ def generate(
     model.eval()
     if device is not None:
         model.net.to(device)  # only the PointWise Net runs there; flow and calibration stay on the CPU
+    resolved = resolve_precision(precision, next(model.net.parameters()).device)
     for start in range(0, len(energies), batch_size):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
-        yield _generate_batch(model, energy, generator, spec, points_per_call, fast, precision)[0]
+        yield _generate_batch(model, energy, generator, spec, points_per_call, fast, resolved)[0]
 
 
 # --------------------------------------------------------------------------- training data
@@ -880,7 +895,9 @@ def fit_calibration(
     number of showers). A first run with the identity gives the cubic fit of
     :meth:`NPointsCalibration.fit`; each of the ``refinements`` further runs (same showers,
     same noise) corrects it with a secant step (:meth:`NPointsCalibration.refine`).
-    ``model.calibration`` is left set to the result.
+    ``model.calibration`` is left set to the result. The showers are made by the eager
+    float32 path, so the fit does not depend on the machine (bfloat16 generation has the same
+    hit counts within the W1 spreads, docs/results.md).
     """
     passes = 1 + refinements
     model.eval()

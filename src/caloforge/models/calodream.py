@@ -913,7 +913,8 @@ def train_solver(
     ``data_path``; references are dopri5 solutions (:func:`caloforge.odesolvers.train_bns`,
     with the shape network's field for each shower's condition). ``loss`` is ``global`` (end
     points) or ``local`` (each step from the reference trajectory). The solver starts as
-    Euler; the iterate with the lowest loss on all ``n_train`` showers wins.
+    Euler; of the iterates scored on all ``n_train`` showers (the start, every 25th, the
+    last), the one with the lowest loss wins.
     """
     if model.part != "shape":
         raise ValueError(f"BNS solvers are trained for shape models; this is a {model.part} model")

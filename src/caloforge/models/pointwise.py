@@ -148,8 +148,9 @@ class FoldedPointWiseNet(nn.Module):
     A concat-squash layer gates and shifts every point of a shower by the same context, so
     ``(W h + b) * g + s = (diag(g) W) h + (b g + s)``: per shower, each layer is one plain
     linear map. The folded weights are built once per call (cheap: per shower, not per point);
-    on the CPU each shower's layers then run as oneDNN kernels with the bias and the LeakyReLU
-    fused in (one pass over the activations instead of four), elsewhere as batched matmuls.
+    on the CPU (without grad) each shower's layers then run as oneDNN kernels with the bias and
+    the LeakyReLU fused in (one pass over the activations instead of four), elsewhere as
+    batched matmuls.
     ``dtype=torch.bfloat16`` runs the point layers in bfloat16 (AMX / AVX-512-BF16 CPUs, GPUs);
     the context, the inputs and outputs stay in float32.
 
@@ -179,9 +180,9 @@ class FoldedPointWiseNet(nn.Module):
         layers = self.folded(self.net.context(c_noise, energy, n_points))
         last, slope = len(layers) - 1, self.net.act.negative_slope
         h = x.to(self.dtype)
-        if x.device.type == "cpu" and fused_linear_available(self.dtype):
-            op = torch.ops.mkldnn._linear_pointwise
-            out = torch.empty((*x.shape[:-1], self.net.widths[-1]), dtype=x.dtype)
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and fused_linear_available(self.dtype):
+            op = torch.ops.mkldnn._linear_pointwise  # no autograd formula: inference only
+            out = torch.empty((*x.shape[:-1], self.net.widths[-1]), dtype=x.dtype, device=x.device)
             for b in range(x.shape[0]):
                 hb = h[b]
                 for i, (weight, bias) in enumerate(layers):
