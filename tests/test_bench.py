@@ -30,18 +30,22 @@ def models(data_file, tmp_path_factory):  # noqa: F811
 
 @needs_geant4
 def test_quick_bench_has_every_row(models, tmp_path):
-    config = dataclasses.replace(BenchConfig.quick(), threads=(1,))
+    config = dataclasses.replace(BenchConfig.quick(), threads=(1, 2))
     result = run_bench(models, config)
     rows = result["rows"]
     g4 = [r for r in rows if r["generator"] == "Geant4"]
-    assert sorted(r["energy_gev"] for r in g4) == [10.0, 90.0]
+    assert sorted((r["energy_gev"], r["threads"]) for r in g4) == [(10.0, 1), (10.0, 2), (90.0, 1), (90.0, 2)]
     for spec in models:
         mine = [r for r in rows if r["generator"] == spec.label]
-        assert {(r["energy_gev"], r["batch_size"]) for r in mine} == {
-            (e, b) for e in (10.0, 90.0) for b in (1, 2)
+        assert {(r["energy_gev"], r["batch_size"], r["threads"]) for r in mine} == {
+            (e, b, t) for e in (10.0, 90.0) for b in (1, 2) for t in (1, 2)
         }
         for r in mine:
-            ref = next(g["ms_per_shower"] for g in g4 if g["energy_gev"] == r["energy_gev"])
+            ref = next(
+                g["ms_per_shower"]
+                for g in g4
+                if (g["energy_gev"], g["threads"]) == (r["energy_gev"], r["threads"])
+            )
             assert r["speedup"] == pytest.approx(ref / r["ms_per_shower"])
             assert r["peak_rss_mb"] > 10 and r["ms_per_shower"] > 0
     assert {r["network_calls"] for r in rows if r["generator"] == "diffusion"} == {3}

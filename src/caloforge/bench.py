@@ -17,6 +17,7 @@ adds rows for the models on it (batch sizes as on the CPU), with the device's na
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -111,6 +112,20 @@ def _peak_rss_mb(children: bool = False) -> float:
     return resource.getrusage(who).ru_maxrss / 1024  # kB on Linux
 
 
+def _live_peak_rss_mb() -> float:
+    """Largest peak RSS (``VmHWM``) of this process's live children (Linux; 0 elsewhere)."""
+    peak = 0.0
+    for child in mp.active_children():
+        try:
+            status = Path(f"/proc/{child.pid}/status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = max(peak, float(line.split()[1]) / 1024)
+    return peak
+
+
 def _time_geant4(energy: float, n: int, workers: int, directory: Path, seed: int) -> float:
     """ms per shower of ``caloforge simulate`` at ``energy`` with ``workers`` workers."""
     from caloforge.simulate.driver import EnergySpec, SimulationConfig, simulate
@@ -156,8 +171,15 @@ def _geant4_worker(config: BenchConfig, threads: int) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
-def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray, int], Any], int, Any, str]:
-    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector, precision."""
+def _model_generator(
+    spec: ModelSpec, device: str, exit_stack: contextlib.ExitStack, workers: int = 1
+) -> tuple[Callable[[np.ndarray, int], Any], int, Any, str]:
+    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector, precision.
+
+    With ``workers`` > 1 (CPU), a CaloClouds II model runs in that many single-threaded
+    processes (:class:`caloforge.generation.GenerationPool`, closed by ``exit_stack``), as
+    ``caloforge generate --workers`` does.
+    """
     if spec.kind == "onnx":
         from caloforge.export import OnnxGenerator
 
@@ -180,18 +202,19 @@ def _model_generator(spec: ModelSpec, device: str) -> tuple[Callable[[np.ndarray
     precision = resolve_precision(spec.precision, device)
     # Larger point groups per network call on a GPU, where wide batches pay.
     per_call = POINTS_PER_CALL if device == "cpu" else 1 << 20
+    options = {"sampler": sampler.name, "n_steps": sampler.n_steps, "points_per_call": per_call}
+    if device == "cpu" and workers > 1:
+        from caloforge.generation import GenerationPool
+
+        pool = exit_stack.enter_context(GenerationPool(spec.path, workers))
+
+        def run_pool(energies: np.ndarray, batch_size: int) -> Any:
+            return pool.generate(energies, batch_size, precision=precision, **options)
+
+        return run_pool, sampler.network_calls, model.detector, precision
 
     def run(energies: np.ndarray, batch_size: int) -> Any:
-        return generate(
-            model,
-            energies,
-            batch_size=batch_size,
-            sampler=sampler.name,
-            n_steps=sampler.n_steps,
-            device=device,
-            points_per_call=per_call,
-            precision=precision,
-        )
+        return generate(model, energies, batch_size=batch_size, device=device, precision=precision, **options)
 
     return run, sampler.network_calls, model.detector, precision
 
@@ -202,14 +225,14 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
     from caloforge.io import ShowerWriter
 
     torch.set_num_threads(threads)
-    run, calls, detector, precision = _model_generator(spec, device)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        run, calls, detector, precision = _model_generator(spec, device, stack, threads)
         for energy in config.energies:
             n = config.n_showers(energy)
             energies = np.full(n, energy)
             for batch in config.batch_sizes:
-                for _ in run(energies[: min(batch, n)], batch):  # warm-up
+                for _ in run(energies[: min(batch * threads, n)], batch):  # warm-up (every worker)
                     pass
                 times = []
                 for _ in range(config.repeats):
@@ -232,7 +255,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                         statistics.fmean(times),
                         statistics.pstdev(times),
                         n,
-                        _peak_rss_mb(),
+                        max(_peak_rss_mb(), _live_peak_rss_mb()),  # the largest process
                         network_calls=calls,
                         precision=precision,
                     )

@@ -757,6 +757,12 @@ def generate(
     compression: Annotated[
         str, typer.Option(help="File compression: gzip (level 1), lzf (faster, h5py filter) or none.")
     ] = "gzip",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1, help="CaloClouds II: single-threaded processes sharing the batches (same showers)."
+        ),
+    ] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
@@ -782,6 +788,7 @@ def generate(
             allow_extrapolation=allow_extrapolation,
             precision=precision,
             compression=compression,
+            workers=workers,
             overwrite=overwrite,
             progress=lambda done, total: bar.update(task, completed=done),
         )

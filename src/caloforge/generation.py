@@ -8,7 +8,9 @@ generated file can be compared shower for shower in energy with a simulated one.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,15 @@ import numpy as np
 
 from caloforge.io import COMPRESSIONS, ShowerWriter
 
-__all__ = ["DEFAULT_MODEL", "SHIPPED_MODELS", "GenerationResult", "generate_file", "resolve_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "SHIPPED_MODELS",
+    "GenerationPool",
+    "GenerationResult",
+    "generate_file",
+    "parallel_generate",
+    "resolve_model",
+]
 
 #: Models shipped in ``caloforge/assets``, by the name that selects them (``--model NAME``).
 SHIPPED_MODELS = {
@@ -63,6 +73,83 @@ class GenerationResult:
         return 1000 * self.seconds / max(self.n_showers, 1)
 
 
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_start(path: str) -> None:
+    import torch
+
+    from caloforge.models.caloclouds2 import load_model
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the parent has warned already
+    _WORKER["model"] = load_model(path)
+
+
+def _worker_batch(job: tuple[int, np.ndarray, dict[str, Any]]) -> Any:
+    from caloforge.models.caloclouds2 import generate
+
+    index, energies, options = job
+    return next(generate(_WORKER["model"], energies, batch_size=len(energies), first_batch=index, **options))
+
+
+class GenerationPool:
+    """``workers`` single-threaded processes, each holding the CaloClouds II model at ``path``,
+    that :meth:`generate` spreads batches over (a context manager; started once, used for
+    many runs)."""
+
+    def __init__(self, path: str | Path, workers: int) -> None:
+        from caloforge.models.caloclouds2 import load_model
+
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.path = str(path)
+        self.model = load_model(path)  # for checking requests here, before the workers see them
+        self.workers = workers
+        self._pool = mp.get_context("spawn").Pool(workers, _worker_start, (self.path,))
+
+    def generate(self, energies_gev: np.ndarray, batch_size: int = 64, **options: Any) -> Iterator[Any]:
+        """:func:`caloforge.models.caloclouds2.generate`'s showers, batches made by the workers and
+        yielded in order: the same showers as one process (every batch has its own random
+        stream, :func:`~caloforge.models.caloclouds2.batch_seed`). ``options`` are
+        ``generate``'s (``seed``, ``precision``, ...); a bad request raises
+        :class:`~caloforge.models.caloclouds2.GenerationError` here."""
+        from caloforge.models.caloclouds2 import check_request
+
+        keys = ("allow_extrapolation", "points_per_call", "precision")
+        energies = check_request(
+            self.model, energies_gev, batch_size, **{k: options[k] for k in keys if k in options}
+        )
+        jobs = [
+            (index, energies[start : start + batch_size], options)
+            for index, start in enumerate(range(0, len(energies), batch_size))
+        ]
+        return self._pool.imap(_worker_batch, jobs)
+
+    def close(self) -> None:
+        """Stop the workers."""
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> GenerationPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parallel_generate(
+    path: str | Path, energies_gev: np.ndarray, workers: int, batch_size: int = 64, **options: Any
+) -> Iterator[Any]:
+    """:func:`caloforge.models.caloclouds2.generate` of the CaloClouds II checkpoint ``path``,
+    its batches spread over ``workers`` single-threaded processes (:class:`GenerationPool`) and
+    yielded in order; the same showers as one process."""
+    with GenerationPool(path, workers) as pool:
+        if not pool.model.complete:
+            warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
+        yield from pool.generate(energies_gev, batch_size, **options)
+
+
 def generate_file(
     model: str | Path,
     energies_gev: np.ndarray,
@@ -75,13 +162,16 @@ def generate_file(
     allow_extrapolation: bool = False,
     precision: str = "auto",
     compression: str = "gzip",
+    workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> GenerationResult:
     """Generate one shower per entry of ``energies_gev`` into ``out`` (point-cloud file).
 
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
-    it was. ``compression`` is the file's (:data:`caloforge.io.COMPRESSIONS`). ``progress(done,
+    it was. ``compression`` is the file's (:data:`caloforge.io.COMPRESSIONS`). ``workers`` > 1
+    spreads a CaloClouds II model's batches over that many single-threaded processes
+    (:func:`parallel_generate`; the same showers, this process writes them). ``progress(done,
     total)`` is called after every batch.
     """
     from caloforge.models.caloclouds2 import generate, load_model, resolve_precision, resolve_sampler
@@ -90,10 +180,14 @@ def generate_file(
     out = Path(out)
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression '{compression}': use {', '.join(COMPRESSIONS)}")
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
     path = resolve_model(model)
     if is_calodream_checkpoint(path):
+        if workers != 1:
+            raise ValueError("--workers applies to CaloClouds II models; CaloDREAM uses --threads")
         if precision not in ("auto", "float32"):
             raise ValueError(
                 f"--precision {precision}: CaloDREAM models run in float32 (use auto or float32)"
@@ -117,16 +211,17 @@ def generate_file(
     attrs = _attrs(model, path, energies, "caloclouds2", spec.name, spec.n_steps, spec.network_calls)
     precision = resolve_precision(precision)
     attrs["precision"] = precision
-    batches = generate(
-        net,
-        energies,
-        batch_size=batch_size,
-        seed=seed,
-        n_steps=spec.n_steps,
-        sampler=spec.name,
-        allow_extrapolation=allow_extrapolation,
-        precision=precision,
-    )
+    options = {
+        "seed": seed,
+        "n_steps": spec.n_steps,
+        "sampler": spec.name,
+        "allow_extrapolation": allow_extrapolation,
+        "precision": precision,
+    }
+    if workers > 1:
+        batches = parallel_generate(path, energies, workers, batch_size, **options)
+    else:
+        batches = generate(net, energies, batch_size=batch_size, **options)
     label = "caloclouds2-cm" if spec.consistency else "caloclouds2"
     return _stream(
         out, "points", net.detector, label, seed, attrs, batches, len(energies), compression, progress

@@ -76,6 +76,9 @@ from caloforge.sampling import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
+    "POINTS_PAD",
+    "POINTS_PER_CALL",
+    "PRECISIONS",
     "PRESETS",
     "CaloClouds2",
     "CaloClouds2Config",
@@ -83,10 +86,14 @@ __all__ = [
     "GenerationError",
     "SamplerSpec",
     "TrainResult",
+    "batch_seed",
     "calibrate",
+    "check_request",
     "fit_calibration",
     "generate",
     "load_model",
+    "native_bfloat16",
+    "resolve_precision",
     "resolve_sampler",
     "train",
 ]
@@ -602,37 +609,28 @@ def resolve_sampler(
     )
 
 
-def generate(
+def batch_seed(seed: int, index: int) -> int:
+    """Seed of batch ``index`` of a generation with ``seed``: every batch is its own random
+    stream, so any split of the batches over processes gives the same showers.
+
+    >>> batch_seed(0, 1) == batch_seed(0, 1) != batch_seed(0, 2)
+    True
+    """
+    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def check_request(
     model: CaloClouds2,
     energies_gev: Sequence[float] | np.ndarray,
     batch_size: int = 64,
-    seed: int = 0,
-    n_steps: int | None = None,
-    sampler: str | None = None,
     allow_extrapolation: bool = False,
     points_per_call: int = POINTS_PER_CALL,
-    device: str | torch.device | None = None,
-    fast: bool = True,
     precision: str = "auto",
-) -> Iterator[PointShowers]:
-    """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
-
-    Points follow caloforge's in-memory convention (x, y mm; layer coordinate ``l + 0.5``;
-    E MeV; zero padding). ``sampler`` and ``n_steps`` default to the model's own
-    (:attr:`CaloClouds2.sampler`, the one its calibration was fitted with); see
-    :func:`resolve_sampler`. The output depends on ``seed``, ``batch_size`` and
-    ``points_per_call`` (padded points per network call; raise it on a GPU). Energies outside
-    the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
-    ``device`` (e.g. ``cuda``) moves the PointWise Net there; the rest runs on the CPU.
-    ``fast`` (CPU) runs the flow as a TorchScript trace and the net in its folded form: the
-    same showers up to float rounding, faster. ``precision`` is the PointWise Net's: ``auto``
-    (bfloat16 where the hardware computes it natively, else float32; see
-    :func:`resolve_precision`), ``float32`` or ``bfloat16`` (slightly different showers of the
-    same fidelity, docs/benchmarks.md).
-    """
-    resolve_precision(precision)  # a bad value fails here, before anything moves
+) -> np.ndarray:
+    """The checks of :func:`generate` on its arguments, without generating: the energies as a
+    float64 array, or :class:`GenerationError` naming what is wrong."""
+    resolve_precision(precision)
     energies = np.asarray(energies_gev, dtype=np.float64).reshape(-1)
-    spec = resolve_sampler(model, sampler, n_steps)
     if batch_size < 1 or points_per_call < 1:
         raise GenerationError("batch_size and points_per_call must be at least 1")
     if not np.all(np.isfinite(energies)) or np.any(energies <= 0):
@@ -645,15 +643,51 @@ def generate(
             f"{int(outside.sum())} incident energies (e.g. {energies[outside][0]:.4g} GeV) lie outside the "
             f"trained range {lo:.4g}-{hi:.4g} GeV; pass allow_extrapolation=True to generate them anyway"
         )
+    return energies
+
+
+def generate(
+    model: CaloClouds2,
+    energies_gev: Sequence[float] | np.ndarray,
+    batch_size: int = 64,
+    seed: int = 0,
+    n_steps: int | None = None,
+    sampler: str | None = None,
+    allow_extrapolation: bool = False,
+    points_per_call: int = POINTS_PER_CALL,
+    device: str | torch.device | None = None,
+    fast: bool = True,
+    precision: str = "auto",
+    first_batch: int = 0,
+) -> Iterator[PointShowers]:
+    """Yield showers for ``energies_gev``, ``batch_size`` at a time, in the given order.
+
+    Points follow caloforge's in-memory convention (x, y mm; layer coordinate ``l + 0.5``;
+    E MeV; zero padding). ``sampler`` and ``n_steps`` default to the model's own
+    (:attr:`CaloClouds2.sampler`, the one its calibration was fitted with); see
+    :func:`resolve_sampler`. The output depends on ``seed``, ``batch_size`` and
+    ``points_per_call`` (padded points per network call; raise it on a GPU); batch ``k`` draws
+    from :func:`batch_seed` ``(seed, first_batch + k)``, so the showers of a long run can be
+    made in pieces (e.g. by several processes) and come out the same. Energies outside
+    the trained range raise :class:`GenerationError` unless ``allow_extrapolation``.
+    ``device`` (e.g. ``cuda``) moves the PointWise Net there; the rest runs on the CPU.
+    ``fast`` (CPU) runs the flow as a TorchScript trace and the net in its folded form: the
+    same showers up to float rounding, faster. ``precision`` is the PointWise Net's: ``auto``
+    (bfloat16 where the hardware computes it natively, else float32; see
+    :func:`resolve_precision`), ``float32`` or ``bfloat16`` (slightly different showers of the
+    same fidelity, docs/benchmarks.md).
+    """
+    energies = check_request(model, energies_gev, batch_size, allow_extrapolation, points_per_call, precision)
+    spec = resolve_sampler(model, sampler, n_steps)
     if not model.complete:
         warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
-    generator = torch.Generator().manual_seed(seed)
     model.eval()
     if device is not None:
         model.net.to(device)  # only the PointWise Net runs there; flow and calibration stay on the CPU
     resolved = resolve_precision(precision, next(model.net.parameters()).device)
-    for start in range(0, len(energies), batch_size):
+    for index, start in enumerate(range(0, len(energies), batch_size), start=first_batch):
         energy = torch.as_tensor(energies[start : start + batch_size], dtype=torch.float32)
+        generator = torch.Generator().manual_seed(batch_seed(seed, index))
         yield _generate_batch(model, energy, generator, spec, points_per_call, fast, resolved)[0]
 
 
