@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Transfusion", "time_embedding"]
@@ -90,6 +91,43 @@ class Transfusion(nn.Module):
         """Teacher-forced velocities ``(n, n_dims)`` of ``x_t`` at times ``t`` (``(n, n_dims)``)."""
         return self.velocity(x_t, t, self.context(z, cond))
 
+    def _decode_step(self, token: Tensor, memory: Tensor, cache: list[list[Tensor]]) -> Tensor:
+        """Decoder output ``(n, d)`` at the next position for its input ``token`` ``(n, d)``.
+
+        The same function as :attr:`decoder` on the whole causal sequence, computed for one new
+        position: the keys and values of the earlier positions come from ``cache`` (one
+        ``[keys, values]`` pair per layer, ``(n, heads, i, d_head)``, extended in place), so a
+        sequence of length L costs L token passes instead of L (L + 1) / 2. Written for the
+        post-norm ReLU layers built in ``__init__`` (PyTorch's default ``norm_first=False``).
+        """
+        x = token.unsqueeze(1)
+        for layer, kv in zip(self.decoder.layers, cache, strict=True):
+            sa, ca = layer.self_attn, layer.multihead_attn
+            q, k, v = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
+            q, k, v = (self._heads(t, sa.num_heads) for t in (q, k, v))
+            kv[0] = k if kv[0].numel() == 0 else torch.cat([kv[0], k], dim=2)
+            kv[1] = v if kv[1].numel() == 0 else torch.cat([kv[1], v], dim=2)
+            attn = F.scaled_dot_product_attention(q, kv[0], kv[1])
+            x = layer.norm1(x + sa.out_proj(self._merge(attn)))
+            d = x.shape[-1]
+            w, b = ca.in_proj_weight, ca.in_proj_bias
+            q2 = self._heads(F.linear(x, w[:d], b[:d]), ca.num_heads)
+            k2 = self._heads(F.linear(memory, w[d : 2 * d], b[d : 2 * d]), ca.num_heads)
+            v2 = self._heads(F.linear(memory, w[2 * d :], b[2 * d :]), ca.num_heads)
+            x = layer.norm2(x + ca.out_proj(self._merge(F.scaled_dot_product_attention(q2, k2, v2))))
+            x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
+        return x[:, 0]
+
+    @staticmethod
+    def _heads(x: Tensor, heads: int) -> Tensor:
+        n, length, d = x.shape
+        return x.reshape(n, length, heads, d // heads).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: Tensor) -> Tensor:
+        n, heads, length, d_head = x.shape
+        return x.transpose(1, 2).reshape(n, length, heads * d_head)
+
     @torch.no_grad()
     def sample(
         self,
@@ -97,17 +135,18 @@ class Transfusion(nn.Module):
         solve: Callable[[Callable[[Tensor, Tensor], Tensor], Tensor], Tensor],
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Generate ``(n, n_dims)`` dimension by dimension; ``solve(v, x0)`` integrates t = 0 → 1."""
+        """Generate ``(n, n_dims)`` dimension by dimension; ``solve(v, x0)`` integrates t = 0 → 1.
+
+        The decoder runs once per dimension on the new position only (cached keys and values).
+        """
         n = len(cond)
         z = torch.zeros(n, self.n_dims, device=cond.device)
         noise = torch.randn(n, self.n_dims, generator=generator, device=cond.device)
         memory = self.encoder(self.cond_embed(cond).unsqueeze(1))
+        cache: list[list[Tensor]] = [[z.new_empty(0), z.new_empty(0)] for _ in self.decoder.layers]
         for i in range(self.n_dims):
-            shifted = self.value_embed(z[:, :i].unsqueeze(-1))
-            tokens = torch.cat([self.start.expand(n, -1, -1), shifted], dim=1) + self.position[:, : i + 1]
-            h = self.decoder(tokens, memory, tgt_mask=self.causal[: i + 1, : i + 1], tgt_is_causal=True)[
-                :, -1
-            ]
+            previous = self.start[:, 0] if i == 0 else self.value_embed(z[:, i - 1 : i])
+            h = self._decode_step(previous.expand(n, -1) + self.position[:, i], memory, cache)
 
             def v(t: Tensor, x: Tensor, h: Tensor = h) -> Tensor:
                 return self.velocity(x, t.reshape(1), h)
