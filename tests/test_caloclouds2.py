@@ -1,5 +1,6 @@
 """CaloClouds II: Shower Flow, PointWise Net, EDM contract, samplers, calibrations, training, checkpoints."""
 
+import copy
 import json
 import math
 import signal
@@ -674,3 +675,21 @@ def test_worker_processes_make_the_same_file(trained, tmp_path):
         next(parallel_generate(result.checkpoint, [500.0], 2))
     with pytest.raises(ValueError, match="workers must be at least 1"):
         generate_file(result.checkpoint, energies, tmp_path / "x.h5", workers=0)
+
+
+def test_traced_flow_follows_weight_updates(trained):
+    from caloforge.models.caloclouds2 import _traced_flow
+
+    _, model = trained
+    model = copy.deepcopy(model).eval()
+    energy, noise = torch.full((4,), 40.0), torch.randn(4, model.flow.n_features)
+    with torch.no_grad():
+        before = _traced_flow(model)(energy, noise)
+        torch.testing.assert_close(
+            before, model.flow.features_from_noise(energy, noise), rtol=1e-5, atol=1e-5
+        )
+        for p in model.flow.parameters():
+            p.mul_(0.9)  # what an optimizer step does: in place
+        after = _traced_flow(model)(energy, noise)
+        torch.testing.assert_close(after, model.flow.features_from_noise(energy, noise), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(before, after)
