@@ -96,7 +96,8 @@ def _worker_batch(job: tuple[int, np.ndarray, dict[str, Any]]) -> Any:
 class GenerationPool:
     """``workers`` single-threaded processes, each holding the CaloClouds II model at ``path``,
     that :meth:`generate` spreads batches over (a context manager; started once, used for
-    many runs)."""
+    many runs). The workers are spawned: in a script, create the pool under
+    ``if __name__ == "__main__":``."""
 
     def __init__(self, path: str | Path, workers: int) -> None:
         from caloforge.models.caloclouds2 import load_model
