@@ -337,7 +337,10 @@ def test_assign_layers_full_shower_and_empty_layers():
 def test_folded_net_equals_the_net(widths, fused, monkeypatch):
     if fused and not pointwise.fused_linear_available(torch.float32):
         pytest.skip("oneDNN's fused linear kernel is not available here")
-    monkeypatch.setattr(pointwise, "fused_linear_available", lambda dtype=None: fused)
+    available = pointwise.fused_linear_available  # per dtype: bfloat16 needs AVX-512 or AMX
+    monkeypatch.setattr(
+        pointwise, "fused_linear_available", lambda dtype=torch.float32: fused and available(dtype)
+    )
     torch.manual_seed(0)
     net = PointWiseNet(widths=widths)
     x = torch.randn(3, 7, 4)
@@ -693,3 +696,30 @@ def test_traced_flow_follows_weight_updates(trained):
         after = _traced_flow(model)(energy, noise)
         torch.testing.assert_close(after, model.flow.features_from_noise(energy, noise), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(before, after)
+    assert _traced_flow(model) is _traced_flow(model)  # unchanged weights: the cached trace
+    model.flow.train()
+    model.flow = copy.deepcopy(model.flow)  # a new flow object with the same weights: a new trace
+    traced = _traced_flow(model)
+    assert model.flow.training  # tracing leaves the module's mode as it was
+    with torch.no_grad():
+        torch.testing.assert_close(traced(energy, noise), after)
+
+
+def test_generation_pool_checks_requests_and_survives_a_dead_worker(trained):
+    import os
+    import signal
+
+    from caloforge.generation import GenerationPool, parallel_generate
+
+    result, _ = trained
+    with pytest.raises(GenerationError, match="sampler 'consistency' does not fit"):
+        parallel_generate(result.checkpoint, [40.0], 2, sampler="consistency")  # before any worker starts
+    with pytest.raises(TypeError):
+        parallel_generate(result.checkpoint, [40.0], 2, no_such_option=1)
+    with GenerationPool(result.checkpoint, 2) as pool:
+        batches = pool.generate(np.full(40, 40.0), 2, seed=1, precision="float32")
+        next(batches)
+        for pid in list(pool._executor._processes):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(GenerationError, match="worker stopped unexpectedly"):
+            list(batches)

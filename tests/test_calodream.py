@@ -133,6 +133,9 @@ def test_transfusion_sampling_uses_the_teacher_forced_context(layers, heads):
             for t in (0.0, 0.5):
                 x = x + 0.5 * net.velocity(x, torch.tensor([t]), h[:, i])
             torch.testing.assert_close(x, z[:, i], rtol=1e-5, atol=1e-5)
+    net.decoder.layers[0].norm_first = True  # a layer the incremental decoder does not re-implement
+    with pytest.raises(NotImplementedError, match="post-norm ReLU"):
+        net.sample(cond, lambda v, x0: solve_fixed(v, x0, "euler", 2))
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,15 @@ generated file can be compared shower for shower in energy with a simulated one.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
+import signal
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,8 @@ def _worker_start(path: str) -> None:
 
     from caloforge.models.caloclouds2 import load_model
 
+    # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the parent has warned already
     _WORKER["model"] = load_model(path)
@@ -96,8 +103,10 @@ def _worker_batch(job: tuple[int, np.ndarray, dict[str, Any]]) -> Any:
 class GenerationPool:
     """``workers`` single-threaded processes, each holding the CaloClouds II model at ``path``,
     that :meth:`generate` spreads batches over (a context manager; started once, used for
-    many runs). The workers are spawned: in a script, create the pool under
-    ``if __name__ == "__main__":``."""
+    many runs). The workers are spawned at the first request: in a script, create the pool
+    under ``if __name__ == "__main__":``. A worker that dies (killed, out of memory) or
+    cannot load the model raises :class:`~caloforge.models.caloclouds2.GenerationError`
+    instead of hanging; Ctrl-C stops the workers."""
 
     def __init__(self, path: str | Path, workers: int) -> None:
         from caloforge.models.caloclouds2 import load_model
@@ -107,30 +116,74 @@ class GenerationPool:
         self.path = str(path)
         self.model = load_model(path)  # for checking requests here, before the workers see them
         self.workers = workers
-        self._pool = mp.get_context("spawn").Pool(workers, _worker_start, (self.path,))
-
-    def generate(self, energies_gev: np.ndarray, batch_size: int = 64, **options: Any) -> Iterator[Any]:
-        """:func:`caloforge.models.caloclouds2.generate`'s showers, batches made by the workers and
-        yielded in order: the same showers as one process (every batch has its own random
-        stream, :func:`~caloforge.models.caloclouds2.batch_seed`). ``options`` are
-        ``generate``'s (``seed``, ``precision``, ...); a bad request raises
-        :class:`~caloforge.models.caloclouds2.GenerationError` here."""
-        from caloforge.models.caloclouds2 import check_request
-
-        keys = ("allow_extrapolation", "points_per_call", "precision")
-        energies = check_request(
-            self.model, energies_gev, batch_size, **{k: options[k] for k in keys if k in options}
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(self.path,)
         )
-        jobs = [
-            (index, energies[start : start + batch_size], options)
+
+    def generate(
+        self,
+        energies_gev: np.ndarray,
+        batch_size: int = 64,
+        *,
+        seed: int = 0,
+        n_steps: int | None = None,
+        sampler: str | None = None,
+        allow_extrapolation: bool = False,
+        points_per_call: int | None = None,
+        precision: str = "auto",
+        first_batch: int = 0,
+    ) -> Iterator[Any]:
+        """:func:`caloforge.models.caloclouds2.generate`'s showers (same arguments), batches
+        made by the workers and yielded in order: the same showers as a single-process run
+        with the same precision (every batch has its own random stream,
+        :func:`~caloforge.models.caloclouds2.batch_seed`). A bad request raises
+        :class:`~caloforge.models.caloclouds2.GenerationError` here, before any work starts."""
+        from caloforge.models.caloclouds2 import POINTS_PER_CALL, check_request, resolve_sampler
+
+        per_call = POINTS_PER_CALL if points_per_call is None else points_per_call
+        energies = check_request(
+            self.model, energies_gev, batch_size, allow_extrapolation, per_call, precision
+        )
+        spec = resolve_sampler(self.model, sampler, n_steps)
+        options = {
+            "seed": seed,
+            "n_steps": spec.n_steps,
+            "sampler": spec.name,
+            "allow_extrapolation": allow_extrapolation,
+            "points_per_call": per_call,
+            "precision": precision,
+        }
+        jobs = (
+            (first_batch + index, energies[start : start + batch_size], options)
             for index, start in enumerate(range(0, len(energies), batch_size))
-        ]
-        return self._pool.imap(_worker_batch, jobs)
+        )
+        return self._run(jobs)
+
+    def _run(self, jobs: Iterator[tuple[int, np.ndarray, dict[str, Any]]]) -> Iterator[Any]:
+        """Results of ``jobs`` in order, at most two batches per worker in flight."""
+        from caloforge.models.caloclouds2 import GenerationError
+
+        pending: deque[Future[Any]] = deque()
+        try:
+            for job in itertools.islice(jobs, 2 * self.workers):
+                pending.append(self._executor.submit(_worker_batch, job))
+            while pending:
+                result = pending.popleft().result()
+                for job in itertools.islice(jobs, 1):
+                    pending.append(self._executor.submit(_worker_batch, job))
+                yield result
+        except BrokenProcessPool as err:
+            raise GenerationError(
+                "a generation worker stopped unexpectedly (killed, out of memory, or the model "
+                f"'{self.path}' could not be loaded there); try fewer --workers"
+            ) from err
+        finally:
+            for future in pending:
+                future.cancel()
 
     def close(self) -> None:
-        """Stop the workers."""
-        self._pool.terminate()
-        self._pool.join()
+        """Stop the workers (batches in flight are finished first, queued ones dropped)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> GenerationPool:
         return self
@@ -144,11 +197,23 @@ def parallel_generate(
 ) -> Iterator[Any]:
     """:func:`caloforge.models.caloclouds2.generate` of the CaloClouds II checkpoint ``path``,
     its batches spread over ``workers`` single-threaded processes (:class:`GenerationPool`) and
-    yielded in order; the same showers as one process."""
-    with GenerationPool(path, workers) as pool:
-        if not pool.model.complete:
-            warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
-        yield from pool.generate(energies_gev, batch_size, **options)
+    yielded in order; the same showers as one process. The request is checked (and
+    :class:`~caloforge.models.caloclouds2.GenerationError` raised) at the call, before any
+    worker starts."""
+    pool = GenerationPool(path, workers)
+    try:
+        batches = pool.generate(energies_gev, batch_size, **options)
+    except BaseException:
+        pool.close()
+        raise
+    if not pool.model.complete:
+        warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
+    return _closing(pool, batches)
+
+
+def _closing(pool: GenerationPool, batches: Iterator[Any]) -> Iterator[Any]:
+    with pool:
+        yield from batches
 
 
 def generate_file(

@@ -21,6 +21,7 @@ energies into :class:`~caloforge.io.PointShowers` ready for :class:`~caloforge.i
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import time
@@ -480,21 +481,25 @@ def _traced_flow(model: CaloClouds2) -> nn.Module:
     batch size 1; freezing folds the weights in: another 1.4x). The spline's softmax is traced
     in its explicit form, which is faster on the CPU (equal up to float rounding, which can
     very rarely move a rounded number of points by one). The cache follows the weights: an
-    in-place update (more training) makes a new trace."""
-    key = (id(model.flow), tuple(p._version for p in model.flow.parameters()))
+    in-place update of its parameters or buffers (more training), or a new flow, makes a new trace."""
+    module = model.flow
+    versions = tuple(t._version for t in itertools.chain(module.parameters(), module.buffers()))
     cached = model.__dict__.get("_traced_flow")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    n_features = model.flow.n_features
-    with warnings.catch_warnings(), torch.no_grad(), _explicit_softmax():
-        warnings.simplefilter("ignore")  # tracer warnings about Python numbers in the graph
-        flow = torch.jit.trace(
-            _FlowInverse(model.flow).eval(),
-            (torch.full((3,), 50.0), torch.zeros(3, n_features)),
-            check_trace=False,
-        )
-        flow = torch.jit.freeze(flow)
-    model.__dict__["_traced_flow"] = (key, flow)
+    if cached is not None and cached[0] is module and cached[1] == versions:
+        return cached[2]
+    training = module.training
+    try:
+        with warnings.catch_warnings(), torch.no_grad(), _explicit_softmax():
+            warnings.simplefilter("ignore")  # tracer warnings about Python numbers in the graph
+            flow = torch.jit.trace(
+                _FlowInverse(module).eval(),
+                (torch.full((3,), 50.0), torch.zeros(3, module.n_features)),
+                check_trace=False,
+            )
+            flow = torch.jit.freeze(flow)
+    finally:
+        module.train(training)
+    model.__dict__["_traced_flow"] = (module, versions, flow)
     return flow
 
 

@@ -91,17 +91,41 @@ class Transfusion(nn.Module):
         """Teacher-forced velocities ``(n, n_dims)`` of ``x_t`` at times ``t`` (``(n, n_dims)``)."""
         return self.velocity(x_t, t, self.context(z, cond))
 
-    def _decode_step(self, token: Tensor, memory: Tensor, cache: list[list[Tensor]]) -> Tensor:
+    def _memory_kv(self, memory: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Cross-attention keys and values of ``memory`` for every decoder layer (fixed while sampling)."""
+        out = []
+        for layer in self.decoder.layers:
+            ca = layer.multihead_attn
+            d = memory.shape[-1]
+            w, b = ca.in_proj_weight, ca.in_proj_bias
+            k = self._heads(F.linear(memory, w[d : 2 * d], b[d : 2 * d]), ca.num_heads)
+            v = self._heads(F.linear(memory, w[2 * d :], b[2 * d :]), ca.num_heads)
+            out.append((k, v))
+        return out
+
+    def _check_incremental(self) -> None:
+        """:meth:`_decode_step` re-implements PyTorch's post-norm ReLU decoder layers; refuse others."""
+        for layer in self.decoder.layers:
+            if layer.norm_first or layer.activation is not F.relu or (layer.training and layer.dropout.p > 0):
+                raise NotImplementedError(
+                    "incremental decoding supports post-norm ReLU decoder layers without active dropout"
+                )
+
+    def _decode_step(
+        self, token: Tensor, memory_kv: list[tuple[Tensor, Tensor]], cache: list[list[Tensor]]
+    ) -> Tensor:
         """Decoder output ``(n, d)`` at the next position for its input ``token`` ``(n, d)``.
 
         The same function as :attr:`decoder` on the whole causal sequence, computed for one new
         position: the keys and values of the earlier positions come from ``cache`` (one
-        ``[keys, values]`` pair per layer, ``(n, heads, i, d_head)``, extended in place), so a
-        sequence of length L costs L token passes instead of L (L + 1) / 2. Written for the
-        post-norm ReLU layers built in ``__init__`` (PyTorch's default ``norm_first=False``).
+        ``[keys, values]`` pair per layer, ``(n, heads, i, d_head)``, extended in place), those
+        of the encoder output from ``memory_kv`` (:meth:`_memory_kv`), so a sequence of length
+        L costs L token passes instead of L (L + 1) / 2. Written for the post-norm ReLU layers
+        built in ``__init__`` (PyTorch's default ``norm_first=False``; see
+        :meth:`_check_incremental`).
         """
         x = token.unsqueeze(1)
-        for layer, kv in zip(self.decoder.layers, cache, strict=True):
+        for layer, kv, (k2, v2) in zip(self.decoder.layers, cache, memory_kv, strict=True):
             sa, ca = layer.self_attn, layer.multihead_attn
             q, k, v = F.linear(x, sa.in_proj_weight, sa.in_proj_bias).chunk(3, dim=-1)
             q, k, v = (self._heads(t, sa.num_heads) for t in (q, k, v))
@@ -110,10 +134,7 @@ class Transfusion(nn.Module):
             attn = F.scaled_dot_product_attention(q, kv[0], kv[1])
             x = layer.norm1(x + sa.out_proj(self._merge(attn)))
             d = x.shape[-1]
-            w, b = ca.in_proj_weight, ca.in_proj_bias
-            q2 = self._heads(F.linear(x, w[:d], b[:d]), ca.num_heads)
-            k2 = self._heads(F.linear(memory, w[d : 2 * d], b[d : 2 * d]), ca.num_heads)
-            v2 = self._heads(F.linear(memory, w[2 * d :], b[2 * d :]), ca.num_heads)
+            q2 = self._heads(F.linear(x, ca.in_proj_weight[:d], ca.in_proj_bias[:d]), ca.num_heads)
             x = layer.norm2(x + ca.out_proj(self._merge(F.scaled_dot_product_attention(q2, k2, v2))))
             x = layer.norm3(x + layer.linear2(layer.activation(layer.linear1(x))))
         return x[:, 0]
@@ -139,14 +160,15 @@ class Transfusion(nn.Module):
 
         The decoder runs once per dimension on the new position only (cached keys and values).
         """
+        self._check_incremental()
         n = len(cond)
         z = torch.zeros(n, self.n_dims, device=cond.device)
         noise = torch.randn(n, self.n_dims, generator=generator, device=cond.device)
-        memory = self.encoder(self.cond_embed(cond).unsqueeze(1))
+        memory_kv = self._memory_kv(self.encoder(self.cond_embed(cond).unsqueeze(1)))
         cache: list[list[Tensor]] = [[z.new_empty(0), z.new_empty(0)] for _ in self.decoder.layers]
         for i in range(self.n_dims):
             previous = self.start[:, 0] if i == 0 else self.value_embed(z[:, i - 1 : i])
-            h = self._decode_step(previous.expand(n, -1) + self.position[:, i], memory, cache)
+            h = self._decode_step(previous.expand(n, -1) + self.position[:, i], memory_kv, cache)
 
             def v(t: Tensor, x: Tensor, h: Tensor = h) -> Tensor:
                 return self.velocity(x, t.reshape(1), h)
