@@ -35,7 +35,6 @@ from caloforge.models.calodream import (
     shape_noise,
     shape_velocity,
     train_solver,
-    voxels_from_fractions,
 )
 from caloforge.odesolvers import BNSSolver, count_evaluations, solve_dopri5, steps_for_nfe
 
@@ -88,7 +87,7 @@ def main() -> None:
                 outs.append(solve(v, x0[i : i + batch]))
                 calls = max(calls, counter[0])
         x1 = torch.cat(outs)
-        vox = voxels_from_fractions(model.fractions_from_features(x1), e_layer, det.threshold_mev)
+        vox = model.voxels_from_features(x1, e_layer)
         ms = 1000 * (time.perf_counter() - start) / len(e)
         return VoxelShowers(ref.energy, vox.numpy()), ms, calls, x1
 

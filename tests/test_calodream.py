@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import shutil
 
 import h5py
@@ -20,12 +21,14 @@ from caloforge.models.calodream import (
     layer_energies,
     layer_energies_from_u,
     load_model,
+    log_energy_features,
     sample_voxels,
     save_for_inference,
     train,
     train_solver,
     u_from_layer_energies,
     voxels_from_fractions,
+    voxels_from_log_energy,
 )
 from caloforge.models.transfusion import Transfusion
 from caloforge.models.vae import LayerVAE
@@ -418,6 +421,41 @@ def test_dequantised_shape_training_runs(voxel_file, tmp_path):
     cfg = CaloDreamConfig.from_preset("smoke", steps=4, dequantize=True)
     result = train(cfg, "shape", voxel_file, tmp_path / "dq")
     assert result.complete and np.isfinite(result.losses["cfm"])
+
+
+def test_log_energy_target_round_trip_and_gap():
+    vox = torch.from_numpy(toy_voxels(6).voxels)
+    e_layer = layer_energies(vox, 45)
+    thr = DET.threshold_mev
+    x = log_energy_features(vox, thr, torch.Generator().manual_seed(0))
+    hit = vox >= thr
+    assert (x[hit] >= 0).all() and (x[~hit] >= -4.0).all() and (x[~hit] <= -2.0).all()
+    torch.testing.assert_close(voxels_from_log_energy(x, e_layer, thr), vox, rtol=1e-4, atol=1e-4)
+    # a value in the gap over the cut is a hit at the threshold; under it, empty
+    x = torch.full((1, 2, 144), -3.0)
+    x[0, 0, :4] = torch.tensor([math.log(60 / thr), math.log(40 / thr), -0.5, -1.5])
+    x[0, 1, 5] = -2.5  # nothing over the cut: the layer's energy goes to its largest value
+    v = voxels_from_log_energy(x.reshape(1, -1), torch.tensor([[100 + thr, 1.0]]), thr).reshape(2, 144)
+    torch.testing.assert_close(v[0, :3], torch.tensor([60.0, 40.0, thr]))
+    assert (v[0, 3:] == 0).all() and v[1, 5] == pytest.approx(1.0) and v[1].sum() == v[1, 5]
+
+
+def test_log_energy_shape_model_trains_and_generates(voxel_file, tmp_path):
+    cfg = CaloDreamConfig.from_preset("smoke", steps=4, shape_target="log-energy")
+    train(cfg, "energy", voxel_file, tmp_path / "e")
+    result = train(cfg, "shape", voxel_file, tmp_path / "s", energy_model=tmp_path / "e")
+    assert result.complete and np.isfinite(result.losses["cfm"])
+    model = load_model(tmp_path / "s")
+    assert model.log_energy and model.config.shape_target == "log-energy"
+    (batch,) = generate(model, np.array([10.0, 60.0]))
+    v = batch.voxels
+    assert v.shape == (2, 6480) and ((v == 0) | (v >= DET.threshold_mev)).all() and (v.sum(1) > 0).all()
+    with pytest.raises(ValueError, match="full-space ViT"):
+        train(cfg, "shape", voxel_file, tmp_path / "x", vae_model=tmp_path / "e")
+    with pytest.raises(ValueError, match="shape_target must be one of"):
+        CaloDreamConfig.from_preset("smoke", shape_target="energy")
+    with pytest.raises(ValueError, match="dequantize applies"):
+        CaloDreamConfig.from_preset("smoke", shape_target="log-energy", dequantize=True)
 
 
 def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():

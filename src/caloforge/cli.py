@@ -473,12 +473,15 @@ def _train_calodream(
     resume: bool,
     max_minutes: float | None,
     threads: int | None,
+    target: str | None = None,
     **links: Path | None,
 ) -> None:
     from caloforge.models.calodream import CaloDreamConfig, train
 
     _set_threads(threads)
-    config = CaloDreamConfig.from_preset(preset, seed=seed, **_given(steps=steps, batch_size=batch_size))
+    config = CaloDreamConfig.from_preset(
+        preset, seed=seed, **_given(steps=steps, batch_size=batch_size, shape_target=target)
+    )
     with progress_bar() as bar:
         result = train(
             config,
@@ -534,6 +537,13 @@ def train_calodream_shape(
         Path | None,
         typer.Option(help="A trained VAE run: train the latent variant (laViT) in its latent space."),
     ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="What the ViT learns: logit-fraction (the paper's) or log-energy (log E/threshold, "
+            "empty voxels on a slab under it). Default: the preset's."
+        ),
+    ] = None,
     preset: DreamPresetOption = "cpu",
     steps: DreamStepsOption = None,
     batch_size: BatchOption = None,
@@ -554,6 +564,7 @@ def train_calodream_shape(
         resume,
         max_minutes,
         threads,
+        target,
         energy_model=energy_model,
         vae_model=vae,
     )

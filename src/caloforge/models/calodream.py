@@ -61,6 +61,7 @@ from caloforge.odesolvers import (
 __all__ = [
     "CHECKPOINT_FORMAT",
     "PARTS",
+    "SHAPE_TARGETS",
     "CaloDream",
     "CaloDreamConfig",
     "SolverSpec",
@@ -79,6 +80,15 @@ CHECKPOINT_FORMAT = "caloforge-calodream"
 CHECKPOINT_VERSION = 1
 PARTS = ("energy", "shape", "vae")
 EPS = 1e-6
+#: What the full-space shape network learns (``CaloDreamConfig.shape_target``): ``logit-fraction``
+#: (the paper's: logit of the voxel's share of its layer) or ``log-energy`` (log of the voxel
+#: energy over the readout threshold, empty voxels spread over a slab below it: see
+#: :func:`log_energy_features`).
+SHAPE_TARGETS = ("logit-fraction", "log-energy")
+#: Empty voxels of the ``log-energy`` target lie uniformly in this range of ``log(E / threshold)``;
+#: generated values under :data:`EMPTY_CUT` are empty, the rest hits (which start at 0).
+EMPTY_SLAB = (-4.0, -2.0)
+EMPTY_CUT = -1.0
 
 
 # --------------------------------------------------------------------------- variables
@@ -173,6 +183,44 @@ def voxels_from_fractions(frac: Tensor, e_layer: Tensor, threshold: float) -> Te
     return torch.where(v >= threshold, v, 0.0).reshape(n, -1)
 
 
+def log_energy_features(voxels: Tensor, threshold: float, gen: torch.Generator | None = None) -> Tensor:
+    """``log(E / threshold)`` of hit voxels (at least 0); empty ones uniform in :data:`EMPTY_SLAB`.
+
+    A spike of empty voxels is hard for a flow to learn and its edge sits right under the
+    smallest hits; a slab of finite width, separated from the hits by a gap, leaves the
+    network a margin: :func:`voxels_from_log_energy` cuts in the middle of the gap.
+    Without ``gen`` empty voxels sit at the slab's centre.
+
+    >>> log_energy_features(torch.tensor([[0.0, 1.0, 2.718281828]]), 1.0).tolist()
+    [[-3.0, 0.0, 1.0]]
+    """
+    hit = voxels >= threshold
+    lo, hi = EMPTY_SLAB
+    if gen is None:
+        empty = torch.full(voxels.shape, (lo + hi) / 2)
+    else:
+        empty = lo + (hi - lo) * torch.rand(voxels.shape, generator=gen)
+    return torch.where(hit, torch.log(voxels.clamp_min(threshold) / threshold), empty)
+
+
+def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float) -> Tensor:
+    """Voxel energies from :func:`log_energy_features` values, each layer rescaled to ``e_layer``.
+
+    Values under :data:`EMPTY_CUT` are empty; values between it and 0 (the threshold) are hits
+    at the threshold; the hits keep their relative energies and are scaled to the layer energy
+    (from the energy network) by :func:`voxels_from_fractions`. A layer without any value over
+    the cut keeps the shares of all its voxels (so its energy ends up in its largest one).
+    """
+    n, n_layers = e_layer.shape
+    x = x.reshape(n, n_layers, -1)
+    top = x.amax(-1, keepdim=True)
+    weight = torch.exp(x - top)  # relative energies, no overflow
+    hits = torch.where(x >= EMPTY_CUT, torch.exp(x.clamp_min(0.0) - top.clamp_min(0.0)), 0.0)
+    weight = torch.where(hits.sum(-1, keepdim=True) > 0, hits, weight)
+    frac = weight / weight.sum(-1, keepdim=True)
+    return voxels_from_fractions(frac.reshape(n, -1), e_layer, threshold)
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -185,7 +233,7 @@ class CaloDreamConfig(PresetConfig):
     """
 
     KIND: ClassVar[str] = "CaloDREAM"
-    LEGACY: ClassVar[dict[str, Any]] = {"dequantize": False}
+    LEGACY: ClassVar[dict[str, Any]] = {"dequantize": False, "shape_target": "logit-fraction"}
 
     seed: int = 0
     steps: int = 6000
@@ -225,6 +273,9 @@ class CaloDreamConfig(PresetConfig):
     # Off by default: on ds2 it doubled the generated hits (uniform noise in linear space
     # piles up just under the threshold in logit space, and small errors push it over).
     dequantize: bool = False
+    # What the full-space ViT learns (SHAPE_TARGETS): the paper's logit of the layer fraction,
+    # or log(E / threshold) with empty voxels on a slab below the threshold (log_energy_features).
+    shape_target: str = "logit-fraction"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "val_every", "log_every"):
@@ -232,6 +283,10 @@ class CaloDreamConfig(PresetConfig):
                 raise ValueError(f"CaloDREAM config: {name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"CaloDREAM config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.shape_target not in SHAPE_TARGETS:
+            raise ValueError(f"CaloDREAM config: shape_target must be one of {', '.join(SHAPE_TARGETS)}")
+        if self.dequantize and self.shape_target != "logit-fraction":
+            raise ValueError("CaloDREAM config: dequantize applies to the logit-fraction shape target")
         for name in ("energy_solver", "shape_solver"):
             if getattr(self, name) not in FIXED_STEP_METHODS:
                 raise ValueError(f"CaloDREAM config: {name} must be one of {', '.join(FIXED_STEP_METHODS)}")
@@ -417,23 +472,53 @@ class CaloDream(nn.Module):
         """Inverse of :meth:`u_features`."""
         return _expit(self.cond_standard.inverse(z))
 
-    def raw_shape_features(self, frac: Tensor) -> Tensor:
-        """``logit(frac)`` (or the VAE's latent mean for laViT) as ``(n, C, L, A, R)``, not standardised."""
+    @property
+    def log_energy(self) -> bool:
+        """Whether the (full-space) shape network learns the ``log-energy`` target."""
+        return self.part == "shape" and not self.latent and self.config.shape_target == "log-energy"
+
+    def raw_shape_features(
+        self, frac: Tensor, e_layer: Tensor | None = None, gen: torch.Generator | None = None
+    ) -> Tensor:
+        """The shape network's variables ``(n, C, L, A, R)`` of voxel fractions ``(n, n_voxels)``,
+        not standardised: ``logit(frac)``, the VAE's latent mean (laViT), or for the
+        ``log-energy`` target :func:`log_energy_features` of ``frac × e_layer`` (layer
+        energies in MeV; ``gen`` draws the empty voxels' places)."""
         if self.latent:
             assert self.vae_model is not None
             return self.vae_model.net.encode(frac.reshape(-1, 1, *self.grid))[0]  # type: ignore[operator]
+        if self.log_energy:
+            if e_layer is None:
+                raise ValueError("the log-energy shape target needs the layer energies")
+            n, n_layers = e_layer.shape
+            voxels = (frac.reshape(n, n_layers, -1) * e_layer.unsqueeze(-1)).reshape(n, -1)
+            x = log_energy_features(voxels, self.detector.threshold_mev, gen)
+            return x.reshape(-1, 1, *self.grid)
         return _logit(frac).reshape(-1, 1, *self.grid)
 
-    def shape_features(self, frac: Tensor) -> Tensor:
-        """Network variables of voxel fractions ``(n, n_voxels)``: ``(n, C, L, A, R)`` standardised."""
-        return self.standard(self.raw_shape_features(frac))
+    def shape_features(
+        self, frac: Tensor, e_layer: Tensor | None = None, gen: torch.Generator | None = None
+    ) -> Tensor:
+        """:meth:`raw_shape_features`, standardised."""
+        return self.standard(self.raw_shape_features(frac, e_layer, gen))
 
     def fractions_from_features(self, x: Tensor) -> Tensor:
-        """Inverse of :meth:`shape_features` (the VAE's decoder for laViT): ``(n, n_voxels)``."""
+        """Inverse of :meth:`shape_features` for the fraction targets (the VAE's decoder for
+        laViT): ``(n, n_voxels)``."""
+        if self.log_energy:
+            raise ValueError("a log-energy shape model gives voxel energies: use voxels_from_features")
         if self.latent:
             assert self.vae_model is not None
             return self.vae_model.net.decode(self.standard.inverse(x)).reshape(len(x), -1)  # type: ignore[operator]
         return _expit(self.standard.inverse(x)).reshape(len(x), -1)
+
+    def voxels_from_features(self, x: Tensor, e_layer: Tensor) -> Tensor:
+        """Voxel energies (MeV) ``(n, n_voxels)`` of network variables ``x`` given the layer
+        energies ``e_layer`` (MeV): thresholded, each layer keeping its energy."""
+        threshold = self.detector.threshold_mev
+        if self.log_energy:
+            return voxels_from_log_energy(self.standard.inverse(x).reshape(len(x), -1), e_layer, threshold)
+        return voxels_from_fractions(self.fractions_from_features(x), e_layer, threshold)
 
     def n_parameters(self) -> int:
         """Trainable parameters of this part's network."""
@@ -623,11 +708,12 @@ class _Trainer:
         return self.data.frac[idx].reshape(-1, 1, *self.model.grid)
 
     def _shape_x(self, idx: Tensor, gen: torch.Generator, fitted: bool = True) -> Tensor:
-        frac = self.data.frac[idx]  # type: ignore[index]
+        frac, e_layer = self.data.frac[idx], self.data.e_layer[idx]  # type: ignore[index]
         if self.config.dequantize and not self.model.latent:
-            frac = dequantize_fractions(frac, self.data.e_layer[idx], self.data.detector.threshold_mev, gen)
+            frac = dequantize_fractions(frac, e_layer, self.data.detector.threshold_mev, gen)
         with torch.no_grad():  # unfitted: the standardisation itself is being fitted
-            return self.model.shape_features(frac) if fitted else self.model.raw_shape_features(frac)
+            features = self.model.shape_features if fitted else self.model.raw_shape_features
+            return features(frac, e_layer, gen)
 
     def _loss(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         m, data = self.model, self.data
@@ -744,6 +830,11 @@ def train(
     if part != "shape" and (energy_model is not None or vae_model is not None):
         raise ValueError("--energy-model and --vae only apply to the shape network")
     ckpt, state = open_run(out_dir, config, resume, _read)
+    if vae_model is not None and config.shape_target != "logit-fraction":
+        raise ValueError(
+            f"shape target '{config.shape_target}' is for the full-space ViT; "
+            "laViT (--vae) learns the VAE's latents"
+        )
     vae = _load_part(vae_model, "vae") if vae_model is not None else None
     energy = _load_part(energy_model, "energy") if energy_model is not None else None
     if progress is not None:
@@ -849,9 +940,7 @@ def sample_voxels(
     """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u``."""
     x0 = shape_noise(model, len(e_inc), gen)
     x1 = solver.solver()(shape_velocity(model, shape_condition(model, e_inc, u)), x0)
-    frac = model.fractions_from_features(x1)
-    e_layer = layer_energies_from_u(u, e_inc * 1000.0)
-    return voxels_from_fractions(frac, e_layer, model.detector.threshold_mev)
+    return model.voxels_from_features(x1, layer_energies_from_u(u, e_inc * 1000.0))
 
 
 def generate(
