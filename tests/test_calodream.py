@@ -438,6 +438,18 @@ def test_log_energy_target_round_trip_and_gap():
     v = voxels_from_log_energy(x.reshape(1, -1), torch.tensor([[100 + thr, 1.0]]), thr).reshape(2, 144)
     torch.testing.assert_close(v[0, :3], torch.tensor([60.0, 40.0, thr]))
     assert (v[0, 3:] == 0).all() and v[1, 5] == pytest.approx(1.0) and v[1].sum() == v[1, 5]
+    # generated energies 3x too high: every hit survives, in order, and the layer sum is kept
+    g = torch.Generator().manual_seed(1)
+    e = thr * torch.exp(3 * torch.rand(4, 144, generator=g))
+    e[:, 100:] = 0.0
+    target = e.sum(-1) / 3
+    out = voxels_from_log_energy(log_energy_features(e, thr), target.reshape(4, 1), thr)
+    assert ((out > 0) == (e > 0)).all() and (out[e > 0] >= thr).all()
+    torch.testing.assert_close(out.sum(-1), target)
+    assert torch.equal(torch.argsort(out[:, :100], dim=-1), torch.argsort(e[:, :100], dim=-1))
+    few = voxels_from_log_energy(log_energy_features(e, thr), torch.full((4, 1), 10.5 * thr), thr)
+    assert ((few > 0).sum(-1) == 10).all()  # room for 10 hits at the threshold: the 10 largest
+    assert torch.equal(few.argsort(-1)[:, -10:].sort(-1).values, e.argsort(-1)[:, -10:].sort(-1).values)
 
 
 def test_log_energy_shape_model_trains_and_generates(voxel_file, tmp_path):

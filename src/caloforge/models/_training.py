@@ -145,7 +145,7 @@ def run_loop(
                         "step": trainer.step,
                         **trainer.last_losses,
                         "skipped_steps": trainer.skipped,
-                        "minutes": (time.monotonic() - start) / 60,
+                        "minutes": (elapsed_before + time.monotonic() - start) / 60,  # over all sessions
                     }
                     with log_path.open("a") as f:
                         f.write(json.dumps(record) + "\n")

@@ -203,22 +203,45 @@ def log_energy_features(voxels: Tensor, threshold: float, gen: torch.Generator |
     return torch.where(hit, torch.log(voxels.clamp_min(threshold) / threshold), empty)
 
 
-def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float) -> Tensor:
-    """Voxel energies from :func:`log_energy_features` values, each layer rescaled to ``e_layer``.
+def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterations: int = 60) -> Tensor:
+    """Voxel energies from :func:`log_energy_features` values, each layer holding ``e_layer``.
 
-    Values under :data:`EMPTY_CUT` are empty; values between it and 0 (the threshold) are hits
-    at the threshold; the hits keep their relative energies and are scaled to the layer energy
-    (from the energy network) by :func:`voxels_from_fractions`. A layer without any value over
-    the cut keeps the shares of all its voxels (so its energy ends up in its largest one).
+    Values under :data:`EMPTY_CUT` are empty, the rest are hits (values between the cut and 0
+    count as 0: at the threshold). Each layer's hits are then brought to the layer energy
+    given by the energy network with a **power** map ``E = threshold · (E_gen / threshold)^α``
+    (``α ≥ 0`` per layer, found by bisection): it keeps every hit at or above the threshold and
+    the order of the hits, so the number of hits the network made survives, whereas scaling
+    all energies by one factor would push the small hits under the threshold whenever the
+    network's energies overshoot (α < 1 also narrows a spread the network made too wide). A
+    layer with less energy than its hits need (threshold each) keeps its largest hits; one
+    with energy but no hit puts it in its largest voxel; one under the threshold is empty.
     """
     n, n_layers = e_layer.shape
-    x = x.reshape(n, n_layers, -1)
-    top = x.amax(-1, keepdim=True)
-    weight = torch.exp(x - top)  # relative energies, no overflow
-    hits = torch.where(x >= EMPTY_CUT, torch.exp(x.clamp_min(0.0) - top.clamp_min(0.0)), 0.0)
-    weight = torch.where(hits.sum(-1, keepdim=True) > 0, hits, weight)
-    frac = weight / weight.sum(-1, keepdim=True)
-    return voxels_from_fractions(frac.reshape(n, -1), e_layer, threshold)
+    x = x.reshape(n, n_layers, -1).double()
+    units = (e_layer.double() / threshold).unsqueeze(-1)  # layer energy in thresholds
+    y = x.clamp_min(0.0)
+    hit = x >= EMPTY_CUT
+    # at most floor(units) hits: keep the largest
+    keep = torch.minimum(hit.sum(-1, keepdim=True), units.floor().long())
+    order = torch.argsort(torch.where(hit, y, -1.0), dim=-1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1]).expand_as(order))
+    hit = hit & (rank < keep)
+
+    def total(alpha: Tensor) -> Tensor:
+        return torch.where(hit, torch.exp(alpha * y), 0.0).sum(-1, keepdim=True)
+
+    lo, hi = torch.zeros_like(units), torch.ones_like(units)
+    for _ in range(12):  # widen until the sum at hi reaches the layer energy (or give up)
+        hi = torch.where(total(hi) < units, 2 * hi, hi)
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        over = total(mid) > units
+        hi, lo = torch.where(over, mid, hi), torch.where(over, lo, mid)
+    v = torch.where(hit, torch.exp(lo * y), 0.0)  # at lo the sum is at most the layer energy:
+    v = v * (units / v.sum(-1, keepdim=True).clamp_min(1e-300))  # scaling up keeps every hit >= 1
+    top = torch.zeros_like(v).scatter_(-1, x.argmax(-1, keepdim=True), 1.0) * units
+    v = torch.where((keep == 0) & (units >= 1), top, v)
+    return (threshold * torch.where(units >= 1, v, 0.0)).reshape(n, -1).to(e_layer.dtype)
 
 
 # --------------------------------------------------------------------------- configuration
