@@ -203,14 +203,14 @@ def log_energy_features(voxels: Tensor, threshold: float, gen: torch.Generator |
     return torch.where(hit, torch.log(voxels.clamp_min(threshold) / threshold), empty)
 
 
-def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterations: int = 60) -> Tensor:
+def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterations: int = 20) -> Tensor:
     """Voxel energies from :func:`log_energy_features` values, each layer holding ``e_layer``.
 
     Values under :data:`EMPTY_CUT` are empty, the rest are hits (values between the cut and 0
     count as 0: at the threshold). Each layer's hits are then brought to the layer energy
     given by the energy network with a **power** map ``E = threshold · (E_gen / threshold)^α``
-    (``α ≥ 0`` per layer, found by bisection): it keeps every hit at or above the threshold and
-    the order of the hits, so the number of hits the network made survives, whereas scaling
+    (``α ≥ 0`` per layer, by Newton's method): it keeps every hit at or above the threshold
+    and the order of the hits, so the number of hits the network made survives, whereas scaling
     all energies by one factor would push the small hits under the threshold whenever the
     network's energies overshoot (α < 1 also narrows a spread the network made too wide). A
     layer with less energy than its hits need (threshold each) keeps its largest hits; one
@@ -227,18 +227,30 @@ def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterati
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1]).expand_as(order))
     hit = hit & (rank < keep)
 
-    def total(alpha: Tensor) -> Tensor:
-        return torch.where(hit, torch.exp(alpha * y), 0.0).sum(-1, keepdim=True)
-
-    lo, hi = torch.zeros_like(units), torch.ones_like(units)
-    for _ in range(12):  # widen until the sum at hi reaches the layer energy (or give up)
-        hi = torch.where(total(hi) < units, 2 * hi, hi)
+    y = torch.where(hit, y, -math.inf)  # exp(α · -inf) = 0: only hits count (α > 0)
+    log_units = units.clamp_min(1.0).log()
+    # α with log Σ exp(α y) = log(units): the left side is convex and increasing in α, so
+    # Newton's method started where it is too large converges from above, in a few steps.
+    alpha = torch.ones_like(units)
+    spread = y.amax(-1, keepdim=True) > 0  # else (no hits, or all at the threshold) α is moot
+    for _ in range(30):  # start: double α until the sum reaches the layer energy
+        short = (torch.logsumexp(alpha * y, -1, keepdim=True) < log_units) & spread
+        if not short.any():
+            break
+        alpha = torch.where(short, 2 * alpha, alpha)
     for _ in range(iterations):
-        mid = (lo + hi) / 2
-        over = total(mid) > units
-        hi, lo = torch.where(over, mid, hi), torch.where(over, lo, mid)
-    v = torch.where(hit, torch.exp(lo * y), 0.0)  # at lo the sum is at most the layer energy:
-    v = v * (units / v.sum(-1, keepdim=True).clamp_min(1e-300))  # scaling up keeps every hit >= 1
+        w = torch.softmax(alpha * y, -1)  # NaN for a layer without hits: handled below
+        slope = torch.nan_to_num((w * y.clamp_min(0.0)).sum(-1, keepdim=True))
+        excess = torch.nan_to_num(torch.logsumexp(alpha * y, -1, keepdim=True) - log_units)
+        step = torch.where((slope > 0) & (excess > 0), excess / slope.clamp_min(1e-300), 0.0)
+        alpha = alpha - step
+        if step.abs().max() < 1e-12:
+            break
+    v = torch.where(hit, torch.exp(alpha * y.clamp_min(0.0)), 0.0)
+    # From above the sum is at least the layer energy (or, when every hit sits at the threshold,
+    # the hits alone): the exact scaling can only move a hit under the threshold by rounding.
+    v = v * (units / v.sum(-1, keepdim=True).clamp_min(1e-300))
+    v = torch.where(hit, v.clamp_min(1.0), 0.0)
     top = torch.zeros_like(v).scatter_(-1, x.argmax(-1, keepdim=True), 1.0) * units
     v = torch.where((keep == 0) & (units >= 1), top, v)
     return (threshold * torch.where(units >= 1, v, 0.0)).reshape(n, -1).to(e_layer.dtype)
