@@ -464,6 +464,7 @@ def test_log_energy_shape_model_trains_and_generates(voxel_file, tmp_path):
     assert v.shape == (2, 6480) and ((v == 0) | (v >= DET.threshold_mev)).all() and (v.sum(1) > 0).all()
     with pytest.raises(ValueError, match="full-space ViT"):
         train(cfg, "shape", voxel_file, tmp_path / "x", vae_model=tmp_path / "e")
+    assert not (tmp_path / "x").exists()  # refused before the run directory is made
     with pytest.raises(ValueError, match="shape_target must be one of"):
         CaloDreamConfig.from_preset("smoke", shape_target="energy")
     with pytest.raises(ValueError, match="dequantize applies"):

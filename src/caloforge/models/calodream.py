@@ -227,26 +227,26 @@ def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterati
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1]).expand_as(order))
     hit = hit & (rank < keep)
 
-    y = torch.where(hit, y, -math.inf)  # exp(α · -inf) = 0: only hits count (α > 0)
+    y_hits = torch.where(hit, y, -math.inf)  # exp(α · -inf) = 0: only hits count (α > 0)
     log_units = units.clamp_min(1.0).log()
     # α with log Σ exp(α y) = log(units): the left side is convex and increasing in α, so
     # Newton's method started where it is too large converges from above, in a few steps.
     alpha = torch.ones_like(units)
-    spread = y.amax(-1, keepdim=True) > 0  # else (no hits, or all at the threshold) α is moot
+    spread = y_hits.amax(-1, keepdim=True) > 0  # else (no hits, or all at the threshold) α is moot
     for _ in range(30):  # start: double α until the sum reaches the layer energy
-        short = (torch.logsumexp(alpha * y, -1, keepdim=True) < log_units) & spread
+        short = (torch.logsumexp(alpha * y_hits, -1, keepdim=True) < log_units) & spread
         if not short.any():
             break
         alpha = torch.where(short, 2 * alpha, alpha)
     for _ in range(iterations):
-        w = torch.softmax(alpha * y, -1)  # NaN for a layer without hits: handled below
-        slope = torch.nan_to_num((w * y.clamp_min(0.0)).sum(-1, keepdim=True))
-        excess = torch.nan_to_num(torch.logsumexp(alpha * y, -1, keepdim=True) - log_units)
+        w = torch.softmax(alpha * y_hits, -1)  # NaN for a layer without hits: handled below
+        slope = torch.nan_to_num((w * y).sum(-1, keepdim=True))
+        excess = torch.nan_to_num(torch.logsumexp(alpha * y_hits, -1, keepdim=True) - log_units)
         step = torch.where((slope > 0) & (excess > 0), excess / slope.clamp_min(1e-300), 0.0)
         alpha = alpha - step
         if step.abs().max() < 1e-12:
             break
-    v = torch.where(hit, torch.exp(alpha * y.clamp_min(0.0)), 0.0)
+    v = torch.where(hit, torch.exp(alpha * y), 0.0)
     # From above the sum is at least the layer energy (or, when every hit sits at the threshold,
     # the hits alone): the exact scaling can only move a hit under the threshold by rounding.
     v = v * (units / v.sum(-1, keepdim=True).clamp_min(1e-300))
@@ -864,12 +864,12 @@ def train(
         raise ValueError(f"unknown CaloDREAM part '{part}': use one of {', '.join(PARTS)}")
     if part != "shape" and (energy_model is not None or vae_model is not None):
         raise ValueError("--energy-model and --vae only apply to the shape network")
-    ckpt, state = open_run(out_dir, config, resume, _read)
     if vae_model is not None and config.shape_target != "logit-fraction":
         raise ValueError(
             f"shape target '{config.shape_target}' is for the full-space ViT; "
             "laViT (--vae) learns the VAE's latents"
         )
+    ckpt, state = open_run(out_dir, config, resume, _read)
     vae = _load_part(vae_model, "vae") if vae_model is not None else None
     energy = _load_part(energy_model, "energy") if energy_model is not None else None
     if progress is not None:
