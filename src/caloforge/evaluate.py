@@ -27,6 +27,8 @@ __all__ = ["EvaluationConfig", "EvaluationError", "evaluate"]
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
 MIN_CLASSIFIER_SHOWERS = 50
+#: The CaloChallenge's high-level classifier and FPD/KPD inputs (besides log10 E_inc).
+HIGH_LEVEL_KEYS = ("E_layer", "EC_x", "EC_y", "width_x", "width_y")
 
 
 class EvaluationError(ValueError):
@@ -134,7 +136,13 @@ def _calochallenge(
     groups: dict[str, list[float]] = {}
     for name, value in powers.items():
         groups.setdefault(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, []).append(value)
-    x, y = metrics.feature_matrix(ref_feat), metrics.feature_matrix(cand_feat)
+
+    def matrix(vox: VoxelShowers, feat: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+        return np.column_stack([np.log10(vox.energy), metrics.feature_matrix({k: feat[k] for k in keys})])
+
+    # The CaloChallenge's high-level set (classifier, FPD and KPD): log10 E_inc, layer energies,
+    # centres and widths; the stricter set adds the sparsities and E_dep/E_inc.
+    x, y = (matrix(ref_vox, ref_feat, HIGH_LEVEL_KEYS), matrix(cand_vox, cand_feat, HIGH_LEVEL_KEYS))
     out: dict[str, Any] = {
         "separation_power": {k: float(np.mean(v)) for k, v in groups.items()},
         "separation_power_per_feature": powers,
@@ -142,15 +150,15 @@ def _calochallenge(
         "kpd": metrics.kpd(x, y, seed=config.seed),
     }
     if min(len(ref_vox), len(cand_vox)) >= MIN_CLASSIFIER_SHOWERS:
-        # CaloChallenge high-level classifier: the features above plus log10 of the incident energy.
-        result = metrics.classifier_auc(
-            np.column_stack([np.log10(ref_vox.energy), x]),
-            np.column_stack([np.log10(cand_vox.energy), y]),
-            n_splits=config.classifier_splits,
-            epochs=config.classifier_epochs,
-            seed=config.seed,
-        )
-        out["high_level_auc"] = result.as_tuple()
+        every = list(ref_feat)
+        for key, a, b in (
+            ("high_level_auc", x, y),
+            ("high_level_auc_sparsity", matrix(ref_vox, ref_feat, every), matrix(cand_vox, cand_feat, every)),
+        ):
+            result = metrics.classifier_auc(
+                a, b, n_splits=config.classifier_splits, epochs=config.classifier_epochs, seed=config.seed
+            )
+            out[key] = result.as_tuple()
     if config.low_level:
         result = metrics.classifier_auc(
             metrics.low_level_features(ref_vox, det),
@@ -378,23 +386,30 @@ def _report(result: dict[str, Any]) -> str:
             "## CaloChallenge metrics",
             "",
             "Separation power (0 identical, 1 disjoint; mean over layers per feature), FPD and KPD "
-            "(lower is better; value ± error).",
+            "(lower is better; value ± error). The high-level AUC and FPD/KPD use the CaloChallenge's "
+            "features (log E_inc, layer energies, centres and widths); the AUC + sparsity column adds "
+            "the per-layer sparsities and E_dep/E_inc.",
             "",
         ]
         groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
         lines.append(
             "| sample | "
             + " | ".join(f"SP {g}" for g in groups)
-            + " | FPD | KPD | high-level AUC | low-level AUC |"
+            + " | FPD | KPD | high-level AUC | high-level AUC + sparsity | low-level AUC |"
         )
-        lines.append("|---|" + "---|" * (len(groups) + 4))
+        lines.append("|---|" + "---|" * (len(groups) + 5))
         for c in result["candidates"]:
             cc = c["calochallenge"]
-            high, low = (_fmt(cc[k], 3) if k in cc else "-" for k in ("high_level_auc", "low_level_auc"))
+            aucs = [
+                _fmt(cc[k], 3) if k in cc else "-"
+                for k in ("high_level_auc", "high_level_auc_sparsity", "low_level_auc")
+            ]
             lines.append(
                 f"| {c['label']} | "
                 + " | ".join(f"{cc['separation_power'][g]:.4f}" for g in groups)
-                + f" | {_fmt(cc['fpd'], 4)} | {_fmt(cc['kpd'], 5)} | {high} | {low} |"
+                + f" | {_fmt(cc['fpd'], 4)} | {_fmt(cc['kpd'], 5)} | "
+                + " | ".join(aucs)
+                + " |"
             )
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
