@@ -15,14 +15,18 @@ from caloforge.io import VoxelShowers, open_showers, write_showers
 from caloforge.models.calodream import (
     CaloDreamConfig,
     SolverSpec,
+    calibrated_voxels,
     dequantize_fractions,
+    fit_calibration,
     fractions,
     generate,
+    hit_log_fractions,
     layer_energies,
     layer_energies_from_u,
     load_model,
     log_energy_features,
     sample_voxels,
+    save_calibration,
     save_for_inference,
     train,
     train_solver,
@@ -30,6 +34,7 @@ from caloforge.models.calodream import (
     voxels_from_fractions,
     voxels_from_log_energy,
 )
+from caloforge.models.quantile_map import QuantileMap
 from caloforge.models.transfusion import Transfusion
 from caloforge.models.vae import LayerVAE
 from caloforge.models.vit import ViT3d, patchify, unpatchify
@@ -394,7 +399,8 @@ def test_simulate_train_generate_evaluate_voxels(monkeypatch, tmp_path):
     (candidate,) = metrics["candidates"]
     assert candidate["generator"] == "calodream"
     text = json.dumps(candidate)
-    for key in ("separation_power", "fpd", "kpd", "low_level_auc", "high_level_auc", "classifier_auc"):
+    keys = ("separation_power", "fpd", "kpd", "low_level_auc", "high_level_auc", "high_level_auc_sparsity")
+    for key in (*keys, "classifier_auc"):
         assert key in text
 
 
@@ -469,6 +475,55 @@ def test_log_energy_shape_model_trains_and_generates(voxel_file, tmp_path):
         CaloDreamConfig.from_preset("smoke", shape_target="energy")
     with pytest.raises(ValueError, match="dequantize applies"):
         CaloDreamConfig.from_preset("smoke", shape_target="log-energy", dequantize=True)
+
+
+def test_identity_calibration_shares_each_layer_in_proportion_to_exp_y():
+    thr, n = DET.threshold_mev, 3
+    y = torch.full((n, 45, 144), -3.0)
+    y[:, :, :3] = torch.tensor([4.0, 2.0, -0.5])  # two hits and one at the threshold per layer
+    y[1, 10] = -3.0  # a layer without hits
+    y[1, 10, 7] = -2.0
+    e_layer = torch.full((n, 45), 100.0)
+    groups = hit_log_fractions(y.reshape(n, -1), e_layer, thr, (45, 16, 9))
+    assert groups.shape == (n, 45 * 9, 16) and torch.isnan(groups[1, 10 * 9]).all()
+    table = torch.linspace(-20, 5, 11).expand(1, 405, 11)
+    identity = QuantileMap(torch.zeros(1), table, table)
+    v = calibrated_voxels(y.reshape(n, -1), e_layer, torch.full((n,), 50.0), identity, (45, 16, 9), thr)
+    v = v.reshape(n, 45, 144)
+    torch.testing.assert_close(v.sum(-1), e_layer)
+    w = torch.tensor([math.exp(4.0), math.exp(2.0), 1.0])
+    torch.testing.assert_close(v[0, 0, :3], 100.0 * w / w.sum())
+    assert (v[0, :, 3:] == 0).all() and v[1, 10, 7] == pytest.approx(100.0)
+
+
+def test_calibration_is_fitted_saved_and_used(voxel_file, tmp_path, monkeypatch):
+    cfg = CaloDreamConfig.from_preset("smoke", steps=4, shape_target="log-energy")
+    train(cfg, "energy", voxel_file, tmp_path / "e")
+    train(cfg, "shape", voxel_file, tmp_path / "s", energy_model=tmp_path / "e")
+    model = load_model(tmp_path / "s")
+    calibration = fit_calibration(model, voxel_file, n_showers=60, n_bins=2)
+    assert calibration.source.shape == (2, 405, 51) and model.calibration is calibration
+    out = save_calibration(tmp_path / "s", calibration, tmp_path / "calibrated.pt")
+    again = load_model(out)
+    torch.testing.assert_close(again.calibration.target, calibration.target.float())
+    assert load_model(tmp_path / "s").calibration is None  # the run itself is unchanged
+    (batch,) = generate(again, np.array([10.0, 60.0]), seed=3)
+    (plain,) = generate(load_model(tmp_path / "s"), np.array([10.0, 60.0]), seed=3)
+    v = batch.voxels
+    assert ((v == 0) | (v >= DET.threshold_mev)).all() and not np.array_equal(v, plain.voxels)
+    np.testing.assert_allclose(
+        v.reshape(2, 45, -1).sum(-1), plain.voxels.reshape(2, 45, -1).sum(-1), rtol=1e-4
+    )
+    run = tmp_path / "s"
+    run_cli(monkeypatch, "calibrate", "--model", run, "--data", voxel_file, "--showers", 40, "--bins", 3)
+    assert load_model(run).calibration.source.shape[0] == 3
+    run_cli(monkeypatch, "generate", "--model", run, "-n", 4, "--energy", 20, "--out", tmp_path / "g.h5")
+    with open_showers(tmp_path / "g.h5") as f:
+        assert f.attrs["calibrated"]
+    run_cli(monkeypatch, "calibrate", "--model", run, "--data", voxel_file, "--steps", 3, code=2)
+    run_cli(monkeypatch, "calibrate", "--model", "calodream", "--data", voxel_file, code=2)  # read-only
+    with pytest.raises(ValueError, match="only a log-energy shape model"):
+        fit_calibration(load_model(tmp_path / "e"), voxel_file)
 
 
 def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():

@@ -684,7 +684,10 @@ def distill(
 @app.command()
 def calibrate(
     model: Annotated[str, typer.Option(help="A run directory or checkpoint ('default' needs --out).")],
-    data: Annotated[Path, typer.Option(help="Geant4 point-cloud file to calibrate against.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="Geant4 training file to calibrate against (points; voxels for CaloDREAM)."),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write here instead of updating the checkpoint.")
     ] = None,
@@ -696,19 +699,31 @@ def calibrate(
         float | None, typer.Option(help="Highest noise level of the sampler (default: the model's).")
     ] = None,
     showers: Annotated[
-        int | None, typer.Option(min=1, help="Model showers per fit pass (default: the model config's).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Model showers per fit pass (default: the model config's; CaloDREAM: 4000).",
+        ),
     ] = None,
+    bins: Annotated[
+        int, typer.Option(min=1, help="CaloDREAM: incident-energy bins of the hit-energy calibration.")
+    ] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the energies and noise used.")] = 0,
     threads: ThreadsOption = None,
 ) -> None:
-    """Refit a model's number-of-points calibration (SPEC 6.1) for its (or a new) sampler."""
-    from caloforge.generation import resolve_model
+    """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
+    sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy)."""
+    from caloforge.generation import SHIPPED_MODELS, resolve_model
     from caloforge.models.caloclouds2 import calibrate as run_calibration
+    from caloforge.models.calodream import is_calodream_checkpoint
 
-    if model == "default" and out is None:
+    if (model == "default" or model in SHIPPED_MODELS) and out is None:
         raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
     _set_threads(threads)
     path = resolve_model(model)
+    if is_calodream_checkpoint(path):
+        _calibrate_calodream(path, data, out, showers or 4000, bins, seed, sampler or steps or sigma_max)
+        return
     with progress_bar() as bar:
         result = run_calibration(
             path,
@@ -723,6 +738,27 @@ def calibrate(
         )
     ratio = ", ".join(f"{c:.4g}" for c in result.ratio_coeffs)
     console.print(f"number-of-points calibration refitted (cubic coefficients {ratio}); wrote {out or path}")
+
+
+def _calibrate_calodream(
+    path: Path, data: Path, out: Path | None, showers: int, bins: int, seed: int, sampler_given: object
+) -> None:
+    from caloforge.models.calodream import fit_calibration, load_model, save_calibration
+
+    if sampler_given:
+        raise ValueError(
+            "--sampler, --steps and --sigma-max are CaloClouds II options; CaloDREAM keeps its sampler"
+        )
+    model = load_model(path)
+    with progress_bar() as bar:
+        calibration = fit_calibration(
+            model, data, n_showers=showers, n_bins=bins, seed=seed, progress=_stage_progress(bar)
+        )
+    written = save_calibration(path, calibration, out)
+    console.print(
+        f"hit-energy calibration fitted on {showers:,} showers of {data.name} "
+        f"({bins} energy bins, {calibration.n_groups} layer-ring groups); wrote {written}"
+    )
 
 
 @app.command()

@@ -317,6 +317,7 @@ def _generate_calodream(
     energies = np.asarray(energies_gev, np.float64)
     attrs = _attrs(model, path, energies, "calodream", spec.method, spec.n_steps, spec.evaluations)
     attrs["latent"] = bool(net.latent)
+    attrs["calibrated"] = net.calibration is not None  # hit energies calibrated (calibrate --model)
     batches = generate(
         net,
         energies,

@@ -46,6 +46,7 @@ from caloforge.models._training import (
     save_checkpoint,
 )
 from caloforge.models.edm import EMA
+from caloforge.models.quantile_map import QuantileMap
 from caloforge.models.transfusion import Transfusion
 from caloforge.models.vae import LayerVAE, vae_loss
 from caloforge.models.vit import ViT3d
@@ -65,11 +66,13 @@ __all__ = [
     "CaloDream",
     "CaloDreamConfig",
     "SolverSpec",
+    "fit_calibration",
     "generate",
     "layer_energies",
     "layer_energies_from_u",
     "load_model",
     "resolve_solver",
+    "save_calibration",
     "save_for_inference",
     "train",
     "train_solver",
@@ -254,6 +257,50 @@ def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterati
     top = torch.zeros_like(v).scatter_(-1, x.argmax(-1, keepdim=True), 1.0) * units
     v = torch.where((keep == 0) & (units >= 1), top, v)
     return (threshold * torch.where(units >= 1, v, 0.0)).reshape(n, -1).to(e_layer.dtype)
+
+
+def hit_log_fractions(y: Tensor, e_layer: Tensor, threshold: float, grid: tuple[int, int, int]) -> Tensor:
+    """``log(E / E_layer)`` of the hits in :func:`log_energy_features` values ``y`` ``(n, n_voxels)``
+    (NaN for empty voxels), grouped by layer and radial ring: ``(n, layers · rings, angles)``.
+
+    Values between the empty cut and 0 are hits at the threshold, as in decoding; a layer
+    with less than the threshold counts as holding the threshold.
+    """
+    n_layers, n_alpha, n_radial = grid
+    y = y.double().reshape(-1, n_layers, n_alpha, n_radial).transpose(2, 3)
+    log_layer = torch.log(e_layer.double().clamp_min(threshold) / threshold).view(-1, n_layers, 1, 1)
+    v = torch.where(y >= EMPTY_CUT, y.clamp_min(0.0) - log_layer, math.nan)
+    return v.reshape(-1, n_layers * n_radial, n_alpha)
+
+
+def calibrated_voxels(
+    y: Tensor,
+    e_layer: Tensor,
+    e_inc: Tensor,
+    calibration: QuantileMap,
+    grid: tuple[int, int, int],
+    threshold: float,
+) -> Tensor:
+    """Voxel energies (MeV) from :func:`log_energy_features` values ``y`` with calibrated hits.
+
+    Each hit's :func:`hit_log_fractions` value goes through ``calibration`` (per layer and
+    ring, at the shower's incident energy ``e_inc`` in GeV); the hits then share their layer's
+    energy ``e_layer`` in proportion to ``exp`` of the calibrated values
+    (:func:`voxels_from_fractions`: thresholded and rescaled so that each layer keeps its
+    energy). A layer without hits puts its energy in its largest voxel.
+    """
+    n_layers, n_alpha, n_radial = grid
+    n = len(y)
+    v = calibration(hit_log_fractions(y, e_layer, threshold, grid), torch.log(e_inc.double()))
+    v = v.reshape(n, n_layers, n_radial, n_alpha).transpose(2, 3).reshape(n, n_layers, -1)
+    w = torch.exp(
+        torch.nan_to_num(v, nan=-math.inf) - torch.nan_to_num(v, nan=-math.inf).amax(-1, keepdim=True)
+    )
+    w = torch.nan_to_num(w)  # layers without hits: all NaN above
+    top = torch.zeros_like(w).scatter_(-1, y.reshape(n, n_layers, -1).argmax(-1, keepdim=True), 1.0)
+    w = torch.where(w.sum(-1, keepdim=True) > 0, w, top)
+    frac = w / w.sum(-1, keepdim=True)
+    return voxels_from_fractions(frac.reshape(n, -1).float(), e_layer, threshold)
 
 
 # --------------------------------------------------------------------------- configuration
@@ -484,6 +531,8 @@ class CaloDream(nn.Module):
         self.cond_standard = _Standard((n_layers,))  # of logit(u), the shape net's condition
         self.energy_model: CaloDream | None = None
         self.vae_model: CaloDream | None = None
+        # hit-energy calibration of a log-energy shape model (fit_calibration; None: none)
+        self.calibration: QuantileMap | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Embedded parts are saved as their own inference states, not inside this state dict.
@@ -547,12 +596,19 @@ class CaloDream(nn.Module):
             return self.vae_model.net.decode(self.standard.inverse(x)).reshape(len(x), -1)  # type: ignore[operator]
         return _expit(self.standard.inverse(x)).reshape(len(x), -1)
 
-    def voxels_from_features(self, x: Tensor, e_layer: Tensor) -> Tensor:
+    def voxels_from_features(self, x: Tensor, e_layer: Tensor, e_inc: Tensor | None = None) -> Tensor:
         """Voxel energies (MeV) ``(n, n_voxels)`` of network variables ``x`` given the layer
-        energies ``e_layer`` (MeV): thresholded, each layer keeping its energy."""
+        energies ``e_layer`` (MeV): thresholded, each layer keeping its energy.
+
+        A log-energy model with a fitted :attr:`calibration` and the incident energies
+        ``e_inc`` (GeV) calibrates its hits' energies first and then scales each layer
+        linearly (:func:`calibrated_voxels`); otherwise the power map decodes the layers."""
         threshold = self.detector.threshold_mev
         if self.log_energy:
-            return voxels_from_log_energy(self.standard.inverse(x).reshape(len(x), -1), e_layer, threshold)
+            y = self.standard.inverse(x).reshape(len(x), -1)
+            if self.calibration is not None and e_inc is not None:
+                return calibrated_voxels(y, e_layer, e_inc, self.calibration, self.grid, threshold)
+            return voxels_from_log_energy(y, e_layer, threshold)
         return voxels_from_fractions(self.fractions_from_features(x), e_layer, threshold)
 
     def n_parameters(self) -> int:
@@ -576,6 +632,7 @@ class CaloDream(nn.Module):
             "model": self.state_dict(),
             "energy_model": self.energy_model.inference_state() if self.energy_model is not None else None,
             "vae_model": self.vae_model.inference_state() if self.vae_model is not None else None,
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
         }
 
 
@@ -597,6 +654,8 @@ def _from_state(state: dict[str, Any], where: str) -> CaloDream:
     model.load_state_dict(state["model"])
     model.complete = bool(state["complete"])
     model.sampler = {k: SolverSpec.from_dict(v) for k, v in state["sampler"].items()}
+    if state.get("calibration") is not None:
+        model.calibration = QuantileMap.from_dict(state["calibration"])
     return model.eval().requires_grad_(False)
 
 
@@ -975,7 +1034,7 @@ def sample_voxels(
     """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u``."""
     x0 = shape_noise(model, len(e_inc), gen)
     x1 = solver.solver()(shape_velocity(model, shape_condition(model, e_inc, u)), x0)
-    return model.voxels_from_features(x1, layer_energies_from_u(u, e_inc * 1000.0))
+    return model.voxels_from_features(x1, layer_energies_from_u(u, e_inc * 1000.0), e_inc)
 
 
 def generate(
@@ -1012,6 +1071,78 @@ def generate(
             u = sample_u(model.energy_model, e, energy_solver, gen)  # type: ignore[arg-type]
         vox = sample_voxels(model, e, u, shape_solver, gen)
         yield VoxelShowers(energies[lo : lo + batch_size], vox.numpy())
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def fit_calibration(
+    model: CaloDream,
+    data_path: str | Path,
+    *,
+    n_showers: int = 4000,
+    n_bins: int = 8,
+    drop_hits: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: Progress | None = None,
+) -> QuantileMap:
+    """Fit (and set) ``model.calibration`` against the first ``n_showers`` Geant4 showers of a
+    training voxel file.
+
+    The model generates one shower per training incident energy (its energy network and
+    stored sampler); per layer, radial ring and incident-energy bin (``n_bins`` log-uniform
+    over the training range, interpolated in between), the quantiles of its hits'
+    ``log(E / E_layer)`` are matched to Geant4's. With ``drop_hits`` the hit rates are matched
+    too: where the model hits a group's voxels more often than Geant4, its smallest hits
+    there become empty (:class:`QuantileMap` ``rates``). Use training showers, never the test set.
+    """
+    if not model.log_energy or model.energy_model is None:
+        raise ValueError("only a log-energy shape model with an energy network can be calibrated")
+    data = load_voxel_data(data_path, max_showers=n_showers)
+    if data.detector.to_dict() != model.detector.to_dict():
+        raise ValueError(
+            f"'{data_path}' is for detector '{data.detector.name}', the model for '{model.detector.name}'"
+        )
+    assert data.frac is not None
+    threshold, n = model.detector.threshold_mev, len(data.energy)
+    g4 = (data.frac.reshape(n, model.grid[0], -1) * data.e_layer.unsqueeze(-1)).reshape(n, -1)
+    target = hit_log_fractions(log_energy_features(g4, threshold), data.e_layer, threshold, model.grid)
+    gen = torch.Generator().manual_seed(seed)
+    sources = []
+    for lo in range(0, n, batch_size):
+        e = data.energy[lo : lo + batch_size]
+        u = sample_u(model.energy_model, e, model.energy_model.sampler["energy"], gen)
+        with torch.no_grad():
+            x1 = model.sampler["shape"].solver()(
+                shape_velocity(model, shape_condition(model, e, u)), shape_noise(model, len(e), gen)
+            )
+        y = model.standard.inverse(x1).reshape(len(e), -1)
+        sources.append(hit_log_fractions(y, layer_energies_from_u(u, e * 1000.0), threshold, model.grid))
+        if progress is not None:
+            progress("calibration showers", min(lo + batch_size, n), n)
+    log_e = torch.log(data.energy.double())
+    lo_e, hi_e = (math.log(v) for v in model.energy_range)
+    model.calibration = QuantileMap.fit(
+        torch.cat(sources), log_e, target, log_e, (lo_e, hi_e), n_bins=n_bins, drop=drop_hits
+    )
+    return model.calibration
+
+
+def save_calibration(
+    path: str | Path, calibration: QuantileMap | None, out: str | Path | None = None
+) -> Path:
+    """Write ``calibration`` into the checkpoint at ``path`` (file or run directory), or into a
+    copy at ``out``; everything else in the checkpoint is kept. ``None`` removes it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = _read(path)
+    _from_state(state, str(path))  # refuse anything that would not load
+    state["calibration"] = calibration.to_dict() if calibration is not None else None
+    target = Path(out) if out is not None else path
+    save_checkpoint(state, target)
+    return target
 
 
 # --------------------------------------------------------------------------- BNS solvers
