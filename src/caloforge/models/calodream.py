@@ -1032,9 +1032,17 @@ def sample_voxels(
     model: CaloDream, e_inc: Tensor, u: Tensor, solver: SolverSpec, gen: torch.Generator
 ) -> Tensor:
     """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u``."""
-    x0 = shape_noise(model, len(e_inc), gen)
-    x1 = solver.solver()(shape_velocity(model, shape_condition(model, e_inc, u)), x0)
+    x1 = sample_shape_features(model, e_inc, u, solver, gen)
     return model.voxels_from_features(x1, layer_energies_from_u(u, e_inc * 1000.0), e_inc)
+
+
+@torch.no_grad()
+def sample_shape_features(
+    model: CaloDream, e_inc: Tensor, u: Tensor, solver: SolverSpec, gen: torch.Generator
+) -> Tensor:
+    """The shape network's (standardised) variables at t = 1, from noise drawn with ``gen``."""
+    x0 = shape_noise(model, len(e_inc), gen)
+    return solver.solver()(shape_velocity(model, shape_condition(model, e_inc, u)), x0)
 
 
 def generate(
@@ -1113,10 +1121,7 @@ def fit_calibration(
     for lo in range(0, n, batch_size):
         e = data.energy[lo : lo + batch_size]
         u = sample_u(model.energy_model, e, model.energy_model.sampler["energy"], gen)
-        with torch.no_grad():
-            x1 = model.sampler["shape"].solver()(
-                shape_velocity(model, shape_condition(model, e, u)), shape_noise(model, len(e), gen)
-            )
+        x1 = sample_shape_features(model, e, u, model.sampler["shape"], gen)
         y = model.standard.inverse(x1).reshape(len(e), -1)
         sources.append(hit_log_fractions(y, layer_energies_from_u(u, e * 1000.0), threshold, model.grid))
         if progress is not None:
