@@ -31,6 +31,7 @@ from caloforge.models.calodream import (
     train,
     train_solver,
     u_from_layer_energies,
+    uses_calibration,
     voxels_from_fractions,
     voxels_from_log_energy,
 )
@@ -503,6 +504,8 @@ def test_calibration_is_fitted_saved_and_used(voxel_file, tmp_path, monkeypatch)
     model = load_model(tmp_path / "s")
     calibration = fit_calibration(model, voxel_file, n_showers=60, n_bins=2)
     assert calibration.source.shape == (2, 405, 51) and model.calibration is calibration
+    assert calibration.rates is not None and torch.isfinite(calibration.target).all()
+    assert (calibration.target != calibration.source).any()  # some groups have enough hits to map
     out = save_calibration(tmp_path / "s", calibration, tmp_path / "calibrated.pt")
     again = load_model(out)
     torch.testing.assert_close(again.calibration.target, calibration.target.float())
@@ -514,6 +517,12 @@ def test_calibration_is_fitted_saved_and_used(voxel_file, tmp_path, monkeypatch)
     np.testing.assert_allclose(
         v.reshape(2, 45, -1).sum(-1), plain.voxels.reshape(2, 45, -1).sum(-1), rtol=1e-4
     )
+    # another sampler than the one it was fitted with: no calibration
+    euler = SolverSpec("euler", 2)
+    assert uses_calibration(again, again.sampler["shape"]) and not uses_calibration(again, euler)
+    (a,) = generate(again, np.array([10.0, 60.0]), seed=3, shape_solver=euler)
+    (b,) = generate(load_model(tmp_path / "s"), np.array([10.0, 60.0]), seed=3, shape_solver=euler)
+    np.testing.assert_array_equal(a.voxels, b.voxels)
     run = tmp_path / "s"
     run_cli(monkeypatch, "calibrate", "--model", run, "--data", voxel_file, "--showers", 40, "--bins", 3)
     assert load_model(run).calibration.source.shape[0] == 3

@@ -49,3 +49,33 @@ def test_energy_bins_are_interpolated_between_their_centres():
     torch.testing.assert_close(shift, torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]), atol=0.1, rtol=0.0)
     back = QuantileMap.from_dict(qmap.to_dict())
     torch.testing.assert_close(back(zero, torch.full((5,), 0.7)), qmap(zero, torch.full((5,), 0.7)))
+
+
+def test_surplus_values_are_dropped_by_exceedance_rate():
+    # the model makes a value in 80 % of the slots, the reference in 50 %: both N(0, 1) when present
+    gen = torch.Generator().manual_seed(0)
+    src = torch.randn(40_000, 1, 1, generator=gen)
+    src[torch.rand(40_000, generator=gen) > 0.8] = math.nan
+    dst = torch.randn(40_000, 1, 1, generator=gen)
+    dst[torch.rand(40_000, generator=gen) > 0.5] = math.nan
+    log_e = torch.zeros(40_000)
+    qmap = QuantileMap.fit(src, log_e, dst, log_e, (-1, 1), n_bins=1, drop=True)
+    torch.testing.assert_close(
+        qmap.rates[:, 0, 0], torch.tensor([0.8, 0.5], dtype=torch.float64), atol=0.01, rtol=0
+    )
+    x = torch.tensor([[[-1.0, 0.0, 0.5, 1.0, 2.0]]])
+    y = qmap(x, torch.zeros(1))[0, 0]
+    # kept: a model value exceeded with rate (1 - Φ(x)) · 0.8 ≤ 0.5, i.e. x ≥ Φ⁻¹(3/8) ≈ -0.32
+    assert torch.isnan(y[0]) and torch.isfinite(y[1:]).all()
+    normal = torch.distributions.Normal(0.0, 1.0)
+    expected = normal.icdf(1 - (1 - normal.cdf(x[0, 0, 1:])) * 0.8 / 0.5)
+    torch.testing.assert_close(y[1:], expected, atol=0.05, rtol=0)
+
+
+def test_empty_energy_bins_map_to_themselves():
+    values = torch.randn(1000, 2, 3, generator=torch.Generator().manual_seed(1))
+    log_e = torch.full((1000,), 0.2)  # every shower in the first of two bins
+    qmap = QuantileMap.fit(values, log_e, values + 1.0, log_e, (0.0, 2.0), n_bins=2, drop=True)
+    x = torch.zeros(3, 2, 1)
+    y = qmap(x, torch.tensor([0.5, 1.0, 1.5]))[:, 0, 0]
+    torch.testing.assert_close(y, torch.tensor([1.0, 0.5, 0.0]), atol=0.1, rtol=0)

@@ -722,7 +722,8 @@ def calibrate(
     _set_threads(threads)
     path = resolve_model(model)
     if is_calodream_checkpoint(path):
-        _calibrate_calodream(path, data, out, showers or 4000, bins, seed, sampler or steps or sigma_max)
+        sampler_given = any(v is not None for v in (sampler, steps, sigma_max))
+        _calibrate_calodream(path, data, out, showers or 4000, bins, seed, sampler_given)
         return
     with progress_bar() as bar:
         result = run_calibration(
@@ -741,7 +742,7 @@ def calibrate(
 
 
 def _calibrate_calodream(
-    path: Path, data: Path, out: Path | None, showers: int, bins: int, seed: int, sampler_given: object
+    path: Path, data: Path, out: Path | None, showers: int, bins: int, seed: int, sampler_given: bool
 ) -> None:
     from caloforge.models.calodream import fit_calibration, load_model, save_calibration
 
@@ -756,7 +757,7 @@ def _calibrate_calodream(
         )
     written = save_calibration(path, calibration, out)
     console.print(
-        f"hit-energy calibration fitted on {showers:,} showers of {data.name} "
+        f"hit-energy calibration fitted on the first {showers:,} showers (at most) of {data.name} "
         f"({bins} energy bins, {calibration.n_groups} layer-ring groups); wrote {written}"
     )
 

@@ -308,7 +308,7 @@ def _generate_calodream(
     progress: Callable[[int, int], None] | None,
 ) -> GenerationResult:
     """CaloDREAM: energy network then shape network, written as a CaloChallenge voxel file."""
-    from caloforge.models.calodream import generate, load_model, resolve_solver
+    from caloforge.models.calodream import generate, load_model, resolve_solver, uses_calibration
 
     net = load_model(path)
     if net.part != "shape":
@@ -317,7 +317,7 @@ def _generate_calodream(
     energies = np.asarray(energies_gev, np.float64)
     attrs = _attrs(model, path, energies, "calodream", spec.method, spec.n_steps, spec.evaluations)
     attrs["latent"] = bool(net.latent)
-    attrs["calibrated"] = net.calibration is not None  # hit energies calibrated (calibrate --model)
+    attrs["calibrated"] = uses_calibration(net, spec)  # hit energies calibrated (calibrate --model)
     batches = generate(
         net,
         energies,

@@ -77,6 +77,7 @@ __all__ = [
     "train",
     "train_solver",
     "u_from_layer_energies",
+    "uses_calibration",
 ]
 
 CHECKPOINT_FORMAT = "caloforge-calodream"
@@ -264,12 +265,13 @@ def hit_log_fractions(y: Tensor, e_layer: Tensor, threshold: float, grid: tuple[
     (NaN for empty voxels), grouped by layer and radial ring: ``(n, layers · rings, angles)``.
 
     Values between the empty cut and 0 are hits at the threshold, as in decoding; a layer
-    with less than the threshold counts as holding the threshold.
+    with less than the threshold has no hits (decoding empties it).
     """
     n_layers, n_alpha, n_radial = grid
     y = y.double().reshape(-1, n_layers, n_alpha, n_radial).transpose(2, 3)
     log_layer = torch.log(e_layer.double().clamp_min(threshold) / threshold).view(-1, n_layers, 1, 1)
-    v = torch.where(y >= EMPTY_CUT, y.clamp_min(0.0) - log_layer, math.nan)
+    filled = (e_layer >= threshold).view(-1, n_layers, 1, 1)
+    v = torch.where((y >= EMPTY_CUT) & filled, y.clamp_min(0.0) - log_layer, math.nan)
     return v.reshape(-1, n_layers * n_radial, n_alpha)
 
 
@@ -1031,9 +1033,19 @@ def sample_u(model: CaloDream, e_inc: Tensor, solver: SolverSpec, gen: torch.Gen
 def sample_voxels(
     model: CaloDream, e_inc: Tensor, u: Tensor, solver: SolverSpec, gen: torch.Generator
 ) -> Tensor:
-    """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u``."""
+    """Voxel energies (MeV) ``(n, n_voxels)`` from the shape network given ``u`` (calibrated
+    when :func:`uses_calibration`)."""
     x1 = sample_shape_features(model, e_inc, u, solver, gen)
-    return model.voxels_from_features(x1, layer_energies_from_u(u, e_inc * 1000.0), e_inc)
+    e_layer = layer_energies_from_u(u, e_inc * 1000.0)
+    return model.voxels_from_features(x1, e_layer, e_inc if uses_calibration(model, solver) else None)
+
+
+def uses_calibration(model: CaloDream, solver: SolverSpec) -> bool:
+    """Whether generation with ``solver`` applies the model's hit-energy calibration: only with
+    the sampler it was fitted with (the model's stored one)."""
+    stored = model.sampler["shape"]
+    same = solver.method == stored.method and solver.n_steps == stored.n_steps and solver.bns is stored.bns
+    return model.log_energy and model.calibration is not None and same
 
 
 @torch.no_grad()
@@ -1143,7 +1155,13 @@ def save_calibration(
     if path.is_dir():
         path = path / "checkpoint.pt"
     state = _read(path)
-    _from_state(state, str(path))  # refuse anything that would not load
+    model = _from_state(state, str(path))  # refuse anything that would not load
+    if calibration is not None:
+        groups = model.grid[0] * model.grid[2]
+        if not model.log_energy or calibration.n_groups != groups:
+            raise ValueError(
+                f"'{path}' is not a log-energy shape model with {calibration.n_groups} layer-ring groups"
+            )
     state["calibration"] = calibration.to_dict() if calibration is not None else None
     target = Path(out) if out is not None else path
     save_checkpoint(state, target)
@@ -1221,6 +1239,7 @@ def save_solver(model_path: str | Path, solver: BNSSolver, out: str | Path | Non
         raise CheckpointError(f"'{path}' is not a CaloDREAM shape model")
     spec = SolverSpec("bns", solver.n_steps, solver.to_dict())
     state["sampler"] = dict(state["sampler"]) | {"shape": spec.to_dict()}
+    state["calibration"] = None  # fitted with the previous sampler: refit with calibrate
     target = Path(out) if out is not None else path
     save_checkpoint(state, target)
     return target

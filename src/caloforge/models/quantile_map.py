@@ -61,6 +61,9 @@ class QuantileMap:
             raise ValueError("one log-energy centre per bin is needed")
         if self.rates is not None and self.rates.shape != (2, *self.source.shape[:2]):
             raise ValueError("presence rates must be (2, bins, groups)")
+        tables = [self.source, self.target] + ([self.rates] if self.rates is not None else [])
+        if not all(torch.isfinite(t).all() for t in tables):
+            raise ValueError("quantile tables and rates must be finite")
 
     @property
     def n_groups(self) -> int:
@@ -93,32 +96,36 @@ class QuantileMap:
         lo, hi = log_e_range
         edges = np.linspace(lo, hi, n_bins + 1)
         levels = np.linspace(0.0, 1.0, n_quantiles)
+        identity = np.linspace(-50.0, 50.0, n_quantiles)  # any increasing table: src == dst
         groups = source.shape[1]
         src_tab = np.zeros((n_bins, groups, n_quantiles))
         dst_tab = np.zeros((n_bins, groups, n_quantiles))
         rates = np.ones((2, n_bins, groups))
+        sides_np = []
+        for values, log_e in ((source, source_log_e), (target, target_log_e)):
+            b = np.clip(np.searchsorted(edges, log_e.double().numpy(), side="right") - 1, 0, n_bins - 1)
+            v = values.double().numpy()
+            sides_np.append((v.reshape(len(v), groups, -1).transpose(1, 0, 2), b))
         for k in range(n_bins):
-            sides, slots = [], []
-            for values, log_e in ((source, source_log_e), (target, target_log_e)):
-                b = np.clip(np.searchsorted(edges, log_e.double().numpy(), side="right") - 1, 0, n_bins - 1)
-                v = (
-                    values.double()
-                    .numpy()[b == k]
-                    .transpose(1, 0, *range(2, values.dim()))
-                    .reshape(groups, -1)
-                )
+            sides = []
+            for v_all, b in sides_np:
+                v = v_all[:, b == k].reshape(groups, -1)
                 count = np.isfinite(v).sum(1)
-                slots.append(max(v.shape[1], 1))
-                with warnings.catch_warnings():  # all-NaN groups: handled by the counts
+                with warnings.catch_warnings():  # groups without values: replaced below
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    q = np.nanquantile(np.where(count[:, None] > 0, v, 0.0), levels, axis=1).T
-                sides.append((q, count))
-            (q_src, n_src), (q_dst, n_dst) = sides
+                    q = (
+                        np.nanquantile(v, levels, axis=1).T
+                        if v.shape[1]
+                        else np.full((groups, n_quantiles), np.nan)
+                    )
+                sides.append((q, count, max(v.shape[1], 1)))
+            (q_src, n_src, slots_src), (q_dst, n_dst, slots_dst) = sides
             ok = (n_src >= min_count) & (n_dst >= min_count)
-            src_tab[k] = q_src
-            dst_tab[k] = np.where(ok[:, None], q_dst, q_src)
-            rates[0, k] = n_src / slots[0]
-            rates[1, k] = np.where(ok, n_dst / slots[1], rates[0, k])
+            # too few values on either side (or none): the group maps to itself, rates equal
+            src_tab[k] = np.where(ok[:, None], q_src, identity)
+            dst_tab[k] = np.where(ok[:, None], q_dst, identity)
+            rates[0, k] = np.where(ok, n_src / slots_src, 1.0)
+            rates[1, k] = np.where(ok, n_dst / slots_dst, 1.0)
         centres = (edges[:-1] + edges[1:]) / 2
         return cls(
             torch.from_numpy(centres),
