@@ -295,13 +295,9 @@ def calibrated_voxels(
     n = len(y)
     v = calibration(hit_log_fractions(y, e_layer, threshold, grid), torch.log(e_inc.double()))
     v = v.reshape(n, n_layers, n_radial, n_alpha).transpose(2, 3).reshape(n, n_layers, -1)
-    w = torch.exp(
-        torch.nan_to_num(v, nan=-math.inf) - torch.nan_to_num(v, nan=-math.inf).amax(-1, keepdim=True)
-    )
-    w = torch.nan_to_num(w)  # layers without hits: all NaN above
-    top = torch.zeros_like(w).scatter_(-1, y.reshape(n, n_layers, -1).argmax(-1, keepdim=True), 1.0)
-    w = torch.where(w.sum(-1, keepdim=True) > 0, w, top)
-    frac = w / w.sum(-1, keepdim=True)
+    frac = torch.nan_to_num(torch.softmax(torch.nan_to_num(v, nan=-math.inf), -1))  # no hits: 0
+    top = torch.zeros_like(frac).scatter_(-1, y.reshape(n, n_layers, -1).argmax(-1, keepdim=True), 1.0)
+    frac = torch.where(frac.sum(-1, keepdim=True) > 0, frac, top)
     return voxels_from_fractions(frac.reshape(n, -1).float(), e_layer, threshold)
 
 
@@ -661,6 +657,12 @@ def _from_state(state: dict[str, Any], where: str) -> CaloDream:
     return model.eval().requires_grad_(False)
 
 
+def _checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or a run directory's ``checkpoint.pt``."""
+    path = Path(path)
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"model '{path}' does not exist: train one or give the path of a checkpoint")
@@ -672,17 +674,13 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_model(path: str | Path) -> CaloDream:
     """A CaloDREAM part (energy, shape or VAE) from a checkpoint or run directory, ready to sample."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = _checkpoint_file(path)
     return _from_state(_read(path), str(path))
 
 
 def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
     """Copy a run's checkpoint without its training state (optimiser, live weights, RNG)."""
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = _checkpoint_file(checkpoint)
     state = _read(path)
     _from_state(state, str(path))  # refuse anything that would not load
     state.pop("train", None)
@@ -692,9 +690,7 @@ def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
 
 def is_calodream_checkpoint(path: str | Path) -> bool:
     """Whether ``path`` (file or run directory) holds a CaloDREAM checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = _checkpoint_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
         return isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT
@@ -1126,8 +1122,8 @@ def fit_calibration(
         )
     assert data.frac is not None
     threshold, n = model.detector.threshold_mev, len(data.energy)
-    g4 = (data.frac.reshape(n, model.grid[0], -1) * data.e_layer.unsqueeze(-1)).reshape(n, -1)
-    target = hit_log_fractions(log_energy_features(g4, threshold), data.e_layer, threshold, model.grid)
+    g4 = model.raw_shape_features(data.frac, data.e_layer).reshape(n, -1)  # empty voxels under the cut
+    target = hit_log_fractions(g4, data.e_layer, threshold, model.grid)
     gen = torch.Generator().manual_seed(seed)
     sources = []
     for lo in range(0, n, batch_size):
@@ -1151,9 +1147,7 @@ def save_calibration(
 ) -> Path:
     """Write ``calibration`` into the checkpoint at ``path`` (file or run directory), or into a
     copy at ``out``; everything else in the checkpoint is kept. ``None`` removes it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = _checkpoint_file(path)
     state = _read(path)
     model = _from_state(state, str(path))  # refuse anything that would not load
     if calibration is not None:
@@ -1231,9 +1225,7 @@ def save_solver(model_path: str | Path, solver: BNSSolver, out: str | Path | Non
 
     The file is replaced atomically; training state in it is kept, so the run can still resume.
     """
-    path = Path(model_path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = _checkpoint_file(model_path)
     state = _read(path)
     if state.get("format") != CHECKPOINT_FORMAT or state.get("part") != "shape":
         raise CheckpointError(f"'{path}' is not a CaloDREAM shape model")
