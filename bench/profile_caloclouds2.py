@@ -22,17 +22,12 @@ from pathlib import Path
 import torch
 
 from caloforge.calibrate import calibrate_points
-from caloforge.generation import resolve_model
 from caloforge.io import PointShowers, ShowerWriter
-from caloforge.models.caloclouds2 import (
-    POINTS_PER_CALL,
-    FoldedPointWiseNet,
-    _sample_points,
-    _traced_flow,
-    load_model,
-    resolve_precision,
-)
-from caloforge.models.showerflow import largest_remainder, layer_energies
+from caloforge.models.caloclouds2 import POINTS_PER_CALL, load_model, resolve_precision
+from caloforge.models.caloclouds2.generation import _sample_points, _traced_flow
+from caloforge.models.nn.pointwise import FoldedPointWiseNet
+from caloforge.models.nn.showerflow import largest_remainder, layer_energies
+from caloforge.models.registry import resolve_model
 
 
 def profile(

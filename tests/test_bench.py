@@ -10,8 +10,8 @@ import pytest
 
 from caloforge import cli
 from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results
-from caloforge.models import train
-from caloforge.models.consistency import DistillConfig, distill
+from caloforge.models.caloclouds2 import train
+from caloforge.models.caloclouds2.distillation import DistillConfig, distill
 from test_caloclouds2 import TINY, data_file  # noqa: F401  (fixture)
 
 needs_geant4 = pytest.mark.skipif(
@@ -57,6 +57,31 @@ def test_quick_bench_has_every_row(models, tmp_path):
     assert json.loads(json_path.read_text())["rows"] == rows
     table = md_path.read_text()
     assert table == to_markdown(result) and table.count("\n| ") == len(rows) + 1
+
+
+@needs_geant4
+def test_quick_bench_times_every_family_against_its_own_geant4(monkeypatch, tmp_path):
+    import gaussian_family
+    from caloforge.models import registry
+
+    monkeypatch.setenv("CALOFORGE_FAMILIES", "gaussian_family:FAMILY")
+    registry.reload()
+    try:
+        toy = gaussian_family.save_model(tmp_path / "gaussian.pt")
+        specs = default_models(["dream=calodream", f"toy={toy}"], onnx=False)
+        config = dataclasses.replace(BenchConfig.quick(), threads=(1,), batch_sizes=(2,))
+        rows = run_bench(specs, config)["rows"]
+    finally:
+        registry.reload()
+    g4 = {(r["detector"], r["particle"], r["energy_gev"]) for r in rows if r["generator"] == "Geant4"}
+    assert g4 == {
+        (d, p, e) for d, p in (("calochallenge-ds2", "e-"), ("ild-ecal", "gamma")) for e in (10.0, 90.0)
+    }
+    for label, detector in (("dream", "calochallenge-ds2"), ("toy", "ild-ecal")):
+        mine = [r for r in rows if r["generator"] == label]
+        assert {r["energy_gev"] for r in mine} == {10.0, 90.0}
+        assert all(r["detector"] == detector and r["speedup"] > 0 for r in mine)
+    assert {r["precision"] for r in rows if r["generator"] == "dream"} == {"float32"}
 
 
 def test_bench_cli_errors(monkeypatch, tmp_path, capsys):

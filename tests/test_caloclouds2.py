@@ -20,28 +20,26 @@ from caloforge.calibrate import (
 )
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers, ShowerWriter, read_showers, write_showers
-from caloforge.models import (
-    CaloClouds2Config,
-    CheckpointError,
-    GenerationError,
-    caloclouds2,
-    generate,
-    load_model,
-    pointwise,
-    train,
-)
+from caloforge.models import CheckpointError, GenerationError, GenerationRequest
 from caloforge.models._training import _InterruptFlag
 from caloforge.models.caloclouds2 import (
+    CaloClouds2Config,
     SamplerSpec,
-    _load_training_data,
-    _Trainer,
     calibrate,
+    faster_bfloat16,
+    generate,
+    load_model,
     native_bfloat16,
     resolve_precision,
     save_for_inference,
+    train,
 )
-from caloforge.models.edm import EMA, EDMDenoiser, edm_loss
-from caloforge.models.pointwise import (
+from caloforge.models.caloclouds2.data import load_training_data as _load_training_data
+from caloforge.models.caloclouds2.training import _Trainer
+from caloforge.models.nn import pointwise
+from caloforge.models.nn.edm import EDMDenoiser, edm_loss
+from caloforge.models.nn.ema import EMA
+from caloforge.models.nn.pointwise import (
     CPU_WIDTHS,
     PAPER_WIDTHS,
     FoldedPointWiseNet,
@@ -49,7 +47,7 @@ from caloforge.models.pointwise import (
     PointWiseNet,
     dequantize,
 )
-from caloforge.models.showerflow import ShowerFlow, largest_remainder, shower_stats
+from caloforge.models.nn.showerflow import ShowerFlow, largest_remainder, shower_stats
 from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
 from conftest import random_points
 
@@ -354,12 +352,31 @@ def test_folded_net_equals_the_net(widths, fused, monkeypatch):
 
 
 def test_precision_resolution(monkeypatch):
+    import caloforge.models.caloclouds2.generation as cc2
+
     assert resolve_precision("float32") == "float32" and resolve_precision("bfloat16") == "bfloat16"
-    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    assert resolve_precision("auto") == ("bfloat16" if faster_bfloat16("cpu") else "float32")
     with pytest.raises(GenerationError, match="unknown precision 'half'"):
         resolve_precision("half")
-    monkeypatch.setattr(caloclouds2, "native_bfloat16", lambda device="cpu": False)
+    monkeypatch.setattr(cc2, "faster_bfloat16", lambda device="cpu": False)
     assert resolve_precision("auto") == "float32"
+    monkeypatch.setattr(cc2, "faster_bfloat16", lambda device="cpu": True)
+    assert resolve_precision("auto") == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "faster"), [(False, True, False), (True, True, True), (False, False, False)]
+)
+def test_auto_picks_bfloat16_only_with_amx(monkeypatch, amx, avx512_bf16, faster):
+    # AVX-512-BF16 without AMX computes bfloat16, but more slowly than float32 (docs/benchmarks.md).
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(pointwise, "fused_linear_available", lambda dtype=torch.float32: True)
+    import caloforge.models.caloclouds2.generation as cc2
+
+    monkeypatch.setattr(cc2, "fused_linear_available", lambda dtype=torch.float32: True)
+    assert faster_bfloat16("cpu") is faster
+    assert resolve_precision("auto") == ("bfloat16" if faster else "float32")
 
 
 @pytest.mark.parametrize(("major", "native"), [(7, False), (8, True), (9, True)])
@@ -681,7 +698,7 @@ def test_worker_processes_make_the_same_file(trained, tmp_path):
 
 
 def test_traced_flow_follows_weight_updates(trained):
-    from caloforge.models.caloclouds2 import _traced_flow
+    from caloforge.models.caloclouds2.generation import _traced_flow
 
     _, model = trained
     model = copy.deepcopy(model).eval()
@@ -714,10 +731,11 @@ def test_generation_pool_checks_requests_and_survives_a_dead_worker(trained):
     result, _ = trained
     with pytest.raises(GenerationError, match="sampler 'consistency' does not fit"):
         parallel_generate(result.checkpoint, [40.0], 2, sampler="consistency")  # before any worker starts
-    with pytest.raises(TypeError):
+    with pytest.raises(GenerationError, match="unknown CaloClouds II generation option 'no_such_option'"):
         parallel_generate(result.checkpoint, [40.0], 2, no_such_option=1)
     with GenerationPool(result.checkpoint, 2) as pool:
-        batches = pool.generate(np.full(40, 40.0), 2, seed=1, precision="float32")
+        plan = pool.plan(GenerationRequest(precision="float32"))
+        batches = pool.generate(np.full(40, 40.0), plan, 2, seed=1)
         next(batches)
         for pid in list(pool._executor._processes):
             os.kill(pid, signal.SIGKILL)

@@ -35,10 +35,10 @@ from caloforge.models.calodream import (
     voxels_from_fractions,
     voxels_from_log_energy,
 )
-from caloforge.models.quantile_map import QuantileMap
-from caloforge.models.transfusion import Transfusion
-from caloforge.models.vae import LayerVAE
-from caloforge.models.vit import ViT3d, patchify, unpatchify
+from caloforge.models.nn.quantile_map import QuantileMap
+from caloforge.models.nn.transfusion import Transfusion
+from caloforge.models.nn.vae import LayerVAE
+from caloforge.models.nn.vit import ViT3d, patchify, unpatchify
 from caloforge.odesolvers import BNSSolver, solve_fixed
 from conftest import run_cli
 
@@ -332,7 +332,7 @@ def test_generate_errors_are_one_line(monkeypatch, trained, tmp_path, capsys):
         code=2,
     )
     err = capsys.readouterr().err
-    assert "energy network" in err and "train-solver" in err and "outside the training range" in err
+    assert "energy network" in err and "train-solver" in err and "outside the trained range" in err
     assert not any((tmp_path / n).exists() for n in ("a.h5", "b.h5", "c.h5"))
 
 

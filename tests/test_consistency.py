@@ -7,9 +7,10 @@ import torch
 from scipy.stats import wasserstein_distance
 from torch import nn
 
-from caloforge.models import CheckpointError, generate, load_model, train
-from caloforge.models.consistency import DistillConfig, consistency_distillation_loss, distill
-from caloforge.models.edm import ConsistencyDenoiser
+from caloforge.models import CheckpointError
+from caloforge.models.caloclouds2 import generate, load_model, train
+from caloforge.models.caloclouds2.distillation import DistillConfig, consistency_distillation_loss, distill
+from caloforge.models.nn.edm import ConsistencyDenoiser
 from caloforge.sampling import consistency_sigmas, karras_sigmas, sample_consistency
 from test_caloclouds2 import TINY, data_file  # noqa: F401  (fixture)
 

@@ -9,21 +9,21 @@ import torch
 
 from caloforge.calibrate import NPointsCalibration, assign_layers
 from caloforge.detector import get_detector
-from caloforge.export import (
+from caloforge.models.caloclouds2 import (
+    POINTS_PAD,
+    CaloClouds2,
+    CaloClouds2Config,
+    SamplerSpec,
+)
+from caloforge.models.caloclouds2.export import (
     EXPORT_FORMATS,
     ExportedCaloClouds2,
     _assign_layers,
     default_max_points,
     export_model,
 )
-from caloforge.models.caloclouds2 import (
-    POINTS_PAD,
-    CaloClouds2,
-    CaloClouds2Config,
-    SamplerSpec,
-    _generate_batch,
-)
-from caloforge.models.showerflow import largest_remainder
+from caloforge.models.caloclouds2.generation import generate_batch as _generate_batch
+from caloforge.models.nn.showerflow import largest_remainder
 from conftest import random_points
 
 torch.set_num_threads(1)
@@ -276,9 +276,9 @@ def test_export_cli_writes_once(monkeypatch, tmp_path, capsys):
             code = exc.code or 0
         assert code == expected
     assert "exists" in capsys.readouterr().err
-    from caloforge.export import OnnxGenerator
+    from caloforge.export import load_exported
 
-    gen = OnnxGenerator(out, threads=1)
+    gen = load_exported(out, threads=1)
     (showers,) = list(gen.generate([15.0, 60.0], batch_size=2, seed=1))
     assert gen.detector.name == "ild-ecal" and gen.network_calls == 25
     assert len(showers) == 2 and (showers.n_points > 100).all()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from caloforge.models.quantile_map import QuantileMap
+from caloforge.models.nn.quantile_map import QuantileMap
 
 
 def _normal(n: int, mean: float, std: float, seed: int) -> torch.Tensor:

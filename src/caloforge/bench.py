@@ -7,8 +7,13 @@ the same run*, divided by its own. What is timed is what a user waits for:
 * **Geant4**: simulation, clustering into points and writing the file (``caloforge
   simulate`` with as many workers as threads; the clock starts when the first block of
   showers is back, so starting the workers and building the geometry are not counted);
-* **models**: Shower Flow, point sampling, calibration and writing the points to an HDF5
-  file (``caloforge generate``); loading the model and one warm-up batch are not counted.
+* **models** (any registered family): the whole of ``caloforge generate`` — for CaloClouds II
+  Shower Flow, point sampling, calibration; for CaloDREAM energy network, shape network and
+  decoder — and writing the showers to an HDF5 file; loading the model and one warm-up batch
+  are not counted.
+
+Each model is timed against Geant4 on its own detector and particle (photons in ``ild-ecal``
+for CaloClouds II, electrons in ``calochallenge-ds2`` for CaloDREAM), simulated in the same run.
 
 Each generator and thread count runs in a fresh process (``spawn``), so its peak resident
 memory (``ru_maxrss``, for Geant4 the largest worker) is its own. A GPU, when torch sees one,
@@ -38,8 +43,8 @@ __all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A generator to time: ``kind`` is ``caloclouds2`` (a checkpoint, with an optional sampler
-    override) or ``onnx`` (a file written by ``caloforge export``)."""
+    """A generator to time: ``kind`` is ``model`` (a checkpoint of any registered family, with
+    an optional sampler override) or ``onnx`` (a file written by ``caloforge export``)."""
 
     label: str
     kind: str
@@ -93,7 +98,9 @@ class BenchRow:
     peak_rss_mb: float
     speedup: float | None = None
     network_calls: int | None = None
-    precision: str = "—"  # of the PointWise Net, as resolved on this machine
+    precision: str = "—"  # of the network, as resolved on this machine
+    detector: str = "ild-ecal"  # what Geant4 simulated, and what the model was trained on
+    particle: str = "gamma"
 
 
 def cpu_name() -> str:
@@ -126,16 +133,24 @@ def _live_peak_rss_mb() -> float:
     return peak
 
 
-def _time_geant4(energy: float, n: int, workers: int, directory: Path, seed: int) -> float:
+def _time_geant4(
+    energy: float, n: int, workers: int, directory: Path, seed: int, detector: str, particle: str
+) -> float:
     """ms per shower of ``caloforge simulate`` at ``energy`` with ``workers`` workers."""
     from caloforge.simulate.driver import EnergySpec, SimulationConfig, simulate
 
-    config = SimulationConfig(energy=EnergySpec("fixed", energy, energy), n_showers=n, seed=seed)
+    config = SimulationConfig(
+        detector=detector,
+        particle=particle,
+        energy=EnergySpec("fixed", energy, energy),
+        n_showers=n,
+        seed=seed,
+    )
     marks: list[tuple[float, int]] = []
     block = max(1, min(5, n // (2 * workers)))
     simulate(
         config,
-        directory / f"g4_{energy:g}_{workers}.h5",
+        directory / f"g4_{detector}_{particle}_{energy:g}_{workers}.h5",
         workers=workers,
         block_size=block,
         overwrite=True,
@@ -147,13 +162,14 @@ def _time_geant4(energy: float, n: int, workers: int, directory: Path, seed: int
     return 1000 * (t_last - t_first) / (n_last - n_first)
 
 
-def _geant4_worker(config: BenchConfig, threads: int) -> list[dict[str, Any]]:
+def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: str) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for energy in config.energies:
             n = config.n_showers(energy, geant4=True)
             times = [
-                _time_geant4(energy, n, threads, Path(tmp), config.seed + r) for r in range(config.repeats)
+                _time_geant4(energy, n, threads, Path(tmp), config.seed + r, detector, particle)
+                for r in range(config.repeats)
             ]
             rows.append(
                 BenchRow(
@@ -166,57 +182,82 @@ def _geant4_worker(config: BenchConfig, threads: int) -> list[dict[str, Any]]:
                     statistics.pstdev(times),
                     n,
                     _peak_rss_mb(children=True),
+                    detector=detector,
+                    particle=particle,
                 )
             )
     return [asdict(r) for r in rows]
 
 
+@dataclass
+class _Timed:
+    """What a model row needs: ``run(energies, batch_size) -> iterator of showers`` and facts."""
+
+    run: Callable[[np.ndarray, int], Any]
+    network_calls: int
+    detector: Any
+    precision: str
+    output: str
+    particle: str
+
+
 def _model_generator(
     spec: ModelSpec, device: str, exit_stack: contextlib.ExitStack, workers: int = 1
-) -> tuple[Callable[[np.ndarray, int], Any], int, Any, str]:
-    """``run(energies, batch_size) -> iterator of PointShowers``, network calls, detector, precision.
-
-    With ``workers`` > 1 (CPU), a CaloClouds II model runs in that many single-threaded
-    processes (:class:`caloforge.generation.GenerationPool`, closed by ``exit_stack``), as
-    ``caloforge generate --workers`` does.
-    """
+) -> _Timed:
+    """How to run ``spec`` on ``device``. With ``workers`` > 1 (CPU), a model whose family
+    supports it runs in that many single-threaded processes
+    (:class:`caloforge.generation.GenerationPool`, closed by ``exit_stack``), as
+    ``caloforge generate --workers`` does; other families use ``workers`` torch threads."""
     if spec.kind == "onnx":
-        from caloforge.export import OnnxGenerator
+        from caloforge.export import load_exported
 
-        onnx_model = OnnxGenerator(spec.path)
+        runner = load_exported(spec.path)
+        return _Timed(
+            lambda energies, batch_size: runner.generate(energies, batch_size),
+            runner.network_calls,
+            runner.detector,
+            "float32",
+            runner.output,
+            runner.particle,
+        )
+    from caloforge.models.protocol import GenerationRequest, generate_batches
+    from caloforge.models.registry import get_family, load_generator
 
-        def run_onnx(energies: np.ndarray, batch_size: int) -> Any:
-            return onnx_model.generate(energies, batch_size)
-
-        return run_onnx, onnx_model.network_calls, onnx_model.detector, "float32"
-    from caloforge.models.caloclouds2 import (
-        POINTS_PER_CALL,
-        generate,
-        load_model,
-        resolve_precision,
-        resolve_sampler,
+    generator = load_generator(spec.path)
+    family = get_family(generator.family)
+    if device != "cpu":
+        family.require("gpu")
+    plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision, device=device))
+    facts = (
+        plan.sampler.network_calls,
+        generator.detector,
+        plan.precision,
+        generator.output,
+        generator.particle,
     )
-
-    model = load_model(spec.path)
-    sampler = resolve_sampler(model, spec.sampler, spec.n_steps)
-    precision = resolve_precision(spec.precision, device)
-    # Larger point groups per network call on a GPU, where wide batches pay.
-    per_call = POINTS_PER_CALL if device == "cpu" else 1 << 20
-    options = {"sampler": sampler.name, "n_steps": sampler.n_steps, "points_per_call": per_call}
-    if device == "cpu" and workers > 1:
+    if device == "cpu" and workers > 1 and family.capabilities.workers:
         from caloforge.generation import GenerationPool
 
         pool = exit_stack.enter_context(GenerationPool(spec.path, workers))
-
-        def run_pool(energies: np.ndarray, batch_size: int) -> Any:
-            return pool.generate(energies, batch_size, precision=precision, **options)
-
-        return run_pool, sampler.network_calls, model.detector, precision
+        return _Timed(lambda energies, batch_size: pool.generate(energies, plan, batch_size), *facts)
 
     def run(energies: np.ndarray, batch_size: int) -> Any:
-        return generate(model, energies, batch_size=batch_size, device=device, precision=precision, **options)
+        return generate_batches(generator, {"energy": energies}, plan, batch_size=batch_size)
 
-    return run, sampler.network_calls, model.detector, precision
+    return _Timed(run, *facts)
+
+
+def _target(spec: ModelSpec) -> tuple[str, str]:
+    """The detector and particle of ``spec``'s showers (what Geant4 simulates for its speed-up)."""
+    if spec.kind == "onnx":
+        from caloforge.export import load_exported
+
+        runner = load_exported(spec.path, threads=1)
+        return runner.detector.name, runner.particle
+    from caloforge.models.registry import load_generator
+
+    generator = load_generator(spec.path)
+    return generator.detector.name, generator.particle
 
 
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
@@ -227,7 +268,8 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
     torch.set_num_threads(threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        run, calls, detector, precision = _model_generator(spec, device, stack, threads)
+        timed = _model_generator(spec, device, stack, threads)
+        run = timed.run
         for energy in config.energies:
             n = config.n_showers(energy)
             energies = np.full(n, energy)
@@ -240,7 +282,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    with ShowerWriter(out, "points", detector, generator=spec.label) as writer:
+                    with ShowerWriter(out, timed.output, timed.detector, generator=spec.label) as writer:  # type: ignore[arg-type]
                         for showers in run(energies, batch):
                             writer.write(showers)
                     times.append(1000 * (time.perf_counter() - start) / n)
@@ -256,8 +298,10 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                         statistics.pstdev(times),
                         n,
                         max(_peak_rss_mb(), _live_peak_rss_mb()),  # the largest process
-                        network_calls=calls,
-                        precision=precision,
+                        network_calls=timed.network_calls,
+                        precision=timed.precision,
+                        detector=timed.detector.name,
+                        particle=timed.particle,
                     )
                 )
     return [asdict(r) for r in rows]
@@ -310,29 +354,41 @@ def run_bench(
 
     Speed-ups are filled in against the Geant4 row at the same energy and thread count.
     """
+    from caloforge.detector import available_detectors
+
     config = config or BenchConfig()
     rows: list[dict[str, Any]] = []
+    targets = {spec.label: _target(spec) for spec in models}
+    # Geant4 for every detector and particle a model makes (at least the ILD photons).
+    references = list(dict.fromkeys(targets.values())) or [("ild-ecal", "gamma")]
     for threads in config.threads:
         if geant4:
-            if progress is not None:
-                progress(f"Geant4, {threads} worker(s)")
-            rows += _in_fresh_process(_geant4_worker, config, threads)
+            for detector, particle in references:
+                if detector not in available_detectors():
+                    continue  # a user-defined detector: simulate it yourself for the reference
+                if progress is not None:
+                    progress(f"Geant4 ({detector}, {particle}), {threads} worker(s)")
+                rows += _in_fresh_process(_geant4_worker, config, threads, detector, particle)
         for spec in models:
             if progress is not None:
                 progress(f"{spec.label}, {threads} thread(s)")
             rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
     gpu = _gpu()
     if gpu is not None:
+        from caloforge.models.registry import family_of
+
         for spec in models:
-            if spec.kind == "caloclouds2":
+            if spec.kind == "model" and family_of(spec.path)[0].capabilities.gpu:
                 if progress is not None:
                     progress(f"{spec.label}, GPU")
                 rows += _in_fresh_process(_model_worker, config, spec, 1, gpu)
     reference = {
-        (r["energy_gev"], r["threads"]): r["ms_per_shower"] for r in rows if r["generator"] == "Geant4"
+        (r["detector"], r["particle"], r["energy_gev"], r["threads"]): r["ms_per_shower"]
+        for r in rows
+        if r["generator"] == "Geant4"
     }
     for r in rows:
-        g4 = reference.get((r["energy_gev"], r["threads"]))
+        g4 = reference.get((r["detector"], r["particle"], r["energy_gev"], r["threads"]))
         if g4 is not None and r["ms_per_shower"] > 0:
             r["speedup"] = g4 / r["ms_per_shower"]
     return {
@@ -370,16 +426,17 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
         "",
-        "| generator | E [GeV] | threads | batch | device | precision | calls | ms/shower | × Geant4 "
-        "| peak RSS [MB] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| generator | showers | E [GeV] | threads | batch | device | precision | calls | ms/shower "
+        "| × Geant4 | peak RSS [MB] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         speed = f"{r['speedup']:.1f}" if r.get("speedup") is not None else "—"
         batch = "—" if r["batch_size"] is None else str(r["batch_size"])
         calls = "—" if r.get("network_calls") is None else str(r["network_calls"])
         lines.append(
-            f"| {r['generator']} | {r['energy_gev']:g} | {r['threads']} | {batch} | {r['device']} "
+            f"| {r['generator']} | {r.get('detector', 'ild-ecal')} {r.get('particle', 'gamma')} "
+            f"| {r['energy_gev']:g} | {r['threads']} | {batch} | {r['device']} "
             f"| {r.get('precision', '—')} | {calls} | {r['ms_per_shower']:.2f} ± {r['ms_std']:.2f} "
             f"| {speed} | {r['peak_rss_mb']:.0f} |"
         )
@@ -397,9 +454,6 @@ def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pa
     return out / "bench.json", out / "bench.md"
 
 
-#: Labels of the shipped models in the bench table.
-DIFFUSION_LABEL = "CaloClouds II (25 NFE)"
-CM_LABEL = "CaloClouds II (CM, 1 NFE)"
 ONNX_SUFFIX = " ONNX Runtime"
 
 
@@ -409,12 +463,14 @@ def default_models(
     workdir: str | Path = ".",
     precisions: Sequence[str] = ("auto",),
 ) -> list[ModelSpec]:
-    """The models to time: ``LABEL=PATH`` entries (or paths), else the shipped diffusion and CM
-    models, each at every precision of ``precisions`` (``auto``, ``float32``, ``bfloat16``; a
-    label gets the precision appended when there are several); with ``onnx``, the last
-    consistency model is also exported to ONNX (into ``workdir``) and timed with ONNX Runtime."""
-    from caloforge.generation import resolve_model
-    from caloforge.models.caloclouds2 import PRECISIONS, load_model
+    """The models to time: ``LABEL=PATH`` entries (or paths, or shipped names) of any family,
+    else every family's shipped models (:attr:`~caloforge.models.protocol.Family.bench_models`),
+    each at every precision of ``precisions`` its family runs (``auto``, ``float32``,
+    ``bfloat16``; a label gets the precision appended when there are several); with ``onnx``,
+    the last model whose family exports ONNX is also exported (into ``workdir``) and timed
+    with ONNX Runtime."""
+    from caloforge.models.protocol import PRECISIONS
+    from caloforge.models.registry import families, family_of
 
     if not precisions:
         raise ValueError(f"no precision to time: give at least one of {', '.join(PRECISIONS)}")
@@ -422,25 +478,32 @@ def default_models(
     if unknown:
         raise ValueError(f"unknown precision '{unknown[0]}': use {', '.join(PRECISIONS)}")
     if not models:
-        entries = [f"{DIFFUSION_LABEL}=caloclouds2", f"{CM_LABEL}=caloclouds2-cm"]
+        entries = [f"{label}={name}" for family in families() for label, name in family.bench_models]
     else:
         entries = list(models)
     bases = []
     for entry in entries:
         label, _, path = entry.rpartition("=")
-        bases.append((label or Path(path).stem, str(resolve_model(path))))
-    specs = [
-        ModelSpec(label if len(precisions) == 1 else f"{label} {p}", "caloclouds2", path, precision=p)
-        for p in dict.fromkeys(precisions)
-        for label, path in bases
-    ]
+        family, checkpoint, _ = family_of(path)
+        bases.append((label or Path(path).stem, str(checkpoint), family))
+    wanted = list(dict.fromkeys(precisions))
+    specs = []
+    for p in wanted:
+        for label, path, family in bases:
+            runs = [q for q in wanted if q == "auto" or q in family.capabilities.precisions]
+            if p not in runs:
+                continue
+            name = label if len(runs) == 1 else f"{label} {p}"
+            specs.append(ModelSpec(name, "model", path, precision=p))
     if onnx:
-        consistency = [(label, path) for label, path in bases if load_model(path).sampler.consistency]
-        if not consistency:
-            raise ValueError("--onnx needs a distilled (consistency) model among --model; or pass --no-onnx")
+        exportable = [(label, path) for label, path, family in bases if "onnx" in family.capabilities.export]
+        if not exportable:
+            raise ValueError(
+                "--onnx needs a model whose family exports ONNX among --model; or pass --no-onnx"
+            )
         from caloforge.export import export_model
 
-        label, path = consistency[-1]
+        label, path = exportable[-1]
         target = Path(workdir) / (Path(path).stem + ".onnx")
         target.parent.mkdir(parents=True, exist_ok=True)
         export_model(path, target, "onnx")

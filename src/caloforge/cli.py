@@ -6,17 +6,22 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from caloforge import __version__
+from caloforge.cliutils import (
+    ThreadsOption,
+    console,
+    err_console,
+    progress_bar,
+    set_threads,
+    stage_progress,
+)
 from caloforge.detector import (
     CellGrid,
     DetectorError,
@@ -38,9 +43,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
 _state = {"debug": os.environ.get("CALOFORGE_DEBUG", "") not in ("", "0")}
 
 #: Exceptions that are the user's input being wrong: reported as one line, no traceback.
@@ -73,20 +75,6 @@ def _main(
     _state["debug"] = _state["debug"] or debug
 
 
-def progress_bar() -> Progress:
-    """The progress bar used by every long command (showers done, rate, ETA)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
-
-
 def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
     """The incident-energy spectrum of ``--energy`` / ``--energy-log`` (default uniform 10-90 GeV)."""
     from caloforge.simulate.driver import EnergySpec
@@ -94,19 +82,6 @@ def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
     if energy is not None and energy_log is not None:
         raise ValueError("give either --energy or --energy-log, not both")
     return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
-
-
-def _stage_progress(bar: Progress) -> Callable[..., None]:
-    """A ``progress(stage, done, total, info="")`` callback showing one bar per stage;
-    ``info`` (e.g. the running loss) is shown next to the bar."""
-    tasks: dict[str, int] = {}
-
-    def progress(stage: str, done: int, total: int, info: str = "") -> None:
-        if stage not in tasks:
-            tasks[stage] = bar.add_task(stage, total=total, rate="")
-        bar.update(tasks[stage], completed=done, rate=info)
-
-    return progress
 
 
 def _file_table(path: Path, detector: str | None) -> Table:
@@ -137,15 +112,60 @@ def _file_table(path: Path, detector: str | None) -> Table:
     return table
 
 
+def _is_model(path: Path) -> bool:
+    """Whether an ``info`` argument names a model (shipped name, run directory, ``.pt`` file)."""
+    from caloforge.models.registry import shipped_models
+
+    name = str(path)
+    return name == "default" or name in shipped_models() or path.is_dir() or path.suffix == ".pt"
+
+
+def _model_table(model: Path) -> Table:
+    """What ``caloforge info`` shows of a model: family, detector, output, conditions, capabilities."""
+    from caloforge.models.registry import family_of
+
+    family, path, state = family_of(model)
+    generator = family.load(path, state)
+    caps = family.capabilities
+    table = Table(title=f"{model} ({path.name})", show_header=False, title_justify="left")
+    table.add_row("family", f"{family.name} ({family.description}); checkpoint format {state['format']}")
+    table.add_row(
+        "generates", f"{generator.output} of {generator.particle} showers in {generator.detector.name}"
+    )
+    table.add_row("generator label", generator.label)
+    for cond in generator.conditions:
+        table.add_row(
+            f"condition {cond.name}", f"{cond.low:.4g} – {cond.high:.4g} {cond.unit} (trained range)"
+        )
+    table.add_row("training", "complete" if generator.complete else "stopped early (resume to finish)")
+    for key, value in generator.describe().items():
+        table.add_row(key, str(value))
+    supported = [
+        name
+        for name, ok in (("calibrate", caps.calibrate), ("workers", caps.workers), ("gpu", caps.gpu))
+        if ok
+    ]
+    if caps.export:
+        supported.append(f"export ({', '.join(caps.export)})")
+    table.add_row("supports", ", ".join(supported) or "generation only")
+    table.add_row("precisions", ", ".join(caps.precisions))
+    return table
+
+
 @app.command()
 def info(
-    files: Annotated[list[Path] | None, typer.Argument(help="Shower files (HDF5) to summarise.")] = None,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Shower files (HDF5) or models (a shipped name, run directory or .pt) to summarise."
+        ),
+    ] = None,
     detector: Annotated[
         str | None,
         typer.Option(help="Detector name or .toml/.yaml file, overriding the files' own."),
     ] = None,
 ) -> None:
-    """Version, built-in detectors and a summary of shower files."""
+    """Version, built-in detectors and model families, and a summary of shower files or models."""
     console.print(f"caloforge {__version__}")
     table = Table(title="detectors", title_justify="left")
     for col in ("name", "layers", "readout", "channels", "threshold"):
@@ -160,8 +180,18 @@ def info(
         )
         table.add_row(name, str(det.n_layers), readout, f"{det.n_channels:,}", f"{det.threshold_mev} MeV")
     console.print(table)
+    from caloforge.models.registry import families
+
+    fams = Table(title="model families", title_justify="left")
+    for col in ("family", "checkpoint formats", "shipped models"):
+        fams.add_column(col)
+    for family in families():
+        fams.add_row(
+            f"{family.name} ({family.description})", ", ".join(family.formats), ", ".join(family.shipped)
+        )
+    console.print(fams)
     for path in files or []:
-        console.print(_file_table(path, detector))
+        console.print(_model_table(path) if _is_model(path) else _file_table(path, detector))
 
 
 @app.command("detector")
@@ -368,7 +398,7 @@ def evaluate(
         seed=seed,
     )
     with progress_bar() as bar:
-        progress = _stage_progress(bar)
+        progress = stage_progress(bar)
         result = run_evaluation(reference, candidates, out, config, progress=progress)
     names = result["w1_observables"]
     table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
@@ -396,289 +426,20 @@ train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 
 
-ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]
-MaxMinutesOption = Annotated[
-    float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues.")
-]
-ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
+train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
 
 
-def _given(**values: Any) -> dict[str, Any]:
-    """The options the user gave (not None), as config overrides."""
-    return {k: v for k, v in values.items() if v is not None}
+def _add_family_commands() -> None:
+    """Every family's own commands (``caloforge train <family>``, …)."""
+    from caloforge.models.registry import families
+
+    for family in families():
+        if family.commands is not None:
+            family.part("commands")(train_app, app)
 
 
-def _report_run(result: Any) -> None:
-    """How a training run ended (a :class:`~caloforge.models.caloclouds2.TrainResult`)."""
-    state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
-    console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
-    if not result.complete:
-        console.print("continue with the same command and --resume")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-@train_app.command("caloclouds2")
-def train_caloclouds2(
-    data: Annotated[Path, typer.Option(help="Training point-cloud file (e.g. from `caloforge simulate`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, MODEL card data).")],
-    preset: Annotated[
-        str, typer.Option(help="cpu (minutes on a laptop) or paper (published sizes, GPU).")
-    ] = "cpu",
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="PointWise Net steps (default: the preset's).")
-    ] = None,
-    flow_steps: Annotated[
-        int | None, typer.Option(min=0, help="Shower Flow steps (default: the preset's).")
-    ] = None,
-    max_showers: Annotated[
-        int | None, typer.Option(min=1, help="Use only the first N training showers.")
-    ] = None,
-    widths: Annotated[
-        str | None,
-        typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-) -> None:
-    """Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."""
-    from caloforge.models.caloclouds2 import CaloClouds2Config, train
-
-    _set_threads(threads)
-    overrides = _given(
-        steps=steps, flow_steps=flow_steps, max_showers=max_showers, net_widths=_widths(widths)
-    )
-    config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
-    with progress_bar() as bar:
-        progress = _stage_progress(bar)
-        result = train(config, data, out, resume=resume, progress=progress, max_minutes=max_minutes)
-    _report_run(result)
-
-
-def _train_calodream(
-    part: str,
-    data: Path,
-    out: Path,
-    preset: str,
-    steps: int | None,
-    batch_size: int | None,
-    seed: int,
-    resume: bool,
-    max_minutes: float | None,
-    threads: int | None,
-    target: str | None = None,
-    **links: Path | None,
-) -> None:
-    from caloforge.models.calodream import CaloDreamConfig, train
-
-    _set_threads(threads)
-    config = CaloDreamConfig.from_preset(
-        preset, seed=seed, **_given(steps=steps, batch_size=batch_size, shape_target=target)
-    )
-    with progress_bar() as bar:
-        result = train(
-            config,
-            part,
-            data,
-            out,
-            resume=resume,
-            progress=_stage_progress(bar),
-            max_minutes=max_minutes,
-            **links,
-        )
-    console.print(f"CaloDREAM {part} network: {result.parameters:,} parameters; last losses {result.losses}")
-    _report_run(result)
-
-
-VoxelDataOption = Annotated[
-    Path, typer.Option(help="Training voxel file (`caloforge simulate --voxel-out`).")
-]
-RunOption = Annotated[
-    Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, train_log.jsonl).")
-]
-DreamPresetOption = Annotated[str, typer.Option(help="cpu (about an hour on 2 cores), paper (GPU) or smoke.")]
-DreamStepsOption = Annotated[int | None, typer.Option(min=1, help="Training steps (default: the preset's).")]
-BatchOption = Annotated[int | None, typer.Option(min=1, help="Batch size (default: the preset's).")]
-SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")]
-
-
-@train_app.command("calodream-energy")
-def train_calodream_energy(
-    data: VoxelDataOption,
-    out: RunOption,
-    preset: DreamPresetOption = "cpu",
-    steps: DreamStepsOption = None,
-    batch_size: BatchOption = None,
-    seed: SeedOption = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-) -> None:
-    """Train CaloDREAM's energy network (transfusion CFM over the 45 layer-energy variables)."""
-    _train_calodream("energy", data, out, preset, steps, batch_size, seed, resume, max_minutes, threads)
-
-
-@train_app.command("calodream-shape")
-def train_calodream_shape(
-    data: VoxelDataOption,
-    out: RunOption,
-    energy_model: Annotated[
-        Path | None,
-        typer.Option(help="A trained energy run, embedded so that the shape model generates on its own."),
-    ] = None,
-    vae: Annotated[
-        Path | None,
-        typer.Option(help="A trained VAE run: train the latent variant (laViT) in its latent space."),
-    ] = None,
-    target: Annotated[
-        str | None,
-        typer.Option(
-            help="What the ViT learns: logit-fraction (the paper's) or log-energy (log E/threshold, "
-            "empty voxels on a slab under it). Default: the preset's."
-        ),
-    ] = None,
-    preset: DreamPresetOption = "cpu",
-    steps: DreamStepsOption = None,
-    batch_size: BatchOption = None,
-    seed: SeedOption = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-) -> None:
-    """Train CaloDREAM's shape network (3-d ViT CFM over voxel fractions, or laViT with --vae)."""
-    _train_calodream(
-        "shape",
-        data,
-        out,
-        preset,
-        steps,
-        batch_size,
-        seed,
-        resume,
-        max_minutes,
-        threads,
-        target,
-        energy_model=energy_model,
-        vae_model=vae,
-    )
-
-
-@train_app.command("calodream-vae")
-def train_calodream_vae(
-    data: VoxelDataOption,
-    out: RunOption,
-    preset: DreamPresetOption = "cpu",
-    steps: DreamStepsOption = None,
-    batch_size: BatchOption = None,
-    seed: SeedOption = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-) -> None:
-    """Train the VAE whose latent space the laViT shape network works in."""
-    _train_calodream("vae", data, out, preset, steps, batch_size, seed, resume, max_minutes, threads)
-
-
-@app.command("train-solver")
-def train_solver(
-    model: Annotated[Path, typer.Option(help="A CaloDREAM shape run directory or checkpoint.")],
-    data: Annotated[Path, typer.Option(help="Voxel file whose showers give the conditions (energies).")],
-    steps: Annotated[int, typer.Option(min=1, help="Solver steps = network evaluations per shower.")] = 4,
-    loss: Annotated[
-        str, typer.Option(help="global (end points) or local (each step) truncation error.")
-    ] = "global",
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write a copy here instead of updating the checkpoint.")
-    ] = None,
-    n_train: Annotated[int, typer.Option(min=1, help="Showers with dopri5 reference trajectories.")] = 256,
-    iterations: Annotated[int, typer.Option(min=1, help="Optimiser iterations.")] = 150,
-    batch_size: Annotated[int, typer.Option(min=1, help="Showers per iteration.")] = 16,
-    seed: SeedOption = 0,
-    threads: ThreadsOption = None,
-) -> None:
-    """Train a bespoke non-stationary (BNS) ODE solver for a frozen CaloDREAM shape network."""
-    from caloforge.models.calodream import load_model, save_solver
-    from caloforge.models.calodream import train_solver as run
-
-    _set_threads(threads)
-    net = load_model(model)
-    with progress_bar() as bar:
-        solver = run(
-            net,
-            data,
-            steps,
-            loss=loss,
-            n_train=n_train,
-            iterations=iterations,
-            batch_size=batch_size,
-            seed=seed,
-            progress=_stage_progress(bar),
-        )
-    target = save_solver(model, solver, out)
-    times = ", ".join(f"{t:.3f}" for t in solver.times().tolist())
-    console.print(
-        f"BNS solver ({steps} steps, {loss} loss; times {times}) is now the shape sampler of {target}"
-    )
-
-
-def _widths(text: str | None) -> tuple[int, ...] | None:
-    """``4,64,128,64,4`` → a tuple of layer widths (None stays None)."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise ValueError(
-            f"layer widths must be integers separated by commas, e.g. 4,64,128,64,4; got '{text}'"
-        ) from None
-
-
-@app.command()
-def distill(
-    teacher: Annotated[
-        str,
-        typer.Option(help="The EDM model to distil: a run directory, checkpoint or 'caloclouds2' (shipped)."),
-    ],
-    data: Annotated[Path, typer.Option(help="The teacher's training point-cloud file.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory of the consistency model.")],
-    preset: Annotated[str, typer.Option(help="cpu, paper or smoke.")] = "cpu",
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Distillation steps (default: the preset's).")
-    ] = None,
-    levels: Annotated[
-        int | None, typer.Option(min=2, help="Karras noise levels N of the teacher's steps (default 18).")
-    ] = None,
-    student_widths: Annotated[
-        str | None,
-        typer.Option(help="A narrower student, e.g. 4,32,64,32,4 (random start); default: the teacher's."),
-    ] = None,
-    loss: Annotated[str | None, typer.Option(help="l2 (default) or pseudo-huber.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of batches and noise.")] = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-) -> None:
-    """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
-    from caloforge.generation import resolve_model
-    from caloforge.models.consistency import DistillConfig
-    from caloforge.models.consistency import distill as run_distill
-
-    _set_threads(threads)
-    overrides = _given(steps=steps, n_levels=levels, student_widths=_widths(student_widths), loss=loss)
-    config = DistillConfig.from_preset(preset, seed=seed, **overrides)
-    path = None if resume else resolve_model(teacher)
-    with progress_bar() as bar:
-        result = run_distill(
-            path, data, out, config, resume=resume, progress=_stage_progress(bar), max_minutes=max_minutes
-        )
-    _report_run(result)
+_add_family_commands()
 
 
 @app.command()
@@ -706,60 +467,25 @@ def calibrate(
         ),
     ] = None,
     bins: Annotated[
-        int, typer.Option(min=1, help="CaloDREAM: incident-energy bins of the hit-energy calibration.")
-    ] = 8,
+        int | None,
+        typer.Option(min=1, help="CaloDREAM: incident-energy bins of the hit-energy calibration (8)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the energies and noise used.")] = 0,
     threads: ThreadsOption = None,
 ) -> None:
     """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
     sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy)."""
-    from caloforge.generation import SHIPPED_MODELS, resolve_model
-    from caloforge.models.caloclouds2 import calibrate as run_calibration
-    from caloforge.models.calodream import is_calodream_checkpoint
+    from caloforge.models.registry import family_of, shipped_models
 
-    if (model == "default" or model in SHIPPED_MODELS) and out is None:
+    if (model == "default" or model in shipped_models()) and out is None:
         raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
-    _set_threads(threads)
-    path = resolve_model(model)
-    if is_calodream_checkpoint(path):
-        sampler_given = any(v is not None for v in (sampler, steps, sigma_max))
-        _calibrate_calodream(path, data, out, showers or 4000, bins, seed, sampler_given)
-        return
+    set_threads(threads)
+    family, path, _ = family_of(model)
+    family.require("calibrate")
+    options = {"sampler": sampler, "steps": steps, "sigma_max": sigma_max, "showers": showers, "bins": bins}
     with progress_bar() as bar:
-        result = run_calibration(
-            path,
-            data,
-            out,
-            sampler=sampler,
-            n_steps=steps,
-            sigma_max=sigma_max,
-            showers=showers,
-            seed=seed,
-            progress=_stage_progress(bar),
-        )
-    ratio = ", ".join(f"{c:.4g}" for c in result.ratio_coeffs)
-    console.print(f"number-of-points calibration refitted (cubic coefficients {ratio}); wrote {out or path}")
-
-
-def _calibrate_calodream(
-    path: Path, data: Path, out: Path | None, showers: int, bins: int, seed: int, sampler_given: bool
-) -> None:
-    from caloforge.models.calodream import fit_calibration, load_model, save_calibration
-
-    if sampler_given:
-        raise ValueError(
-            "--sampler, --steps and --sigma-max are CaloClouds II options; CaloDREAM keeps its sampler"
-        )
-    model = load_model(path)
-    with progress_bar() as bar:
-        calibration = fit_calibration(
-            model, data, n_showers=showers, n_bins=bins, seed=seed, progress=_stage_progress(bar)
-        )
-    written = save_calibration(path, calibration, out)
-    console.print(
-        f"hit-energy calibration fitted on the first {showers:,} showers (at most) of {data.name} "
-        f"({bins} energy bins, {calibration.n_groups} layer-ring groups); wrote {written}"
-    )
+        line = family.part("calibrator")(path, data, out, seed=seed, progress=stage_progress(bar), **options)
+    console.print(line)
 
 
 @app.command()
@@ -817,7 +543,7 @@ def generate(
     from caloforge.generation import generate_file
     from caloforge.simulate.driver import draw_energies
 
-    _set_threads(threads)
+    set_threads(threads)
     if energies_file is not None:
         with open_showers(energies_file) as f:
             energies = f.read_energy()[:n]
@@ -863,13 +589,10 @@ def export(
 ) -> None:
     """Export a model as one self-contained ONNX / TorchScript graph for C++ frameworks (docs/export.md)."""
     from caloforge.export import export_model
-    from caloforge.generation import resolve_model
 
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
-    path = export_model(
-        resolve_model(model), out, format, max_points=max_points, sampler=sampler, n_steps=steps
-    )
+    path = export_model(model, out, format, max_points=max_points, sampler=sampler, n_steps=steps)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); contract in docs/export.md")
 
 

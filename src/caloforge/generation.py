@@ -1,7 +1,9 @@
-"""``caloforge generate``: showers from a trained model, streamed to the simulator's file format.
+"""``caloforge generate``: showers from a trained model of any family, streamed to a shower file.
 
-The model is a checkpoint directory or file written by ``caloforge train``, or ``default``
-(the model shipped in ``caloforge/assets``). Incident energies are drawn exactly as
+The model is a checkpoint directory or file written by ``caloforge train``, ``default`` or a
+shipped model's name; the registry (:mod:`caloforge.models.registry`) finds its family from
+the format key the checkpoint stores, and everything here talks to the family only through
+the protocol (:mod:`caloforge.models.protocol`). Incident energies are drawn exactly as
 ``caloforge simulate`` draws them (same spectrum syntax, same seed → same energies), so a
 generated file can be compared shower for shower in energy with a simulated one.
 """
@@ -14,7 +16,7 @@ import signal
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -24,44 +26,25 @@ from typing import Any
 import numpy as np
 
 from caloforge.io import COMPRESSIONS, ShowerWriter
+from caloforge.models.protocol import (
+    Family,
+    GenerationError,
+    GenerationRequest,
+    Plan,
+    ShowerGenerator,
+    check_conditions,
+    generate_batches,
+)
+from caloforge.models.registry import DEFAULT_MODEL, get_family, load_generator, register, resolve_model
 
 __all__ = [
     "DEFAULT_MODEL",
-    "SHIPPED_MODELS",
     "GenerationPool",
     "GenerationResult",
     "generate_file",
     "parallel_generate",
     "resolve_model",
 ]
-
-#: Models shipped in ``caloforge/assets``, by the name that selects them (``--model NAME``).
-SHIPPED_MODELS = {
-    "caloclouds2": "caloclouds2_cpu.pt",
-    "caloclouds2-cm": "caloclouds2_cm_cpu.pt",
-    "calodream": "calodream_ds2_cpu.pt",
-    "calodream-lavit": "calodream_lavit_ds2_cpu.pt",
-}
-#: The shipped model that ``--model default`` means.
-DEFAULT_MODEL = "caloclouds2-cm"
-
-
-def resolve_model(model: str | Path) -> Path:
-    """Path of a checkpoint: ``default`` or a name of :data:`SHIPPED_MODELS`, a run directory or a file."""
-    name = DEFAULT_MODEL if str(model) == "default" else str(model)
-    if name in SHIPPED_MODELS:
-        from caloforge import asset_path
-
-        return asset_path(SHIPPED_MODELS[name])
-    path = Path(model)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model '{model}' not found: give 'default', {', '.join(SHIPPED_MODELS)}, "
-            "a run directory or a checkpoint file"
-        )
-    return path
 
 
 @dataclass
@@ -81,88 +64,79 @@ class GenerationResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_start(path: str) -> None:
+def _worker_start(path: str, family: Family) -> None:
     import torch
-
-    from caloforge.models.caloclouds2 import load_model
 
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the parent has warned already
-    _WORKER["model"] = load_model(path)
+    register(family)  # a family registered at run time in the parent is known here too
+    _WORKER["generator"] = load_generator(path)
 
 
-def _worker_batch(job: tuple[int, np.ndarray, dict[str, Any]]) -> Any:
-    from caloforge.models.caloclouds2 import generate
-
-    index, energies, options = job
-    return next(generate(_WORKER["model"], energies, batch_size=len(energies), first_batch=index, **options))
+def _worker_batch(job: tuple[int, dict[str, np.ndarray], Plan, int]) -> Any:
+    index, conditions, plan, seed = job
+    return _WORKER["generator"].generate_batch(conditions, plan, seed, index)
 
 
 class GenerationPool:
-    """``workers`` single-threaded processes, each holding the CaloClouds II model at ``path``,
-    that :meth:`generate` spreads batches over (a context manager; started once, used for
-    many runs). The workers are spawned at the first request: in a script, create the pool
-    under ``if __name__ == "__main__":``. A worker that dies (killed, out of memory) or
-    cannot load the model raises :class:`~caloforge.models.caloclouds2.GenerationError`
-    instead of hanging; Ctrl-C stops the workers."""
+    """``workers`` single-threaded processes, each holding the model at ``path`` (any family
+    that supports workers), that :meth:`generate` spreads batches over (a context manager;
+    started once, used for many runs). The workers are spawned at the first request: in a
+    script, create the pool under ``if __name__ == "__main__":``. A worker that dies (killed,
+    out of memory) or cannot load the model raises
+    :class:`~caloforge.models.protocol.GenerationError` instead of hanging; Ctrl-C stops the
+    workers."""
 
     def __init__(self, path: str | Path, workers: int) -> None:
-        from caloforge.models.caloclouds2 import load_model
-
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
-        self.path = str(path)
-        self.model = load_model(path)  # for checking requests here, before the workers see them
+        self.path = str(resolve_model(path))
+        self.generator = load_generator(self.path)  # for checking requests here, before the workers see them
+        self.family = get_family(self.generator.family)
+        if workers > 1:
+            self.family.require("workers")
         self.workers = workers
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=mp.get_context("spawn"), initializer=_worker_start, initargs=(self.path,)
+            workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_worker_start,
+            initargs=(self.path, self.family),
         )
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        """The model's :meth:`~caloforge.models.protocol.ShowerGenerator.plan` of ``request``."""
+        return self.generator.plan(request)
 
     def generate(
         self,
-        energies_gev: np.ndarray,
+        conditions: Mapping[str, Any] | np.ndarray,
+        plan: Plan,
         batch_size: int = 64,
         *,
         seed: int = 0,
-        n_steps: int | None = None,
-        sampler: str | None = None,
-        allow_extrapolation: bool = False,
-        points_per_call: int | None = None,
-        precision: str = "auto",
         first_batch: int = 0,
     ) -> Iterator[Any]:
-        """:func:`caloforge.models.caloclouds2.generate`'s showers (same arguments), batches
-        made by the workers and yielded in order: the same showers as a single-process run
-        with the same precision (every batch has its own random stream,
-        :func:`~caloforge.models.caloclouds2.batch_seed`). A bad request raises
-        :class:`~caloforge.models.caloclouds2.GenerationError` here, before any work starts."""
-        from caloforge.models.caloclouds2 import POINTS_PER_CALL, check_request, resolve_sampler
-
-        per_call = POINTS_PER_CALL if points_per_call is None else points_per_call
-        energies = check_request(
-            self.model, energies_gev, batch_size, allow_extrapolation, per_call, precision
-        )
-        spec = resolve_sampler(self.model, sampler, n_steps)
-        options = {
-            "seed": seed,
-            "n_steps": spec.n_steps,
-            "sampler": spec.name,
-            "allow_extrapolation": allow_extrapolation,
-            "points_per_call": per_call,
-            "precision": precision,
-        }
+        """The showers of :func:`~caloforge.models.protocol.generate_batches` (``conditions``: a
+        mapping, or the incident energies), batches made by the workers and yielded in order:
+        the same showers as a single-process run (every batch has its own random stream). Bad
+        conditions raise :class:`~caloforge.models.protocol.GenerationError` here, before any
+        work starts."""
+        if not isinstance(conditions, Mapping):
+            conditions = {"energy": conditions}
+        values = check_conditions(self.generator.conditions, conditions, plan.allow_extrapolation)
+        if batch_size < 1:
+            raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
+        n = len(next(iter(values.values())))
         jobs = (
-            (first_batch + index, energies[start : start + batch_size], options)
-            for index, start in enumerate(range(0, len(energies), batch_size))
+            (first_batch + index, {k: v[start : start + batch_size] for k, v in values.items()}, plan, seed)
+            for index, start in enumerate(range(0, n, batch_size))
         )
         return self._run(jobs)
 
-    def _run(self, jobs: Iterator[tuple[int, np.ndarray, dict[str, Any]]]) -> Iterator[Any]:
+    def _run(self, jobs: Iterator[tuple[int, dict[str, np.ndarray], Plan, int]]) -> Iterator[Any]:
         """Results of ``jobs`` in order, at most two batches per worker in flight."""
-        from caloforge.models.caloclouds2 import GenerationError
-
         pending: deque[Future[Any]] = deque()
         try:
             for job in itertools.islice(jobs, 2 * self.workers):
@@ -193,22 +167,39 @@ class GenerationPool:
 
 
 def parallel_generate(
-    path: str | Path, energies_gev: np.ndarray, workers: int, batch_size: int = 64, **options: Any
+    path: str | Path,
+    energies_gev: np.ndarray,
+    workers: int,
+    batch_size: int = 64,
+    *,
+    seed: int = 0,
+    sampler: str | None = None,
+    n_steps: int | None = None,
+    precision: str = "auto",
+    allow_extrapolation: bool = False,
+    first_batch: int = 0,
+    **options: Any,
 ) -> Iterator[Any]:
-    """:func:`caloforge.models.caloclouds2.generate` of the CaloClouds II checkpoint ``path``,
-    its batches spread over ``workers`` single-threaded processes (:class:`GenerationPool`) and
-    yielded in order; the same showers as one process. The request is checked (and
-    :class:`~caloforge.models.caloclouds2.GenerationError` raised) at the call, before any
-    worker starts."""
+    """The showers of the model at ``path`` for ``energies_gev``, its batches spread over
+    ``workers`` single-threaded processes (:class:`GenerationPool`) and yielded in order; the
+    same showers as one process. ``options`` are the family's own generation options. The
+    request is checked (and :class:`~caloforge.models.protocol.GenerationError` raised) at
+    the call, before any worker starts."""
     pool = GenerationPool(path, workers)
     try:
-        batches = pool.generate(energies_gev, batch_size, **options)
+        request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", options)
+        plan = pool.plan(request)
+        batches = pool.generate(energies_gev, plan, batch_size, seed=seed, first_batch=first_batch)
     except BaseException:
         pool.close()
         raise
-    if not pool.model.complete:
-        warnings.warn("this CaloClouds II model has not finished training", stacklevel=2)
+    _warn_incomplete(pool.generator)
     return _closing(pool, batches)
+
+
+def _warn_incomplete(generator: ShowerGenerator) -> None:
+    if not generator.complete:
+        warnings.warn(f"this {generator.label} model has not finished training", stacklevel=3)
 
 
 def _closing(pool: GenerationPool, batches: Iterator[Any]) -> Iterator[Any]:
@@ -231,119 +222,77 @@ def generate_file(
     workers: int = 1,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> GenerationResult:
-    """Generate one shower per entry of ``energies_gev`` into ``out`` (point-cloud file).
+    """Generate one shower per entry of ``energies_gev`` into ``out`` (the file kind the model's
+    family writes: points, voxels, …), with any registered family's model.
 
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
     it was. ``compression`` is the file's (:data:`caloforge.io.COMPRESSIONS`). ``workers`` > 1
-    spreads a CaloClouds II model's batches over that many single-threaded processes
-    (:func:`parallel_generate`; the same showers, this process writes them). ``progress(done,
-    total)`` is called after every batch.
+    spreads the batches over that many single-threaded processes (:class:`GenerationPool`;
+    the same showers, this process writes them) where the family supports it. ``options``
+    are the family's own generation options. ``progress(done, total)`` is called after every
+    batch. The request is checked in full before anything is generated.
     """
-    from caloforge.models.caloclouds2 import generate, load_model, resolve_precision, resolve_sampler
-    from caloforge.models.calodream import is_calodream_checkpoint
-
     out = Path(out)
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression '{compression}': use {', '.join(COMPRESSIONS)}")
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     if out.exists() and not overwrite:
         raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
     path = resolve_model(model)
-    if is_calodream_checkpoint(path):
-        if workers != 1:
-            raise ValueError("--workers applies to CaloClouds II models; CaloDREAM uses --threads")
-        if precision not in ("auto", "float32"):
-            raise ValueError(
-                f"--precision {precision}: CaloDREAM models run in float32 (use auto or float32)"
-            )
-        return _generate_calodream(
-            path,
-            model,
-            energies_gev,
-            out,
-            seed,
-            batch_size,
-            n_steps,
-            sampler,
-            allow_extrapolation,
-            compression,
-            progress,
-        )
-    net = load_model(path)
-    energies = np.asarray(energies_gev, np.float64)
-    spec = resolve_sampler(net, sampler, n_steps)
-    attrs = _attrs(model, path, energies, "caloclouds2", spec.name, spec.n_steps, spec.network_calls)
-    precision = resolve_precision(precision)
-    attrs["precision"] = precision
-    options = {
-        "seed": seed,
-        "n_steps": spec.n_steps,
-        "sampler": spec.name,
-        "allow_extrapolation": allow_extrapolation,
-        "precision": precision,
-    }
+    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {}))
     if workers > 1:
-        batches = parallel_generate(path, energies, workers, batch_size, **options)
+        pool = GenerationPool(path, workers)
+        try:
+            generator = pool.generator
+            plan = pool.plan(request)
+            batches = _closing(pool, pool.generate(energies_gev, plan, batch_size, seed=seed))
+        except BaseException:
+            pool.close()
+            raise
     else:
-        batches = generate(net, energies, batch_size=batch_size, **options)
-    label = "caloclouds2-cm" if spec.consistency else "caloclouds2"
+        generator = load_generator(path)
+        plan = generator.plan(request)
+        check_conditions(generator.conditions, {"energy": energies_gev}, allow_extrapolation)
+        batches = generate_batches(generator, {"energy": energies_gev}, plan, seed, batch_size)
+    _warn_incomplete(generator)
+    energies = np.asarray(energies_gev, np.float64).reshape(-1)
+    attrs = _attrs(model, path, energies, generator, plan)
     return _stream(
-        out, "points", net.detector, label, seed, attrs, batches, len(energies), compression, progress
-    )
-
-
-def _generate_calodream(
-    path: Path,
-    model: str | Path,
-    energies_gev: np.ndarray,
-    out: Path,
-    seed: int,
-    batch_size: int,
-    n_steps: int | None,
-    sampler: str | None,
-    allow_extrapolation: bool,
-    compression: str,
-    progress: Callable[[int, int], None] | None,
-) -> GenerationResult:
-    """CaloDREAM: energy network then shape network, written as a CaloChallenge voxel file."""
-    from caloforge.models.calodream import generate, load_model, resolve_solver, uses_calibration
-
-    net = load_model(path)
-    if net.part != "shape":
-        raise ValueError(f"'{path}' is a CaloDREAM {net.part} network: generate with a shape model")
-    spec = resolve_solver(net, sampler, n_steps)
-    energies = np.asarray(energies_gev, np.float64)
-    attrs = _attrs(model, path, energies, "calodream", spec.method, spec.n_steps, spec.evaluations)
-    attrs["latent"] = bool(net.latent)
-    attrs["calibrated"] = uses_calibration(net, spec)  # hit energies calibrated (calibrate --model)
-    batches = generate(
-        net,
-        energies,
-        batch_size=batch_size,
-        seed=seed,
-        shape_solver=spec,
-        allow_extrapolation=allow_extrapolation,
-    )
-    label = "calodream-lavit" if net.latent else "calodream"
-    return _stream(
-        out, "voxels", net.detector, label, seed, attrs, batches, len(energies), compression, progress
+        out,
+        generator.output,
+        generator.detector,
+        generator.label,
+        seed,
+        attrs,
+        batches,
+        len(energies),
+        compression,
+        progress,
     )
 
 
 def _attrs(
-    model: str | Path, path: Path, energies: np.ndarray, family: str, sampler: str, steps: int, calls: int
+    model: str | Path, path: Path, energies: np.ndarray, generator: ShowerGenerator, plan: Plan
 ) -> dict[str, Any]:
-    """File attributes every generated file carries: which model and sampler, the energy range."""
+    """File attributes every generated file carries (which model and sampler, the energy
+    range), then the family's own (:attr:`~caloforge.models.protocol.Plan.attrs`)."""
+    from caloforge.models.registry import shipped_models
+
+    shipped = str(model) == "default" or str(model) in shipped_models()
     return {
-        "model": str(path.name if str(model) == "default" or str(model) in SHIPPED_MODELS else path),
-        "model_family": family,
-        "sampler": sampler,
-        "sampler_steps": steps,
-        "network_calls": calls,
-        "energy_min_gev": float(energies.min()),
-        "energy_max_gev": float(energies.max()),
+        "model": str(path.name if shipped else path),
+        "model_family": generator.family,
+        "sampler": plan.sampler.name,
+        "sampler_steps": plan.sampler.n_steps,
+        "network_calls": plan.sampler.network_calls,
+        "energy_min_gev": float(energies.min()) if len(energies) else 0.0,
+        "energy_max_gev": float(energies.max()) if len(energies) else 0.0,
+        **plan.attrs,
     }
 
 

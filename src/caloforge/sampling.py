@@ -2,7 +2,7 @@
 
 A sampler knows nothing about the network: it only calls the denoiser with a batch of
 noisy samples ``x`` (first axis: batch) and one noise level per batch element. The EDM
-teacher (:class:`caloforge.models.edm.EDMDenoiser`), a consistency student or an analytic
+teacher (:class:`caloforge.models.nn.edm.EDMDenoiser`), a consistency student or an analytic
 denoiser all plug in the same way.
 
 The probability-flow ODE of EDM (Karras et al. 2022) is ``dx/dsigma = (x - D(x, sigma)) / sigma``;

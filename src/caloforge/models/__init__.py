@@ -1,42 +1,51 @@
-"""Generative shower models, one module per family.
+"""Generative shower models: the family protocol, the registry, and one sub-package per family.
 
-* :mod:`caloforge.models.caloclouds2` — CaloClouds II: :func:`train`, :func:`generate`,
-  :func:`load_model` and the :class:`CaloClouds2Config` presets;
-* :mod:`caloforge.models.showerflow`, :mod:`caloforge.models.pointwise`,
-  :mod:`caloforge.models.edm` — its parts (Shower Flow, PointWise Net, EDM preconditioning,
-  loss and EMA).
+* :mod:`caloforge.models.protocol` — what a family provides (:class:`Family`,
+  :class:`ShowerGenerator`, :class:`GenerationRequest`, :class:`Plan`) and the shared checks;
+* :mod:`caloforge.models.registry` — checkpoint format key → family (:func:`load_generator`);
+* :mod:`caloforge.models.checkpoint` — safe checkpoint reading (``weights_only=True``) and
+  atomic writing;
+* :mod:`caloforge.models.caloclouds2` — CaloClouds II and CaloClouds II (CM);
+* :mod:`caloforge.models.calodream` — CaloDREAM (ViT and laViT);
+* :mod:`caloforge.models.nn` — the networks the families are built from.
 
-These modules need the ``ml`` extra (torch, zuko): ``pip install 'caloforge[ml]'``.
+Importing this package (or a family's) imports no network code; the families' modules need the
+``ml`` extra (torch, zuko): ``pip install 'caloforge[ml]'``. docs/architecture.md shows how to
+add a family.
 """
 
-try:
-    import torch  # noqa: F401
-    import zuko  # noqa: F401
-except ImportError as exc:  # pragma: no cover - only without the ml extra
-    raise ImportError(
-        f"caloforge.models needs torch and zuko ({exc}); install them with: pip install 'caloforge[ml]'"
-    ) from exc
-
-from caloforge.models.caloclouds2 import (
-    PRESETS,
-    CaloClouds2,
-    CaloClouds2Config,
+from caloforge.models.protocol import (
+    Capabilities,
     CheckpointError,
+    Condition,
+    Family,
     GenerationError,
-    TrainResult,
-    generate,
-    load_model,
-    train,
+    GenerationRequest,
+    Plan,
+    SamplerInfo,
+    ShowerGenerator,
+    UnsupportedError,
+    batch_seed,
+    generate_batches,
 )
+from caloforge.models.registry import families, get_family, load_generator, register, resolve_model
 
 __all__ = [
-    "PRESETS",
-    "CaloClouds2",
-    "CaloClouds2Config",
+    "Capabilities",
     "CheckpointError",
+    "Condition",
+    "Family",
     "GenerationError",
-    "TrainResult",
-    "generate",
-    "load_model",
-    "train",
+    "GenerationRequest",
+    "Plan",
+    "SamplerInfo",
+    "ShowerGenerator",
+    "UnsupportedError",
+    "batch_seed",
+    "families",
+    "generate_batches",
+    "get_family",
+    "load_generator",
+    "register",
+    "resolve_model",
 ]

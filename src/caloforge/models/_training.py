@@ -8,18 +8,22 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from caloforge.io import atomic_output
 from caloforge.models._config import PresetConfig
+from caloforge.models.checkpoint import read_checkpoint, save_checkpoint
+from caloforge.models.protocol import CheckpointError
 
 __all__ = [
     "CheckpointError",
     "Progress",
+    "TrainResult",
+    "Trainer",
     "check_resumable",
     "open_run",
     "optimizer_step",
@@ -31,8 +35,36 @@ __all__ = [
 Progress = Callable[..., None]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, of another format or version, or does not fit the run."""
+@dataclass
+class TrainResult:
+    """What a training run did: the checkpoint, how far it got, the last logged losses and the
+    trainable parameters of each network (``part``: which part of a multi-part family)."""
+
+    checkpoint: Path
+    step: int
+    total_steps: int
+    complete: bool
+    minutes: float
+    losses: dict[str, float] = field(default_factory=dict)
+    parameters: dict[str, int] = field(default_factory=dict)
+    part: str | None = None
+
+
+class Trainer(Protocol):
+    """What :func:`run_loop` drives: the state of one training run and one step of it."""
+
+    step: int
+    skipped: int
+    elapsed_s: float
+    last_losses: dict[str, float]
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        """One optimisation step; the losses it computed (None: the step was skipped)."""
+        ...
+
+    def save(self, path: Path) -> None:
+        """Write a resumable checkpoint to ``path``."""
+        ...
 
 
 def optimizer_step(
@@ -53,12 +85,6 @@ def optimizer_step(
         return False
     optimizer.step()
     return True
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` ``state`` to ``path`` atomically (an existing file stays until it is replaced)."""
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
 
 
 def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:
@@ -105,7 +131,7 @@ class _InterruptFlag:
 
 
 def run_loop(
-    trainer: Any,
+    trainer: Trainer,
     total_steps: int,
     ckpt: Path,
     log_every: int,
@@ -174,17 +200,18 @@ def open_run(
     out_dir: str | Path,
     config: PresetConfig,
     resume: bool,
-    read: Callable[[Path], dict[str, Any]],
+    check: Callable[[dict[str, Any], Path], dict[str, Any]],
 ) -> tuple[Path, dict[str, Any] | None]:
     """Create ``out_dir``; return its checkpoint path and, with ``resume``, the checked saved state.
 
-    Without ``resume`` an existing checkpoint is an error rather than overwritten.
+    ``check(state, path)`` validates the saved state (format, version). Without ``resume`` an
+    existing checkpoint is an error rather than overwritten.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint.pt"
     if resume:
-        state = read(ckpt)
+        state = check(read_checkpoint(ckpt), ckpt)
         check_resumable(ckpt, state["config"], config)
         return ckpt, state
     if ckpt.exists():

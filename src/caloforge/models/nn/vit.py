@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from caloforge.models.transfusion import time_embedding
+from caloforge.models.nn.transfusion import time_embedding
 
 __all__ = ["ViT3d", "patchify", "unpatchify"]
 

@@ -9,7 +9,7 @@ Consistency distillation (Song et al. 2023) teaches it from the EDM teacher:
 2. noise a training point cloud to ``t``; one teacher Heun step carries it to ``t'``;
 3. minimise ``|| f_student(x_t, t) - stopgrad f_target(x_t', t') ||^2`` (or the pseudo-Huber
    distance), where the target network is an EMA of the student (constant decay 0.95);
-4. ``f`` uses the boundary scalings of :class:`~caloforge.models.edm.ConsistencyDenoiser`, so
+4. ``f`` uses the boundary scalings of :class:`~caloforge.models.nn.edm.ConsistencyDenoiser`, so
    ``f(x, sigma_min) = x``.
 
 Student, target (and, in the paper, the teacher) start from the teacher's EMA weights. A
@@ -37,28 +37,23 @@ from torch import Tensor, nn
 
 from caloforge.models._config import PresetConfig
 from caloforge.models._training import (
-    CheckpointError,
     Progress,
+    TrainResult,
     check_resumable,
     optimizer_step,
     run_loop,
-    save_checkpoint,
 )
-from caloforge.models.caloclouds2 import (
-    CaloClouds2,
-    SamplerSpec,
-    TrainResult,
-    _calibration_energies,
-    _load_training_data,
-    _model_from_state,
-    _read_checkpoint,
-    _TrainingData,
-    fit_calibration,
-    load_model,
-    point_batch,
-)
-from caloforge.models.edm import EMA, ConsistencyDenoiser, EDMDenoiser
-from caloforge.models.pointwise import PointWiseNet
+from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
+from caloforge.models.caloclouds2.checkpoint import load_model, model_from_state, read_model_checkpoint
+from caloforge.models.caloclouds2.config import SamplerSpec
+from caloforge.models.caloclouds2.data import TrainingData, load_training_data
+from caloforge.models.caloclouds2.model import CaloClouds2
+from caloforge.models.caloclouds2.training import point_batch
+from caloforge.models.checkpoint import save_checkpoint
+from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
+from caloforge.models.nn.ema import EMA
+from caloforge.models.nn.pointwise import PointWiseNet
+from caloforge.models.protocol import CheckpointError
 from caloforge.sampling import karras_sigmas
 
 __all__ = ["DISTILL_PRESETS", "DistillConfig", "consistency_distillation_loss", "distill"]
@@ -174,7 +169,7 @@ def consistency_distillation_loss(
 class _Distiller:
     """Mutable state of a distillation run (student, target, optimiser, RNGs) and one step of it."""
 
-    def __init__(self, config: DistillConfig, teacher: CaloClouds2, data: _TrainingData) -> None:
+    def __init__(self, config: DistillConfig, teacher: CaloClouds2, data: TrainingData) -> None:
         self.config, self.teacher_model, self.data = config, teacher, data
         self.teacher = EDMDenoiser(teacher.net, teacher.config.sigma_data).requires_grad_(False)
         widths = config.student_widths
@@ -284,7 +279,7 @@ class _Distiller:
 def _teacher_from_run(state: dict[str, Any], path: Path) -> CaloClouds2:
     """The teacher stored inside a distillation checkpoint (resuming needs no teacher file)."""
     teacher_state = dict(state["distill"]["teacher"]) | {"model": state["distill"]["teacher_model"]}
-    return _model_from_state(teacher_state, path)
+    return model_from_state(teacher_state, path)
 
 
 def distill(
@@ -311,7 +306,7 @@ def distill(
     ckpt = out / "checkpoint.pt"
     state = None
     if resume:
-        state = _read_checkpoint(ckpt)
+        state = read_model_checkpoint(ckpt)
         if "distill" not in state:
             raise CheckpointError(f"'{ckpt}' is not a distillation run (no training state): start a new one")
         check_resumable(ckpt, state["distill"]["config"], config, verb="distilled")
@@ -324,7 +319,7 @@ def distill(
         teacher = load_model(teacher_path)
         if teacher.sampler.consistency:
             raise CheckpointError(f"'{teacher_path}' is already a consistency model: distil an EDM model")
-    data = _load_training_data(Path(data_path), teacher.config, progress)
+    data = load_training_data(Path(data_path), teacher.config, progress)
     if data.detector.name != teacher.detector.name:
         raise ValueError(
             f"'{data_path}' is for detector '{data.detector.name}', the teacher for '{teacher.detector.name}'"
@@ -338,7 +333,7 @@ def distill(
     run.model.complete = run.step >= config.steps
     run.save(ckpt)
     tcfg = teacher.config
-    energies = _calibration_energies(data.energy, tcfg.calibration_showers, tcfg.seed)
+    energies = calibration_energies(data.energy, tcfg.calibration_showers, tcfg.seed)
     fit_calibration(
         run.model,
         energies,

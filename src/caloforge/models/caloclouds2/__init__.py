@@ -1,0 +1,84 @@
+"""CaloClouds II (arXiv:2309.05704) and its one-step distillation CaloClouds II (CM).
+
+Photon showers in the ILD-like ECAL as point clouds (SPEC 6.1, 6.2):
+
+* the :class:`~caloforge.models.nn.showerflow.ShowerFlow` samples per-shower summaries
+  (number of points, visible energy, per-layer counts and energies, centre of gravity)
+  given the incident energy;
+* the :class:`~caloforge.models.nn.pointwise.PointWiseNet`, trained as an EDM denoiser (or
+  distilled into a consistency model, :mod:`.distillation`), samples that many points
+  independently given (incident energy, number of points);
+* :mod:`caloforge.calibrate` makes the points agree with the summaries.
+
+The package follows the pipeline: :mod:`.config` (presets, sampler description),
+:mod:`.model` (the container), :mod:`.checkpoint`, :mod:`.data` (training data),
+:mod:`.training`, :mod:`.calibration` (the number-of-points fit), :mod:`.generation` (the
+generator of the family protocol), :mod:`.distillation` (CM), :mod:`.export` (ONNX / TorchScript)
+and :mod:`.cli` (its ``caloforge train`` / ``distill`` commands). Importing this package
+imports none of them: the names below load their module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from caloforge.models.protocol import Capabilities, Family
+
+#: Public names → the module that defines them (loaded on first access).
+_EXPORTS = {
+    "CaloClouds2Config": "config",
+    "PRESETS": "config",
+    "SamplerSpec": "config",
+    "CaloClouds2": "model",
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+    "train": "training",
+    "point_batch": "training",
+    "fit_calibration": "calibration",
+    "calibrate": "calibration",
+    "generate": "generation",
+    "resolve_sampler": "generation",
+    "resolve_precision": "generation",
+    "native_bfloat16": "generation",
+    "faster_bfloat16": "generation",
+    "check_request": "generation",
+    "CaloClouds2Generator": "generation",
+    "POINTS_PER_CALL": "generation",
+    "POINTS_PAD": "generation",
+    "PRECISIONS": "generation",
+    "DistillConfig": "distillation",
+    "distill": "distillation",
+    "export_model": "export",
+    "OnnxGenerator": "export",
+}
+
+__all__ = ["FAMILY", *_EXPORTS]
+
+FAMILY = Family(
+    name="caloclouds2",
+    description="CaloClouds II",
+    formats=("caloforge-caloclouds2",),
+    loader="caloforge.models.caloclouds2.generation:load_generator",
+    capabilities=Capabilities(
+        calibrate=True,
+        export=("onnx", "torchscript"),
+        gpu=True,
+        workers=True,
+        precisions=("float32", "bfloat16"),
+    ),
+    calibrator="caloforge.models.caloclouds2.calibration:calibrate_command",
+    exporter="caloforge.models.caloclouds2.export:export_model",
+    runner="caloforge.models.caloclouds2.export:OnnxGenerator",
+    commands="caloforge.models.caloclouds2.cli:add_commands",
+    shipped={"caloclouds2": "caloclouds2_cpu.pt", "caloclouds2-cm": "caloclouds2_cm_cpu.pt"},
+    bench_models=(("CaloClouds II (25 NFE)", "caloclouds2"), ("CaloClouds II (CM, 1 NFE)", "caloclouds2-cm")),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

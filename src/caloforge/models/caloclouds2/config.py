@@ -1,0 +1,184 @@
+"""CaloClouds II run settings (presets ``cpu``, ``paper``, ``smoke``) and its sampler description."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from caloforge.models._config import PresetConfig
+from caloforge.models.nn.edm import EDMDenoiser
+from caloforge.models.nn.pointwise import (
+    CPU_WIDTHS,
+    PAPER_WIDTHS,
+)
+from caloforge.sampling import (
+    consistency_sigmas,
+    karras_sigmas,
+    sample_consistency,
+    sample_euler,
+    sample_heun,
+)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """How a model's points are sampled by default: ``heun`` / ``euler`` with ``n_steps`` noise
+    levels (EDM models; Heun costs ``2 n_steps - 1`` network calls), or ``consistency`` with
+    ``n_steps`` network calls (distilled models). The N calibration is fitted with it.
+
+    >>> SamplerSpec().network_calls, SamplerSpec("consistency", 1).sigmas().tolist()
+    (25, [80.0, 0.0])
+    """
+
+    name: str = "heun"
+    n_steps: int = 13
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+
+    def __post_init__(self) -> None:
+        if self.name not in _SAMPLERS:
+            raise ValueError(f"unknown sampler '{self.name}': use one of {', '.join(_SAMPLERS)}")
+        if self.n_steps < 1:
+            raise ValueError(f"the sampler needs at least one step, got {self.n_steps}")
+
+    @property
+    def consistency(self) -> bool:
+        """True for a distilled (consistency) model."""
+        return self.name == "consistency"
+
+    @property
+    def network_calls(self) -> int:
+        """Network evaluations per shower batch."""
+        return 2 * self.n_steps - 1 if self.name == "heun" else self.n_steps
+
+    def sigmas(self) -> Tensor:
+        """The noise levels the sampler visits (ending with 0)."""
+        make = consistency_sigmas if self.consistency else karras_sigmas
+        return make(self.n_steps, self.sigma_min, self.sigma_max)
+
+    def sample(self, denoiser: EDMDenoiser, x: Tensor, generator: torch.Generator, **cond: Tensor) -> Tensor:
+        """Run the sampler from ``x`` (already scaled to ``sigma_max``)."""
+        if self.consistency:
+            return sample_consistency(
+                denoiser, x, self.sigmas(), generator=generator, sigma_min=self.sigma_min, **cond
+            )
+        return _SAMPLERS[self.name](denoiser, x, self.sigmas(), **cond)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able mapping."""
+        return asdict(self)
+
+
+_SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "heun": sample_heun,
+    "euler": sample_euler,
+    "consistency": sample_consistency,
+}
+
+
+@dataclass(frozen=True)
+class CaloClouds2Config(PresetConfig):
+    """Everything that defines a CaloClouds II training run; presets in :data:`PRESETS`.
+
+    >>> CaloClouds2Config.from_preset("cpu", steps=10).steps
+    10
+    """
+
+    name: str = "cpu"
+    # Data: showers used (None: all) and points per shower kept in memory for the PointWise Net.
+    max_showers: int | None = None
+    cache_points: int = 1024
+    chunk_size: int = 250
+    # Shower Flow (zuko neural spline flow).
+    flow_hidden: tuple[int, ...] = (128, 128)
+    flow_transforms: int = 6
+    flow_bins: int = 8
+    flow_passes: int | None = 2  # coupling layers; None: fully autoregressive (slow to sample)
+    flow_bound: float = 10.0
+    flow_steps: int = 4000
+    flow_batch_size: int = 256
+    flow_lr: float = 1e-3
+    # PointWise Net trained with the EDM loss; `steps` is the length of the whole loop.
+    net_widths: tuple[int, ...] = CPU_WIDTHS
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    steps: int = 20000
+    batch_size: int = 64
+    points_per_shower: int = 256
+    lr: float = 5e-4
+    grad_clip: float = 10.0
+    ema_max_decay: float = 0.9999
+    # Calibration of the number of points: model showers generated after training with the
+    # default sampler of the model, Heun with `calibration_sampler_steps` noise levels.
+    calibration_showers: int = 256
+    calibration_sampler_steps: int = 13
+    # Highest noise level of the default sampler: 10 rather than the paper's 80, because with 13
+    # Heun steps from 80 the outer radial rings come out with +60 % energy (+25 % from 10).
+    sampler_sigma_max: float = 10.0
+    calibration_refinements: int = 1
+    # Bookkeeping.
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    log_every: int = 100
+
+    KIND: ClassVar[str] = "CaloClouds II"
+    # Fields added later, with the value that checkpoints written before them were trained with.
+    LEGACY: ClassVar[dict[str, Any]] = {"flow_bound": 5.0, "sampler_sigma_max": 80.0}
+
+    def __post_init__(self) -> None:
+        for name in ("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field '{name}' must be at least 1, got {getattr(self, name)}")
+        if self.points_per_shower < 1 or self.flow_batch_size < 1 or self.flow_steps < 0:
+            raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
+        if len(self.net_widths) < 2 or self.net_widths[0] != 4 or self.net_widths[-1] != 4:
+            raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {self.net_widths}")
+
+
+PRESETS: dict[str, CaloClouds2Config] = {
+    # Half an hour on one CPU core for a 20k-shower file (30.6 min measured, docs/results.md).
+    "cpu": CaloClouds2Config(),
+    # The published sizes: PointWise Net 4-128-256-512-256-128-4 (≈ 505k parameters), RAdam
+    # lr 1e-4, batch 128 whole showers, 2M iterations; a large Shower Flow. GPU territory.
+    "paper": CaloClouds2Config(
+        name="paper",
+        sampler_sigma_max=80.0,
+        cache_points=6000,
+        flow_hidden=(512, 512, 512),
+        flow_transforms=10,
+        flow_steps=100_000,
+        flow_batch_size=2048,
+        flow_lr=5e-4,
+        net_widths=PAPER_WIDTHS,
+        steps=2_000_000,
+        batch_size=128,
+        points_per_shower=6000,
+        lr=1e-4,
+        calibration_showers=2000,
+        log_every=1000,
+    ),
+    # Seconds: checks that the whole pipeline runs (tests, first try of a new data file).
+    # Its showers are not meant to be good.
+    "smoke": CaloClouds2Config(
+        name="smoke",
+        cache_points=64,
+        chunk_size=50,
+        flow_hidden=(32,),
+        flow_transforms=2,
+        flow_steps=40,
+        flow_batch_size=32,
+        net_widths=(4, 32, 32, 4),
+        steps=40,
+        batch_size=8,
+        points_per_shower=64,
+        calibration_showers=16,
+        calibration_sampler_steps=4,
+        log_every=10,
+    ),
+}
+CaloClouds2Config.PRESETS = PRESETS

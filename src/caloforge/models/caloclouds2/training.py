@@ -1,0 +1,234 @@
+"""CaloClouds II training: both parts in one interleaved, checkpointed, resumable loop."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from caloforge.calibrate import NPointsCalibration
+from caloforge.models._training import (
+    Progress,
+    TrainResult,
+    open_run,
+    optimizer_step,
+    run_loop,
+)
+from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
+from caloforge.models.caloclouds2.checkpoint import (
+    check_state,
+)
+from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
+from caloforge.models.caloclouds2.data import TrainingData, load_training_data
+from caloforge.models.caloclouds2.model import CaloClouds2
+from caloforge.models.checkpoint import save_checkpoint
+from caloforge.models.nn.edm import EDMDenoiser, edm_loss
+from caloforge.models.nn.ema import EMA
+from caloforge.models.nn.pointwise import (
+    PointScaler,
+    dequantize,
+)
+from caloforge.models.protocol import CheckpointError
+
+# --------------------------------------------------------------------------- training
+
+
+def point_batch(
+    data: TrainingData, scaler: PointScaler, batch_size: int, points: int, gen: torch.Generator
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """A training batch: ``points`` random cached points of ``batch_size`` random showers,
+    dequantised and scaled, ``(B, points, 4)``; the real-point mask; the conditioning."""
+    idx = torch.randint(len(data.energy), (batch_size,), generator=gen)
+    cached = data.points[idx]
+    valid = cached[..., 3] > 0
+    keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0
+    take = keys.argsort(dim=1)[:, :points]
+    pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
+    mask = valid.gather(1, take)
+    pts = dequantize(pts, data.detector.fine_cell_mm, gen)
+    x0 = torch.where(mask.unsqueeze(-1), scaler(pts), 0.0)
+    return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
+
+
+class _Trainer:
+    """The mutable state of a training run, and one step of it."""
+
+    def __init__(self, config: CaloClouds2Config, data: TrainingData) -> None:
+        self.config, self.data = config, data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
+            self.model = CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range)
+        self.model.sampler = SamplerSpec(
+            "heun", config.calibration_sampler_steps, sigma_max=config.sampler_sigma_max
+        )
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self._fit_standardisation()
+        self.train_net = self.model.net
+        self.ema = EMA(self.train_net, config.ema_max_decay)
+        self.model.net = self.ema.module  # the container samples with the averaged weights
+        self.opt_net = torch.optim.RAdam(self.train_net.parameters(), lr=config.lr)
+        self.opt_flow = torch.optim.Adam(self.model.flow.parameters(), lr=config.flow_lr)
+        self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.step = 0
+        self.skipped = 0
+        self.elapsed_s = 0.0
+        self.last_losses: dict[str, float] = {}
+
+    def _fit_standardisation(self) -> None:
+        gen = torch.Generator().manual_seed(self.config.seed + 2)
+        data = self.data
+        self.model.flow.fit_standardisation(self.model.flow.features_from_stats(data.stats, data.energy, gen))
+        pts = dequantize(data.points, data.detector.fine_cell_mm, gen)
+        self.model.scaler.fit(pts, data.points[..., 3] > 0)
+
+    def flow_steps_before(self, step: int) -> int:
+        """Flow updates done in the first ``step`` iterations (spread evenly over the loop)."""
+        return step * self.config.flow_steps // self.config.steps
+
+    def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
+        """:func:`optimizer_step`; returns the loss, or None (and counts a skip)."""
+        if not optimizer_step(loss, module, optimizer, self.config.grad_clip):
+            self.skipped += 1
+            return None
+        return loss.item()
+
+    def net_step(self) -> float | None:
+        cfg = self.config
+        x0, mask, cond = point_batch(
+            self.data, self.model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen
+        )
+        loss = edm_loss(
+            EDMDenoiser(self.train_net, cfg.sigma_data),
+            x0,
+            cond,
+            P_mean=cfg.p_mean,
+            P_std=cfg.p_std,
+            mask=mask,
+            generator=self.noise_gen,
+        )
+        value = self._update(loss, self.train_net, self.opt_net)
+        if value is not None:
+            self.ema.update(self.train_net)
+        return value
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        """One PointWise Net update and the flow updates that fall on this step."""
+        k = self.step
+        losses = [("edm_loss", self.net_step())]
+        for j in range(self.flow_steps_before(k), self.flow_steps_before(k + 1)):
+            losses.append(("flow_loss", self.flow_step(j)))
+        return losses
+
+    def flow_step(self, flow_step: int) -> float | None:
+        cfg, data = self.config, self.data
+        # Cosine decay to 1 % of the initial rate over the flow's share of the loop.
+        progress = min(flow_step / max(cfg.flow_steps, 1), 1.0)
+        for group in self.opt_flow.param_groups:
+            group["lr"] = cfg.flow_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+        idx = torch.randint(len(data.energy), (cfg.flow_batch_size,), generator=self.gen)
+        flow = self.model.flow
+        feats = flow.features_from_stats(data.stats[idx], data.energy[idx], self.gen)
+        loss = -flow.log_prob(feats, data.energy[idx]).mean() / flow.n_features
+        return self._update(loss, flow, self.opt_flow)
+
+    def state(self) -> dict[str, Any]:
+        model = self.model
+        return model.metadata() | {
+            "model": model.state_dict(),
+            "train_net": self.train_net.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "optimizers": {"net": self.opt_net.state_dict(), "flow": self.opt_flow.state_dict()},
+            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "elapsed_s": self.elapsed_s,
+            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        n = len(self.data.energy)
+        if state.get("data", {}).get("n_showers") != n:
+            raise CheckpointError(
+                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
+                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.train_net.load_state_dict(state["train_net"])
+            self.ema.num_updates = int(state["ema_num_updates"])
+            self.opt_net.load_state_dict(state["optimizers"]["net"])
+            self.opt_flow.load_state_dict(state["optimizers"]["flow"])
+            self.gen.set_state(state["rng"]["data"])
+            self.noise_gen.set_state(state["rng"]["noise"])
+            self.step = int(state["step"])
+            self.skipped = int(state["skipped_steps"])
+            self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
+        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
+        self.model.complete = bool(state["complete"])
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(self.state(), path)
+
+
+def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCalibration:
+    """The calibration at the end of training, on the training showers."""
+    model, data, cfg = trainer.model, trainer.data, trainer.config
+    energies = calibration_energies(data.energy, cfg.calibration_showers, cfg.seed)
+    return fit_calibration(
+        model,
+        energies,
+        data.stats.n_points.numpy(),
+        data.hits,
+        cfg.calibration_refinements,
+        cfg.seed,
+        progress,
+    )
+
+
+def train(
+    config: CaloClouds2Config,
+    data_path: str | Path,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train CaloClouds II on the point-cloud file ``data_path``; checkpoint in ``out_dir``.
+
+    ``progress(stage, done, total)`` is called with stages ``load``, ``train`` (every step)
+    and ``calibrate``. ``max_minutes`` stops the loop (counted from the call) with a
+    resumable checkpoint; the calibration is still fitted so the checkpoint can generate.
+    Ctrl-C writes a checkpoint after the current step and re-raises ``KeyboardInterrupt``.
+    ``out_dir/train_log.jsonl`` receives running losses every ``log_every`` steps.
+    ``resume=True`` continues ``out_dir/checkpoint.pt`` exactly (same data and config needed);
+    without it an existing checkpoint is an error rather than overwritten.
+    """
+    start = time.monotonic()
+    ckpt, state = open_run(out_dir, config, resume, check_state)
+
+    data = load_training_data(Path(data_path), config, progress)
+    trainer = _Trainer(config, data)
+    if state is not None:
+        trainer.restore(state, ckpt)
+    run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
+    trainer.model.complete = trainer.step >= config.steps
+    trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
+    trainer.model.calibration = _fit_calibration(trainer, progress)
+    trainer.save(ckpt)
+    return TrainResult(
+        checkpoint=ckpt,
+        step=trainer.step,
+        total_steps=config.steps,
+        complete=trainer.model.complete,
+        minutes=(time.monotonic() - start) / 60,
+        losses=trainer.last_losses,
+        parameters=trainer.model.n_parameters(),
+    )

@@ -1,0 +1,99 @@
+"""CaloDREAM (arXiv:2405.09629): flow matching on voxel showers, factorised in two networks.
+
+* the **energy network** (:class:`~caloforge.models.nn.transfusion.Transfusion`) generates the
+  45 normalised layer-energy variables ``u`` given the incident energy;
+* the **shape network** (:class:`~caloforge.models.nn.vit.ViT3d`) generates the voxel energies
+  normalised by their layer energy, given the incident and layer energies — either in voxel
+  space (ViT) or in the latent space of a :class:`~caloforge.models.nn.vae.LayerVAE` (laViT).
+
+Variables (SPEC 6.4, :mod:`.variables`): ``u_0 = Σ E_layer / E_inc`` and
+``u_i = E_{i-1} / Σ_{j ≥ i-1} E_j``; networks see ``logit(u)`` and the logit of the voxel
+fractions (or, with the ``log-energy`` target, ``log(E / threshold)``), standardised.
+
+Each part trains on its own (:mod:`.training`), checkpoints in its run directory (atomic,
+periodic, Ctrl-C safe, exact resume) and the shape checkpoint embeds the energy network (and
+the VAE for laViT) so that one file generates showers (:mod:`.generation`). Sampling integrates
+the learned ODE from noise (t = 0) to data (t = 1) with a fixed-step solver or a trained
+bespoke (BNS) solver (:mod:`.solver`, :mod:`.bns`); log-energy models can carry a hit-energy
+calibration (:mod:`.calibration`). Importing this package imports none of its modules: the
+names below load theirs on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from caloforge.models.protocol import Capabilities, Family
+
+_EXPORTS = {
+    **dict.fromkeys(
+        (
+            "EPS",
+            "SHAPE_TARGETS",
+            "EMPTY_SLAB",
+            "EMPTY_CUT",
+            "layer_energies",
+            "u_from_layer_energies",
+            "layer_energies_from_u",
+            "fractions",
+            "dequantize_fractions",
+            "voxels_from_fractions",
+            "log_energy_features",
+            "voxels_from_log_energy",
+            "hit_log_fractions",
+            "calibrated_voxels",
+        ),
+        "variables",
+    ),
+    "CaloDreamConfig": "config",
+    "PRESETS": "config",
+    "SolverSpec": "solver",
+    "resolve_solver": "solver",
+    "CaloDream": "model",
+    "PARTS": "model",
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+    "load_voxel_data": "data",
+    **dict.fromkeys(
+        (
+            "generate",
+            "sample_u",
+            "sample_voxels",
+            "sample_shape_features",
+            "shape_condition",
+            "shape_noise",
+            "shape_velocity",
+            "uses_calibration",
+            "CaloDreamGenerator",
+        ),
+        "generation",
+    ),
+    "train": "training",
+    "fit_calibration": "calibration",
+    "save_calibration": "calibration",
+    "train_solver": "bns",
+    "save_solver": "bns",
+}
+
+__all__ = ["FAMILY", *_EXPORTS]
+
+FAMILY = Family(
+    name="calodream",
+    description="CaloDREAM",
+    formats=("caloforge-calodream",),
+    loader="caloforge.models.calodream.generation:load_generator",
+    capabilities=Capabilities(calibrate=True, export=(), gpu=False, workers=True, precisions=("float32",)),
+    calibrator="caloforge.models.calodream.calibration:calibrate_command",
+    commands="caloforge.models.calodream.cli:add_commands",
+    shipped={"calodream": "calodream_ds2_cpu.pt", "calodream-lavit": "calodream_lavit_ds2_cpu.pt"},
+    bench_models=(("CaloDREAM ViT", "calodream"), ("CaloDREAM laViT", "calodream-lavit")),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

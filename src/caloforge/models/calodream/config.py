@@ -1,0 +1,119 @@
+"""CaloDREAM run settings; presets ``cpu``, ``paper`` and ``smoke``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from caloforge.models._config import PresetConfig
+from caloforge.models.calodream.variables import (
+    SHAPE_TARGETS,
+)
+from caloforge.odesolvers import (
+    FIXED_STEP_METHODS,
+)
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class CaloDreamConfig(PresetConfig):
+    """Settings of one CaloDREAM training run (the ``part`` chosen at training time).
+
+    Presets: ``cpu`` (2 CPU cores, about an hour per part), ``paper`` (published sizes, for a
+    GPU), ``smoke`` (seconds, for tests).
+    """
+
+    KIND: ClassVar[str] = "CaloDREAM"
+    LEGACY: ClassVar[dict[str, Any]] = {"dequantize": False, "shape_target": "logit-fraction"}
+
+    seed: int = 0
+    steps: int = 6000
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    val_fraction: float = 0.05
+    val_every: int = 200
+    log_every: int = 50
+    checkpoint_minutes: float = 5.0
+    # energy network (transfusion)
+    energy_d_model: int = 64
+    energy_heads: int = 4
+    energy_encoder_layers: int = 1
+    energy_decoder_layers: int = 3
+    energy_head_hidden: int = 128
+    # shape network (ViT)
+    patch: tuple[int, int, int] = (5, 4, 3)
+    vit_dim: int = 64
+    vit_depth: int = 4
+    vit_heads: int = 4
+    # VAE and latent ViT
+    vae_latent_channels: int = 4
+    vae_stride: tuple[int, int, int] = (3, 2, 3)
+    vae_channels: int = 32
+    vae_beta: float = 1e-4
+    latent_patch: tuple[int, int, int] = (3, 2, 1)
+    # default samplers stored with the model
+    energy_solver: str = "rk4"
+    energy_solver_steps: int = 8
+    shape_solver: str = "rk4"
+    shape_solver_steps: int = 4
+    # With dequantize, empty voxels of a filled layer train as uniform energies below the
+    # threshold (the cut after sampling empties them again) instead of a spike at logit(ε).
+    # Off by default: on ds2 it doubled the generated hits (uniform noise in linear space
+    # piles up just under the threshold in logit space, and small errors push it over).
+    dequantize: bool = False
+    # What the full-space ViT learns (SHAPE_TARGETS): the paper's logit of the layer fraction,
+    # or log(E / threshold) with empty voxels on a slab below the threshold (log_energy_features).
+    shape_target: str = "logit-fraction"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CaloDREAM config: {name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.val_fraction < 0.5:
+            raise ValueError(f"CaloDREAM config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.shape_target not in SHAPE_TARGETS:
+            raise ValueError(f"CaloDREAM config: shape_target must be one of {', '.join(SHAPE_TARGETS)}")
+        if self.dequantize and self.shape_target != "logit-fraction":
+            raise ValueError("CaloDREAM config: dequantize applies to the logit-fraction shape target")
+        for name in ("energy_solver", "shape_solver"):
+            if getattr(self, name) not in FIXED_STEP_METHODS:
+                raise ValueError(f"CaloDREAM config: {name} must be one of {', '.join(FIXED_STEP_METHODS)}")
+
+
+PRESETS: dict[str, CaloDreamConfig] = {
+    "cpu": CaloDreamConfig(),
+    "paper": CaloDreamConfig(
+        steps=200_000,
+        batch_size=256,
+        lr=1e-3,
+        patch=(3, 4, 1),
+        vit_dim=96,
+        vit_depth=6,
+        vit_heads=6,
+        energy_decoder_layers=4,
+        vae_channels=64,
+        latent_patch=(1, 2, 1),
+        checkpoint_minutes=15.0,
+    ),
+    "smoke": CaloDreamConfig(
+        steps=30,
+        batch_size=16,
+        val_every=10,
+        log_every=10,
+        energy_d_model=16,
+        energy_heads=2,
+        energy_decoder_layers=1,
+        energy_head_hidden=16,
+        vit_dim=16,
+        vit_depth=1,
+        vit_heads=2,
+        vae_channels=4,
+        energy_solver_steps=2,
+        shape_solver_steps=2,
+    ),
+}
+CaloDreamConfig.PRESETS = PRESETS

@@ -1,0 +1,65 @@
+"""CaloDREAM training data: incident energies, layer-energy variables and voxel fractions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from caloforge.detector import Detector, PolarGrid
+from caloforge.io import open_showers
+from caloforge.models.calodream.variables import (
+    fractions,
+    layer_energies,
+    u_from_layer_energies,
+)
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class VoxelData:
+    detector: Detector
+    energy: Tensor  # GeV, (n,)
+    u: Tensor  # (n, L)
+    e_layer: Tensor  # MeV, (n, L)
+    frac: Tensor | None  # (n, n_voxels)
+    energy_range: tuple[float, float]
+
+
+def load_voxel_data(
+    path: str | Path, with_fractions: bool = True, max_showers: int | None = None, min_showers: int = 20
+) -> VoxelData:
+    """Incident energies, ``u`` variables and (optionally) voxel fractions of a voxel file."""
+    path = Path(path)
+    with open_showers(path) as f:
+        det = f.detector
+        if f.kind != "voxels":
+            raise ValueError(
+                f"'{path}' holds point clouds: CaloDREAM trains on voxel files (simulate --voxel-out)"
+            )
+        if not isinstance(det.readout, PolarGrid):
+            raise ValueError(f"'{path}' is for detector '{det.name}' without a voxel readout")
+        attrs = dict(f.attrs)
+        energies, us, fracs, e_layers = [], [], [], []
+        for chunk in f.iter_chunks(2000, stop=max_showers):
+            v = torch.from_numpy(chunk.voxels.astype(np.float32))
+            e = torch.from_numpy(chunk.energy.astype(np.float32))
+            energies.append(e)
+            e_layers.append(layer_energies(v, det.n_layers))
+            us.append(u_from_layer_energies(e_layers[-1], e * 1000.0))
+            if with_fractions:
+                fracs.append(fractions(v, det.n_layers))
+    if not energies:
+        raise ValueError(f"'{path}' holds no showers")
+    energy = torch.cat(energies)
+    if len(energy) < min_showers:
+        raise ValueError(f"'{path}' holds {len(energy)} showers: at least {min_showers} are needed")
+    # The simulated spectrum's range when the file records it, else the range of its showers.
+    lo = float(attrs.get("energy_min_gev", energy.min()))
+    hi = float(attrs.get("energy_max_gev", energy.max()))
+    fracs_all = torch.cat(fracs) if with_fractions else None
+    return VoxelData(det, energy, torch.cat(us), torch.cat(e_layers), fracs_all, (lo, hi))

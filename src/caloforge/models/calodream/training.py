@@ -1,0 +1,245 @@
+"""CaloDREAM training: one part at a time, checkpointed and resumable."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from caloforge.models._training import (
+    Progress,
+    TrainResult,
+    open_run,
+    optimizer_step,
+    run_loop,
+)
+from caloforge.models.calodream.checkpoint import check_state, load_model, model_from_state
+from caloforge.models.calodream.config import CaloDreamConfig
+from caloforge.models.calodream.data import VoxelData, load_voxel_data
+from caloforge.models.calodream.generation import (
+    shape_condition,
+)
+from caloforge.models.calodream.model import (
+    PARTS,
+    CaloDream,
+)
+from caloforge.models.calodream.variables import (
+    _logit,
+    dequantize_fractions,
+)
+from caloforge.models.checkpoint import save_checkpoint
+from caloforge.models.nn.ema import EMA
+from caloforge.models.nn.vae import vae_loss
+from caloforge.models.protocol import CheckpointError
+
+# --------------------------------------------------------------------------- training
+
+
+def _cfm_pair(x1: Tensor, gen: torch.Generator, per_element: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_t, t, target velocity)`` of the straight path from noise to ``x1``."""
+    x0 = torch.randn(x1.shape, generator=gen)
+    t = torch.rand(x1.shape if per_element else (len(x1),), generator=gen)
+    tb = t if per_element else t.view(-1, *([1] * (x1.dim() - 1)))
+    return (1 - tb) * x0 + tb * x1, t, x1 - x0
+
+
+class _Trainer:
+    """Mutable state of one CaloDREAM training run, and one step of it."""
+
+    def __init__(self, config: CaloDreamConfig, part: str, data: VoxelData, vae: CaloDream | None) -> None:
+        self.config, self.part, self.data = config, part, data
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = CaloDream(config, data.detector, part, data.energy_range, latent=vae is not None)
+        self.model.vae_model = vae
+        self.gen = torch.Generator().manual_seed(config.seed)
+        n = len(data.energy)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+        n_val = round(config.val_fraction * n)
+        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.model.cond_standard.fit(_logit(data.u[self.train_idx]))
+        if part == "shape":
+            fit_gen = torch.Generator().manual_seed(config.seed + 3)
+            self.model.standard.fit(self._shape_x(self.train_idx[:4000], fit_gen, fitted=False))
+        self.ema = EMA(self.model.net, config.ema_decay)
+        self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=config.lr)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, config.steps, eta_min=config.min_lr)
+        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
+        self.last_losses: dict[str, float] = {}
+
+    def _frac(self, idx: Tensor) -> Tensor:
+        assert self.data.frac is not None
+        return self.data.frac[idx].reshape(-1, 1, *self.model.grid)
+
+    def _shape_x(self, idx: Tensor, gen: torch.Generator, fitted: bool = True) -> Tensor:
+        frac, e_layer = self.data.frac[idx], self.data.e_layer[idx]  # type: ignore[index]
+        if self.config.dequantize and not self.model.latent:
+            frac = dequantize_fractions(frac, e_layer, self.data.detector.threshold_mev, gen)
+        with torch.no_grad():  # unfitted: the standardisation itself is being fitted
+            features = self.model.shape_features if fitted else self.model.raw_shape_features
+            return features(frac, e_layer, gen)
+
+    def _loss(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        m, data = self.model, self.data
+        if self.part == "energy":
+            z = m.u_features(data.u[idx])
+            x_t, t, target = _cfm_pair(z, gen, per_element=True)
+            pred = net(x_t, t, z, m.energy_condition(data.energy[idx]))
+            loss = (pred - target).pow(2).mean()
+            return loss, {"cfm": loss.item()}
+        if self.part == "vae":
+            ce, kl = vae_loss(net, self._frac(idx), self.config.vae_beta, gen)  # type: ignore[arg-type]
+            return ce + self.config.vae_beta * kl, {"ce": ce.item(), "kl": kl.item()}
+        x1 = self._shape_x(idx, gen)
+        x_t, t, target = _cfm_pair(x1, gen, per_element=False)
+        loss = (net(x_t, t, shape_condition(m, data.energy[idx], data.u[idx])) - target).pow(2).mean()
+        return loss, {"cfm": loss.item()}
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        cfg = self.config
+        pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
+        self.model.net.train()
+        loss, parts = self._loss(self.model.net, self.train_idx[pick], self.gen)
+        if optimizer_step(loss, self.model.net, self.opt, cfg.grad_clip):
+            self.ema.update(self.model.net)
+        else:
+            self.skipped += 1
+            parts = {k: None for k in parts}  # type: ignore[misc]
+        self.sched.step()
+        out: list[tuple[str, float | None]] = list(parts.items())
+        if len(self.val_idx) and (self.step + 1) % cfg.val_every == 0:
+            out.append(("val", self.validation_loss()))
+        return out
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Loss of the EMA network on the validation showers (fixed noise)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 2)
+        losses = []
+        for lo in range(0, min(len(self.val_idx), 2048), 256):
+            idx = self.val_idx[lo : lo + 256]
+            losses.append(self._loss(self.ema.module, idx, gen)[0].item() * len(idx))
+        return float(sum(losses) / min(len(self.val_idx), 2048))
+
+    def finished_model(self) -> CaloDream:
+        """The model with the EMA weights (what is saved for inference)."""
+        self.model.net.load_state_dict(self.ema.module.state_dict())
+        return self.model
+
+    def state(self) -> dict[str, Any]:
+        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
+        self.model.net.load_state_dict(self.ema.module.state_dict())
+        inference = self.model.inference_state()
+        self.model.net.load_state_dict(live)
+        return inference | {
+            "train": {
+                "net": live,
+                "ema": self.ema.state_dict(),
+                "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(),
+                "gen": self.gen.get_state(),
+                "step": self.step,
+                "skipped": self.skipped,
+                "elapsed_s": self.elapsed_s,
+                "n_showers": len(self.data.energy),
+            }
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        tr = state.get("train")
+        if tr is None:
+            raise CheckpointError(
+                f"'{path}' holds no training state (an inference-only file): start a new run"
+            )
+        if tr["n_showers"] != len(self.data.energy):
+            raise CheckpointError(
+                f"'{path}' was trained on {tr['n_showers']} showers, the data file has "
+                f"{len(self.data.energy)}: resume with the same data"
+            )
+        self.model.load_state_dict(state["model"])
+        self.model.net.load_state_dict(tr["net"])
+        self.ema.load_state_dict(tr["ema"])
+        self.opt.load_state_dict(tr["opt"])
+        self.sched.load_state_dict(tr["sched"])
+        self.gen.set_state(tr["gen"])
+        self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(self.state(), path)
+
+
+def train(
+    config: CaloDreamConfig,
+    part: str,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    energy_model: str | Path | None = None,
+    vae_model: str | Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train one CaloDREAM part on the voxel file ``data_path``; checkpoint in ``out_dir``.
+
+    ``part`` is ``energy``, ``shape`` (with ``vae_model``: the latent laViT) or ``vae``.
+    ``energy_model`` (a finished energy run) is embedded in a shape checkpoint so that it
+    generates showers on its own; ``resume=True`` with ``energy_model`` on a finished run
+    embeds (or replaces) it afterwards. Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at
+    the end; ``resume=True`` continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
+    """
+    start = time.monotonic()
+    if part not in PARTS:
+        raise ValueError(f"unknown CaloDREAM part '{part}': use one of {', '.join(PARTS)}")
+    if part != "shape" and (energy_model is not None or vae_model is not None):
+        raise ValueError("--energy-model and --vae only apply to the shape network")
+    if vae_model is not None and config.shape_target != "logit-fraction":
+        raise ValueError(
+            f"shape target '{config.shape_target}' is for the full-space ViT; "
+            "laViT (--vae) learns the VAE's latents"
+        )
+    ckpt, state = open_run(out_dir, config, resume, check_state)
+    vae = _load_part(vae_model, "vae") if vae_model is not None else None
+    energy = _load_part(energy_model, "energy") if energy_model is not None else None
+    if progress is not None:
+        progress("load", 0, 1)
+    data = load_voxel_data(data_path, with_fractions=part != "energy")
+    if progress is not None:
+        progress("load", 1, 1)
+    for other in (vae, energy):
+        if other is not None and other.detector.name != data.detector.name:
+            raise ValueError(
+                f"the {other.part} model is for detector '{other.detector.name}', "
+                f"the data for '{data.detector.name}'"
+            )
+    trainer = _Trainer(config, part, data, vae)
+    if state is not None:
+        trainer.restore(state, ckpt)
+    run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
+    trainer.model.complete = trainer.step >= config.steps
+    if energy is None and state is not None and state.get("energy_model") is not None:
+        energy = model_from_state(state["energy_model"], str(ckpt))  # keep what an earlier call embedded
+    trainer.model.energy_model = energy
+    trainer.save(ckpt)
+    return TrainResult(
+        checkpoint=ckpt,
+        step=trainer.step,
+        total_steps=config.steps,
+        complete=trainer.model.complete,
+        minutes=(time.monotonic() - start) / 60,
+        losses=trainer.last_losses,
+        parameters=trainer.model.n_parameters(),
+        part=part,
+    )
+
+
+def _load_part(path: str | Path, part: str) -> CaloDream:
+    model = load_model(path)
+    if model.part != part:
+        raise ValueError(f"'{path}' is a CaloDREAM {model.part} model, a {part} model is needed here")
+    return model

@@ -1,0 +1,103 @@
+"""Reading and writing checkpoints safely, for every family.
+
+Checkpoints are ``torch.save`` files of plain data (dicts, lists, strings, numbers) and
+tensors. They are **always** read with ``weights_only=True``: a file that holds anything
+else (a pickled object whose loading would run code) is refused with one line, before any of
+it runs. Every checkpoint carries a ``format`` key (which family wrote it, see
+:mod:`caloforge.models.registry`) and a ``format_version``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from caloforge import __version__
+from caloforge.io import atomic_output
+from caloforge.models.protocol import CheckpointError
+
+__all__ = ["CheckpointError", "check_format", "checkpoint_file", "read_checkpoint", "save_checkpoint"]
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or a run directory's ``checkpoint.pt``."""
+    path = Path(path)
+    return path / "checkpoint.pt" if path.is_dir() else path
+
+
+def read_checkpoint(path: str | Path, require_format: bool = True) -> dict[str, Any]:
+    """The contents of the checkpoint ``path`` (a file or run directory), tensors and plain data only.
+
+    Raises :class:`CheckpointError` (one line) for a missing file, a file torch cannot read,
+    one that holds other objects than tensors and plain data, or (``require_format``) one
+    without a ``format`` key.
+    """
+    import pickle
+    import warnings
+
+    import torch
+
+    path = checkpoint_file(path)
+    if not path.is_file():
+        raise CheckpointError(f"model '{path}' does not exist: train one or give the path of a checkpoint")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's note on foreign pickle protocols
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch's message is many lines and suggests weights_only=False, which would run the file.
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if blocked:
+            raise CheckpointError(
+                f"'{path}' is refused: it holds objects other than tensors and plain data, which caloforge "
+                f"never unpickles ({blocked[0][:160]})"
+            ) from None
+        raise CheckpointError(
+            f"'{path}' is not a readable checkpoint (corrupt, truncated or not written by caloforge; "
+            "objects other than tensors and plain data are never unpickled)"
+        ) from None
+    except Exception as exc:  # torch raises many kinds for truncated or foreign files
+        raise CheckpointError(
+            f"'{path}' is not a readable checkpoint (corrupt, truncated or not written by caloforge: "
+            f"{type(exc).__name__})"
+        ) from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' is not a caloforge checkpoint (it holds no mapping)")
+    if require_format and not isinstance(state.get("format"), str):
+        raise CheckpointError(f"'{path}' is not a caloforge checkpoint (it has no format key)")
+    return state
+
+
+def check_format(
+    state: dict[str, Any],
+    path: str | Path,
+    format: str,
+    version: int,
+    required: Sequence[str] = (),
+    description: str = "caloforge",
+) -> dict[str, Any]:
+    """``state`` if it is a ``format`` checkpoint of ``version`` with every ``required`` key,
+    else :class:`CheckpointError` naming what is wrong."""
+    if state.get("format") != format:
+        raise CheckpointError(
+            f"'{path}' is not a {description} checkpoint (format {state.get('format')!r}, not '{format}')"
+        )
+    found = state.get("format_version")
+    if found != version:
+        raise CheckpointError(
+            f"'{path}' has {description} checkpoint format version {found}; this caloforge ({__version__}) "
+            f"reads version {version}: use the caloforge version that wrote it, or retrain"
+        )
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"'{path}' lacks {', '.join(missing)}: the file is incomplete")
+    return state
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (an existing file stays until it is replaced)."""
+    import torch
+
+    with atomic_output(path) as tmp:
+        torch.save(state, tmp)

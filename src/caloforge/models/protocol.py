@@ -1,0 +1,332 @@
+"""The contract between a model family and everything that runs it.
+
+A **family** (CaloClouds II, CaloDREAM, …) is one sub-package of :mod:`caloforge.models`
+that exposes a :class:`Family`: what its checkpoints are called (their stored ``format``
+key), what it supports (:class:`Capabilities`) and where its loader lives. The
+:mod:`~caloforge.models.registry` maps a checkpoint's format key to its family; the family's
+loader turns the checkpoint into a :class:`ShowerGenerator`.
+
+A generator states its detector, the kind of showers it writes (:data:`OutputKind`), the
+particle it was trained on, the :class:`Condition` s it takes with their trained ranges, and
+makes one batch of showers as a pure function of ``(conditions, plan, seed, batch index)``:
+the same arguments give the same showers in any process, so a run can be split over workers
+at batch boundaries. :meth:`ShowerGenerator.plan` checks a :class:`GenerationRequest` (the
+user's sampler, steps, precision, …) once, before any work starts, and resolves it into a
+:class:`Plan` that every batch of the run uses.
+
+This module needs NumPy only: importing it (or a family's package) imports no network code.
+
+>>> energy = Condition("energy", "GeV", 10.0, 90.0)
+>>> check_conditions((energy,), {"energy": [20.0, 50.0]}, allow_extrapolation=False)["energy"].tolist()
+[20.0, 50.0]
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from caloforge.detector import Detector
+
+__all__ = [
+    "OUTPUT_KINDS",
+    "PRECISIONS",
+    "Capabilities",
+    "CheckpointError",
+    "Condition",
+    "Family",
+    "GenerationError",
+    "GenerationRequest",
+    "OutputKind",
+    "Plan",
+    "SamplerInfo",
+    "ShowerGenerator",
+    "UnsupportedError",
+    "batch_seed",
+    "check_conditions",
+    "energy_condition",
+    "generate_batches",
+]
+
+#: What a generator's showers are (the shower file kinds of :mod:`caloforge.io`, and soon more).
+OutputKind = Literal["points", "voxels", "images", "jets"]
+OUTPUT_KINDS: tuple[str, ...] = ("points", "voxels", "images", "jets")
+#: Values of a request's ``precision``; a family states which of them it runs.
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+class GenerationError(ValueError):
+    """Showers cannot be generated as asked (conditions outside the trained range, a sampler
+    the model does not have, …)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, of another format or version, or does not fit the run."""
+
+
+class UnsupportedError(ValueError):
+    """The model's family does not support what was asked (export, calibration, workers, GPU)."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One conditioning input of a generator: its name, unit and the range it was trained on."""
+
+    name: str
+    unit: str
+    low: float
+    high: float
+    positive: bool = True  # values must be > 0 (energies)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"name": self.name, "unit": self.unit, "low": self.low, "high": self.high}
+
+
+def energy_condition(energy_range: Sequence[float]) -> Condition:
+    """The incident-energy condition (GeV) over ``energy_range``."""
+    return Condition("energy", "GeV", float(energy_range[0]), float(energy_range[1]))
+
+
+def check_conditions(
+    conditions: Sequence[Condition], values: Mapping[str, Any], allow_extrapolation: bool
+) -> dict[str, np.ndarray]:
+    """``values`` as float64 arrays of one length, checked against ``conditions``.
+
+    Every condition must be given, finite (and positive where it says so) and, unless
+    ``allow_extrapolation``, inside its trained range (with a relative slack of 1e-3 at each
+    end). Raises :class:`GenerationError` naming the first problem.
+    """
+    out: dict[str, np.ndarray] = {}
+    unknown = sorted(set(values) - {c.name for c in conditions})
+    if unknown:
+        raise GenerationError(
+            f"this model takes no condition '{unknown[0]}': it takes {', '.join(c.name for c in conditions)}"
+        )
+    for cond in conditions:
+        if cond.name not in values:
+            raise GenerationError(f"the condition '{cond.name}' ({cond.unit}) is missing")
+        v = np.asarray(values[cond.name], dtype=np.float64).reshape(-1)
+        bad = ~np.isfinite(v) | ((v <= 0) if cond.positive else False)
+        if bad.any():
+            what = "finite and positive" if cond.positive else "finite"
+            raise GenerationError(
+                f"{cond.name} values must be {what} ({cond.unit}); got {v[bad][0]!r} at position "
+                f"{int(np.flatnonzero(bad)[0])}"
+            )
+        lo, hi = cond.low, cond.high
+        outside = (v < lo - 1e-3 * abs(lo)) | (v > hi + 1e-3 * abs(hi))
+        if outside.any() and not allow_extrapolation:
+            label = "incident energies" if cond.name == "energy" else f"{cond.name} values"
+            raise GenerationError(
+                f"{int(outside.sum())} {label} (e.g. {v[outside][0]:.4g} {cond.unit}) lie outside the "
+                f"trained range {lo:.4g}-{hi:.4g} {cond.unit}; pass --allow-extrapolation "
+                "(allow_extrapolation=True) to generate them anyway"
+            )
+        out[cond.name] = v
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        raise GenerationError(f"conditions of different lengths: {sorted(lengths)}")
+    return out
+
+
+@dataclass(frozen=True)
+class SamplerInfo:
+    """The one description of how a model samples, whatever its family: the sampler's (or ODE
+    solver's) ``name``, its ``n_steps`` and the network evaluations that costs per shower."""
+
+    name: str
+    n_steps: int
+    network_calls: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a user asks of a generation run; ``None`` means the model's own choice.
+
+    ``options`` carries family-specific settings (e.g. CaloClouds II's ``points_per_call``).
+    """
+
+    sampler: str | None = None
+    n_steps: int | None = None
+    precision: str = "auto"
+    allow_extrapolation: bool = False
+    device: str = "cpu"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked, resolved :class:`GenerationRequest` (picklable: workers receive it).
+
+    ``attrs`` are the family's attributes of a generated file (besides the common ones);
+    ``options`` what its batch function needs.
+    """
+
+    sampler: SamplerInfo
+    precision: str = "float32"
+    device: str = "cpu"
+    allow_extrapolation: bool = False
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ShowerGenerator(Protocol):
+    """A loaded model, ready to generate (see the module docstring)."""
+
+    family: str  # the Family's name
+    label: str  # what generated files record as their generator (e.g. "caloclouds2-cm")
+    detector: Detector
+    output: OutputKind
+    particle: str  # the particle it was trained on ("gamma", "e-", …)
+    conditions: tuple[Condition, ...]
+    complete: bool  # False: training stopped early
+
+    def plan(self, request: GenerationRequest) -> Plan:
+        """Check ``request`` against the model and resolve it, or raise :class:`GenerationError`."""
+        ...
+
+    def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
+        """Showers for one batch of (checked) ``conditions``: a pure function of the arguments
+        (batch ``index`` of a run with ``seed`` draws from :func:`batch_seed`)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Plain facts about the model for ``caloforge info`` (parameters, sampler, …)."""
+        ...
+
+
+def batch_seed(seed: int, index: int) -> int:
+    """Seed of batch ``index`` of a generation with ``seed``: every batch is its own random
+    stream, so any split of the batches over processes gives the same showers.
+
+    >>> batch_seed(0, 1) == batch_seed(0, 1) != batch_seed(0, 2)
+    True
+    """
+    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def generate_batches(
+    generator: ShowerGenerator,
+    conditions: Mapping[str, Any],
+    plan: Plan,
+    seed: int = 0,
+    batch_size: int = 64,
+    first_batch: int = 0,
+) -> Iterator[Any]:
+    """``generator``'s showers for ``conditions``, ``batch_size`` at a time, in order.
+
+    Batch ``k`` is :meth:`ShowerGenerator.generate_batch` with index ``first_batch + k``, so a
+    long run can be made in pieces that start at multiples of ``batch_size``.
+    """
+    if batch_size < 1:
+        raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
+    values = check_conditions(generator.conditions, conditions, plan.allow_extrapolation)
+    n = len(next(iter(values.values()))) if values else 0
+    for index, start in enumerate(range(0, n, batch_size), start=first_batch):
+        chunk = {k: v[start : start + batch_size] for k, v in values.items()}
+        yield generator.generate_batch(chunk, plan, seed, index)
+
+
+def _resolve(reference: str) -> Any:
+    """The object ``module:attribute`` names."""
+    module, _, attr = reference.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{module} needs a missing package ({exc}); install the model extra: pip install 'caloforge[ml]'"
+        ) from exc
+    return getattr(mod, attr)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family supports beyond generating on one CPU process.
+
+    ``calibrate``: ``caloforge calibrate`` refits a calibration; ``export``: the formats
+    ``caloforge export`` writes; ``gpu``: generation on a CUDA device; ``workers``: batches
+    spread over processes (``--workers``); ``precisions``: the network precisions it runs.
+    """
+
+    calibrate: bool = False
+    export: tuple[str, ...] = ()
+    gpu: bool = False
+    workers: bool = True
+    precisions: tuple[str, ...] = ("float32",)
+
+
+#: Capability names :meth:`Family.require` knows, with how a user would ask for each.
+_ASKED = {
+    "calibrate": "caloforge calibrate",
+    "export": "caloforge export",
+    "gpu": "generation on a GPU",
+    "workers": "--workers > 1",
+}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its name, the checkpoint format keys it reads, what it supports, and
+    ``module:function`` references to its parts (imported only when used).
+
+    * ``loader(path, state) -> ShowerGenerator`` — a generator from a checkpoint's contents;
+    * ``calibrator(path, data, out, *, seed, progress, **options) -> str`` (a summary line);
+    * ``exporter(path, out, format, **options) -> Path``;
+    * ``runner(path, threads)`` — runs an exported ONNX file: ``.generate(energies, batch_size)``,
+      ``.detector``, ``.network_calls``;
+    * ``commands(train_app, app)`` — adds the family's ``caloforge train …`` sub-commands;
+    * ``shipped`` — shipped model names → asset file names;
+    * ``bench_models`` — the shipped models ``caloforge bench`` times by default, ``(label, name)``.
+    """
+
+    name: str
+    description: str
+    formats: tuple[str, ...]
+    loader: str
+    capabilities: Capabilities = Capabilities()
+    calibrator: str | None = None
+    exporter: str | None = None
+    runner: str | None = None
+    commands: str | None = None
+    shipped: Mapping[str, str] = field(default_factory=dict)
+    bench_models: tuple[tuple[str, str], ...] = ()
+
+    def load(self, path: Path, state: dict[str, Any]) -> ShowerGenerator:
+        """The generator of the checkpoint ``path`` whose contents are ``state``."""
+        return _resolve(self.loader)(path, state)
+
+    def require(self, capability: str, value: str | None = None) -> None:
+        """Raise :class:`UnsupportedError` unless the family has ``capability`` (for ``export``
+        and ``precisions``: the format or precision ``value``)."""
+        caps = self.capabilities
+        if capability == "export":
+            if value not in caps.export:
+                have = f"it writes {', '.join(caps.export)}" if caps.export else "it has no export"
+                raise UnsupportedError(f"{self.description} models cannot be exported as {value}: {have}")
+            return
+        if capability == "precisions":
+            if value not in ("auto", *caps.precisions):
+                raise UnsupportedError(
+                    f"precision {value}: {self.description} models run in "
+                    f"{', '.join(caps.precisions)} (use auto or {' or '.join(caps.precisions)})"
+                )
+            return
+        if capability not in {f.name for f in fields(Capabilities)} or not getattr(caps, capability):
+            raise UnsupportedError(
+                f"{self.description} models do not support {_ASKED.get(capability, capability)}"
+            )
+
+    def part(self, which: str) -> Any:
+        """The object a reference field (``calibrator``, ``exporter``, ``runner``, ``commands``) names."""
+        reference = getattr(self, which)
+        if reference is None:
+            raise UnsupportedError(f"{self.description} models have no {which}")
+        return _resolve(reference)
