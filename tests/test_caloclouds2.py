@@ -365,16 +365,21 @@ def test_precision_resolution(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("amx", "avx512_bf16", "faster"), [(False, True, False), (True, True, True), (False, False, False)]
+    ("amx", "avx512_bf16", "vendor", "faster"),
+    [
+        (False, True, "GenuineIntel", False),  # Xeon without AMX: bfloat16 measured slower
+        (True, True, "GenuineIntel", True),
+        (False, True, "AuthenticAMD", True),  # EPYC with AVX-512-BF16: measured faster
+        (False, False, "AuthenticAMD", False),
+    ],
 )
-def test_auto_picks_bfloat16_only_with_amx(monkeypatch, amx, avx512_bf16, faster):
-    # AVX-512-BF16 without AMX computes bfloat16, but more slowly than float32 (docs/benchmarks.md).
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    monkeypatch.setattr(pointwise, "fused_linear_available", lambda dtype=torch.float32: True)
+def test_auto_picks_the_precision_measured_faster(monkeypatch, amx, avx512_bf16, vendor, faster):
     import caloforge.models.caloclouds2.generation as cc2
 
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(cc2, "fused_linear_available", lambda dtype=torch.float32: True)
+    monkeypatch.setattr(cc2, "cpu_vendor", lambda: vendor)
     assert faster_bfloat16("cpu") is faster
     assert resolve_precision("auto") == ("bfloat16" if faster else "float32")
 

@@ -71,16 +71,32 @@ def native_bfloat16(device: str | torch.device = "cpu") -> bool:
     return any(has) and fused_linear_available(torch.bfloat16)
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``; empty where /proc/cpuinfo is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def faster_bfloat16(device: str | torch.device = "cpu") -> bool:
-    """Whether bfloat16 is the *faster* precision of the PointWise Net on ``device``: on a GPU
-    from Ampere on, on a CPU only with AMX tiles. AVX-512-BF16 alone computes bfloat16 but,
-    measured with ``caloforge bench`` (docs/benchmarks.md), more slowly than float32: there
-    the conversions cost more than the narrower dot products save."""
+    """Whether bfloat16 is the *faster* precision of the PointWise Net on ``device``, as
+    measured with ``caloforge bench`` (docs/benchmarks.md): on a GPU from Ampere on; on a CPU
+    with AMX tiles; on an AMD CPU with AVX-512-BF16 (EPYC: CM 2.9 vs 3.6 ms per shower). Not on
+    an Intel CPU with AVX-512-BF16 but no AMX (Xeon: 5.75 vs 4.58 ms), where the conversions
+    cost more than the narrower dot products save."""
     device = torch.device(device)
     if device.type == "cuda":
         return native_bfloat16(device)
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return device.type == "cpu" and bool(amx) and fused_linear_available(torch.bfloat16)
+    if device.type != "cpu" or not fused_linear_available(torch.bfloat16):
+        return False
+    amx = bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    avx512_bf16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+    return amx or (avx512_bf16 and cpu_vendor() == "AuthenticAMD")
 
 
 def resolve_precision(precision: str, device: str | torch.device = "cpu") -> Literal["float32", "bfloat16"]:
