@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from caloforge.hardware import cpu_name
+
 __all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_markdown"]
 
 
@@ -101,17 +103,6 @@ class BenchRow:
     precision: str = "—"  # of the network, as resolved on this machine
     detector: str = "ild-ecal"  # what Geant4 simulated, and what the model was trained on
     particle: str = "gamma"
-
-
-def cpu_name() -> str:
-    """The processor model (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _peak_rss_mb(children: bool = False) -> float:
@@ -247,17 +238,18 @@ def _model_generator(
     return _Timed(run, *facts)
 
 
-def _target(spec: ModelSpec) -> tuple[str, str]:
-    """The detector and particle of ``spec``'s showers (what Geant4 simulates for its speed-up)."""
+def _target(spec: ModelSpec) -> tuple[str, str, bool]:
+    """The detector and particle of ``spec``'s showers (what Geant4 simulates for its speed-up),
+    and whether it is timed on a GPU too (a model whose family generates there)."""
     if spec.kind == "onnx":
         from caloforge.export import load_exported
 
         runner = load_exported(spec.path, threads=1)
-        return runner.detector.name, runner.particle
-    from caloforge.models.registry import load_generator
+        return runner.detector.name, runner.particle, False
+    from caloforge.models.registry import get_family, load_generator
 
     generator = load_generator(spec.path)
-    return generator.detector.name, generator.particle
+    return generator.detector.name, generator.particle, get_family(generator.family).capabilities.gpu
 
 
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
@@ -360,7 +352,7 @@ def run_bench(
     rows: list[dict[str, Any]] = []
     targets = {spec.label: _target(spec) for spec in models}
     # Geant4 for every detector and particle a model makes (at least the ILD photons).
-    references = list(dict.fromkeys(targets.values())) or [("ild-ecal", "gamma")]
+    references = list(dict.fromkeys(t[:2] for t in targets.values())) or [("ild-ecal", "gamma")]
     for threads in config.threads:
         if geant4:
             for detector, particle in references:
@@ -375,10 +367,8 @@ def run_bench(
             rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
     gpu = _gpu()
     if gpu is not None:
-        from caloforge.models.registry import family_of
-
         for spec in models:
-            if spec.kind == "model" and family_of(spec.path)[0].capabilities.gpu:
+            if targets[spec.label][2]:
                 if progress is not None:
                     progress(f"{spec.label}, GPU")
                 rows += _in_fresh_process(_model_worker, config, spec, 1, gpu)

@@ -32,7 +32,7 @@ from caloforge.models.protocol import (
     GenerationRequest,
     Plan,
     ShowerGenerator,
-    check_conditions,
+    batch_conditions,
     generate_batches,
 )
 from caloforge.models.registry import DEFAULT_MODEL, get_family, load_generator, register, resolve_model
@@ -125,15 +125,8 @@ class GenerationPool:
         work starts."""
         if not isinstance(conditions, Mapping):
             conditions = {"energy": conditions}
-        values = check_conditions(self.generator.conditions, conditions, plan.allow_extrapolation)
-        if batch_size < 1:
-            raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
-        n = len(next(iter(values.values())))
-        jobs = (
-            (first_batch + index, {k: v[start : start + batch_size] for k, v in values.items()}, plan, seed)
-            for index, start in enumerate(range(0, n, batch_size))
-        )
-        return self._run(jobs)
+        batches = batch_conditions(self.generator, conditions, plan, batch_size, first_batch)
+        return self._run((index, chunk, plan, seed) for index, chunk in batches)
 
     def _run(self, jobs: Iterator[tuple[int, dict[str, np.ndarray], Plan, int]]) -> Iterator[Any]:
         """Results of ``jobs`` in order, at most two batches per worker in flight."""
@@ -257,7 +250,6 @@ def generate_file(
     else:
         generator = load_generator(path)
         plan = generator.plan(request)
-        check_conditions(generator.conditions, {"energy": energies_gev}, allow_extrapolation)
         batches = generate_batches(generator, {"energy": energies_gev}, plan, seed, batch_size)
     _warn_incomplete(generator)
     energies = np.asarray(energies_gev, np.float64).reshape(-1)

@@ -49,6 +49,23 @@ class TrainResult:
     parameters: dict[str, int] = field(default_factory=dict)
     part: str | None = None
 
+    @classmethod
+    def of(
+        cls,
+        trainer: Trainer,
+        checkpoint: Path,
+        total_steps: int,
+        complete: bool,
+        start: float,
+        parameters: dict[str, int],
+        part: str | None = None,
+    ) -> TrainResult:
+        """The result of the run ``trainer`` did, started at ``time.monotonic()`` = ``start``."""
+        minutes = (time.monotonic() - start) / 60
+        return cls(
+            checkpoint, trainer.step, total_steps, complete, minutes, trainer.last_losses, parameters, part
+        )
+
 
 class Trainer(Protocol):
     """What :func:`run_loop` drives: the state of one training run and one step of it."""

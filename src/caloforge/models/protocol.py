@@ -48,10 +48,13 @@ __all__ = [
     "SamplerInfo",
     "ShowerGenerator",
     "UnsupportedError",
+    "batch_conditions",
     "batch_seed",
     "check_conditions",
     "energy_condition",
     "generate_batches",
+    "lazy_exports",
+    "refuse_options",
 ]
 
 #: What a generator's showers are (the shower file kinds of :mod:`caloforge.io`, and soon more).
@@ -213,6 +216,26 @@ def batch_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
 
 
+def batch_conditions(
+    generator: ShowerGenerator,
+    conditions: Mapping[str, Any],
+    plan: Plan,
+    batch_size: int = 64,
+    first_batch: int = 0,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """``(batch index, conditions of that batch)`` of a run, ``batch_size`` showers each; the
+    first batch has index ``first_batch``. The conditions are checked (:func:`check_conditions`)
+    at the call, before anything is generated."""
+    if batch_size < 1:
+        raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
+    values = check_conditions(generator.conditions, conditions, plan.allow_extrapolation)
+    n = len(next(iter(values.values()))) if values else 0
+    return (
+        (index, {k: v[start : start + batch_size] for k, v in values.items()})
+        for index, start in enumerate(range(0, n, batch_size), start=first_batch)
+    )
+
+
 def generate_batches(
     generator: ShowerGenerator,
     conditions: Mapping[str, Any],
@@ -221,18 +244,34 @@ def generate_batches(
     batch_size: int = 64,
     first_batch: int = 0,
 ) -> Iterator[Any]:
-    """``generator``'s showers for ``conditions``, ``batch_size`` at a time, in order.
+    """``generator``'s showers for ``conditions``, ``batch_size`` at a time, in order (checked at
+    the call, generated as the iterator is consumed).
 
     Batch ``k`` is :meth:`ShowerGenerator.generate_batch` with index ``first_batch + k``, so a
     long run can be made in pieces that start at multiples of ``batch_size``.
     """
-    if batch_size < 1:
-        raise GenerationError(f"batch_size must be at least 1, got {batch_size}")
-    values = check_conditions(generator.conditions, conditions, plan.allow_extrapolation)
-    n = len(next(iter(values.values()))) if values else 0
-    for index, start in enumerate(range(0, n, batch_size), start=first_batch):
-        chunk = {k: v[start : start + batch_size] for k, v in values.items()}
-        yield generator.generate_batch(chunk, plan, seed, index)
+    batches = batch_conditions(generator, conditions, plan, batch_size, first_batch)
+    return (generator.generate_batch(chunk, plan, seed, index) for index, chunk in batches)
+
+
+def lazy_exports(package: str, exports: Mapping[str, str]) -> Any:
+    """A module ``__getattr__`` for ``package`` that imports ``package.<exports[name]>`` on the
+    first access of ``name``: how a family's package stays free of heavy imports."""
+
+    def __getattr__(name: str) -> Any:
+        if name in exports:
+            return getattr(importlib.import_module(f"{package}.{exports[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
+def refuse_options(options: Mapping[str, Any], what: str, hint: str = "") -> None:
+    """Raise ``ValueError`` naming the first of ``options`` given (not None): options of other
+    families that ``what`` (e.g. "a CaloDREAM calibration") does not take."""
+    given = [k for k, v in options.items() if v is not None]
+    if given:
+        raise ValueError(f"--{given[0].replace('_', '-')} is not {what} option{hint}")
 
 
 def _resolve(reference: str) -> Any:
@@ -304,20 +343,13 @@ class Family:
         return _resolve(self.loader)(path, state)
 
     def require(self, capability: str, value: str | None = None) -> None:
-        """Raise :class:`UnsupportedError` unless the family has ``capability`` (for ``export``
-        and ``precisions``: the format or precision ``value``)."""
+        """Raise :class:`UnsupportedError` unless the family has ``capability`` (for ``export``:
+        the format ``value``). Precisions are the generators' own to check, in ``plan``."""
         caps = self.capabilities
         if capability == "export":
             if value not in caps.export:
                 have = f"it writes {', '.join(caps.export)}" if caps.export else "it has no export"
                 raise UnsupportedError(f"{self.description} models cannot be exported as {value}: {have}")
-            return
-        if capability == "precisions":
-            if value not in ("auto", *caps.precisions):
-                raise UnsupportedError(
-                    f"precision {value}: {self.description} models run in "
-                    f"{', '.join(caps.precisions)} (use auto or {' or '.join(caps.precisions)})"
-                )
             return
         if capability not in {f.name for f in fields(Capabilities)} or not getattr(caps, capability):
             raise UnsupportedError(

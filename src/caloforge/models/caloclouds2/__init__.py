@@ -20,10 +20,7 @@ imports none of them: the names below load their module on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from caloforge.models.protocol import Capabilities, Family
+from caloforge.models.protocol import Capabilities, Family, lazy_exports
 
 #: Public names → the module that defines them (loaded on first access).
 _EXPORTS = {
@@ -44,7 +41,6 @@ _EXPORTS = {
     "resolve_precision": "generation",
     "native_bfloat16": "generation",
     "faster_bfloat16": "generation",
-    "check_request": "generation",
     "CaloClouds2Generator": "generation",
     "POINTS_PER_CALL": "generation",
     "POINTS_PAD": "generation",
@@ -77,8 +73,4 @@ FAMILY = Family(
     bench_models=(("CaloClouds II (25 NFE)", "caloclouds2"), ("CaloClouds II (CM, 1 NFE)", "caloclouds2-cm")),
 )
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

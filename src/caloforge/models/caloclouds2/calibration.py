@@ -21,7 +21,7 @@ from caloforge.models.caloclouds2.checkpoint import (
 from caloforge.models.caloclouds2.generation import generate_batch, resolve_sampler
 from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.checkpoint import save_checkpoint
-from caloforge.models.protocol import GenerationError
+from caloforge.models.protocol import GenerationError, refuse_options
 
 
 def fit_calibration(
@@ -155,9 +155,7 @@ def calibrate_command(
 ) -> str:
     """``caloforge calibrate`` for CaloClouds II: refit the N calibration (:func:`calibrate`);
     returns the line to print. Options of other families are refused by name."""
-    given = [k for k, v in unsupported.items() if v is not None]
-    if given:
-        raise ValueError(f"--{given[0].replace('_', '-')} is not a CaloClouds II calibration option")
+    refuse_options(unsupported, "a CaloClouds II calibration")
     result = calibrate(
         path,
         data,

@@ -344,12 +344,5 @@ def distill(
         progress,
     )
     run.save(ckpt)
-    return TrainResult(
-        checkpoint=ckpt,
-        step=run.step,
-        total_steps=config.steps,
-        complete=run.model.complete,
-        minutes=(time.monotonic() - start) / 60,
-        losses=run.last_losses,
-        parameters={"pointwise_net": sum(p.numel() for p in run.student_net.parameters())},
-    )
+    parameters = {"pointwise_net": sum(p.numel() for p in run.student_net.parameters())}
+    return TrainResult.of(run, ckpt, config.steps, run.model.complete, start, parameters)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from caloforge.calibrate import calibrate_points
+from caloforge.hardware import cpu_vendor
 from caloforge.io import PointShowers
 from caloforge.models.caloclouds2.checkpoint import (
     model_from_state,
@@ -38,7 +39,6 @@ from caloforge.models.protocol import (
     Plan,
     SamplerInfo,
     batch_seed,
-    check_conditions,
     energy_condition,
     generate_batches,
 )
@@ -69,18 +69,6 @@ def native_bfloat16(device: str | torch.device = "cpu") -> bool:
         for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     ]
     return any(has) and fused_linear_available(torch.bfloat16)
-
-
-def cpu_vendor() -> str:
-    """The CPU's vendor id (``GenuineIntel``, ``AuthenticAMD``; empty where /proc/cpuinfo is missing)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def faster_bfloat16(device: str | torch.device = "cpu") -> bool:
@@ -281,24 +269,6 @@ def resolve_sampler(
     )
 
 
-def check_request(
-    model: CaloClouds2,
-    energies_gev: Sequence[float] | np.ndarray,
-    batch_size: int = 64,
-    allow_extrapolation: bool = False,
-    points_per_call: int = POINTS_PER_CALL,
-    precision: str = "auto",
-) -> np.ndarray:
-    """The checks of :func:`generate` on its arguments, without generating: the energies as a
-    float64 array, or :class:`GenerationError` naming what is wrong."""
-    resolve_precision(precision)
-    if batch_size < 1 or points_per_call < 1:
-        raise GenerationError("batch_size and points_per_call must be at least 1")
-    values = check_conditions(model_conditions(model), {"energy": energies_gev}, allow_extrapolation)
-    energies = values["energy"]
-    return energies
-
-
 def generate(
     model: CaloClouds2,
     energies_gev: Sequence[float] | np.ndarray,
@@ -330,7 +300,6 @@ def generate(
     :func:`resolve_precision`), ``float32`` or ``bfloat16`` (slightly different showers of the
     same fidelity, docs/benchmarks.md).
     """
-    check_request(model, energies_gev, batch_size, allow_extrapolation, points_per_call, precision)
     generator = CaloClouds2Generator(model)
     on = str(device) if device is not None else str(next(model.net.parameters()).device)
     options = {"points_per_call": points_per_call, "fast": fast}

@@ -223,12 +223,5 @@ def train(
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
     trainer.model.calibration = _fit_calibration(trainer, progress)
     trainer.save(ckpt)
-    return TrainResult(
-        checkpoint=ckpt,
-        step=trainer.step,
-        total_steps=config.steps,
-        complete=trainer.model.complete,
-        minutes=(time.monotonic() - start) / 60,
-        losses=trainer.last_losses,
-        parameters=trainer.model.n_parameters(),
-    )
+    model = trainer.model
+    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())

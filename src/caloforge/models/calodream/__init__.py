@@ -21,10 +21,7 @@ names below load theirs on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from caloforge.models.protocol import Capabilities, Family
+from caloforge.models.protocol import Capabilities, Family, lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(
@@ -92,8 +89,4 @@ FAMILY = Family(
     bench_models=(("CaloDREAM ViT", "calodream"), ("CaloDREAM laViT", "calodream-lavit")),
 )
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

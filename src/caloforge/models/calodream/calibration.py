@@ -26,6 +26,7 @@ from caloforge.models.calodream.variables import (
 )
 from caloforge.models.checkpoint import checkpoint_file, save_checkpoint
 from caloforge.models.nn.quantile_map import QuantileMap
+from caloforge.models.protocol import refuse_options
 
 # --------------------------------------------------------------------------- calibration
 
@@ -114,12 +115,11 @@ def calibrate_command(
     """``caloforge calibrate`` for CaloDREAM: fit and store the hit-energy calibration of a
     log-energy shape model; returns the line to print. Sampler options are refused: the
     calibration belongs to the model's stored sampler."""
-    given = [k for k, v in unsupported.items() if v is not None]
-    if given:
-        raise ValueError(
-            f"--{given[0].replace('_', '-')} is not a CaloDREAM calibration option (CaloDREAM keeps "
-            "its sampler; --sampler, --steps and --sigma-max are CaloClouds II options)"
-        )
+    refuse_options(
+        unsupported,
+        "a CaloDREAM calibration",
+        " (CaloDREAM keeps its sampler; --sampler, --steps and --sigma-max are CaloClouds II options)",
+    )
     n_showers = 4000 if showers is None else showers
     n_bins = 8 if bins is None else bins
     model = load_model(path)

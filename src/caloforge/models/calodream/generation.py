@@ -115,14 +115,29 @@ def generate(
     if model.energy_model is not None:
         energy_solver = energy_solver or model.energy_model.sampler["energy"]
     for index, lo in enumerate(range(0, len(energies), batch_size), start=first_batch):
-        e = torch.from_numpy(energies[lo : lo + batch_size]).float()
-        gen = torch.Generator().manual_seed(batch_seed(seed, index))
-        if layer_u is not None:
-            u = torch.as_tensor(layer_u[lo : lo + batch_size]).float()
-        else:
-            u = sample_u(model.energy_model, e, energy_solver, gen)  # type: ignore[arg-type]
-        vox = sample_voxels(model, e, u, shape_solver, gen)
-        yield VoxelShowers(energies[lo : lo + batch_size], vox.numpy())
+        u = None if layer_u is None else layer_u[lo : lo + batch_size]
+        yield voxel_batch(model, energies[lo : lo + batch_size], shape_solver, energy_solver, seed, index, u)
+
+
+def voxel_batch(
+    model: CaloDream,
+    energies: np.ndarray,
+    shape_solver: SolverSpec,
+    energy_solver: SolverSpec | None,
+    seed: int,
+    index: int,
+    layer_u: np.ndarray | None = None,
+) -> VoxelShowers:
+    """Batch ``index`` of a run with ``seed``: the energy network's layer energies (or the given
+    ``layer_u``), then the shape network's voxels, all from the batch's own random stream."""
+    e = torch.from_numpy(np.asarray(energies, np.float64)).float()
+    gen = torch.Generator().manual_seed(batch_seed(seed, index))
+    if layer_u is not None:
+        u = torch.as_tensor(layer_u).float()
+    else:
+        u = sample_u(model.energy_model, e, energy_solver, gen)  # type: ignore[arg-type]
+    vox = sample_voxels(model, e, u, shape_solver, gen)
+    return VoxelShowers(np.asarray(energies, np.float64), vox.numpy())
 
 
 def _check_shape_model(model: CaloDream, need_energy: bool = True) -> None:
@@ -179,18 +194,10 @@ class CaloDreamGenerator:
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
         """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``)."""
-        spec = resolve_solver(self.model, plan.options["method"], plan.options["n_steps"])
-        energies = np.asarray(conditions["energy"], np.float64)
-        batch = generate(
-            self.model,
-            energies,
-            batch_size=max(len(energies), 1),
-            seed=seed,
-            shape_solver=spec,
-            allow_extrapolation=True,  # checked for the whole run already
-            first_batch=index,
-        )
-        return next(batch)
+        model = self.model
+        spec = resolve_solver(model, plan.options["method"], plan.options["n_steps"])
+        energy_solver = model.energy_model.sampler["energy"]  # type: ignore[union-attr]
+        return voxel_batch(model, conditions["energy"], spec, energy_solver, seed, index)
 
     def describe(self) -> dict[str, Any]:
         """Parts, parameters, solvers and calibration of the model."""

@@ -226,16 +226,8 @@ def train(
         energy = model_from_state(state["energy_model"], str(ckpt))  # keep what an earlier call embedded
     trainer.model.energy_model = energy
     trainer.save(ckpt)
-    return TrainResult(
-        checkpoint=ckpt,
-        step=trainer.step,
-        total_steps=config.steps,
-        complete=trainer.model.complete,
-        minutes=(time.monotonic() - start) / 60,
-        losses=trainer.last_losses,
-        parameters=trainer.model.n_parameters(),
-        part=part,
-    )
+    model = trainer.model
+    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters(), part)
 
 
 def _load_part(path: str | Path, part: str) -> CaloDream:
