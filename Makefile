@@ -28,9 +28,9 @@ demo: setup
 	$(BIN)/caloforge generate --model default --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2_cm.h5
 	$(BIN)/caloforge generate --model caloclouds2 --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2.h5
 	$(BIN)/caloforge simulate -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_geant4.h5
-	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 --out out/demo
+	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 --out out/demo --overwrite
 	$(BIN)/caloforge generate --model calodream --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_calodream.h5
-	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 --out out/demo_calodream
+	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 --out out/demo_calodream --overwrite
 
 test: setup
 	$(BIN)/ruff check src tests

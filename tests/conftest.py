@@ -18,6 +18,20 @@ def run_cli(monkeypatch, *args: object, code: int = 0) -> None:
         assert (exc.code or 0) == code, f"caloforge {' '.join(map(str, args))} exited with {exc.code}"
 
 
+def cli_run(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:
+    """Run ``caloforge ARGS`` in-process: ``(exit code, stdout, stderr)``."""
+    monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
+    monkeypatch.setitem(cli._state, "debug", False)
+    monkeypatch.setenv("COLUMNS", "250")  # usage errors in one box line
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def random_points(n: int, max_points: int, seed: int = 0, n_layers: int = 30) -> PointShowers:
     """Random showers with a varying number of points, padded at the back."""
     rng = np.random.default_rng(seed)

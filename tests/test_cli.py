@@ -8,21 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from caloforge import cli
 from caloforge.io import write_showers
+from conftest import cli_run as run
 from conftest import random_points
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["caloforge", *args])
-    monkeypatch.setitem(cli._state, "debug", False)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

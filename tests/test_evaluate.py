@@ -5,11 +5,20 @@ import json
 import numpy as np
 import pytest
 
+from caloforge import asset_path, metrics
 from caloforge.detector import get_detector
-from caloforge.evaluate import EvaluationConfig, EvaluationError, evaluate
+from caloforge.evaluate import (
+    EvaluationConfig,
+    EvaluationError,
+    _distorted_observables,
+    _resolution,
+    evaluate,
+    summary_lines,
+)
 from caloforge.io import PointShowers, VoxelShowers, write_showers
+from caloforge.observables import observables_from_file
 from caloforge.projection import voxelise
-from conftest import random_points
+from conftest import random_points, run_cli
 
 FAST = EvaluationConfig(n_draws=4, classifier_splits=2, classifier_epochs=3)
 
@@ -84,12 +93,23 @@ def test_voxel_files_get_calochallenge_metrics(tmp_path):
     cand = voxelise(random_points(120, 60, seed=2, n_layers=45), det)
     write_showers(tmp_path / "r.h5", ref, detector=det)
     write_showers(tmp_path / "c.h5", VoxelShowers(cand.energy, cand.voxels), detector=det)
-    config = EvaluationConfig(n_draws=2, classifier_splits=1, classifier_epochs=1, plots=False)
+    config = EvaluationConfig(
+        n_draws=2, classifier_splits=1, classifier_epochs=1, plots=False, low_level=True
+    )
     result = evaluate(tmp_path / "r.h5", [tmp_path / "c.h5"], tmp_path / "out", config)
     cc = result["candidates"][0]["calochallenge"]
     assert {"E_layer", "EC_x", "width_x", "sparsity"} <= set(cc["separation_power"])
     assert len(cc["fpd"]) == 2 and len(cc["kpd"]) == 2
-    assert "CaloChallenge metrics" in (tmp_path / "out" / "report.md").read_text()
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "CaloChallenge metrics" in text and "Resolving power of the CaloChallenge classifiers" in text
+    # every AUC has its resolving power; the 5 % check ran once, at half the reference (60 per class)
+    kinds = {"classifier_auc", "high_level_auc", "high_level_auc_sparsity", "low_level_auc"}
+    check = result["distortion_check"]
+    assert set(check["auc"]) == kinds and check["n_per_class"] == 60
+    resolution = result["candidates"][0]["auc_resolution"]
+    assert set(resolution) == kinds
+    for key in kinds - {"classifier_auc"}:
+        assert resolution[key]["auc"] == list(cc[key]) and resolution[key]["minimum_detectable_auc"] > 0.5
 
 
 def test_errors(files, tmp_path):
@@ -119,3 +139,163 @@ def test_small_candidate_is_handled_with_a_note(files, tmp_path):
     assert result["candidates"][0]["classifier_auc"] is None
     assert any("classifier not run" in n for n in result["notes"])
     assert any("W1 draws use 30 showers" in n for n in result["notes"])
+
+
+# --------------------------------------------------------------------------------------
+# Existing reports, resolving power of the AUCs, held-out figures
+# --------------------------------------------------------------------------------------
+
+TINY = EvaluationConfig(n_draws=2, classifier_splits=2, classifier_epochs=2, plots=False)
+
+
+def _heldout_cm() -> dict:
+    return json.loads(asset_path("heldout_figures.json").read_text())["figures"]["caloclouds2-cm"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """150 reference showers, two candidates of 60 labelled as the shipped CM model; one of them
+    names other weights. The report is written over an old one with ``overwrite=True``."""
+    d = tmp_path_factory.mktemp("tiny")
+    paths = {"ref": d / "ref.h5", "shipped": d / "shipped.h5", "own": d / "own.h5", "out": d / "out"}
+    write_showers(paths["ref"], _shower_like(150, 11), generator="geant4")
+    for name, model, seed in (("shipped", "caloclouds2_cm_cpu.pt", 12), ("own", "runs/mine", 13)):
+        write_showers(paths[name], _shower_like(60, seed), generator="caloclouds2-cm", attrs={"model": model})
+    paths["out"].mkdir()
+    (paths["out"] / "report.md").write_text("old report\n")
+    (paths["out"] / "metrics.json").write_text("{}\n")
+    result = evaluate(paths["ref"], [paths["shipped"], paths["own"]], paths["out"], TINY, overwrite=True)
+    return paths, result
+
+
+def test_existing_report_is_refused_before_any_work_and_kept(files, tmp_path):
+    for name in ("report.md", "metrics.json"):
+        out = tmp_path / name.split(".")[0]
+        out.mkdir()
+        (out / name).write_bytes(b"an old report \x00\xff\n")
+        with pytest.raises(FileExistsError, match=r"already holds a report .*pass --overwrite to replace it"):
+            evaluate(files["ref"], [files["same"]], out, FAST)
+        assert (out / name).read_bytes() == b"an old report \x00\xff\n"
+        assert sorted(p.name for p in out.iterdir()) == [name]  # nothing else written
+
+
+def test_overwrite_replaces_the_report(tiny):
+    paths, result = tiny
+    text = (paths["out"] / "report.md").read_text()
+    assert text.startswith("# Evaluation against geant4") and "old report" not in text
+    data = json.loads((paths["out"] / "metrics.json").read_text())
+    assert [c["label"] for c in data["candidates"]] == [c["label"] for c in result["candidates"]]
+    assert not list(paths["out"].glob("*.partial"))
+
+
+def test_output_and_input_errors(files, tmp_path):
+    with pytest.raises(EvaluationError, match="is the input file"):
+        evaluate(files["ref"], [files["same"]], files["same"], FAST)
+    with pytest.raises(EvaluationError, match="is a directory"):
+        evaluate(files["ref"], [tmp_path], tmp_path / "o", FAST)
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(EvaluationError, match="is a file"):
+        evaluate(files["ref"], [files["same"]], tmp_path / "plain", FAST)
+
+
+def test_auc_standard_error_and_minimum_detectable():
+    # Hanley & McNeil at A = 0.5: sqrt((n_a + n_b + 1) / (12 n_a n_b)); at A = 0.8, n = 50, 50:
+    # Q1 = 2/3, Q2 = 32/45, SE^2 = (0.16 + 49 (2/3 - 0.64) + 49 (32/45 - 0.64)) / 2500.
+    assert metrics.auc_standard_error(0.5, 100, 100) == pytest.approx(np.sqrt(201 / 120_000))
+    expected = np.sqrt((0.16 + 49 * (2 / 3 - 0.64) + 49 * (32 / 45 - 0.64)) / 2500)
+    assert expected == pytest.approx(0.0445, abs=1e-4)
+    assert metrics.auc_standard_error(0.8, 50, 50) == pytest.approx(expected)
+    assert metrics.minimum_detectable_auc(100, 100) == pytest.approx(0.5 + 2 * np.sqrt(201 / 120_000))
+    assert metrics.minimum_detectable_auc(10_000, 10_000) < metrics.minimum_detectable_auc(100, 100)
+
+
+def test_resolving_power_fields(tiny):
+    _, result = tiny
+    check = result["distortion_check"]
+    assert check["energy_scale"] == 1.05 and check["n_per_class"] == 60
+    assert check["size_from"] == "the smallest candidate"
+    for cand in result["candidates"]:
+        res = cand["auc_resolution"]["classifier_auc"]
+        # 2 of 10 folds of 60 showers per class were tested
+        n = 12
+        assert res["n_test_per_class"] == [n, n]
+        assert res["standard_error"] == pytest.approx(np.sqrt((2 * n + 1) / (12 * n * n)))
+        assert res["minimum_detectable_auc"] == pytest.approx(0.5 + 2 * res["standard_error"])
+        assert res["minimum_detectable_auc"] > 0.5
+        assert res["auc"] == cand["classifier_auc"]
+        assert res["distortion_auc"] == check["auc"]["classifier_auc"]["auc"]
+
+
+def test_tiny_sample_is_called_too_small(tiny):
+    paths, result = tiny
+    check = result["distortion_check"]["auc"]["classifier_auc"]
+    assert not check["detects"] and check["auc"][0] < check["minimum_detectable_auc"]
+    assert {c["auc_resolution"]["classifier_auc"]["verdict"] for c in result["candidates"]} == {"too_small"}
+    text = " ".join((paths["out"] / "report.md").read_text().split())
+    assert (
+        "too small a sample: this classifier cannot tell a 5 % energy-scale error from Geant4 at this size, "
+        "so an AUC near 0.5 does not mean indistinguishable"
+    ) in text
+    lines = summary_lines(result)
+    assert any(line.startswith("warning: too small a sample for the SPEC 5") for line in lines)
+
+
+def test_verdicts_follow_the_check():
+    fit = metrics.ClassifierResult(0.52, 0.01, np.zeros(1000), np.ones(1000), n_per_class=1000)
+    minimum = metrics.minimum_detectable_auc(1000, 1000)
+
+    def check(auc: float) -> dict:
+        return {"auc": {"classifier_auc": {"auc": [auc, 0.01], "detects": auc >= minimum}}}
+
+    consistent = _resolution(fit, check(0.7), "classifier_auc", "Geant4")
+    assert consistent["verdict"] == "consistent"
+    assert consistent["sentence"] == (
+        "consistent with the reference at this sample size "
+        "(it would detect a 5 % energy-scale error: AUC 0.700)"
+    )
+    assert _resolution(fit, check(0.51), "classifier_auc", "Geant4")["verdict"] == "too_small"
+    fit.auc = 0.9
+    assert _resolution(fit, check(0.7), "classifier_auc", "Geant4")["verdict"] == "distinguishable"
+    assert _resolution(fit, None, "classifier_auc", "Geant4")["verdict"] == "unchecked"
+
+
+def test_distortion_scales_deposited_energies_before_the_threshold(files):
+    det = get_detector("ild-ecal")
+    index = np.arange(0, 40, 3)
+    plain = observables_from_file(files["ref"], det, max_showers=40).subset(index)
+    scaled = _distorted_observables(files["ref"], det, index, EvaluationConfig(chunk_size=7, max_showers=40))
+    np.testing.assert_array_equal(scaled.energy, plain.energy)
+    assert np.all(scaled.e_vis >= 1.05 * plain.e_vis * (1 - 1e-6)) and np.all(scaled.n_hits >= plain.n_hits)
+    assert scaled.e_vis.sum() < 1.06 * plain.e_vis.sum()
+
+
+def test_heldout_figure_beside_the_shipped_models_auc(tiny):
+    paths, result = tiny
+    figure = _heldout_cm()
+    mean, std = figure["auc"]["classifier_auc"]
+    line = (
+        f"held-out figure ({figure['source']}, {figure['n_showers']:,} showers): AUC {mean:.3f} ± {std:.3f}"
+    )
+    shipped, own = result["candidates"]
+    assert shipped["heldout"] == figure and own["heldout"] is None  # own weights: no figure
+    report_lines = (paths["out"] / "report.md").read_text().splitlines()
+    assert [row.split(" | ")[0] for row in report_lines if line in row] == [f"| {shipped['label']}"]
+    (printed,) = [s for s in summary_lines(result) if s.startswith(f"classifier AUC {shipped['label']}:")]
+    assert printed.endswith(f"; {line})")
+    assert "(minimum detectable " in printed and "; 5 % energy-scale error: " in printed
+
+
+def test_cli_refuses_an_existing_report_and_overwrites_with_the_flag(tiny, monkeypatch, capsys, tmp_path):
+    paths, _ = tiny
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.md").write_text("keep me\n")
+    args = ("evaluate", paths["ref"], paths["shipped"], "--out", out, "--draws", 2, "--splits", 2)
+    args += ("--epochs", 2)
+    run_cli(monkeypatch, *args, "--no-plots", code=2)
+    assert "--overwrite" in capsys.readouterr().err and (out / "report.md").read_text() == "keep me\n"
+    run_cli(monkeypatch, *args, "--no-plots", "--overwrite")
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "classifier AUC caloclouds2-cm: " in printed and "(minimum detectable 0.7" in printed
+    assert "warning: too small a sample" in printed and "held-out figure (docs/results.md" in printed
+    assert (out / "report.md").read_text() != "keep me\n"

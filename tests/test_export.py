@@ -166,8 +166,10 @@ def test_sample_from_noise_equals_sample(model):
 def test_wrapper_refuses_bad_arguments(model):
     with pytest.raises(ValueError, match="does not fit this model: use heun or euler"):
         ExportedCaloClouds2(model, sampler=SamplerSpec("consistency", 1))
-    with pytest.raises(ValueError, match="max_points must be at least 1"):
+    with pytest.raises(ValueError, match="--max-points 0 is outside"):
         ExportedCaloClouds2(model, max_points=0)
+    with pytest.raises(ValueError, match="never makes more than"):
+        ExportedCaloClouds2(model, max_points=100_000_000)  # refused before any allocation
     module = ExportedCaloClouds2(_model(SamplerSpec("consistency", 2)))
     with pytest.raises(ValueError, match="needs step_noise"):
         module(*_inputs(module, 2)[:3])

@@ -1,5 +1,7 @@
 """Shower files: round trips, chunked reading, foreign layouts, atomic writes, bad files."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -108,12 +110,24 @@ def test_failed_write_leaves_existing_file_untouched(tmp_path, showers):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.h5"]  # no temporary left
 
 
-def test_interrupt_keeps_partial_file_when_asked(tmp_path, showers):
+def test_interrupt_keeps_the_previous_file(tmp_path, showers):
     path = tmp_path / "partial.h5"
-    with pytest.raises(KeyboardInterrupt), ShowerWriter(path, "points", keep_on_interrupt=True) as w:
+    write_showers(path, showers[:3])
+    before = path.read_bytes()
+    with pytest.raises(KeyboardInterrupt), ShowerWriter(path, "points") as w:
         w.write(showers[:10])
         raise KeyboardInterrupt
-    assert len(read_showers(path)) == 10
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["partial.h5"]
+
+
+def test_temporary_files_of_killed_writers_are_removed(tmp_path, showers):
+    path = tmp_path / "x.h5"
+    dead = tmp_path / ".x.h5.999999999.abcd.partial.h5"  # no such pid
+    alive = tmp_path / f".x.h5.{os.getpid()}.abcd.partial.h5"
+    dead.write_bytes(b"left by kill -9")
+    alive.write_bytes(b"another writer of this process")
+    write_showers(path, showers[:2])
+    assert not dead.exists() and alive.exists()
 
 
 def test_append(tmp_path, showers):

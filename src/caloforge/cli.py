@@ -19,6 +19,7 @@ from caloforge.cliutils import (
     console,
     err_console,
     progress_bar,
+    seed_option,
     set_threads,
     stage_progress,
 )
@@ -52,6 +53,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     EvaluationError,
     FileNotFoundError,
     PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
     ValueError,
     FileExistsError,
 )
@@ -201,8 +204,16 @@ def detector_cmd(
         Path | None,
         typer.Option(help="Write the description to this YAML file (a template for your own)."),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --save file.")] = False,
 ) -> None:
     """Show a detector's geometry layer by layer (and optionally save it as YAML)."""
+    from caloforge.safety import check_outputs, refuse_existing
+
+    if save is not None:
+        if save.suffix.lower() not in (".yaml", ".yml"):
+            raise ValueError(f"--save '{save}' must end in .yaml or .yml (it is written as YAML)")
+        check_outputs({"--save": save}, {"NAME": name})
+        refuse_existing(save, overwrite)
     det = get_detector(name)
     console.print(f"[bold]{det.name}[/bold]: {det.description}")
     if det.source:
@@ -237,11 +248,19 @@ def observables(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
 ) -> None:
     """Summary of the SPEC 4 observables of a shower file (projected on cells, thresholded)."""
+    from caloforge.safety import check_outputs, refuse_existing
+
+    if json_out is not None:
+        check_outputs({"--json": json_out}, {"shower file": file, "--detector": detector})
+        refuse_existing(json_out, overwrite)
     with open_showers(file, detector) as reader:
         det = reader.detector
         total = min(len(reader), max_showers or len(reader))
+    if total == 0:
+        raise ShowerFileError(f"'{file}' holds no showers")
     with progress_bar() as bar:
         task = bar.add_task("observables", total=total, rate="")
         obs = observables_from_file(
@@ -295,7 +314,7 @@ def simulate(
     energy_log: Annotated[
         str | None, typer.Option("--energy-log", help="Log-uniform incident energy range LO:HI in GeV.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same file.")] = 0,
+    seed: Annotated[int, seed_option("Seed: the same seed gives the same file.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (one Geant4 each).")] = 1,
     voxel_out: Annotated[
         Path | None, typer.Option(help="Also write CaloChallenge voxels here (polar-readout detectors).")
@@ -309,13 +328,14 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
+    from caloforge.pieces import pieces_dir
     from caloforge.simulate.driver import SimulationConfig
     from caloforge.simulate.driver import simulate as run_simulation
 
     spec = _energy_spec(energy, energy_log)
     det = get_detector(detector)
     config = SimulationConfig(
-        detector=str(detector) if detector in available_detectors() else det.name,
+        detector=detector if detector in available_detectors() else det,
         particle=particle,
         energy=spec,
         n_showers=n,
@@ -346,8 +366,16 @@ def simulate(
             overwrite=overwrite,
             progress=advance,
         )
+    if result.interrupted:
+        pieces = pieces_dir(out)
+        kept = f" (saved in '{pieces}')" if pieces.exists() else ""
+        err_console.print(
+            f"interrupted: {result.n_done} of {n} showers done{kept}; '{out}' is unchanged. "
+            "Rerun the same command with --resume to finish."
+        )
+        raise typer.Exit(130)
     if result.n_new == 0:
-        console.print(f"{out} already holds {result.n_done} showers: nothing to do")
+        console.print(f"{out} holds {result.n_done} showers: nothing left to simulate")
         return
     per = result.wall_seconds / result.n_new
     console.print(
@@ -358,9 +386,6 @@ def simulate(
         f"{result.ours_seconds / result.n_new * 1000:.0f} ms clustering/writing; "
         f"{result.steps / result.n_new:.0f} steps and {result.points / result.n_new:.0f} points per shower"
     )
-    if result.interrupted:
-        err_console.print(f"interrupted: {result.n_done} of {n} showers kept; rerun with --resume to finish")
-        raise typer.Exit(130)
 
 
 @app.command()
@@ -382,9 +407,12 @@ def evaluate(
         int | None, typer.Option(min=1, help="Use only the first N showers of each file.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws and the classifier.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a report already in --out (refused otherwise).")
+    ] = False,
 ) -> None:
     """Compare candidates with a reference: W1 and its floor, classifier AUC, CaloChallenge metrics, plots."""
-    from caloforge.evaluate import EvaluationConfig
+    from caloforge.evaluate import EvaluationConfig, summary_lines
     from caloforge.evaluate import evaluate as run_evaluation
 
     config = EvaluationConfig(
@@ -399,7 +427,7 @@ def evaluate(
     )
     with progress_bar() as bar:
         progress = stage_progress(bar)
-        result = run_evaluation(reference, candidates, out, config, progress=progress)
+        result = run_evaluation(reference, candidates, out, config, progress=progress, overwrite=overwrite)
     names = result["w1_observables"]
     table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
     table.add_column("observable")
@@ -413,17 +441,11 @@ def evaluate(
     for k in names:
         table.add_row(k, fmt(result["w1_floor"][k]), *(fmt(c["w1"][k]) for c in result["candidates"]))
     console.print(table)
-    for c in result["candidates"]:
-        if c["classifier_auc"] is not None:
-            auc, std = c["classifier_auc"]
-            console.print(f"classifier AUC {c['label']}: {auc:.3f} ± {std:.3f}")
+    for line in summary_lines(result):
+        console.print(line, markup=False)
     for note in result["notes"]:
         console.print(f"note: {note}")
     console.print(f"report: {out / 'report.md'}")
-
-
-train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
-app.add_typer(train_app, name="train")
 
 
 train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
@@ -470,20 +492,28 @@ def calibrate(
         int | None,
         typer.Option(min=1, help="CaloDREAM: incident-energy bins of the hit-energy calibration (8)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the energies and noise used.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the energies and noise used.")] = 0,
     threads: ThreadsOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
     sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy)."""
     from caloforge.models.registry import family_of, shipped_models
 
+    if sigma_max is not None and not (np.isfinite(sigma_max) and sigma_max > 0):
+        raise ValueError(f"--sigma-max must be a positive number, got {sigma_max}")
     if (model == "default" or model in shipped_models()) and out is None:
         raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
+    from caloforge.safety import check_outputs, output_lock, refuse_existing
+
     set_threads(threads)
     family, path, _ = family_of(model)
     family.require("calibrate")
+    if out is not None:
+        check_outputs({"--out": out}, {"--data": data, "--model": path})
+        refuse_existing(out, overwrite)
     options = {"sampler": sampler, "steps": steps, "sigma_max": sigma_max, "showers": showers, "bins": bins}
-    with progress_bar() as bar:
+    with output_lock(out or path), progress_bar() as bar:
         line = family.part("calibrator")(path, data, out, seed=seed, progress=stage_progress(bar), **options)
     console.print(line)
 
@@ -491,7 +521,12 @@ def calibrate(
 @app.command()
 def generate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output point-cloud file (HDF5).")],
-    n: Annotated[int, typer.Option("-n", "--n-showers", min=1, help="Number of showers.")] = 100,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            "-n", "--n-showers", min=1, help="Number of showers (default 100; with --energies-file: all)."
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option(help="'default' (shipped), a run directory or a checkpoint.")
     ] = "default",
@@ -504,7 +539,7 @@ def generate(
     energies_file: Annotated[
         Path | None, typer.Option(help="Take the incident energies of this shower file (one shower each).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same showers.")] = 0,
+    seed: Annotated[int, seed_option("Seed: the same seed gives the same showers.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Showers generated at once.")] = 64,
     steps: Annotated[
         int | None,
@@ -541,14 +576,26 @@ def generate(
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
     from caloforge.generation import generate_file
+    from caloforge.safety import check_outputs
     from caloforge.simulate.driver import draw_energies
 
     set_threads(threads)
+    check_outputs({"--out": out}, {"--energies-file": energies_file})
     if energies_file is not None:
+        if energy is not None or energy_log is not None:
+            raise ValueError("give either --energies-file or --energy/--energy-log, not both")
         with open_showers(energies_file) as f:
-            energies = f.read_energy()[:n]
+            energies = f.read_energy()
+        if len(energies) == 0:
+            raise ShowerFileError(f"--energies-file '{energies_file}' holds no showers")
+        if n is not None and n > len(energies):
+            raise ValueError(
+                f"-n {n} asks for more showers than --energies-file '{energies_file}' holds "
+                f"({len(energies)}): drop -n to use them all"
+            )
+        energies = energies[:n]
     else:
-        energies = draw_energies(_energy_spec(energy, energy_log), n, seed)
+        energies = draw_energies(_energy_spec(energy, energy_log), n or 100, seed)
     with progress_bar() as bar:
         task = bar.add_task("generate", total=len(energies), rate="")
         result = generate_file(
@@ -589,18 +636,29 @@ def export(
 ) -> None:
     """Export a model as one self-contained ONNX / TorchScript graph for C++ frameworks (docs/export.md)."""
     from caloforge.export import export_model
+    from caloforge.models.registry import resolve_model
+    from caloforge.safety import check_outputs, output_lock, refuse_existing
 
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
-    path = export_model(model, out, format, max_points=max_points, sampler=sampler, n_steps=steps)
+    check_outputs({"--out": out}, {"--model": resolve_model(model)})
+    refuse_existing(out, overwrite)
+    with output_lock(out):
+        path = export_model(model, out, format, max_points=max_points, sampler=sampler, n_steps=steps)
     console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); contract in docs/export.md")
 
 
-def _numbers(text: str, kind: type = float) -> tuple:
+def _numbers(text: str, option: str, kind: type = float) -> tuple:
+    """``10,50,90`` → positive finite numbers (whole numbers with ``kind=int``) of ``option``."""
     try:
-        return tuple(kind(v) for v in text.split(","))
+        values = tuple(kind(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"expected numbers separated by commas, e.g. 10,50,90; got '{text}'") from None
+        values = ()
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        example = "1,64" if kind is int else "10,50,90"
+        raise ValueError(
+            f"{option} expects positive {'whole ' if kind is int else ''}numbers separated by commas, "
+            f"e.g. {example}; got '{text}'"
+        )
+    return values
 
 
 @app.command()
@@ -627,36 +685,65 @@ def bench(
             help="PointWise Net precision(s) to time (repeat): auto (what generate uses), float32, bfloat16."
         ),
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace bench.md and bench.json in --out.")] = False,
 ) -> None:
     """Time Geant4 and the generative models per shower, in one run; speed-ups against Geant4."""
     import dataclasses
 
     from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results
+    from caloforge.safety import output_lock, refuse_existing
 
     config = BenchConfig.quick() if quick else BenchConfig()
     changes: dict[str, object] = {"repeats": 1 if quick else repeats}
     if not quick:
-        changes |= {"energies": _numbers(energies), "batch_sizes": _numbers(batch_sizes, int)}
+        changes |= {
+            "energies": _numbers(energies, "--energies"),
+            "batch_sizes": _numbers(batch_sizes, "--batch-sizes", int),
+        }
     if threads is not None:
-        changes["threads"] = _numbers(threads, int)
+        changes["threads"] = _numbers(threads, "--threads", int)
+    for name in ("bench.json", "bench.md"):
+        refuse_existing(out / name, overwrite)
     config = dataclasses.replace(config, **changes)
-    specs = default_models(model, onnx=onnx, workdir=out, precisions=precision or ["auto"])
-    with err_console.status("benchmarking") as status:
-        result = run_bench(
-            specs, config, progress=lambda what: status.update(f"timing {what}"), geant4=geant4
-        )
-    json_path, md_path = write_results(result, out)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out / "bench.json"):
+        specs = default_models(model, onnx=onnx, workdir=out, precisions=precision or ["auto"])
+        with err_console.status("benchmarking") as status:
+            result = run_bench(
+                specs, config, progress=lambda what: status.update(f"timing {what}"), geant4=geant4
+            )
+        json_path, md_path = write_results(result, out)
     console.print(to_markdown(result))
     console.print(f"wrote {md_path} and {json_path}")
 
 
+INTERRUPTED = "interrupted: no output was replaced or left half-written"
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and a non-zero exit code."""
+    from caloforge.safety import stop_signals
+
     try:
-        app()
+        with stop_signals():  # SIGTERM stops every command like Ctrl-C; a second one is harmless
+            app()
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        err_console.print(INTERRUPTED)
         sys.exit(130)
+    except SystemExit as exc:
+        # typer turns Ctrl-C / SIGTERM inside a command into a silent exit 130.
+        if exc.code == 130 and _caused_by_interrupt(exc):
+            err_console.print(INTERRUPTED)
+        raise
     except USER_ERRORS as exc:
         if _state["debug"]:
             raise

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 __all__ = [
+    "MAX_SEED",
     "MaxMinutesOption",
     "ResumeOption",
     "SeedOption",
@@ -19,8 +20,10 @@ __all__ = [
     "console",
     "err_console",
     "given",
+    "positive_minutes",
     "progress_bar",
     "report_run",
+    "seed_option",
     "set_threads",
     "stage_progress",
     "widths",
@@ -57,12 +60,34 @@ def stage_progress(bar: Progress) -> Callable[..., None]:
     return progress
 
 
+#: The largest seed a command accepts (the largest signed 64-bit integer: what HDF5 attributes,
+#: ``torch.manual_seed`` and NumPy take, with room for the small offsets added to it).
+MAX_SEED = 2**63 - 1
+
+
+def positive_minutes(value: float | None) -> float | None:
+    """Typer callback of :data:`MaxMinutesOption`: None, or a number of minutes above 0."""
+    if value is not None and not value > 0:  # NaN too
+        raise typer.BadParameter(f"must be more than 0 minutes, got {value}")
+    return value
+
+
+def seed_option(help: str = "Seed of initialisation, batches and noise.") -> Any:
+    """A ``--seed`` option limited to 0 ≤ seed ≤ :data:`MAX_SEED` (a usage error outside):
+    ``seed: Annotated[int, seed_option("Seed of the draws.")] = 0``."""
+    return typer.Option(min=0, max=MAX_SEED, help=help)
+
+
 ResumeOption = Annotated[bool, typer.Option(help="Continue the run in --out from its checkpoint.")]
 MaxMinutesOption = Annotated[
-    float | None, typer.Option(help="Stop (with a checkpoint) after this many minutes; --resume continues.")
+    float | None,
+    typer.Option(
+        callback=positive_minutes,
+        help="Stop (with a checkpoint) after this many minutes; --resume continues.",
+    ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
-SeedOption = Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")]
+SeedOption = Annotated[int, seed_option()]
 
 
 def given(**values: Any) -> dict[str, Any]:
@@ -74,6 +99,11 @@ def report_run(result: Any) -> None:
     """How a training run ended (a :class:`~caloforge.models._training.TrainResult`)."""
     state = "complete" if result.complete else f"stopped at step {result.step} of {result.total_steps}"
     console.print(f"{state} after {result.minutes:.1f} min; checkpoint {result.checkpoint}")
+    skipped = getattr(result, "skipped", 0)
+    if skipped:
+        console.print(
+            f"{skipped} optimiser update(s) skipped for a non-finite loss or gradient (train_log.jsonl)"
+        )
     if not result.complete:
         console.print("continue with the same command and --resume")
 
@@ -85,13 +115,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def widths(text: str | None) -> tuple[int, ...] | None:
-    """``4,64,128,64,4`` → a tuple of layer widths (None stays None)."""
+def widths(text: str | None, option: str = "--widths") -> tuple[int, ...] | None:
+    """``4,64,128,64,4`` → a tuple of layer widths (None stays None); anything but positive
+    integers separated by commas is a one-line ``ValueError`` naming ``option``."""
     if text is None:
         return None
     try:
-        return tuple(int(w) for w in text.split(","))
+        shape = tuple(int(w) for w in text.split(","))
     except ValueError:
+        shape = ()
+    if not shape or any(w < 1 for w in shape):
         raise ValueError(
-            f"layer widths must be integers separated by commas, e.g. 4,64,128,64,4; got '{text}'"
-        ) from None
+            f"{option}: layer widths must be positive integers, e.g. 4,64,128,64,4; got '{text}'"
+        )
+    return shape

@@ -16,6 +16,7 @@ gun on ``x = y = 0``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -193,14 +194,63 @@ class Detector:
         return out
 
 
+#: Largest size or depth a detector may have (100 m): beyond it a value is a typo, not a calorimeter.
+_MAX_SIZE_MM = 1e5
+
+
 def _increasing(values: Sequence[float]) -> bool:
     return all(b > a for a, b in itertools.pairwise(values))
+
+
+@functools.cache
+def nist_materials() -> frozenset[str]:
+    """Names of Geant4's NIST materials (the ones a detector's materials may name), from the
+    list shipped in ``assets/g4_nist_materials.txt``."""
+    text = (Path(__file__).parent / "assets" / "g4_nist_materials.txt").read_text()
+    return frozenset(line.strip() for line in text.splitlines() if line.strip() and line[0] != "#")
 
 
 def _validate(det: Detector) -> None:
     def bad(field_name: str, why: str) -> DetectorError:
         return DetectorError(f"detector '{det.name}': field '{field_name}' {why}")
 
+    numbers: dict[str, Sequence[float]] = {
+        "layer_depths_mm": det.layer_depths_mm,
+        "active_thickness_mm": (det.active_thickness_mm,),
+        "absorber_thicknesses_mm": det.absorber_thicknesses_mm,
+        "threshold_mev": (det.threshold_mev,),
+        "half_size_mm": (det.half_size_mm,),
+        "gun_distance_mm": (det.gun_distance_mm,),
+        "radial_edges_mm": det.radial_edges_mm,
+    }
+    if isinstance(det.readout, CellGrid):
+        numbers["readout.cell_size_mm"] = (det.readout.cell_size_mm,)
+    else:
+        numbers["readout.radial_edges_mm"] = det.readout.radial_edges_mm
+    for key, values in numbers.items():
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            raise bad(key, "must be a finite number (not nan or inf)")
+    for key, value in (
+        ("cluster_subdivision", det.cluster_subdivision),
+        ("readout.n_cells", getattr(det.readout, "n_cells", 1)),
+        ("readout.n_alpha", getattr(det.readout, "n_alpha", 1)),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(key, f"must be a whole number, not {value!r}")
+    for key, material in (
+        ("active_material", det.active_material),
+        ("absorber_material", det.absorber_material),
+    ):
+        if material not in nist_materials():
+            raise bad(
+                key,
+                f"names an unknown material {material!r}: use a Geant4 NIST material such as G4_W, "
+                "G4_Pb, G4_Si or G4_PbWO4",
+            )
+    if det.half_size_mm > _MAX_SIZE_MM:
+        raise bad("half_size_mm", f"must be at most {_MAX_SIZE_MM:g} mm")
+    if any(abs(d) > _MAX_SIZE_MM for d in det.layer_depths_mm):
+        raise bad("layer_depths_mm", f"must stay within {_MAX_SIZE_MM:g} mm")
     depths = det.layer_depths_mm
     if len(depths) < 1:
         raise bad("layer_depths_mm", "must list at least one layer")
@@ -225,6 +275,8 @@ def _validate(det: Detector) -> None:
         raise bad("threshold_mev", "must not be negative")
     if det.half_size_mm <= 0:
         raise bad("half_size_mm", "must be positive")
+    if det.gun_distance_mm < 0:
+        raise bad("gun_distance_mm", "must not be negative")
     if det.cluster_subdivision < 1:
         raise bad("cluster_subdivision", "must be a positive integer")
     ro = det.readout
@@ -351,7 +403,16 @@ def load_detector(path: str | Path) -> Detector:
         raise DetectorError(f"detector file '{path}' is not valid {path.suffix[1:]}: {exc}") from exc
     if not isinstance(data, dict):
         raise DetectorError(f"detector file '{path}' must hold a table of fields at top level")
-    return detector_from_dict(data, default_name=path.stem)
+    det = detector_from_dict(data, default_name=path.stem)
+    if det.name in _BUILTINS:
+        builtin = _BUILTINS[det.name]().to_dict()
+        changed = [k for k, v in det.to_dict().items() if builtin.get(k) != v and k != "description"]
+        if changed:
+            raise DetectorError(
+                f"detector file '{path}' calls itself '{det.name}', the name of a built-in detector, "
+                f"but differs from it in {', '.join(changed)}: give it a name of its own (field 'name')"
+            )
+    return det
 
 
 def _float_list(data: Mapping[str, Any], key: str, where: str, n: int | None = None) -> tuple[float, ...]:
@@ -361,6 +422,14 @@ def _float_list(data: Mapping[str, Any], key: str, where: str, n: int | None = N
     if not isinstance(value, list) or not all(isinstance(v, (int, float)) for v in value):
         raise DetectorError(f"{where}: field '{key}' must be a list of numbers")
     return tuple(float(v) for v in value)
+
+
+def _whole(data: Mapping[str, Any], key: str, where: str, prefix: str = "") -> int:
+    """``data[key]`` as an int, refusing 99.5, "12" and True rather than truncating them."""
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise DetectorError(f"{where}: field '{prefix}{key}' must be a whole number, not {value!r}")
+    return int(value)
 
 
 def detector_from_dict(data: Mapping[str, Any], default_name: str = "custom") -> Detector:
@@ -385,7 +454,7 @@ def detector_from_dict(data: Mapping[str, Any], default_name: str = "custom") ->
         if "layer_depths_mm" in data:
             depths = _float_list(data, "layer_depths_mm", where)
         elif "n_layers" in data and "layer_pitch_mm" in data:
-            n, pitch = int(data["n_layers"]), float(data["layer_pitch_mm"])
+            n, pitch = _whole(data, "n_layers", where), float(data["layer_pitch_mm"])
             depths = tuple(i * pitch for i in range(n))
         else:
             raise DetectorError(
@@ -409,18 +478,24 @@ def detector_from_dict(data: Mapping[str, Any], default_name: str = "custom") ->
             for key in ("cell_size_mm", "n_cells"):
                 if key not in readout:
                     raise DetectorError(f"{where}: field 'readout.{key}' is missing")
-            grid: CellGrid | PolarGrid = CellGrid(float(readout["cell_size_mm"]), int(readout["n_cells"]))
+            grid: CellGrid | PolarGrid = CellGrid(
+                float(readout["cell_size_mm"]), _whole(readout, "n_cells", where, "readout.")
+            )
         elif rtype == "polar":
             for key in ("radial_edges_mm", "n_alpha"):
                 if key not in readout:
                     raise DetectorError(f"{where}: field 'readout.{key}' is missing")
             grid = PolarGrid(
-                _float_list(readout, "radial_edges_mm", where + " readout"), int(readout["n_alpha"])
+                _float_list(readout, "radial_edges_mm", where + " readout"),
+                _whole(readout, "n_alpha", where, "readout."),
             )
         else:
             raise DetectorError(f"{where}: field 'readout.type' must be 'cells' or 'polar', not {rtype!r}")
         n_layers = len(depths)
-        long_edges = tuple(int(v) for v in data.get("long_edges", range(n_layers + 1)))
+        edges = data.get("long_edges", list(range(n_layers + 1)))
+        if not isinstance(edges, list):
+            raise DetectorError(f"{where}: field 'long_edges' must be a list of layer numbers")
+        long_edges = tuple(_whole({"long_edges": v}, "long_edges", where) for v in edges)
         if "radial_edges_mm" in data:
             radial = _float_list(data, "radial_edges_mm", where)
         elif isinstance(grid, PolarGrid):

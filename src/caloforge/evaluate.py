@@ -5,6 +5,15 @@ samples). Per candidate: the eight W1 scores of SPEC 5 next to the reference-vs-
 floor, the high-level classifier AUC, and for polar-readout (CaloChallenge) detectors the
 separation powers, FPD/KPD and optionally the low-level classifier; every SPEC 4 figure;
 ``report.md`` and ``metrics.json`` in the output directory.
+
+Every classifier AUC comes with its resolving power (``auc_resolution`` in ``metrics.json``):
+the noise of an AUC at the test size used (the minimum detectable AUC, see
+:func:`caloforge.metrics.minimum_detectable_auc`), and the AUC that the same classifier gives,
+at this sample size, for a known small error — a 5 % energy-scale error of the reference
+itself (:data:`DISTORTION_SCALE`, ``distortion_check``). A small sample makes any candidate
+look "indistinguishable"; these two numbers say whether it could have looked otherwise. A
+candidate made by a shipped model also gets that model's held-out figure
+(``assets/heldout_figures.json``) beside its own.
 """
 
 from __future__ import annotations
@@ -14,21 +23,51 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from caloforge import __version__
+from caloforge import __version__, asset_path
 from caloforge.detector import Detector, PolarGrid
-from caloforge.io import VoxelShowers, atomic_write_text, open_showers
-from caloforge.observables import ShowerObservables, observables_from_file, radial_profile_edges
+from caloforge.io import PointShowers, Showers, VoxelShowers, atomic_write_text, open_showers
+from caloforge.observables import (
+    ShowerObservables,
+    compute_observables,
+    observables_from_file,
+    radial_profile_edges,
+)
+from caloforge.safety import output_lock
 
-__all__ = ["EvaluationConfig", "EvaluationError", "evaluate"]
+if TYPE_CHECKING:
+    from caloforge.metrics import ClassifierResult
+
+__all__ = [
+    "DISTORTION_SCALE",
+    "EvaluationConfig",
+    "EvaluationError",
+    "evaluate",
+    "summary_lines",
+]
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
 MIN_CLASSIFIER_SHOWERS = 50
 #: The CaloChallenge's high-level classifier and FPD/KPD inputs (besides log10 E_inc).
 HIGH_LEVEL_KEYS = ("E_layer", "EC_x", "EC_y", "width_x", "width_y")
+#: The known distortion of the sensitivity check: every deposited energy of one reference
+#: half times this (a 5 % energy-scale error), before the readout threshold.
+DISTORTION_SCALE = 1.05
+#: Report files: an existing one is only replaced with ``overwrite``.
+REPORT_FILES = ("report.md", "metrics.json")
+#: Generator label -> that shipped model's held-out figures (docs/results.md).
+HELDOUT_FIGURES = "heldout_figures.json"
+#: Every classifier AUC of a report: key (in a candidate entry, or its ``calochallenge``
+#: part) -> name in the report and the printed summary.
+AUC_KINDS = {
+    "classifier_auc": "SPEC 5 high-level",
+    "high_level_auc": "CaloChallenge high-level",
+    "high_level_auc_sparsity": "CaloChallenge high-level + sparsity",
+    "low_level_auc": "CaloChallenge low-level",
+}
 
 
 class EvaluationError(ValueError):
@@ -119,57 +158,254 @@ def _voxels(path: Path, det: Detector, max_showers: int | None) -> VoxelShowers:
     return VoxelShowers.concatenate(batches)
 
 
-def _calochallenge(
-    reference: _Sample, candidate: _Sample, det: Detector, config: EvaluationConfig, cache: dict[Path, Any]
-) -> dict[str, Any]:
+def _scaled(showers: Showers, factor: float) -> Showers:
+    """``showers`` with every deposited energy (point energies, or voxel energies) times ``factor``."""
+    if isinstance(showers, VoxelShowers):
+        return VoxelShowers(showers.energy, showers.voxels * np.float32(factor))
+    points = showers.points.copy()
+    points[..., 3] *= np.float32(factor)
+    return PointShowers(showers.energy, points)
+
+
+def _distorted_observables(
+    path: Path, det: Detector, index: np.ndarray, config: EvaluationConfig
+) -> ShowerObservables:
+    """Observables of the showers ``index`` (sorted) of ``path`` with every deposited energy
+    times :data:`DISTORTION_SCALE`, scaled before the projection and threshold of
+    :func:`~caloforge.observables.compute_observables` (as a mis-calibrated simulation would be)."""
+    parts, lo = [], 0
+    with open_showers(path, det) as f:
+        for chunk in f.iter_chunks(config.chunk_size, stop=config.max_showers):
+            mine = index[(index >= lo) & (index < lo + len(chunk))] - lo
+            if len(mine):
+                parts.append(compute_observables(_scaled(chunk[mine], DISTORTION_SCALE), det))
+            lo += len(chunk)
+    return ShowerObservables.concatenate(parts)
+
+
+def _cc_features(
+    sample: _Sample, det: Detector, config: EvaluationConfig, cache: dict[Path, Any]
+) -> tuple[VoxelShowers, dict[str, np.ndarray]]:
+    """A sample's voxels and CaloChallenge features, computed once per file."""
     from caloforge import metrics
 
-    def features(sample: _Sample) -> tuple[VoxelShowers, dict[str, np.ndarray]]:
-        if sample.path not in cache:
-            vox = _voxels(sample.path, det, config.max_showers)
-            cache[sample.path] = (vox, metrics.calochallenge_features(vox, det))
-        return cache[sample.path]
+    if sample.path not in cache:
+        vox = _voxels(sample.path, det, config.max_showers)
+        cache[sample.path] = (vox, metrics.calochallenge_features(vox, det))
+    return cache[sample.path]
 
-    ref_vox, ref_feat = features(reference)
-    cand_vox, cand_feat = features(candidate)
+
+def _cc_classifier_inputs(
+    vox: VoxelShowers, feat: dict[str, np.ndarray], det: Detector, low_level: bool
+) -> dict[str, np.ndarray]:
+    """Inputs of the CaloChallenge classifiers, by result key.
+
+    ``high_level_auc``: the CaloChallenge's high-level set (also FPD/KPD's): log10 E_inc, layer
+    energies, centres and widths; ``high_level_auc_sparsity``: the stricter set that adds the
+    sparsities and E_dep/E_inc; with ``low_level``, ``low_level_auc``: every voxel.
+    """
+    from caloforge import metrics
+
+    def matrix(keys: Sequence[str]) -> np.ndarray:
+        return np.column_stack([np.log10(vox.energy), metrics.feature_matrix({k: feat[k] for k in keys})])
+
+    out = {"high_level_auc": matrix(HIGH_LEVEL_KEYS), "high_level_auc_sparsity": matrix(list(feat))}
+    if low_level:
+        out["low_level_auc"] = metrics.low_level_features(vox, det)
+    return out
+
+
+def _fit(a: np.ndarray, b: np.ndarray, config: EvaluationConfig, key: str) -> ClassifierResult:
+    """The classifier of result ``key`` (its network) with the configured splits, epochs and seed."""
+    from caloforge import metrics
+
+    return metrics.classifier_auc(
+        a,
+        b,
+        n_splits=config.classifier_splits,
+        epochs=config.classifier_epochs,
+        seed=config.seed,
+        hidden=metrics.LOW_LEVEL_HIDDEN if key == "low_level_auc" else metrics.HIGH_LEVEL_HIDDEN,
+    )
+
+
+def _calochallenge(
+    reference: _Sample, candidate: _Sample, det: Detector, config: EvaluationConfig, cache: dict[Path, Any]
+) -> tuple[dict[str, Any], dict[str, ClassifierResult]]:
+    """The CaloChallenge metrics of one candidate, and the classifier fits behind its AUCs."""
+    from caloforge import metrics
+
+    ref_vox, ref_feat = _cc_features(reference, det, config, cache)
+    cand_vox, cand_feat = _cc_features(candidate, det, config, cache)
     powers = metrics.separation_powers(ref_feat, cand_feat)
     groups: dict[str, list[float]] = {}
     for name, value in powers.items():
         groups.setdefault(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, []).append(value)
 
-    def matrix(vox: VoxelShowers, feat: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
-        return np.column_stack([np.log10(vox.energy), metrics.feature_matrix({k: feat[k] for k in keys})])
-
-    # The CaloChallenge's high-level set (classifier, FPD and KPD): log10 E_inc, layer energies,
-    # centres and widths; the stricter set adds the sparsities and E_dep/E_inc.
-    x, y = (matrix(ref_vox, ref_feat, HIGH_LEVEL_KEYS), matrix(cand_vox, cand_feat, HIGH_LEVEL_KEYS))
+    ref_in = _cc_classifier_inputs(ref_vox, ref_feat, det, config.low_level)
+    cand_in = _cc_classifier_inputs(cand_vox, cand_feat, det, config.low_level)
+    x, y = ref_in["high_level_auc"], cand_in["high_level_auc"]
     out: dict[str, Any] = {
         "separation_power": {k: float(np.mean(v)) for k, v in groups.items()},
         "separation_power_per_feature": powers,
         "fpd": metrics.fpd(x, y, seed=config.seed),
         "kpd": metrics.kpd(x, y, seed=config.seed),
     }
-    if min(len(ref_vox), len(cand_vox)) >= MIN_CLASSIFIER_SHOWERS:
-        every = list(ref_feat)
-        for key, a, b in (
-            ("high_level_auc", x, y),
-            ("high_level_auc_sparsity", matrix(ref_vox, ref_feat, every), matrix(cand_vox, cand_feat, every)),
-        ):
-            result = metrics.classifier_auc(
-                a, b, n_splits=config.classifier_splits, epochs=config.classifier_epochs, seed=config.seed
-            )
-            out[key] = result.as_tuple()
-    if config.low_level:
-        result = metrics.classifier_auc(
-            metrics.low_level_features(ref_vox, det),
-            metrics.low_level_features(cand_vox, det),
-            n_splits=config.classifier_splits,
-            epochs=config.classifier_epochs,
-            seed=config.seed,
-            hidden=metrics.LOW_LEVEL_HIDDEN,
+    fits = {}
+    for key in ref_in:
+        # The high-level classifiers need MIN_CLASSIFIER_SHOWERS; the low-level one was asked for.
+        if key == "low_level_auc" or min(len(ref_vox), len(cand_vox)) >= MIN_CLASSIFIER_SHOWERS:
+            fits[key] = _fit(ref_in[key], cand_in[key], config, key)
+            out[key] = fits[key].as_tuple()
+    return out, fits
+
+
+def _distortion_check(
+    ref: _Sample,
+    cands: Sequence[_Sample],
+    det: Detector,
+    config: EvaluationConfig,
+    cache: dict[Path, Any],
+    notes: list[str],
+    progress: Progress | None,
+) -> dict[str, Any] | None:
+    """What a known small error scores: every classifier on one reference half against the other
+    half with every deposited energy times :data:`DISTORTION_SCALE` (a 5 % energy-scale error).
+
+    Run once per evaluation (not per candidate) at the candidates' per-class size: the smallest
+    candidate or half the reference, whichever is smaller; the same classifiers, splits,
+    epochs and seed as for the candidates. ``None`` (with a note) below
+    :data:`MIN_CLASSIFIER_SHOWERS` per half.
+    """
+    from caloforge import metrics
+
+    n_ref, smallest = len(ref.energy), min(len(c.energy) for c in cands)
+    n = min(smallest, n_ref // 2)
+    size_from = "half the reference" if n_ref // 2 < smallest else "the smallest candidate"
+    if n < MIN_CLASSIFIER_SHOWERS:
+        notes.append(
+            f"5 % energy-scale check not run: it needs {MIN_CLASSIFIER_SHOWERS} showers per class, "
+            f"{size_from} gives {n}; the AUCs have no measured sensitivity."
         )
-        out["low_level_auc"] = result.as_tuple()
-    return out
+        return None
+    perm = np.random.default_rng(config.seed).permutation(n_ref)
+    a, b = np.sort(perm[:n]), np.sort(perm[n : 2 * n])
+    pairs = {
+        "classifier_auc": (
+            ref.observables.subset(a).high_level(),
+            _distorted_observables(ref.path, det, b, config).high_level(),
+        )
+    }
+    if isinstance(det.readout, PolarGrid):
+        vox, feat = _cc_features(ref, det, config, cache)
+        distorted = _scaled(vox[b], DISTORTION_SCALE)
+        inputs_a = _cc_classifier_inputs(vox[a], {k: v[a] for k, v in feat.items()}, det, config.low_level)
+        inputs_b = _cc_classifier_inputs(
+            distorted, metrics.calochallenge_features(distorted, det), det, config.low_level
+        )
+        pairs |= {k: (inputs_a[k], inputs_b[k]) for k in inputs_a}
+    aucs = {}
+    for i, (key, (x, y)) in enumerate(pairs.items()):
+        if progress is not None:
+            progress("5 % energy-scale check", i, len(pairs))
+        fit = _fit(x, y, config, key)
+        aucs[key] = {
+            "auc": list(fit.as_tuple()),
+            "n_test_per_class": list(fit.n_test),
+            "standard_error": metrics.auc_standard_error(0.5, *fit.n_test),
+            "minimum_detectable_auc": fit.minimum_detectable_auc(),
+            "detects": bool(fit.auc >= fit.minimum_detectable_auc()),
+        }
+    if progress is not None:
+        progress("5 % energy-scale check", len(pairs), len(pairs))
+    return {"energy_scale": DISTORTION_SCALE, "n_per_class": n, "size_from": size_from, "auc": aucs}
+
+
+def _heldout_figures() -> dict[str, Any]:
+    """Generator label -> held-out figures of that shipped model (``assets/heldout_figures.json``)."""
+    return json.loads(asset_path(HELDOUT_FIGURES).read_text())["figures"]
+
+
+def _heldout(sample: _Sample, figures: dict[str, Any]) -> dict[str, Any] | None:
+    """The held-out figures of the shipped model that made ``sample``, if any.
+
+    Matched on the generator label; where the entry names the shipped weights (``model``) and
+    the file names other weights (a model trained by the user), there is no figure to show.
+    """
+    entry = figures.get(sample.generator)
+    if entry is None:
+        return None
+    made_by = sample.attrs.get("model")
+    if "model" in entry and made_by is not None and Path(str(made_by)).name != entry["model"]:
+        return None
+    return entry
+
+
+def _heldout_text(heldout: dict[str, Any] | None, key: str) -> str | None:
+    """``held-out figure (docs/results.md, N showers): AUC x ± y`` for AUC ``key``, if known."""
+    if heldout is None or key not in heldout["auc"]:
+        return None
+    mean, std = heldout["auc"][key]
+    source = f"{heldout['source']}, {heldout['n_showers']:,} showers"
+    return f"held-out figure ({source}): AUC {mean:.3f} ± {std:.3f}"
+
+
+def _resolution(
+    fit: ClassifierResult, check: dict[str, Any] | None, key: str, reference: str
+) -> dict[str, Any]:
+    """Resolving power of one candidate AUC and what it means, for the report.
+
+    The noise: the Hanley–McNeil standard error at AUC = 0.5 for the test showers per class the
+    classifier used, SE = √((n_a + n_b + 1) / (12 n_a n_b)), and the minimum detectable AUC
+    0.5 + 2·SE (:func:`caloforge.metrics.minimum_detectable_auc`). The sensitivity: the AUC of
+    the 5 % energy-scale check (:func:`_distortion_check`) for the same classifier. When that
+    AUC is below the check's own minimum detectable AUC the sample is too small to mean
+    anything by an AUC near 0.5; otherwise an AUC below the minimum detectable one is
+    consistent with the reference.
+    """
+    from caloforge import metrics
+
+    n_a, n_b = fit.n_test
+    minimum = metrics.minimum_detectable_auc(n_a, n_b)
+    above = fit.auc >= minimum
+    distortion = check["auc"].get(key) if check is not None else None
+    if distortion is None:
+        verdict = "unchecked"
+        sentence = (
+            "above the minimum detectable AUC: distinguishable from the reference"
+            if above
+            else "below the minimum detectable AUC, but the 5 % energy-scale check did not run, "
+            "so what this sample size can detect is not known"
+        )
+    elif not distortion["detects"]:
+        verdict = "too_small"
+        sentence = (
+            f"too small a sample: this classifier cannot tell a 5 % energy-scale error from {reference} "
+            "at this size, so an AUC near 0.5 does not mean indistinguishable"
+        )
+        if above:
+            sentence += " (this AUC is above the minimum detectable one all the same: the samples differ)"
+    elif above:
+        verdict = "distinguishable"
+        sentence = (
+            f"distinguishable from the reference at this sample size (above the minimum detectable AUC "
+            f"{minimum:.3f}; a 5 % energy-scale error scores {distortion['auc'][0]:.3f})"
+        )
+    else:
+        verdict = "consistent"
+        sentence = (
+            "consistent with the reference at this sample size (it would detect a 5 % energy-scale "
+            f"error: AUC {distortion['auc'][0]:.3f})"
+        )
+    return {
+        "auc": list(fit.as_tuple()),
+        "n_test_per_class": [n_a, n_b],
+        "standard_error": metrics.auc_standard_error(0.5, n_a, n_b),
+        "minimum_detectable_auc": minimum,
+        "distortion_auc": distortion["auc"] if distortion is not None else None,
+        "verdict": verdict,
+        "sentence": sentence,
+    }
 
 
 def evaluate(
@@ -178,114 +414,145 @@ def evaluate(
     out_dir: str | Path,
     config: EvaluationConfig = EvaluationConfig(),
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``candidates`` against ``reference``; writes the report into ``out_dir``.
 
     Returns the content of ``metrics.json``. ``progress(stage, done, total)`` is called as
-    the slow parts advance.
+    the slow parts advance. A report already in ``out_dir`` (``report.md`` or
+    ``metrics.json``) is refused with :class:`FileExistsError` before any work unless
+    ``overwrite``; it is then replaced file by file, atomically.
     """
     from caloforge import metrics
 
     out = Path(out_dir)
+    _check_paths([Path(reference), *map(Path, candidates)], out, overwrite)
     det, samples = _open_samples(Path(reference), [Path(c) for c in candidates], config)
     out.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
+    with output_lock(out / "report.md"):  # one evaluate per report directory
+        notes: list[str] = []
 
-    total = sum(len(s.energy) for s in samples)
-    done = 0
+        total = sum(len(s.energy) for s in samples)
+        done = 0
 
-    def step(k: int) -> None:
-        nonlocal done
-        done += k
-        if progress is not None:
-            progress("observables", done, total)
+        def step(k: int) -> None:
+            nonlocal done
+            done += k
+            if progress is not None:
+                progress("observables", done, total)
 
-    for s in samples:
-        s.observables = observables_from_file(
-            s.path, det, chunk_size=config.chunk_size, max_showers=config.max_showers, progress=step
-        )
-    ref, cands = samples[0], samples[1:]
-    n_ref = len(ref.energy)
-    if n_ref < 4:
-        raise EvaluationError(f"the reference '{ref.path}' has {n_ref} showers: at least 4 are needed")
-    size = config.draw_size
-    if size is None:
-        size = metrics.default_draw_size(n_ref, min(len(c.energy) for c in cands))
-        wanted = metrics.DEFAULT_DRAW_SIZE
-        if size < wanted:
+        for s in samples:
+            s.observables = observables_from_file(
+                s.path, det, chunk_size=config.chunk_size, max_showers=config.max_showers, progress=step
+            )
+        ref, cands = samples[0], samples[1:]
+        n_ref = len(ref.energy)
+        if n_ref < 4:
+            raise EvaluationError(f"the reference '{ref.path}' has {n_ref} showers: at least 4 are needed")
+        size = config.draw_size
+        if size is None:
+            size = metrics.default_draw_size(n_ref, min(len(c.energy) for c in cands))
+            wanted = metrics.DEFAULT_DRAW_SIZE
+            if size < wanted:
+                notes.append(
+                    f"W1 draws use {size} showers per side (the protocol asks for {wanted:,}; limited by "
+                    f"{'half the reference' if size == n_ref // 2 else 'the smallest candidate'}); "
+                    f"the floor scales as 1/sqrt(n)."
+                )
+        elif 2 * size > n_ref:
+            raise EvaluationError(
+                f"--draw-size {size} needs a reference of at least {2 * size} showers for the floor; "
+                f"it has {n_ref}"
+            )
+        floor = metrics.w1_floor(ref.observables, n_draws=config.n_draws, draw_size=size, seed=config.seed)
+        if not floor.disjoint:
             notes.append(
-                f"W1 draws use {size} showers per side (the protocol asks for {wanted:,}; limited by "
-                f"{'half the reference' if size == n_ref // 2 else 'the smallest candidate'}); "
-                f"the floor scales as 1/sqrt(n)."
+                f"not enough reference showers for {config.n_draws} disjoint draws of {size}: each draw "
+                "re-splits the reference at random, so the quoted spreads are too small."
             )
-    elif 2 * size > n_ref:
-        raise EvaluationError(
-            f"--draw-size {size} needs a reference of at least {2 * size} showers for the floor; "
-            f"it has {n_ref}"
-        )
-    floor = metrics.w1_floor(ref.observables, n_draws=config.n_draws, draw_size=size, seed=config.seed)
-    if not floor.disjoint:
-        notes.append(
-            f"not enough reference showers for {config.n_draws} disjoint draws of {size}: each draw "
-            "re-splits the reference at random, so the quoted spreads are too small."
-        )
-    result: dict[str, Any] = {
-        "caloforge_version": __version__,
-        "detector": det.name,
-        "reference": {"path": str(ref.path), "label": ref.label, "n_showers": n_ref},
-        "w1_unit": metrics.W1_UNIT,
-        "w1_observables": list(metrics.W1_OBSERVABLES),
-        "w1_floor": {k: list(v) for k, v in floor.items()} | {"meta": floor.metadata()},
-        "config": asdict(config),
-        "candidates": [],
-        "notes": notes,
-    }
-    classifier_results = {}
-    cc_cache: dict[Path, Any] = {}
-    for i, cand in enumerate(cands):
-        if progress is not None:
-            progress("metrics", i, len(cands))
-        w1 = metrics.w1_scores(
-            ref.observables, cand.observables, n_draws=config.n_draws, draw_size=size, seed=config.seed
-        )
-        n_min = min(n_ref, len(cand.energy))
-        clf = None
-        if n_min >= MIN_CLASSIFIER_SHOWERS:
-            clf = metrics.classifier_auc(
-                ref.observables.high_level(),
-                cand.observables.high_level(),
-                n_splits=config.classifier_splits,
-                epochs=config.classifier_epochs,
-                seed=config.seed,
-            )
-            classifier_results[cand.label] = clf
-        else:
-            notes.append(
-                f"classifier not run for {cand.label}: it needs {MIN_CLASSIFIER_SHOWERS} showers per sample "
-                f"(10 folds), the smaller sample has {n_min}."
-            )
-        entry: dict[str, Any] = {
-            "path": str(cand.path),
-            "label": cand.label,
-            "generator": cand.generator,
-            "n_showers": len(cand.energy),
-            "w1": {k: list(v) for k, v in w1.items()} | {"meta": w1.metadata()},
-            "classifier_auc": list(clf.as_tuple()) if clf else None,
-            "classifier_n_per_class": clf.n_per_class if clf else 0,
+        cc_cache: dict[Path, Any] = {}
+        check = _distortion_check(ref, cands, det, config, cc_cache, notes, progress)
+        reference_name = "Geant4" if ref.generator == "geant4" else f"the reference ({ref.label})"
+        heldout_figures = _heldout_figures()
+        result: dict[str, Any] = {
+            "caloforge_version": __version__,
+            "detector": det.name,
+            "reference": {"path": str(ref.path), "label": ref.label, "n_showers": n_ref},
+            "w1_unit": metrics.W1_UNIT,
+            "w1_observables": list(metrics.W1_OBSERVABLES),
+            "w1_floor": {k: list(v) for k, v in floor.items()} | {"meta": floor.metadata()},
+            "distortion_check": check,
+            "config": asdict(config),
+            "candidates": [],
+            "notes": notes,
         }
-        if isinstance(det.readout, PolarGrid):
-            entry["calochallenge"] = _calochallenge(ref, cand, det, config, cc_cache)
-        result["candidates"].append(entry)
-    if progress is not None:
-        progress("metrics", len(cands), len(cands))
+        classifier_results = {}
+        for i, cand in enumerate(cands):
+            if progress is not None:
+                progress("metrics", i, len(cands))
+            w1 = metrics.w1_scores(
+                ref.observables, cand.observables, n_draws=config.n_draws, draw_size=size, seed=config.seed
+            )
+            n_min = min(n_ref, len(cand.energy))
+            clf = None
+            fits = {}
+            if n_min >= MIN_CLASSIFIER_SHOWERS:
+                clf = _fit(
+                    ref.observables.high_level(), cand.observables.high_level(), config, "classifier_auc"
+                )
+                classifier_results[cand.label] = fits["classifier_auc"] = clf
+            else:
+                notes.append(
+                    f"classifier not run for {cand.label}: it needs {MIN_CLASSIFIER_SHOWERS} showers per "
+                    f"sample (10 folds), the smaller sample has {n_min}."
+                )
+            entry: dict[str, Any] = {
+                "path": str(cand.path),
+                "label": cand.label,
+                "generator": cand.generator,
+                "n_showers": len(cand.energy),
+                "w1": {k: list(v) for k, v in w1.items()} | {"meta": w1.metadata()},
+                "classifier_auc": list(clf.as_tuple()) if clf else None,
+                "classifier_n_per_class": clf.n_per_class if clf else 0,
+            }
+            if isinstance(det.readout, PolarGrid):
+                entry["calochallenge"], cc_fits = _calochallenge(ref, cand, det, config, cc_cache)
+                fits |= cc_fits
+            entry["auc_resolution"] = {
+                key: _resolution(fit, check, key, reference_name) for key, fit in fits.items()
+            }
+            entry["heldout"] = _heldout(cand, heldout_figures)
+            result["candidates"].append(entry)
+        if progress is not None:
+            progress("metrics", len(cands), len(cands))
 
-    figures: dict[str, str] = {}
-    if config.plots:
-        figures = _write_plots(out, det, ref, cands, classifier_results, progress)
-    result["figures"] = figures
-    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=_json_default))
-    atomic_write_text(out / "report.md", _report(result))
-    return result
+        figures: dict[str, str] = {}
+        if config.plots:
+            figures = _write_plots(out, det, ref, cands, classifier_results, progress)
+        result["figures"] = figures
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=_json_default))
+        atomic_write_text(out / "report.md", _report(result))
+        return result
+
+
+def _check_paths(inputs: Sequence[Path], out: Path, overwrite: bool) -> None:
+    """Refuse, before any work, inputs that are directories, an ``out`` that is an input or a
+    file, and (unless ``overwrite``) an ``out`` that already holds a report."""
+    for path in inputs:
+        if path.is_dir():
+            raise EvaluationError(f"'{path}' is a directory: give shower files to compare")
+    target = out.resolve()
+    for path in inputs:
+        if path.exists() and path.resolve() == target:
+            raise EvaluationError(
+                f"--out '{out}' is the input file '{path}': give a directory for the report"
+            )
+    if out.exists() and not out.is_dir():
+        raise EvaluationError(f"--out '{out}' is a file: give a directory for the report")
+    if not overwrite and any((out / name).exists() for name in REPORT_FILES):
+        raise FileExistsError(
+            f"'{out}' already holds a report ({'/'.join(REPORT_FILES)}): pass --overwrite to replace it"
+        )
 
 
 def _json_default(value: Any) -> Any:
@@ -340,6 +607,89 @@ def _fmt(value: Sequence[float], digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+#: The columns of :func:`_resolution_cells` in a report table.
+RESOLUTION_COLUMNS = "AUC | minimum detectable AUC | 5 % energy-scale error | held-out figure |"
+
+
+def _resolution_cells(candidate: dict[str, Any], key: str) -> list[str]:
+    """AUC, minimum detectable AUC, 5 % energy-scale AUC and held-out figure of AUC ``key``."""
+    res = candidate["auc_resolution"][key]
+    distortion = _fmt(res["distortion_auc"], 3) if res["distortion_auc"] is not None else "not run"
+    held = _heldout_text(candidate["heldout"], key) or "-"
+    return [_fmt(res["auc"], 3), f"{res['minimum_detectable_auc']:.3f}", distortion, held]
+
+
+def _resolving_power_text(check: dict[str, Any] | None) -> list[str]:
+    """How the minimum detectable AUC and the 5 % energy-scale check are made, and the check's AUCs."""
+    lines = [
+        "**Resolving power.** The *minimum detectable AUC* is 0.5 + 2·SE, with SE the Hanley–McNeil "
+        "standard error of an AUC of 0.5 for the n_a, n_b test showers per class the classifier used "
+        "(every test fold of the splits run): SE = √((n_a + n_b + 1) / (12 n_a n_b)). An AUC below it "
+        "cannot be told from 0.5 at that test size.",
+    ]
+    if check is None:
+        return [*lines, "", "The 5 % energy-scale check did not run (see the notes)."]
+    lines += [
+        "",
+        f"The *5 % energy-scale error* is what a known small error scores at this sample size: the same "
+        f"classifier (same splits, epochs and seed) trained on one half of the reference against another "
+        f"half with every deposited energy scaled by {check['energy_scale']:g} before the threshold, at "
+        f"{check['n_per_class']:,} showers per class ({check['size_from']}, whichever is smaller of "
+        "the smallest candidate and half the reference). Its own minimum detectable AUC decides whether "
+        "the sample can detect such an error:",
+        "",
+    ]
+    for key, d in check["auc"].items():
+        found = "detected" if d["detects"] else "**not detected: too small a sample**"
+        lines.append(
+            f"- {AUC_KINDS[key]}: AUC {_fmt(d['auc'], 3)} on {d['n_test_per_class'][0]:,} test showers "
+            f"per class, minimum detectable {d['minimum_detectable_auc']:.3f}: {found}."
+        )
+    return lines
+
+
+def _verdicts(result: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    """One line per candidate AUC of ``keys``: what the AUC means at this sample size."""
+    lines = []
+    for c in result["candidates"]:
+        for key in keys:
+            res = c["auc_resolution"].get(key)
+            if res is not None:
+                lines.append(f"- {c['label']}, {AUC_KINDS[key]} AUC {res['auc'][0]:.3f}: {res['sentence']}.")
+    return lines
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The printed summary of the AUCs of a :func:`evaluate` result.
+
+    One ``classifier AUC LABEL: x ± y (...)`` line per AUC (``LABEL (kind)`` for the
+    CaloChallenge ones) with the minimum detectable AUC, the AUC of the 5 % energy-scale
+    check and, for a shipped model, its held-out figure; then a ``warning:`` line per
+    classifier whose check shows the sample too small.
+    """
+    lines = []
+    for c in result["candidates"]:
+        for key, res in c["auc_resolution"].items():
+            kind = "" if key == "classifier_auc" else f" ({AUC_KINDS[key]})"
+            extra = [f"minimum detectable {res['minimum_detectable_auc']:.3f}"]
+            if res["distortion_auc"] is not None:
+                extra.append(f"5 % energy-scale error: {_fmt(res['distortion_auc'], 3)}")
+            held = _heldout_text(c["heldout"], key)
+            if held is not None:
+                extra.append(held)
+            lines.append(f"classifier AUC {c['label']}{kind}: {_fmt(res['auc'], 3)} ({'; '.join(extra)})")
+    check = result["distortion_check"]
+    for key, d in (check["auc"] if check is not None else {}).items():
+        if not d["detects"]:
+            lines.append(
+                f"warning: too small a sample for the {AUC_KINDS[key]} classifier at "
+                f"{check['n_per_class']:,} showers per class: a 5 % energy-scale error scores AUC "
+                f"{d['auc'][0]:.3f}, under its minimum detectable {d['minimum_detectable_auc']:.3f}, "
+                "so an AUC near 0.5 does not mean indistinguishable"
+            )
+    return lines
+
+
 def _report(result: dict[str, Any]) -> str:
     """``report.md``: tables first, then the figures."""
     names = result["w1_observables"]
@@ -372,14 +722,21 @@ def _report(result: dict[str, Any]) -> str:
         "## Classifier AUC",
         "",
         "High-level classifier (SPEC 5: 25 observables, MLP 32-16-8) trained to separate reference "
-        "and candidate; mean ± std over the splits. 0.5 means indistinguishable, 1.0 perfectly separable.",
+        "and candidate; mean ± std over the splits. 0.5 means indistinguishable, 1.0 perfectly separable "
+        "— if the sample is large enough to tell: read each AUC with its minimum detectable AUC and "
+        "the AUC of a 5 % energy-scale error (resolving power, below).",
         "",
-        "| sample | showers per class | AUC |",
-        "|---|---|---|",
+        "| sample | showers per class | " + RESOLUTION_COLUMNS,
+        "|---|---|---|---|---|---|",
     ]
     for c in result["candidates"]:
-        auc = _fmt(c["classifier_auc"], 3) if c["classifier_auc"] else "not run (too few showers)"
-        lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | {auc} |")
+        if "classifier_auc" in c["auc_resolution"]:
+            cells = _resolution_cells(c, "classifier_auc")
+        else:
+            cells = ["not run (too few showers)", "-", "-", "-"]
+        lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
+    lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
+    lines += _verdicts(result, ["classifier_auc"])
     if any("calochallenge" in c for c in result["candidates"]):
         lines += [
             "",
@@ -411,6 +768,20 @@ def _report(result: dict[str, Any]) -> str:
                 + " | ".join(aucs)
                 + " |"
             )
+        cc_keys = [k for k in AUC_KINDS if k != "classifier_auc"]
+        lines += [
+            "",
+            "Resolving power of the CaloChallenge classifiers (as for the SPEC 5 classifier above):",
+            "",
+            "| sample | classifier | " + RESOLUTION_COLUMNS,
+            "|---|---|---|---|---|---|",
+        ]
+        for c in result["candidates"]:
+            for key in cc_keys:
+                if key in c["auc_resolution"]:
+                    cells = _resolution_cells(c, key)
+                    lines.append(f"| {c['label']} | {AUC_KINDS[key]} | " + " | ".join(cells) + " |")
+        lines += ["", *_verdicts(result, cc_keys)]
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result["figures"]:

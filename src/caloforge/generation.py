@@ -36,6 +36,14 @@ from caloforge.models.protocol import (
     generate_batches,
 )
 from caloforge.models.registry import DEFAULT_MODEL, get_family, load_generator, register, resolve_model
+from caloforge.safety import (
+    check_outputs,
+    check_stop,
+    die_with_parent,
+    output_lock,
+    refuse_existing,
+    stop_signals,
+)
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -69,6 +77,7 @@ def _worker_start(path: str, family: Family) -> None:
 
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the parent has warned already
     register(family)  # a family registered at run time in the parent is known here too
@@ -234,10 +243,44 @@ def generate_file(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"'{out}' exists: pass --overwrite to replace it")
+    energies = np.asarray(energies_gev, np.float64).reshape(-1)
+    bad = ~(np.isfinite(energies) & (energies > 0))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"incident energy {i} is {energies[i]:g} GeV: energies must be finite and positive")
+    refuse_existing(out, overwrite)
     path = resolve_model(model)
-    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {}))
+    check_outputs({"--out": out}, {"--model": path})
+    with output_lock(out), stop_signals():
+        return _generate_file(
+            path,
+            model,
+            energies_gev,
+            out,
+            seed=seed,
+            batch_size=batch_size,
+            request=GenerationRequest(
+                sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {})
+            ),
+            compression=compression,
+            workers=workers,
+            progress=progress,
+        )
+
+
+def _generate_file(
+    path: Path,
+    model: str | Path,
+    energies_gev: np.ndarray,
+    out: Path,
+    *,
+    seed: int,
+    batch_size: int,
+    request: GenerationRequest,
+    compression: str,
+    workers: int,
+    progress: Callable[[int, int], None] | None,
+) -> GenerationResult:
     if workers > 1:
         pool = GenerationPool(path, workers)
         try:
@@ -313,9 +356,15 @@ def _stream(
         attrs=attrs,
         compression=codec,
     ) as writer:
-        for batch in batches:
-            writer.write(batch)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+        try:
+            for batch in batches:
+                check_stop()
+                writer.write(batch)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, total)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops a worker pool at once on Ctrl-C or an error
     return GenerationResult(out, done, time.perf_counter() - start)

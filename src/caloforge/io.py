@@ -45,6 +45,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_ATTRS",
     "FORMAT_VERSION",
+    "MAX_INCIDENT_GEV",
     "PointShowers",
     "ShowerFileError",
     "ShowerReader",
@@ -58,6 +59,9 @@ __all__ = [
 ]
 
 FORMAT_VERSION = "1.0"
+
+#: Highest incident energy a file may hold (100 TeV): anything above is a unit error or garbage.
+MAX_INCIDENT_GEV = 1e5
 
 #: What a file without caloforge attributes is taken to contain.
 DEFAULT_ATTRS: dict[str, Any] = {
@@ -252,7 +256,15 @@ class ShowerReader:
             if detector is not None:
                 return get_detector(detector)
             if "detector_json" in self.attrs:
-                return detector_from_dict(json.loads(self.attrs["detector_json"]))
+                try:
+                    described = json.loads(self.attrs["detector_json"])
+                except (TypeError, ValueError) as exc:
+                    raise DetectorError(
+                        f"attribute 'detector_json' is not valid JSON ({exc}); pass --detector"
+                    ) from None
+                if not isinstance(described, dict):
+                    raise DetectorError("attribute 'detector_json' does not describe a detector")
+                return detector_from_dict(described)
             return get_detector(self.attrs["detector"])
         except DetectorError as exc:
             raise ShowerFileError(f"'{self.path}': {exc}") from exc
@@ -276,9 +288,43 @@ class ShowerReader:
         return str(self.attrs.get("generator", "unknown"))
 
     def read_energy(self) -> np.ndarray:
-        """All incident energies in GeV (small: one number per shower)."""
+        """All incident energies in GeV (small: one number per shower), checked like :meth:`read`."""
         scale = _UNIT_TO_MEV[self.attrs["energy_unit"]] / 1000.0
-        return np.asarray(self._energy[...], np.float64).reshape(-1) * scale
+        energy = np.asarray(self._energy[...], np.float64).reshape(-1) * scale
+        self._check_energy(energy, 0)
+        return energy
+
+    def _energy_name(self) -> str:
+        return "energy" if self.kind == "points" else "incident_energies"
+
+    def _refuse(self, dataset: str, index: int, what: str) -> ShowerFileError:
+        return ShowerFileError(
+            f"'{self.path}': dataset '{dataset}', shower {index}: {what}; fix or remove that "
+            "shower (caloforge never trains, generates or evaluates on such values)"
+        )
+
+    def _check_energy(self, energy: np.ndarray, start: int) -> None:
+        bad = ~(np.isfinite(energy) & (energy > 0) & (energy <= MAX_INCIDENT_GEV))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise self._refuse(
+                self._energy_name(),
+                start + i,
+                f"incident energy {energy[i]:g} GeV is not a finite energy in (0, {MAX_INCIDENT_GEV:g}] GeV",
+            )
+
+    def _check_deposits(self, values: np.ndarray, energies: np.ndarray, start: int) -> None:
+        """Non-finite coordinates or energies, and negative energies, are refused."""
+        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            raise self._refuse(
+                self._data.name.lstrip("/"), start + i, "holds a non-finite value (nan or inf)"
+            )
+        negative = (energies < 0).reshape(len(energies), -1).any(axis=1)
+        if negative.any():
+            i = int(np.argmax(negative))
+            raise self._refuse(self._data.name.lstrip("/"), start + i, "holds a negative energy deposit")
 
     def read(self, start: int = 0, stop: int | None = None) -> Showers:
         """Showers ``start:stop`` (all by default) in the in-memory convention."""
@@ -294,8 +340,11 @@ class ShowerReader:
             ) from exc
         to_mev = _UNIT_TO_MEV[self.attrs["energy_unit"]]
         energy = energy * to_mev / 1000.0
+        self._check_energy(energy, start)
         if self.kind == "voxels":
+            self._check_deposits(raw, raw, start)
             return VoxelShowers(energy, raw * to_mev if to_mev != 1.0 else raw)
+        self._check_deposits(raw, raw[:, 3] if self._layout == "N4P" else raw[..., 3], start)
         return PointShowers(energy, self._points_from_disk(raw, to_mev))
 
     def _points_from_disk(self, raw: np.ndarray, to_mev: float) -> np.ndarray:
@@ -337,6 +386,19 @@ def read_showers(path: str | Path, start: int = 0, stop: int | None = None) -> S
         return reader.read(start, stop)
 
 
+def _temporary(path: Path, suffix: str) -> tuple[int, str]:
+    """A new temporary file next to ``path``, named ``.NAME.PID.XXXX<suffix>`` so that one left
+    by a killed process can be recognised and removed by the next writer."""
+    from caloforge.safety import remove_stale_partials
+
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write '{path}': it is a directory, give a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write '{path}': directory '{path.parent}' does not exist")
+    remove_stale_partials(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
+
+
 def _publish(tmp: str | Path, path: Path) -> None:
     """Give ``tmp`` the permissions a normally created file would have, then move it onto ``path``."""
     umask = os.umask(0)
@@ -357,9 +419,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     'done'
     """
     path = Path(path)
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write '{path}': directory '{path.parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = _temporary(path, ".partial")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -385,9 +445,8 @@ class ShowerWriter:
 
     Data go to a temporary file next to ``path``, renamed onto ``path`` only by
     :meth:`commit` (called when the ``with`` block ends normally). An error discards the
-    temporary file and leaves any existing ``path`` untouched. With ``keep_on_interrupt``,
-    Ctrl-C commits the showers written so far. With ``append``, an existing file at ``path``
-    is copied and extended (its attributes must agree).
+    temporary file and leaves any existing ``path`` untouched; so does Ctrl-C. With ``append``,
+    an existing file at ``path`` is copied and extended (its attributes must agree).
     """
 
     def __init__(
@@ -400,23 +459,17 @@ class ShowerWriter:
         seed: int | None = None,
         attrs: Mapping[str, Any] | None = None,
         append: bool = False,
-        keep_on_interrupt: bool = False,
         compression: str | None = "gzip",
     ) -> None:
         self.path = Path(path)
         self.kind = kind
         self.detector = get_detector(detector)
-        self.keep_on_interrupt = keep_on_interrupt
         if compression not in ("gzip", "lzf", None):
             raise ShowerFileError(f"unknown compression '{compression}': use gzip, lzf or None")
         self._compression = compression
         self._pending: list[Any] = []
         self._pending_n = 0
-        if not self.path.parent.is_dir():
-            raise ShowerFileError(
-                f"cannot write '{self.path}': directory '{self.path.parent}' does not exist"
-            )
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".partial.h5", dir=self.path.parent)
+        fd, tmp = _temporary(self.path, ".partial.h5")
         os.close(fd)
         self._tmp = Path(tmp)
         try:
@@ -562,7 +615,7 @@ class ShowerWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        if exc_type is None or (self.keep_on_interrupt and issubclass(exc_type, KeyboardInterrupt)):
+        if exc_type is None:
             self.commit()
         else:
             self.abort()

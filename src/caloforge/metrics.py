@@ -6,6 +6,8 @@
 * :func:`classifier_auc` — a small MLP trained to tell two feature sets apart (high level:
   :meth:`~caloforge.observables.ShowerObservables.high_level`; low level:
   :func:`low_level_features` of voxel showers); 0.5 means indistinguishable.
+  :func:`auc_standard_error` and :func:`minimum_detectable_auc` give the statistical noise
+  of an AUC at a test size, i.e. how far from 0.5 an AUC must be to mean anything.
 * :func:`calochallenge_features`, :func:`separation_power`, :func:`separation_powers`,
   :func:`fpd`, :func:`kpd` — the CaloChallenge 2022 metrics for voxel showers.
 
@@ -43,6 +45,7 @@ __all__ = [
     "W1_UNIT",
     "ClassifierResult",
     "W1Scores",
+    "auc_standard_error",
     "calochallenge_features",
     "classifier_auc",
     "default_draw_size",
@@ -51,6 +54,7 @@ __all__ = [
     "frechet_distance",
     "kpd",
     "low_level_features",
+    "minimum_detectable_auc",
     "separation_power",
     "separation_powers",
     "w1_distance",
@@ -380,6 +384,52 @@ class ClassifierResult:
     def as_tuple(self) -> tuple[float, float]:
         """``(auc, auc_std)``, the ``(value, uncertainty)`` form of the other metrics."""
         return self.auc, self.auc_std
+
+    @property
+    def n_test(self) -> tuple[int, int]:
+        """Test showers per class behind :attr:`auc`: every test fold of the splits that ran.
+
+        ``n_per_class`` with all 10 splits, fewer with ``n_splits < 10``.
+        """
+        return len(self.scores_a), len(self.scores_b)
+
+    def minimum_detectable_auc(self) -> float:
+        """:func:`minimum_detectable_auc` for the test showers this AUC was measured on."""
+        return minimum_detectable_auc(*self.n_test)
+
+
+def auc_standard_error(auc: float, n_a: int, n_b: int) -> float:
+    """Hanley & McNeil (1982) standard error of an AUC measured on ``n_a`` and ``n_b`` test samples.
+
+    SE² = [A(1 − A) + (n_a − 1)(Q1 − A²) + (n_b − 1)(Q2 − A²)] / (n_a n_b), with
+    Q1 = A / (2 − A) and Q2 = 2A² / (1 + A). At A = 0.5 (two samples of one distribution)
+    Q1 = Q2 = 1/3 and SE² = (n_a + n_b + 1) / (12 n_a n_b), the exact null variance of the
+    Mann–Whitney statistic: SE ≈ 1 / √(6 n) for n per class. It is the noise of the test
+    sample alone; the spread from retraining (the ± over splits) comes on top.
+
+    >>> round(auc_standard_error(0.5, 100, 100), 4), round(auc_standard_error(0.5, 10_000, 10_000), 5)
+    (0.0409, 0.00408)
+    """
+    if n_a < 1 or n_b < 1:
+        raise ValueError(f"need at least one test sample per class, got {n_a} and {n_b}")
+    a = float(auc)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_a - 1) * (q1 - a * a) + (n_b - 1) * (q2 - a * a)) / (n_a * n_b)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def minimum_detectable_auc(n_a: int, n_b: int, k: float = 2.0) -> float:
+    """The smallest AUC that stands out from test noise: 0.5 + k · SE(0.5; n_a, n_b), k = 2.
+
+    SE is :func:`auc_standard_error` at AUC = 0.5 for ``n_a`` and ``n_b`` test samples per
+    class, so MDA = 0.5 + 2 √((n_a + n_b + 1) / (12 n_a n_b)). Two samples of one
+    distribution exceed it by chance in about 2 % of evaluations; an AUC below it cannot be
+    told from 0.5 at this test size, whatever the samples are.
+
+    >>> round(minimum_detectable_auc(100, 100), 3), round(minimum_detectable_auc(10_000, 10_000), 3)
+    (0.582, 0.508)
+    """
+    return 0.5 + k * auc_standard_error(0.5, n_a, n_b)
 
 
 def _mlp(n_in: int, hidden: tuple[int, ...]) -> Any:

@@ -1,9 +1,10 @@
 """Training machinery shared by every model: optimiser step, atomic checkpoints, resume checks
-and the step loop (progress, periodic checkpoints, time budget, Ctrl-C)."""
+and the step loop (progress, periodic checkpoints, time budget, Ctrl-C, the divergence guard)."""
 
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -20,25 +21,53 @@ from caloforge.models.checkpoint import read_checkpoint, save_checkpoint
 from caloforge.models.protocol import CheckpointError
 
 __all__ = [
+    "MAX_SKIPPED_IN_A_ROW",
+    "MAX_SKIPPED_SHARE",
+    "SKIPPED_SHARE_MIN_STEPS",
     "CheckpointError",
     "Progress",
     "TrainResult",
     "Trainer",
+    "TrainingDiverged",
     "check_resumable",
+    "non_finite_entry",
     "open_run",
     "optimizer_step",
     "run_loop",
     "save_checkpoint",
+    "save_finite_checkpoint",
 ]
 
 #: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
 Progress = Callable[..., None]
 
+#: :func:`run_loop` stops a run whose update was skipped (non-finite loss or gradient norm) in
+#: this many steps in a row ...
+MAX_SKIPPED_IN_A_ROW = 10
+#: ... or in more than this share of the steps it made, once it made at least
+#: :data:`SKIPPED_SHARE_MIN_STEPS` (both counted from the start of the call, i.e. per session).
+MAX_SKIPPED_SHARE = 0.1
+SKIPPED_SHARE_MIN_STEPS = 20
+
+_LIKELY_CAUSE = (
+    "the training data may hold non-finite or extreme values (check the file), or the learning rate "
+    "is too high"
+)
+
+
+class TrainingDiverged(ValueError):
+    """A training run stopped because its loss or gradient norm was not finite too often (see
+    :func:`run_loop`), or because the state to checkpoint holds non-finite values; the last good
+    checkpoint is left as it was. A ``ValueError``, so the command line reports it as one line."""
+
 
 @dataclass
 class TrainResult:
     """What a training run did: the checkpoint, how far it got, the last logged losses and the
-    trainable parameters of each network (``part``: which part of a multi-part family)."""
+    trainable parameters of each network (``part``: which part of a multi-part family) and
+    ``skipped``: the optimiser updates skipped for a non-finite loss or gradient norm over the
+    whole run, resumed sessions included (a CaloClouds II step makes a PointWise Net update and
+    its share of Shower Flow updates, so this can exceed the steps)."""
 
     checkpoint: Path
     step: int
@@ -48,6 +77,7 @@ class TrainResult:
     losses: dict[str, float] = field(default_factory=dict)
     parameters: dict[str, int] = field(default_factory=dict)
     part: str | None = None
+    skipped: int = 0
 
     @classmethod
     def of(
@@ -63,12 +93,25 @@ class TrainResult:
         """The result of the run ``trainer`` did, started at ``time.monotonic()`` = ``start``."""
         minutes = (time.monotonic() - start) / 60
         return cls(
-            checkpoint, trainer.step, total_steps, complete, minutes, trainer.last_losses, parameters, part
+            checkpoint,
+            trainer.step,
+            total_steps,
+            complete,
+            minutes,
+            trainer.last_losses,
+            parameters,
+            part,
+            trainer.skipped,
         )
 
 
 class Trainer(Protocol):
-    """What :func:`run_loop` drives: the state of one training run and one step of it."""
+    """What :func:`run_loop` drives: the state of one training run and one step of it.
+
+    ``skipped`` counts the optimiser updates skipped because :func:`optimizer_step` refused
+    them (non-finite loss or gradient norm); :func:`run_loop` watches it to stop a diverging
+    run. ``save`` should write with :func:`save_finite_checkpoint`.
+    """
 
     step: int
     skipped: int
@@ -76,7 +119,8 @@ class Trainer(Protocol):
     last_losses: dict[str, float]
 
     def one_step(self) -> list[tuple[str, float | None]]:
-        """One optimisation step; the losses it computed (None: the step was skipped)."""
+        """One optimisation step; the losses it computed (None: that update was skipped, and
+        ``skipped`` was increased)."""
         ...
 
     def save(self, path: Path) -> None:
@@ -102,6 +146,41 @@ def optimizer_step(
         return False
     optimizer.step()
     return True
+
+
+def non_finite_entry(state: Any, prefix: str = "") -> str | None:
+    """The key path (``model.net.layers.0.weight``) of the first floating-point tensor or float
+    in the nested dicts, lists and tuples of ``state`` that holds a NaN or infinity; None if none
+    does."""
+    if isinstance(state, Tensor):
+        if (state.is_floating_point() or state.is_complex()) and not bool(torch.isfinite(state).all()):
+            return prefix or "<tensor>"
+        return None
+    if isinstance(state, float):
+        return None if math.isfinite(state) else prefix or "<float>"
+    if isinstance(state, dict):
+        items: Any = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return None
+    for key, value in items:
+        found = non_finite_entry(value, f"{prefix}.{key}" if prefix else str(key))
+        if found is not None:
+            return found
+    return None
+
+
+def save_finite_checkpoint(state: dict[str, Any], path: Path) -> None:
+    """:func:`save_checkpoint`, unless a tensor of ``state`` (weights, buffers, optimiser
+    moments) is not finite: then raise :class:`TrainingDiverged` and leave ``path`` as it was."""
+    bad = non_finite_entry(state)
+    if bad is not None:
+        raise TrainingDiverged(
+            f"not writing '{path}': '{bad}' holds NaN or infinite values; {_LIKELY_CAUSE}; "
+            "the last good checkpoint is kept"
+        )
+    save_checkpoint(state, path)
 
 
 def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:
@@ -159,28 +238,52 @@ def run_loop(
 ) -> None:
     """Step ``trainer`` to ``total_steps``: logs, progress, periodic checkpoints, time budget, Ctrl-C.
 
-    ``trainer`` has ``step``, ``elapsed_s``, ``last_losses``, ``one_step() -> [(name, loss | None)]``
-    and ``save(path)``. Running means of the losses go to ``train_log.jsonl`` next to ``ckpt``
-    every ``log_every`` steps. Ctrl-C saves after the current step and re-raises.
+    ``trainer`` has ``step``, ``skipped``, ``elapsed_s``, ``last_losses``,
+    ``one_step() -> [(name, loss | None)]`` and ``save(path)``. Running means of the losses go
+    to ``train_log.jsonl`` next to ``ckpt`` every ``log_every`` steps. Ctrl-C saves after the
+    current step and re-raises. ``max_minutes``: None (no limit) or >= 0 (0: one step).
+
+    Divergence guard: a step is *skipped* when one of its updates was (``trainer.skipped`` grew
+    or a loss came back None: the loss or gradient norm was not finite). The loop raises
+    :class:`TrainingDiverged`, without writing a checkpoint, when
+    :data:`MAX_SKIPPED_IN_A_ROW` (10) steps in a row were skipped, or when more than
+    :data:`MAX_SKIPPED_SHARE` (10 %) of the steps of this call were, once it made
+    :data:`SKIPPED_SHARE_MIN_STEPS` (20). The checkpoint last written (periodically, or the one
+    resumed from) is kept; periodic checkpoints are written after unskipped steps only, and
+    never with non-finite weights (:func:`save_finite_checkpoint`).
     """
+    if max_minutes is not None and not max_minutes >= 0:  # NaN too; 0 stops after one step
+        raise ValueError(f"the time budget must be a number of minutes >= 0, got {max_minutes}")
     elapsed_before = trainer.elapsed_s
     log_path = ckpt.parent / "train_log.jsonl"
     sums: dict[str, list[float]] = {}
     last_save = time.monotonic()
+    saved_step = trainer.step if ckpt.exists() else None  # the last good checkpoint on disk
+    made = skipped_steps = in_a_row = 0
 
     def save() -> None:
+        nonlocal saved_step
         trainer.elapsed_s = elapsed_before + time.monotonic() - start
         trainer.save(ckpt)
+        saved_step = trainer.step
 
     with _InterruptFlag() as interrupt:
         try:
             while trainer.step < total_steps:
-                for name, value in trainer.one_step():
+                skipped_before = trainer.skipped
+                losses = trainer.one_step()
+                for name, value in losses:
                     total = sums.setdefault(name, [0.0, 0])
                     if value is not None:
                         total[0] += value
                         total[1] += 1
                 trainer.step += 1
+                made += 1
+                if trainer.skipped > skipped_before or any(value is None for _, value in losses):
+                    skipped_steps += 1
+                    in_a_row += 1
+                else:
+                    in_a_row = 0
                 if trainer.step % log_every == 0 or trainer.step == total_steps:
                     trainer.last_losses = {name: s / c for name, (s, c) in sums.items() if c}
                     sums = {}
@@ -194,9 +297,11 @@ def run_loop(
                         f.write(json.dumps(record) + "\n")
                 if progress is not None:
                     progress("train", trainer.step, total_steps, info=_loss_info(trainer.last_losses))
+                _check_divergence(trainer.step, made, skipped_steps, in_a_row, ckpt, saved_step)
                 if interrupt.raised:
                     raise KeyboardInterrupt
-                if time.monotonic() - last_save > 60 * checkpoint_minutes:
+                # A periodic checkpoint waits for a step whose updates were all made.
+                if in_a_row == 0 and time.monotonic() - last_save > 60 * checkpoint_minutes:
                     save()
                     last_save = time.monotonic()
                 if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
@@ -205,6 +310,29 @@ def run_loop(
             save()
             raise
     trainer.elapsed_s = elapsed_before + time.monotonic() - start
+
+
+def _check_divergence(
+    step: int, made: int, skipped: int, in_a_row: int, ckpt: Path, saved_step: int | None
+) -> None:
+    """Raise :class:`TrainingDiverged` if the skipped steps break the rule of :func:`run_loop`."""
+    if in_a_row >= MAX_SKIPPED_IN_A_ROW:
+        what = f"in {in_a_row} steps in a row"
+    elif made >= SKIPPED_SHARE_MIN_STEPS and skipped > MAX_SKIPPED_SHARE * made:
+        what = (
+            f"in {skipped} of the {made} steps since the run (re)started (more than {MAX_SKIPPED_SHARE:.0%})"
+        )
+    else:
+        return
+    kept = (
+        f"the last good checkpoint '{ckpt}' (step {saved_step}) is kept"
+        if saved_step is not None
+        else "no checkpoint had been written yet, so none is kept"
+    )
+    raise TrainingDiverged(
+        f"training stopped at step {step}: the loss or gradient norm was not finite {what} "
+        f"(those updates were skipped); {_LIKELY_CAUSE}; {kept}"
+    )
 
 
 def _loss_info(losses: dict[str, float]) -> str:

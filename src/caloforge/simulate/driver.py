@@ -12,11 +12,13 @@ teardown at interpreter exit.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import multiprocessing as mp
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,17 @@ from typing import Any
 import numpy as np
 
 from caloforge.detector import Detector, get_detector
-from caloforge.io import PointShowers, ShowerFileError, ShowerWriter, VoxelShowers, open_showers
+from caloforge.io import (
+    MAX_INCIDENT_GEV,
+    PointShowers,
+    ShowerFileError,
+    ShowerWriter,
+    VoxelShowers,
+    open_showers,
+)
+from caloforge.pieces import PieceStore
 from caloforge.projection import voxelise
+from caloforge.safety import check_outputs, check_stop, die_with_parent, output_lock, stop_signals
 from caloforge.simulate.clustering import cluster_steps
 from caloforge.simulate.geometry import Geometry
 
@@ -59,8 +70,12 @@ class EnergySpec:
             spec = cls("log-uniform" if log else "uniform", parts[0], parts[1])
         else:
             raise ValueError(f"energy '{text}' must be a number or a range LO:HI in GeV")
+        if not all(math.isfinite(p) for p in parts):
+            raise ValueError(f"energy '{text}' must be finite numbers in GeV (not nan or inf)")
         if spec.lo <= 0 or spec.hi < spec.lo:
             raise ValueError(f"energy '{text}': need 0 < LO <= HI (GeV)")
+        if spec.hi > MAX_INCIDENT_GEV:
+            raise ValueError(f"energy '{text}': at most {MAX_INCIDENT_GEV:g} GeV")
         return spec
 
     def __str__(self) -> str:
@@ -81,7 +96,7 @@ def draw_energies(spec: EnergySpec, n: int, seed: int) -> np.ndarray:
 class SimulationConfig:
     """Everything that defines a simulated data set (recorded in the file's attributes)."""
 
-    detector: str = "ild-ecal"
+    detector: str | Detector = "ild-ecal"  # a built-in name, a detector file, or a Detector
     particle: str = "gamma"
     energy: EnergySpec = field(default_factory=lambda: EnergySpec("uniform", 10.0, 90.0))
     n_showers: int = 100
@@ -134,6 +149,7 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
     # Ctrl-C is handled by the parent, which terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     _WORKER["config"] = config
     _WORKER["detector"] = get_detector(config.detector)
     _WORKER["want_voxels"] = want_voxels
@@ -181,6 +197,7 @@ def _check_resumable(path: Path, config: SimulationConfig, det: Detector) -> int
     with open_showers(path) as f:
         attrs = f.attrs
         n = len(f)
+        geometry = f.detector.to_dict()
     expected = config.attrs() | {"detector": det.name}
     for key, value in expected.items():
         have = attrs.get(key)
@@ -189,12 +206,29 @@ def _check_resumable(path: Path, config: SimulationConfig, det: Detector) -> int
             raise ShowerFileError(
                 f"cannot resume '{path}': it was made with {key}={have!r}, this job has {key}={value!r}"
             )
+    if geometry != det.to_dict():
+        raise ShowerFileError(
+            f"cannot resume '{path}': it was simulated in another geometry of '{det.name}' "
+            "(its detector_json attribute differs from this job's detector)"
+        )
     return n
 
 
-def _blocks(energies: np.ndarray, start: int, block_size: int) -> Iterator[tuple[int, np.ndarray]]:
-    for lo in range(start, len(energies), block_size):
-        yield lo, energies[lo : lo + block_size]
+def _piece(block: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A finished block as arrays for the piece store (points concatenated, with counts)."""
+    clouds = block["clouds"]
+    arrays = {
+        "counts": np.array([len(c) for c in clouds], np.int64),
+        "points": np.concatenate(clouds) if clouds else np.zeros((0, 4), np.float32),
+        "stats": np.array([block["steps"], block["geant4_seconds"], block["ours_seconds"]], np.float64),
+    }
+    if "voxels" in block:
+        arrays["voxels"] = block["voxels"].astype(np.float32)
+    return arrays
+
+
+def _clouds(piece: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return np.split(piece["points"], np.cumsum(piece["counts"])[:-1]) if len(piece["counts"]) else []
 
 
 def simulate(
@@ -210,8 +244,13 @@ def simulate(
 ) -> SimulationResult:
     """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``.
 
-    ``progress(done, total)`` is called after every block. Ctrl-C (or SIGTERM) stops the job
-    and leaves valid files holding the showers done so far; ``resume=True`` continues them.
+    Every finished block of ``block_size`` events is saved at once in the job's piece store
+    (:mod:`caloforge.pieces`, ``.OUT.pieces/``); the outputs are assembled from the pieces,
+    atomically, only when every block is done. So Ctrl-C, SIGTERM or even ``kill -9`` lose
+    at most the blocks in flight, leave existing outputs exactly as they were, and
+    ``resume=True`` continues from the saved blocks (or extends a finished file with more
+    showers). One run at a time per output (:func:`caloforge.safety.output_lock`).
+    ``progress(done, total)`` is called after every block.
     """
     det = get_detector(config.detector)
     if config.particle not in PARTICLES:
@@ -220,76 +259,145 @@ def simulate(
         raise ValueError("the number of showers must be at least 1")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if block_size < 1:
+        raise ValueError("block_size must be at least 1")
     if voxel_out is not None and not hasattr(det.readout, "n_alpha"):
         raise ValueError(f"detector '{det.name}' has a cell readout: voxel files need a polar one")
     paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
-    done = 0
+    check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
+    with output_lock(*paths), stop_signals():
+        return _run(config, det, paths, workers, resume, overwrite, block_size, progress)
+
+
+def _run(
+    config: SimulationConfig,
+    det: Detector,
+    paths: list[Path],
+    workers: int,
+    resume: bool,
+    overwrite: bool,
+    block_size: int,
+    progress: Callable[[int, int], None] | None,
+) -> SimulationResult:
+    base = 0
     if resume:
         existing = [_check_resumable(p, config, det) if p.exists() else 0 for p in paths]
         if len(set(existing)) != 1:
             counts = ", ".join(f"'{p}' has {k}" for p, k in zip(paths, existing, strict=True))
             raise ShowerFileError(f"cannot resume: the outputs differ ({counts} showers); remove one")
-        done = existing[0]
+        base = existing[0]
     else:
         for p in paths:
             if p.exists() and not overwrite:
                 raise FileExistsError(
                     f"'{p}' exists: pass --resume to continue it or --overwrite to replace it"
                 )
-    energies = draw_energies(config.energy, config.n_showers, config.seed)
-    result = SimulationResult(paths[0], paths[1] if len(paths) > 1 else None, done, 0, 0.0)
-    if done >= config.n_showers:
-        return result
-    attrs = config.attrs() | {"detector_description": det.description}
-    writers = [
-        ShowerWriter(
-            p,
-            kind,
-            det,
-            generator="geant4",
-            seed=config.seed,
-            attrs=attrs,
-            append=resume and p.exists(),
-            keep_on_interrupt=True,
+    manifest = config.attrs() | {
+        "detector_json": json.dumps(det.to_dict(), sort_keys=True),
+        "block_size": block_size,
+        "base": base,
+        "voxels": len(paths) > 1,
+    }
+    store = PieceStore.open(paths[0], manifest, resume=resume, overwrite=overwrite, ignore=("n_requested",))
+    if store.manifest["base"] != base:
+        raise ShowerFileError(
+            f"cannot resume '{paths[0]}': it held {store.manifest['base']} showers when its unfinished "
+            f"run started and holds {base} now; pass --overwrite to start again"
         )
-        for p, kind in zip(paths, ["points", "voxels"], strict=False)
-    ]
-    ctx = mp.get_context("spawn")
+    block_size = int(store.manifest["block_size"])
+    n = config.n_showers
+    energies = draw_energies(config.energy, n, config.seed)
+    firsts = range(base, n, block_size)
+    finished = store.finished()
+    for first, count in finished.items():
+        if first not in firsts or count != min(block_size, n - first):
+            store.drop(first)  # a block of another -n, computed again below
+    finished = {f: c for f, c in store.finished().items() if f in firsts}
+    result = SimulationResult(paths[0], paths[1] if len(paths) > 1 else None, base, 0, 0.0)
+    saved = sum(finished.values())
+    todo = [(lo, energies[lo : lo + block_size]) for lo in firsts if lo not in finished]
     t0 = time.perf_counter()
-    # Explicit handlers: a job started in the background may have inherited SIGINT ignored.
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    pool = ctx.Pool(workers, initializer=_worker_init, initargs=(config, voxel_out is not None))
+    result.n_done = base + saved
+    if todo:
+        result.n_done = _simulate_pieces(
+            config, store, todo, workers, len(paths) > 1, result, result.n_done, progress
+        )
+    if not result.interrupted and firsts:
+        try:
+            _assemble(config, det, paths, store, list(firsts), energies, block_size, resume)
+        except KeyboardInterrupt:
+            result.interrupted = True  # the outputs are as they were; the pieces are kept
+        else:
+            store.remove()
+    result.wall_seconds = time.perf_counter() - t0
+    return result
+
+
+def _simulate_pieces(
+    config: SimulationConfig,
+    store: PieceStore,
+    todo: list[tuple[int, np.ndarray]],
+    workers: int,
+    want_voxels: bool,
+    result: SimulationResult,
+    done: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    """Run the missing blocks, saving each as it arrives; returns ``done`` plus the showers saved."""
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(config, want_voxels))
     try:
-        for block in pool.imap(_simulate_block, _blocks(energies, done, block_size)):
+        for block in pool.imap_unordered(_simulate_block, todo):
+            check_stop()
             n_block = len(block["clouds"])
-            block_energy = energies[block["first"] : block["first"] + n_block]
-            writers[0].write(PointShowers.from_list(block_energy, block["clouds"]))
-            if len(writers) > 1:
-                writers[1].write(VoxelShowers(block_energy, block["voxels"]))
+            store.save(block["first"], n_block, _piece(block))
+            done += n_block
             result.n_new += n_block
             result.steps += block["steps"]
             result.points += int(sum(len(c) for c in block["clouds"]))
             result.geant4_seconds += block["geant4_seconds"]
             result.ours_seconds += block["ours_seconds"]
             if progress is not None:
-                progress(done + result.n_new, config.n_showers)
+                progress(done, config.n_showers)
     except KeyboardInterrupt:
         result.interrupted = True
-    except BaseException:
-        pool.terminate()
-        for w in writers:
-            w.abort()
-        raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    pool.terminate()
-    result.wall_seconds = time.perf_counter() - t0
-    for w in writers:
-        w.commit()
-    result.n_done = done + result.n_new
-    return result
+        pool.terminate()
+        pool.join()
+    return done
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _assemble(
+    config: SimulationConfig,
+    det: Detector,
+    paths: list[Path],
+    store: PieceStore,
+    firsts: list[int],
+    energies: np.ndarray,
+    block_size: int,
+    resume: bool,
+) -> None:
+    """Write the outputs from the existing files (when resuming) and the pieces, atomically."""
+    attrs = config.attrs() | {"detector_description": det.description}
+    with contextlib.ExitStack() as stack:
+        writers = [
+            stack.enter_context(
+                ShowerWriter(
+                    p,
+                    kind,
+                    det,
+                    generator="geant4",
+                    seed=config.seed,
+                    attrs=attrs,
+                    append=resume and p.exists(),
+                )
+            )
+            for p, kind in zip(paths, ["points", "voxels"], strict=False)
+        ]
+        for first in firsts:
+            check_stop()
+            piece = store.load(first)
+            block_energy = energies[first : first + block_size]
+            writers[0].write(PointShowers.from_list(block_energy, _clouds(piece)))
+            if len(writers) > 1:
+                writers[1].write(VoxelShowers(block_energy, piece["voxels"]))

@@ -10,10 +10,12 @@ import typer
 from caloforge.cliutils import (
     MaxMinutesOption,
     ResumeOption,
+    SeedOption,
     ThreadsOption,
     given,
     progress_bar,
     report_run,
+    seed_option,
     set_threads,
     stage_progress,
 )
@@ -47,7 +49,7 @@ def train_caloclouds2(
         str | None,
         typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, batches and noise.")] = 0,
+    seed: SeedOption = 0,
     resume: ResumeOption = False,
     max_minutes: MaxMinutesOption = None,
     threads: ThreadsOption = None,
@@ -56,7 +58,7 @@ def train_caloclouds2(
     from caloforge.models.caloclouds2 import CaloClouds2Config, train
 
     set_threads(threads)
-    shape = parse_widths(widths)
+    shape = parse_widths(widths, "--widths")
     overrides = given(steps=steps, flow_steps=flow_steps, max_showers=max_showers, net_widths=shape)
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
     with progress_bar() as bar:
@@ -84,7 +86,7 @@ def distill(
         typer.Option(help="A narrower student, e.g. 4,32,64,32,4 (random start); default: the teacher's."),
     ] = None,
     loss: Annotated[str | None, typer.Option(help="l2 (default) or pseudo-huber.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of batches and noise.")] = 0,
+    seed: Annotated[int, seed_option("Seed of batches and noise.")] = 0,
     resume: ResumeOption = False,
     max_minutes: MaxMinutesOption = None,
     threads: ThreadsOption = None,
@@ -95,7 +97,12 @@ def distill(
     from caloforge.models.registry import resolve_model
 
     set_threads(threads)
-    overrides = given(steps=steps, n_levels=levels, student_widths=parse_widths(student_widths), loss=loss)
+    overrides = given(
+        steps=steps,
+        n_levels=levels,
+        student_widths=parse_widths(student_widths, "--student-widths"),
+        loss=loss,
+    )
     config = DistillConfig.from_preset(preset, seed=seed, **overrides)
     path = None if resume else resolve_model(teacher)
     with progress_bar() as bar:

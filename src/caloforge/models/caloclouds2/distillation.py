@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ from caloforge.models._training import (
     check_resumable,
     optimizer_step,
     run_loop,
+    save_finite_checkpoint,
 )
 from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
 from caloforge.models.caloclouds2.checkpoint import load_model, model_from_state, read_model_checkpoint
@@ -49,7 +51,6 @@ from caloforge.models.caloclouds2.config import SamplerSpec
 from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.caloclouds2.training import point_batch
-from caloforge.models.checkpoint import save_checkpoint
 from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import PointWiseNet
@@ -94,12 +95,24 @@ class DistillConfig(PresetConfig):
             raise ValueError(f"unknown consistency loss '{self.loss}': use l2 or pseudo-huber")
         if not 0 <= self.target_decay < 1:
             raise ValueError(f"target_decay must lie in [0, 1), got {self.target_decay}")
-        for name in ("steps", "batch_size", "points_per_shower"):
+        for name in ("steps", "batch_size", "points_per_shower", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"distill config field '{name}' must be at least 1")
+        for name in ("lr", "grad_clip", "sigma_min", "sigma_max", "rho"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:  # NaN fails too
+                raise ValueError(
+                    f"distill config field '{name}' must be a positive finite number, got {value}"
+                )
+        if not self.sigma_min < self.sigma_max:
+            raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
+        if not 0 <= self.checkpoint_minutes < math.inf:
+            raise ValueError(f"checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}")
         widths = self.student_widths
         if widths is not None and (len(widths) < 2 or widths[0] != 4 or widths[-1] != 4):
             raise ValueError(f"student_widths must start and end with 4 (x, y, layer, E), got {widths}")
+        if widths is not None and any(w < 1 for w in widths):
+            raise ValueError(f"student_widths must be positive integers, got {widths}")
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {
@@ -273,7 +286,7 @@ class _Distiller:
             raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
 
     def save(self, path: Path) -> None:
-        save_checkpoint(self.state(), path)
+        save_finite_checkpoint(self.state(), path)
 
 
 def _teacher_from_run(state: dict[str, Any], path: Path) -> CaloClouds2:

@@ -107,9 +107,13 @@ class ExportedCaloClouds2(nn.Module):
         if spec.consistency != model.sampler.consistency:
             allowed = "consistency" if model.sampler.consistency else "heun or euler"
             raise ValueError(f"sampler '{spec.name}' does not fit this model: use {allowed}")
-        self.max_points = default_max_points(model) if max_points is None else int(max_points)
-        if self.max_points < 1:
-            raise ValueError(f"max_points must be at least 1, got {self.max_points}")
+        most = default_max_points(model)
+        self.max_points = most if max_points is None else int(max_points)
+        if not 1 <= self.max_points <= 4 * most:
+            raise ValueError(
+                f"--max-points {self.max_points} is outside 1-{4 * most}: this model never makes more "
+                f"than {most} points per shower (the default)"
+            )
         self.sampler = spec
         self.n_layers = model.detector.n_layers
         self.n_features = model.flow.n_features

@@ -17,6 +17,7 @@ from caloforge.models._training import (
     open_run,
     optimizer_step,
     run_loop,
+    save_finite_checkpoint,
 )
 from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
 from caloforge.models.caloclouds2.checkpoint import (
@@ -25,7 +26,6 @@ from caloforge.models.caloclouds2.checkpoint import (
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
 from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
-from caloforge.models.checkpoint import save_checkpoint
 from caloforge.models.nn.edm import EDMDenoiser, edm_loss
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import (
@@ -173,7 +173,7 @@ class _Trainer:
         self.model.complete = bool(state["complete"])
 
     def save(self, path: Path) -> None:
-        save_checkpoint(self.state(), path)
+        save_finite_checkpoint(self.state(), path)
 
 
 def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCalibration:

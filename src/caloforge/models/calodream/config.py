@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -73,6 +74,16 @@ class CaloDreamConfig(PresetConfig):
         for name in ("steps", "batch_size", "val_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CaloDREAM config: {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "grad_clip"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:  # NaN fails too
+                raise ValueError(f"CaloDREAM config: {name} must be a positive finite number, got {value}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"CaloDREAM config: min_lr must lie in [0, lr], got {self.min_lr}")
+        if not 0 <= self.checkpoint_minutes < math.inf:
+            raise ValueError(
+                f"CaloDREAM config: checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}"
+            )
         if not 0.0 <= self.val_fraction < 0.5:
             raise ValueError(f"CaloDREAM config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
         if self.shape_target not in SHAPE_TARGETS:

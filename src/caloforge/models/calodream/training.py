@@ -15,6 +15,7 @@ from caloforge.models._training import (
     open_run,
     optimizer_step,
     run_loop,
+    save_finite_checkpoint,
 )
 from caloforge.models.calodream.checkpoint import check_state, load_model, model_from_state
 from caloforge.models.calodream.config import CaloDreamConfig
@@ -30,7 +31,6 @@ from caloforge.models.calodream.variables import (
     _logit,
     dequantize_fractions,
 )
-from caloforge.models.checkpoint import save_checkpoint
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.vae import vae_loss
 from caloforge.models.protocol import CheckpointError
@@ -168,7 +168,7 @@ class _Trainer:
         self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
 
     def save(self, path: Path) -> None:
-        save_checkpoint(self.state(), path)
+        save_finite_checkpoint(self.state(), path)
 
 
 def train(
