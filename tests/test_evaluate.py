@@ -8,8 +8,10 @@ import pytest
 from caloforge import asset_path, metrics
 from caloforge.detector import get_detector
 from caloforge.evaluate import (
+    DISTORTIONS,
     EvaluationConfig,
     EvaluationError,
+    _distorted,
     _distorted_observables,
     _resolution,
     evaluate,
@@ -212,7 +214,8 @@ def test_auc_standard_error_and_minimum_detectable():
 def test_resolving_power_fields(tiny):
     _, result = tiny
     check = result["distortion_check"]
-    assert check["energy_scale"] == 1.05 and check["n_per_class"] == 60
+    assert check["n_per_class"] == 60
+    assert check["auc"]["classifier_auc"]["distortion"] == DISTORTIONS["points"].name
     assert check["size_from"] == "the smallest candidate"
     for cand in result["candidates"]:
         res = cand["auc_resolution"]["classifier_auc"]
@@ -233,7 +236,7 @@ def test_tiny_sample_is_called_too_small(tiny):
     assert {c["auc_resolution"]["classifier_auc"]["verdict"] for c in result["candidates"]} == {"too_small"}
     text = " ".join((paths["out"] / "report.md").read_text().split())
     assert (
-        "too small a sample: this classifier cannot tell a 5 % energy-scale error from Geant4 at this size, "
+        "too small a sample: this classifier cannot tell showers 5 % wider from Geant4 at this size, "
         "so an AUC near 0.5 does not mean indistinguishable"
     ) in text
     lines = summary_lines(result)
@@ -245,13 +248,20 @@ def test_verdicts_follow_the_check():
     minimum = metrics.minimum_detectable_auc(1000, 1000)
 
     def check(auc: float) -> dict:
-        return {"auc": {"classifier_auc": {"auc": [auc, 0.01], "detects": auc >= minimum}}}
+        return {
+            "auc": {
+                "classifier_auc": {
+                    "auc": [auc, 0.01],
+                    "detects": auc >= minimum,
+                    "distortion": "showers 5 % wider",
+                }
+            }
+        }
 
     consistent = _resolution(fit, check(0.7), "classifier_auc", "Geant4")
     assert consistent["verdict"] == "consistent"
     assert consistent["sentence"] == (
-        "consistent with the reference at this sample size "
-        "(it would detect a 5 % energy-scale error: AUC 0.700)"
+        "consistent with the reference at this sample size (it would detect showers 5 % wider: AUC 0.700)"
     )
     assert _resolution(fit, check(0.51), "classifier_auc", "Geant4")["verdict"] == "too_small"
     fit.auc = 0.9
@@ -259,14 +269,27 @@ def test_verdicts_follow_the_check():
     assert _resolution(fit, None, "classifier_auc", "Geant4")["verdict"] == "unchecked"
 
 
-def test_distortion_scales_deposited_energies_before_the_threshold(files):
+def test_distortion_widens_showers_before_the_projection(files):
     det = get_detector("ild-ecal")
     index = np.arange(0, 40, 3)
     plain = observables_from_file(files["ref"], det, max_showers=40).subset(index)
-    scaled = _distorted_observables(files["ref"], det, index, EvaluationConfig(chunk_size=7, max_showers=40))
-    np.testing.assert_array_equal(scaled.energy, plain.energy)
-    assert np.all(scaled.e_vis >= 1.05 * plain.e_vis * (1 - 1e-6)) and np.all(scaled.n_hits >= plain.n_hits)
-    assert scaled.e_vis.sum() < 1.06 * plain.e_vis.sum()
+    wide = _distorted_observables(files["ref"], det, index, EvaluationConfig(chunk_size=7, max_showers=40))
+    np.testing.assert_array_equal(wide.energy, plain.energy)
+    # The same energy, spread 5 % wider: less of it in the core ring, more in the outer ones.
+    np.testing.assert_allclose(wide.e_vis, plain.e_vis, rtol=0.02)
+    assert wide.e_radial[:, 0].sum() < plain.e_radial[:, 0].sum()
+    assert wide.e_radial[:, -3:].sum() > plain.e_radial[:, -3:].sum()
+
+
+def test_voxel_distortion_moves_energy_one_ring_out():
+    det = get_detector("calochallenge-ds2")
+    vox = np.zeros((1, det.n_channels), np.float32)
+    vox[0, 0] = 100.0  # layer 0, first angle, innermost ring
+    vox[0, det.readout.n_radial - 1] = 10.0  # its outermost ring
+    out = _distorted(VoxelShowers(np.array([10.0]), vox), det).voxels[0]
+    assert out[0] == pytest.approx(95.0) and out[1] == pytest.approx(5.0)
+    assert out[det.readout.n_radial - 1] == pytest.approx(10.0)  # the last ring keeps its own
+    assert out.sum() == pytest.approx(vox.sum())
 
 
 def test_heldout_figure_beside_the_shipped_models_auc(tiny):
@@ -282,7 +305,7 @@ def test_heldout_figure_beside_the_shipped_models_auc(tiny):
     assert [row.split(" | ")[0] for row in report_lines if line in row] == [f"| {shipped['label']}"]
     (printed,) = [s for s in summary_lines(result) if s.startswith(f"classifier AUC {shipped['label']}:")]
     assert printed.endswith(f"; {line})")
-    assert "(minimum detectable " in printed and "; 5 % energy-scale error: " in printed
+    assert "(minimum detectable " in printed and "; showers 5 % wider: " in printed
 
 
 def test_cli_refuses_an_existing_report_and_overwrites_with_the_flag(tiny, monkeypatch, capsys, tmp_path):
