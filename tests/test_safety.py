@@ -88,6 +88,16 @@ def test_detector_values_are_validated(tmp_path, monkeypatch, capsys, change, me
         get_detector(path)
 
 
+def test_unreadable_detector_files_are_one_line(tmp_path, sample):
+    with pytest.raises(DetectorError, match="is not a text"):
+        get_detector(sample.rename(tmp_path / "binary.yaml"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\nreadout: {")
+    with pytest.raises(DetectorError, match="is not valid yaml") as caught:
+        get_detector(broken)
+    assert "\n" not in str(caught.value)
+
+
 @needs_geant4
 def test_simulate_uses_and_records_a_user_detector(tmp_path, monkeypatch, capsys):
     mine = _my_detector(
@@ -178,6 +188,7 @@ def test_output_that_is_a_directory_is_a_user_error(tmp_path, monkeypatch, capsy
         (None, [np.inf, 0, 3.5, 1.0], "dataset 'events', shower 2: holds a non-finite value"),
         (None, [1.0, np.nan, 3.5, 1.0], "shower 2: holds a non-finite value"),
         (None, [1.0, 1.0, 3.5, -1.0], "shower 2: holds a negative energy deposit"),
+        (None, [1e30, 1.0, 3.5, 1.0], "shower 2: holds a non-finite value .* or one beyond 1e\\+08"),
     ],
 )
 def test_bad_values_are_refused_at_read_time(tmp_path, energy, points, message):
@@ -218,6 +229,7 @@ def test_training_and_generation_refuse_bad_files(tmp_path, monkeypatch, capsys)
         ["generate", "--seed", "99999999999999999999999"],
         ["simulate", "--seed", "-1"],
         ["bench", "--energies", "-5"],
+        ["bench", "--quick", "--energies", "-5"],
         ["bench", "--threads", "0"],
         ["export", "--max-points", "100000000", "-f", "torchscript"],
     ],

@@ -102,6 +102,8 @@ def test_same_seed_same_file_whatever_the_workers_and_resume(tmp_path):
     assert pieces_dir(tmp_path / "resumed.h5").is_dir()
     simulate(half, tmp_path / "resumed.h5", block_size=2, resume=True)
     assert not pieces_dir(tmp_path / "resumed.h5").exists()
+    again = simulate(half, tmp_path / "resumed.h5", block_size=2, resume=True)  # nothing left to do
+    assert again.n_new == 0 and not pieces_dir(tmp_path / "resumed.h5").exists()
     files = [h5py.File(tmp_path / name) for name in ("one.h5", "two.h5", "resumed.h5")]
     events = [f["events"][...] for f in files]
     width = min(e.shape[2] for e in events)

@@ -15,6 +15,8 @@ from rich.table import Table
 
 from caloforge import __version__
 from caloforge.cliutils import (
+    EngineOption,
+    SchedulerOption,
     ThreadsOption,
     console,
     err_console,
@@ -326,6 +328,8 @@ def simulate(
         bool, typer.Option(help="Continue an interrupted file with the same settings.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    engine: EngineOption = "local",
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
     from caloforge.pieces import pieces_dir
@@ -365,6 +369,8 @@ def simulate(
             resume=resume,
             overwrite=overwrite,
             progress=advance,
+            engine=engine,
+            scheduler=scheduler,
         )
     if result.interrupted:
         pieces = pieces_dir(out)
@@ -406,7 +412,12 @@ def evaluate(
     max_showers: Annotated[
         int | None, typer.Option(min=1, help="Use only the first N showers of each file.")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the draws and the classifier.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the draws and the classifier.")] = 0,
+    engine: EngineOption = "local",
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes of the local Dask cluster (--engine dask).")
+    ] = 2,
+    scheduler: SchedulerOption = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace a report already in --out (refused otherwise).")
     ] = False,
@@ -424,6 +435,9 @@ def evaluate(
         plots=plots,
         max_showers=max_showers,
         seed=seed,
+        engine=engine,
+        workers=workers,
+        scheduler=scheduler,
     )
     with progress_bar() as bar:
         progress = stage_progress(bar)
@@ -573,6 +587,11 @@ def generate(
         ),
     ] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    engine: EngineOption = "local",
+    scheduler: SchedulerOption = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted --engine dask run from its finished pieces.")
+    ] = False,
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
     from caloforge.generation import generate_file
@@ -612,6 +631,9 @@ def generate(
             workers=workers,
             overwrite=overwrite,
             progress=lambda done, total: bar.update(task, completed=done),
+            engine=engine,
+            scheduler=scheduler,
+            resume=resume,
         )
     console.print(
         f"wrote {result.n_showers} showers to {out} in {result.seconds:.1f} s "
@@ -695,11 +717,12 @@ def bench(
 
     config = BenchConfig.quick() if quick else BenchConfig()
     changes: dict[str, object] = {"repeats": 1 if quick else repeats}
+    asked = {
+        "energies": _numbers(energies, "--energies"),
+        "batch_sizes": _numbers(batch_sizes, "--batch-sizes", int),
+    }
     if not quick:
-        changes |= {
-            "energies": _numbers(energies, "--energies"),
-            "batch_sizes": _numbers(batch_sizes, "--batch-sizes", int),
-        }
+        changes |= asked
     if threads is not None:
         changes["threads"] = _numbers(threads, "--threads", int)
     for name in ("bench.json", "bench.md"):
@@ -720,6 +743,14 @@ def bench(
 INTERRUPTED = "interrupted: no output was replaced or left half-written"
 
 
+def _stopping() -> None:
+    """The run is over: further Ctrl-C / SIGTERM while it prints and exits change nothing."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def _caused_by_interrupt(exc: BaseException) -> bool:
     seen: BaseException | None = exc
     while seen is not None:
@@ -737,11 +768,13 @@ def main() -> None:
         with stop_signals():  # SIGTERM stops every command like Ctrl-C; a second one is harmless
             app()
     except KeyboardInterrupt:
+        _stopping()
         err_console.print(INTERRUPTED)
         sys.exit(130)
     except SystemExit as exc:
         # typer turns Ctrl-C / SIGTERM inside a command into a silent exit 130.
         if exc.code == 130 and _caused_by_interrupt(exc):
+            _stopping()
             err_console.print(INTERRUPTED)
         raise
     except USER_ERRORS as exc:

@@ -247,6 +247,8 @@ def _validate(det: Detector) -> None:
                 f"names an unknown material {material!r}: use a Geant4 NIST material such as G4_W, "
                 "G4_Pb, G4_Si or G4_PbWO4",
             )
+    if isinstance(det.readout, CellGrid) and det.readout.half_extent_mm > _MAX_SIZE_MM:
+        raise bad("readout.n_cells", f"and cell_size_mm cover more than {_MAX_SIZE_MM:g} mm")
     if det.half_size_mm > _MAX_SIZE_MM:
         raise bad("half_size_mm", f"must be at most {_MAX_SIZE_MM:g} mm")
     if any(abs(d) > _MAX_SIZE_MM for d in det.layer_depths_mm):
@@ -391,7 +393,10 @@ def load_detector(path: str | Path) -> Detector:
     path = Path(path)
     if not path.is_file():
         raise DetectorError(f"detector file '{path}' does not exist")
-    text = path.read_text()
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise DetectorError(f"detector file '{path}' is not a text (TOML or YAML) file") from None
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -400,7 +405,10 @@ def load_detector(path: str | Path) -> Detector:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # both parsers raise their own error types
-        raise DetectorError(f"detector file '{path}' is not valid {path.suffix[1:]}: {exc}") from exc
+        why = " ".join(str(exc).split())  # the parsers' messages span several lines
+        raise DetectorError(
+            f"detector file '{path}' is not valid {path.suffix[1:] or 'YAML'}: {why}"
+        ) from None
     if not isinstance(data, dict):
         raise DetectorError(f"detector file '{path}' must hold a table of fields at top level")
     det = detector_from_dict(data, default_name=path.stem)

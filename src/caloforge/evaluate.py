@@ -18,6 +18,7 @@ candidate made by a shipped model also gets that model's held-out figure
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 
 from caloforge import __version__, asset_path
 from caloforge.detector import Detector, PolarGrid
+from caloforge.engines import make_engine
 from caloforge.io import PointShowers, Showers, VoxelShowers, atomic_write_text, open_showers
 from caloforge.observables import (
     ShowerObservables,
@@ -113,6 +115,9 @@ class EvaluationConfig:
     chunk_size: int = 2000
     seed: int = 0
     energy_tolerance: float = 0.05
+    engine: str = "local"  # "dask": observables of each file chunk on a Dask cluster
+    workers: int = 1  # of the local Dask cluster
+    scheduler: str | None = None  # an existing Dask scheduler
 
 
 @dataclass
@@ -481,10 +486,19 @@ def evaluate(
             if progress is not None:
                 progress("observables", done, total)
 
-        for s in samples:
-            s.observables = observables_from_file(
-                s.path, det, chunk_size=config.chunk_size, max_showers=config.max_showers, progress=step
-            )
+        with contextlib.ExitStack() as stack:
+            cluster = None
+            if config.engine != "local":
+                cluster = stack.enter_context(make_engine(config.engine, config.workers, config.scheduler))
+            for s in samples:
+                s.observables = observables_from_file(
+                    s.path,
+                    det,
+                    chunk_size=config.chunk_size,
+                    max_showers=config.max_showers,
+                    progress=step,
+                    engine=cluster,
+                )
         ref, cands = samples[0], samples[1:]
         n_ref = len(ref.energy)
         if n_ref < 4:

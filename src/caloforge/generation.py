@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
-import signal
 import time
 import warnings
 from collections import deque
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from caloforge.engines import ENGINES
 from caloforge.io import COMPRESSIONS, ShowerWriter
 from caloforge.models.protocol import (
     Family,
@@ -36,13 +36,14 @@ from caloforge.models.protocol import (
     generate_batches,
 )
 from caloforge.models.registry import DEFAULT_MODEL, get_family, load_generator, register, resolve_model
+from caloforge.pieces import pieces_dir
 from caloforge.safety import (
     check_outputs,
     check_stop,
-    die_with_parent,
     output_lock,
     refuse_existing,
     stop_signals,
+    worker_setup,
 )
 
 __all__ = [
@@ -76,8 +77,7 @@ def _worker_start(path: str, family: Family) -> None:
     import torch
 
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    worker_setup()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the parent has warned already
     register(family)  # a family registered at run time in the parent is known here too
@@ -225,6 +225,9 @@ def generate_file(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     options: Mapping[str, Any] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
+    resume: bool = False,
 ) -> GenerationResult:
     """Generate one shower per entry of ``energies_gev`` into ``out`` (the file kind the model's
     family writes: points, voxels, …), with any registered family's model.
@@ -235,6 +238,12 @@ def generate_file(
     the same showers, this process writes them) where the family supports it. ``options``
     are the family's own generation options. ``progress(done, total)`` is called after every
     batch. The request is checked in full before anything is generated.
+
+    ``engine="dask"`` runs pieces of :data:`BATCHES_PER_PIECE` batches on a Dask cluster
+    (``scheduler``, or a local cluster of ``workers``; :mod:`caloforge.engines`); each
+    finished piece is kept in ``.OUT.pieces/`` (:mod:`caloforge.pieces`) until the file is
+    assembled, so an interrupted run continues with ``resume``. The file is the same as with
+    the local engine: every batch has its own random stream.
     """
     out = Path(out)
     if compression not in COMPRESSIONS:
@@ -248,10 +257,32 @@ def generate_file(
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(f"incident energy {i} is {energies[i]:g} GeV: energies must be finite and positive")
-    refuse_existing(out, overwrite)
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    if resume and engine != "dask":
+        raise ValueError("--resume continues the pieces of an --engine dask run; the local engine keeps none")
+    if not resume:
+        refuse_existing(out, overwrite)
+    elif out.exists() and not pieces_dir(out).exists():
+        raise FileExistsError(f"'{out}' is complete (no unfinished pieces to resume): nothing to do")
     path = resolve_model(model)
     check_outputs({"--out": out}, {"--model": path})
+    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {}))
     with output_lock(out), stop_signals():
+        if engine == "dask":
+            return _generate_on_dask(
+                path,
+                model,
+                energies,
+                out,
+                seed,
+                batch_size,
+                request,
+                compression,
+                (workers, scheduler),
+                (resume, overwrite),
+                progress,
+            )
         return _generate_file(
             path,
             model,
@@ -259,9 +290,7 @@ def generate_file(
             out,
             seed=seed,
             batch_size=batch_size,
-            request=GenerationRequest(
-                sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {})
-            ),
+            request=request,
             compression=compression,
             workers=workers,
             progress=progress,
@@ -368,3 +397,106 @@ def _stream(
             if close is not None:
                 close()  # stops a worker pool at once on Ctrl-C or an error
     return GenerationResult(out, done, time.perf_counter() - start)
+
+
+#: Batches of a Dask piece (512 showers at the default batch size): pieces of a few seconds,
+#: so the scheduler's overhead (milliseconds per piece) stays negligible.
+BATCHES_PER_PIECE = 8
+
+_DASK: dict[str, ShowerGenerator] = {}
+
+
+def _dask_start(path: str, family: Family) -> None:
+    """Once per Dask worker process: one thread for torch, the family known, the model loaded."""
+    import torch
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")  # the client has warned already
+    register(family)
+    _DASK[path] = load_generator(path)
+
+
+def _dask_piece(job: tuple[str, Plan, int, list[tuple[int, dict[str, np.ndarray]]]]) -> dict[str, np.ndarray]:
+    """One piece on a Dask worker: its batches, each from its own random stream."""
+    path, plan, seed, batches = job
+    generator = _DASK[path]
+    made = [generator.generate_batch(conditions, plan, seed, index) for index, conditions in batches]
+    showers = type(made[0]).concatenate(made)
+    data = showers.points if showers.kind == "points" else showers.voxels
+    return {"first": np.asarray(batches[0][0]), "energy": showers.energy, "data": data}
+
+
+def _piece_showers(kind: str, arrays: Mapping[str, np.ndarray]) -> Any:
+    from caloforge.io import PointShowers, VoxelShowers
+
+    cls = PointShowers if kind == "points" else VoxelShowers
+    return cls(arrays["energy"], arrays["data"])
+
+
+def _generate_on_dask(
+    path: Path,
+    model: str | Path,
+    energies: np.ndarray,
+    out: Path,
+    seed: int,
+    batch_size: int,
+    request: GenerationRequest,
+    compression: str,
+    engine: tuple[int, str | None],
+    modes: tuple[bool, bool],
+    progress: Callable[[int, int], None] | None,
+) -> GenerationResult:
+    """:func:`generate_file` with ``engine="dask"``: pieces on the cluster, kept on disk."""
+    import hashlib
+
+    from caloforge.engines import DaskEngine
+    from caloforge.pieces import PieceStore
+
+    (workers, scheduler), (resume, overwrite) = engine, modes
+    generator = load_generator(path)
+    family = get_family(generator.family)
+    plan = generator.plan(request)
+    batches = list(batch_conditions(generator, {"energy": energies}, plan, batch_size))
+    _warn_incomplete(generator)
+    manifest = {
+        "model": str(path),
+        "seed": seed,
+        "batch_size": batch_size,
+        "batches_per_piece": BATCHES_PER_PIECE,
+        "sampler": plan.sampler.name,
+        "sampler_steps": plan.sampler.n_steps,
+        "precision": request.precision,
+        "energies_sha256": hashlib.sha256(np.ascontiguousarray(energies).tobytes()).hexdigest(),
+    }
+    store = PieceStore.open(out, manifest, resume=resume, overwrite=overwrite)
+    pieces = [batches[i : i + BATCHES_PER_PIECE] for i in range(0, len(batches), BATCHES_PER_PIECE)]
+    counts = {piece[0][0]: sum(len(c["energy"]) for _, c in piece) for piece in pieces}
+    finished = store.finished()
+    todo = [(str(path), plan, seed, p) for p in pieces if finished.get(p[0][0]) != counts[p[0][0]]]
+    done = sum(c for first, c in counts.items() if finished.get(first) == c)
+    start = time.perf_counter()
+    if todo:
+        with DaskEngine(workers, scheduler, _dask_start, (str(path), family)) as cluster:
+            for arrays in cluster.imap_unordered(_dask_piece, todo):
+                check_stop()
+                first = int(arrays.pop("first"))
+                store.save(first, len(arrays["energy"]), arrays)
+                done += len(arrays["energy"])
+                if progress is not None:
+                    progress(done, len(energies))
+    attrs = _attrs(model, path, energies, generator, plan)
+    stored = (_piece_showers(generator.output, store.load(first)) for first in counts)
+    written = _stream(
+        out,
+        generator.output,
+        generator.detector,
+        generator.label,
+        seed,
+        attrs,
+        stored,
+        len(energies),
+        compression,
+        None,
+    )
+    store.remove()
+    return GenerationResult(out, written.n_showers, time.perf_counter() - start)

@@ -62,6 +62,8 @@ FORMAT_VERSION = "1.0"
 
 #: Highest incident energy a file may hold (100 TeV): anything above is a unit error or garbage.
 MAX_INCIDENT_GEV = 1e5
+#: Largest magnitude of any stored coordinate (mm) or deposit (MeV): 100 km, 100 TeV.
+MAX_VALUE = 1e8
 
 #: What a file without caloforge attributes is taken to contain.
 DEFAULT_ATTRS: dict[str, Any] = {
@@ -260,7 +262,8 @@ class ShowerReader:
                     described = json.loads(self.attrs["detector_json"])
                 except (TypeError, ValueError) as exc:
                     raise DetectorError(
-                        f"attribute 'detector_json' is not valid JSON ({exc}); pass --detector"
+                        f"attribute 'detector_json' is not valid JSON ({exc}); write the file again "
+                        "or name its detector explicitly (--detector, where the command has it)"
                     ) from None
                 if not isinstance(described, dict):
                     raise DetectorError("attribute 'detector_json' does not describe a detector")
@@ -314,12 +317,16 @@ class ShowerReader:
             )
 
     def _check_deposits(self, values: np.ndarray, energies: np.ndarray, start: int) -> None:
-        """Non-finite coordinates or energies, and negative energies, are refused."""
-        finite = np.isfinite(values).reshape(len(values), -1).all(axis=1)
+        """Non-finite coordinates or energies, negative energies and absurd magnitudes (beyond
+        1e8 mm or MeV, :data:`MAX_VALUE`) are refused."""
+        sane = np.isfinite(values) & (np.abs(values) <= MAX_VALUE)
+        finite = sane.reshape(len(values), -1).all(axis=1)
         if not finite.all():
             i = int(np.argmin(finite))
             raise self._refuse(
-                self._data.name.lstrip("/"), start + i, "holds a non-finite value (nan or inf)"
+                self._data.name.lstrip("/"),
+                start + i,
+                f"holds a non-finite value (nan or inf) or one beyond {MAX_VALUE:g}",
             )
         negative = (energies < 0).reshape(len(energies), -1).any(axis=1)
         if negative.any():

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -207,21 +208,37 @@ def observables_from_file(
     chunk_size: int = 2000,
     max_showers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: Any = None,
 ) -> ShowerObservables:
     """Observables of every shower in a file, read in chunks of ``chunk_size`` showers.
 
-    ``progress`` (if given) is called with the number of showers done after each chunk.
+    ``progress`` (if given) is called with the number of showers done after each chunk. With
+    an ``engine`` (:mod:`caloforge.engines`), each chunk is read and computed by its workers
+    (which must see the file) and the parts are merged here in order: the same result.
     """
     with open_showers(path, detector) as reader:
         det = reader.detector
         parts = []
-        for chunk in reader.iter_chunks(chunk_size, stop=max_showers):
-            parts.append(compute_observables(chunk, det))
+        if engine is not None:
+            n = min(len(reader), max_showers or len(reader))
+            jobs = [(str(path), det, lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+            chunks: Any = engine.imap(_chunk_observables, jobs)
+        else:
+            chunks = (compute_observables(c, det) for c in reader.iter_chunks(chunk_size, stop=max_showers))
+        for part in chunks:
+            parts.append(part)
             if progress is not None:
-                progress(len(chunk))
+                progress(len(part))
     if not parts:
         raise ValueError(f"'{path}' holds no showers")
     return ShowerObservables.concatenate(parts)
+
+
+def _chunk_observables(job: tuple[str, Detector, int, int]) -> ShowerObservables:
+    """Observables of showers ``lo:hi`` of a file (one piece of an engine run)."""
+    path, det, lo, hi = job
+    with open_showers(path, det) as reader:
+        return compute_observables(reader.read(lo, hi), det)
 
 
 def quantile_edges(

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 __all__ = [
     "OutputBusyError",
@@ -42,6 +43,7 @@ __all__ = [
     "refuse_existing",
     "remove_stale_partials",
     "stop_signals",
+    "worker_setup",
 ]
 
 
@@ -199,12 +201,20 @@ def stop_signals() -> Iterator[None]:
         _STOP.set()
         raise KeyboardInterrupt
 
+    def unraisable(info: Any) -> None:
+        # The stop raised where Python cannot propagate it (a weakref callback, __del__, an
+        # atexit hook): nothing to print, check_stop() ends the run at the next unit of work.
+        if not issubclass(info.exc_type, KeyboardInterrupt):
+            hook(info)
+
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     _DEPTH[0] += 1
     try:
         yield
     finally:
         _DEPTH[0] -= 1
+        sys.unraisablehook = hook
         for sig, old in previous.items():
             signal.signal(sig, old)
         _STOP.clear()
@@ -226,6 +236,15 @@ def check_stop() -> None:
     """
     if _STOP.is_set():
         raise KeyboardInterrupt
+
+
+def worker_setup() -> None:
+    """What every worker process of a local pool does first: leave Ctrl-C to the parent (which
+    stops the pool) and die with the parent. In a thread (a Dask worker runs pieces in one)
+    there is nothing to do: the Dask nanny owns the process."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent()
 
 
 def die_with_parent(poll_seconds: float = 1.0) -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import multiprocessing as mp
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from caloforge.detector import Detector, get_detector
+from caloforge.engines import ENGINES, make_engine
 from caloforge.io import (
     MAX_INCIDENT_GEV,
     PointShowers,
@@ -36,7 +35,7 @@ from caloforge.io import (
 )
 from caloforge.pieces import PieceStore
 from caloforge.projection import voxelise
-from caloforge.safety import check_outputs, check_stop, die_with_parent, output_lock, stop_signals
+from caloforge.safety import check_outputs, check_stop, output_lock, stop_signals, worker_setup
 from caloforge.simulate.clustering import cluster_steps
 from caloforge.simulate.geometry import Geometry
 
@@ -147,31 +146,29 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
-    # Ctrl-C is handled by the parent, which terminates the pool.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
+    worker_setup()  # Ctrl-C is handled by the parent, which stops the pool
     _WORKER["config"] = config
     _WORKER["detector"] = get_detector(config.detector)
     _WORKER["want_voxels"] = want_voxels
 
 
 def _simulate_block(block: tuple[int, np.ndarray]) -> dict[str, Any]:
-    from caloforge.simulate.geant4 import run_showers
+    from caloforge.simulate.geant4 import run_showers, run_showers_isolated
 
     first, energies = block
     config: SimulationConfig = _WORKER["config"]
     det: Detector = _WORKER["detector"]
     t0 = time.perf_counter()
-    steps = list(
-        run_showers(
-            Geometry.from_detector(det),
-            config.particle,
-            energies,
-            seed=config.seed,
-            first_event=first,
-            physics=config.physics,
-        )
-    )
+    geometry = Geometry.from_detector(det)
+    args = (geometry, config.particle, energies)
+    kwargs = {"seed": config.seed, "first_event": first, "physics": config.physics}
+    try:
+        steps = list(run_showers(*args, **kwargs))
+    except RuntimeError as exc:
+        if "already initialised" not in str(exc):
+            raise
+        # A long-lived (Dask) worker whose Geant4 serves another geometry: a fresh process.
+        steps = list(run_showers_isolated(*args, **kwargs).showers)
     t1 = time.perf_counter()
     clouds = cluster_steps(steps, det)
     result: dict[str, Any] = {
@@ -241,6 +238,8 @@ def simulate(
     overwrite: bool = False,
     block_size: int = 10,
     progress: Callable[[int, int], None] | None = None,
+    engine: str = "local",
+    scheduler: str | None = None,
 ) -> SimulationResult:
     """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``.
 
@@ -250,7 +249,9 @@ def simulate(
     at most the blocks in flight, leave existing outputs exactly as they were, and
     ``resume=True`` continues from the saved blocks (or extends a finished file with more
     showers). One run at a time per output (:func:`caloforge.safety.output_lock`).
-    ``progress(done, total)`` is called after every block.
+    ``progress(done, total)`` is called after every block. ``engine`` runs the blocks
+    (:mod:`caloforge.engines`: ``local`` processes, or ``dask`` on ``scheduler`` or a local
+    cluster of ``workers``); the file is the same whatever runs them.
     """
     det = get_detector(config.detector)
     if config.particle not in PARTICLES:
@@ -265,15 +266,17 @@ def simulate(
         raise ValueError(f"detector '{det.name}' has a cell readout: voxel files need a polar one")
     paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
     check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
     with output_lock(*paths), stop_signals():
-        return _run(config, det, paths, workers, resume, overwrite, block_size, progress)
+        return _run(config, det, paths, (engine, workers, scheduler), resume, overwrite, block_size, progress)
 
 
 def _run(
     config: SimulationConfig,
     det: Detector,
     paths: list[Path],
-    workers: int,
+    engine: tuple[str, int, str | None],
     resume: bool,
     overwrite: bool,
     block_size: int,
@@ -320,7 +323,7 @@ def _run(
     result.n_done = base + saved
     if todo:
         result.n_done = _simulate_pieces(
-            config, store, todo, workers, len(paths) > 1, result, result.n_done, progress
+            config, store, todo, engine, len(paths) > 1, result, result.n_done, progress
         )
     if not result.interrupted and firsts:
         try:
@@ -329,6 +332,8 @@ def _run(
             result.interrupted = True  # the outputs are as they were; the pieces are kept
         else:
             store.remove()
+    elif not result.interrupted:
+        store.remove()  # nothing was left to simulate
     result.wall_seconds = time.perf_counter() - t0
     return result
 
@@ -337,15 +342,16 @@ def _simulate_pieces(
     config: SimulationConfig,
     store: PieceStore,
     todo: list[tuple[int, np.ndarray]],
-    workers: int,
+    engine: tuple[str, int, str | None],
     want_voxels: bool,
     result: SimulationResult,
     done: int,
     progress: Callable[[int, int], None] | None,
 ) -> int:
     """Run the missing blocks, saving each as it arrives; returns ``done`` plus the showers saved."""
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(min(workers, len(todo)), initializer=_worker_init, initargs=(config, want_voxels))
+    name, workers, scheduler = engine
+    workers = min(workers, len(todo))
+    pool = make_engine(name, workers, scheduler, _worker_init, (config, want_voxels))
     try:
         for block in pool.imap_unordered(_simulate_block, todo):
             check_stop()
@@ -362,8 +368,7 @@ def _simulate_pieces(
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
-        pool.terminate()
-        pool.join()
+        pool.close()
     return done
 
 

@@ -1,0 +1,233 @@
+"""Where the pieces of a job run: processes on this machine, or a Dask cluster.
+
+A job (``simulate``, ``generate``, ``evaluate``) cuts its work into deterministic pieces —
+the event blocks of ``simulate`` (seeded per event), the batches of ``generate`` (a random
+stream per batch), the file chunks of ``evaluate`` — and hands a pure function of each piece
+to an engine; whatever runs the pieces, the results are the same, bit for bit.
+
+* :class:`LocalEngine` — ``workers`` spawned processes on this machine
+  (``multiprocessing``; the ``--workers`` of every command).
+* :class:`DaskEngine` — a ``dask.distributed`` cluster: an existing one (``--scheduler
+  tcp://host:8786``, e.g. started by dask-jobqueue on Slurm or HTCondor, docs/distributed.md)
+  or, by default, a ``LocalCluster`` of ``workers`` single-threaded processes. A worker that
+  dies has its pieces run again elsewhere (Dask reschedules them, up to
+  ``distributed.scheduler.allowed-failures`` times); a piece whose function raises stops the
+  job with that piece's error — it is never retried, since it would fail again.
+
+Both run a per-process ``initializer`` once before the first piece in that process (for a
+Dask worker: once per initializer and arguments), and both keep at most ``2 × workers``
+pieces in flight, so neither holds more than a few results in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["ENGINES", "DaskEngine", "EngineError", "LocalEngine", "make_engine"]
+
+ENGINES = ("local", "dask")
+
+
+class EngineError(ValueError):
+    """The engine cannot start (no Dask installed, scheduler unreachable) or a piece failed."""
+
+
+# --- per-process initialisation (shared by both engines) --------------------------------
+
+_DONE: set[str] = set()
+
+
+def _initialised(initializer: Callable[..., None] | None, initargs: tuple, key: str) -> None:
+    if initializer is not None and key not in _DONE:
+        initializer(*initargs)
+        _DONE.add(key)
+
+
+def _call(
+    fn: Callable[[Any], Any], item: Any, initializer: Callable[..., None] | None, initargs: tuple, key: str
+) -> Any:
+    _initialised(initializer, initargs, key)
+    return fn(item)
+
+
+class LocalEngine:
+    """``workers`` spawned processes on this machine (a context manager)."""
+
+    name = "local"
+
+    def __init__(
+        self, workers: int, initializer: Callable[..., None] | None = None, initargs: tuple = ()
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._pool = mp.get_context("spawn").Pool(workers, initializer=initializer, initargs=initargs)
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``fn(item)`` for every item, in the order they finish."""
+        return self._pool.imap_unordered(fn, items)
+
+    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``fn(item)`` for every item, in the order of ``items``."""
+        return self._pool.imap(fn, items)
+
+    def close(self) -> None:
+        """Stop the processes at once (pieces in flight are dropped)."""
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> LocalEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DaskEngine:
+    """A Dask cluster: ``scheduler`` (an address) or a new ``LocalCluster`` of ``workers``
+    single-threaded processes (a context manager; the local cluster ends with it)."""
+
+    name = "dask"
+
+    def __init__(
+        self,
+        workers: int,
+        scheduler: str | None = None,
+        initializer: Callable[..., None] | None = None,
+        initargs: tuple = (),
+        timeout_s: float = 10.0,
+    ) -> None:
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise EngineError(
+                "--engine dask needs dask.distributed: pip install 'caloforge[distributed]'"
+            ) from None
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._initializer, self._initargs = initializer, initargs
+        self._key = f"{getattr(initializer, '__qualname__', '')}:{os.getpid()}:{id(self)}:{initargs!r}"[:4000]
+        self._cluster = None
+        if scheduler is not None:
+            try:
+                self.client = Client(scheduler, timeout=f"{timeout_s}s")
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise EngineError(
+                    f"cannot reach the Dask scheduler at '{scheduler}' ({type(exc).__name__}): is it "
+                    "running and is the address right? (drop --scheduler for a local cluster)"
+                ) from None
+            self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
+        else:
+            self._cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
+                worker_class="distributed.Nanny",
+            )
+            self.client = Client(self._cluster)
+            self.workers = workers
+
+    def _submit(self, fn: Callable[[Any], Any], item: Any, index: int) -> Any:
+        return self.client.submit(
+            _call,
+            fn,
+            item,
+            self._initializer,
+            self._initargs,
+            self._key,
+            pure=False,
+            key=f"piece-{index}-{id(self)}",
+        )
+
+    def _results(self, fn: Callable[[Any], Any], items: Iterable[Any], ordered: bool) -> Iterator[Any]:
+        from distributed import as_completed
+
+        window = 2 * self.workers
+        numbered = enumerate(items)
+        if ordered:
+            pending: deque[Any] = deque(
+                self._submit(fn, item, i) for i, item in itertools.islice(numbered, window)
+            )
+            try:
+                while pending:
+                    future = pending.popleft()
+                    yield self._result(future)
+                    for i, item in itertools.islice(numbered, 1):
+                        pending.append(self._submit(fn, item, i))
+            finally:
+                self.client.cancel(list(pending))
+            return
+        running = as_completed([self._submit(fn, item, i) for i, item in itertools.islice(numbered, window)])
+        try:
+            for future in running:
+                result = self._result(future)
+                for i, item in itertools.islice(numbered, 1):
+                    running.add(self._submit(fn, item, i))
+                yield result
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.cancel(list(running.futures))
+
+    @staticmethod
+    def _result(future: Any) -> Any:
+        from distributed import KilledWorker
+
+        try:
+            return future.result()
+        except KilledWorker as exc:
+            raise EngineError(
+                f"a piece was lost with its Dask workers too often ({exc}); the workers keep dying "
+                "(out of memory?): try fewer or larger workers"
+            ) from None
+        except (KeyboardInterrupt, EngineError):
+            raise
+        except Exception as exc:
+            raise EngineError(f"a piece failed on a Dask worker: {type(exc).__name__}: {exc}") from exc
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``fn(item)`` for every item, in the order they finish."""
+        return self._results(fn, items, ordered=False)
+
+    def imap(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """``fn(item)`` for every item, in the order of ``items``."""
+        return self._results(fn, items, ordered=True)
+
+    def close(self) -> None:
+        """Disconnect; a local cluster is shut down."""
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self._cluster is not None:
+            with contextlib.suppress(Exception):
+                self._cluster.close()
+
+    def __enter__(self) -> DaskEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_engine(
+    engine: str,
+    workers: int,
+    scheduler: str | None = None,
+    initializer: Callable[..., None] | None = None,
+    initargs: tuple = (),
+) -> LocalEngine | DaskEngine:
+    """The engine named ``engine`` (``local`` or ``dask``); ``scheduler`` only for Dask."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    if engine == "local":
+        if scheduler is not None:
+            raise ValueError("--scheduler needs --engine dask")
+        return LocalEngine(workers, initializer, initargs)
+    return DaskEngine(workers, scheduler, initializer, initargs)
