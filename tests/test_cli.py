@@ -89,3 +89,21 @@ def test_entry_point_and_debug_traceback(tmp_path):
         [sys.executable, "-m", "caloforge.cli", "--version"], capture_output=True, text=True
     )
     assert version.returncode == 0 and "caloforge" in version.stdout
+
+
+def test_progress_in_a_log_is_a_line_every_few_seconds(capsys):
+    from caloforge.cliutils import LogProgress
+
+    with LogProgress(every=0.0) as log:  # every update is "a few seconds" later
+        task = log.add_task("geant4", total=200, rate="")
+        log.update(task, completed=50, rate="3.1 showers/s")
+        log.update(task, completed=200)
+    lines = capsys.readouterr().err.splitlines()
+    assert (
+        lines[0].startswith("geant4: 50/200 (25 %), ") and "ETA" in lines[0] and "3.1 showers/s" in lines[0]
+    )
+    assert lines[-1].startswith("geant4: 200/200 (100 %)")
+    with LogProgress(every=60.0) as log:  # a quick task prints nothing
+        task = log.add_task("observables", total=10, rate="")
+        log.advance(task, 10)
+    assert capsys.readouterr().err == ""
