@@ -217,6 +217,11 @@ def test_training_and_generation_refuse_bad_files(tmp_path, monkeypatch, capsys)
         code, _, err = cli_run(monkeypatch, capsys, *args)
         assert code == 2 and "not a finite energy" in err and "Traceback" not in err, (args, err)
     assert not (tmp_path / "g.h5").exists()
+    assert not (tmp_path / "run").exists()  # a run refused on its data leaves no directory
+    code, _, err = cli_run(
+        monkeypatch, capsys, "train", "caloclouds2", "--data", bad, "--out", bad, "--preset", "smoke"
+    )
+    assert code == 2 and "is a file: give a directory" in err
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,24 @@ def _call(
     return fn(item)
 
 
+def _polled(results: Any) -> Iterator[Any]:
+    """A pool's result iterator that notices a stop request (:func:`~caloforge.safety.check_stop`)
+    while it waits."""
+    from caloforge.safety import check_stop
+
+    while True:
+        try:
+            yield results.next(timeout=POLL_SECONDS)
+        except mp.TimeoutError:
+            check_stop()
+        except StopIteration:
+            return
+
+
+#: How often a wait for results looks at the stop flag.
+POLL_SECONDS = 0.2
+
+
 class LocalEngine:
     """``workers`` spawned processes on this machine (a context manager)."""
 
@@ -72,11 +90,11 @@ class LocalEngine:
 
     def imap_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """``fn(item)`` for every item, in the order they finish."""
-        return self._pool.imap_unordered(fn, items)
+        return _polled(self._pool.imap_unordered(fn, items))
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """``fn(item)`` for every item, in the order of ``items``."""
-        return self._pool.imap(fn, items)
+        return _polled(self._pool.imap(fn, items))
 
     def close(self) -> None:
         """Stop the processes at once (pieces in flight are dropped)."""
@@ -157,8 +175,6 @@ class DaskEngine:
         )
 
     def _results(self, fn: Callable[[Any], Any], items: Iterable[Any], ordered: bool) -> Iterator[Any]:
-        from distributed import as_completed
-
         window = 2 * self.workers
         numbered = enumerate(items)
         if ordered:
@@ -174,21 +190,37 @@ class DaskEngine:
             finally:
                 self.client.cancel(list(pending))
             return
-        running = as_completed([self._submit(fn, item, i) for i, item in itertools.islice(numbered, window)])
+        pending = {self._submit(fn, item, i) for i, item in itertools.islice(numbered, window)}
         try:
-            for future in running:
-                result = self._result(future)
-                for i, item in itertools.islice(numbered, 1):
-                    running.add(self._submit(fn, item, i))
-                yield result
+            while pending:
+                for future in self._first_done(pending):
+                    pending.discard(future)
+                    result = self._result(future)
+                    for i, item in itertools.islice(numbered, 1):
+                        pending.add(self._submit(fn, item, i))
+                    yield result
         finally:
             with contextlib.suppress(Exception):
-                self.client.cancel(list(running.futures))
+                self.client.cancel(list(pending))
+
+    @staticmethod
+    def _first_done(futures: set[Any]) -> set[Any]:
+        """The futures done once at least one is, looking at the stop flag while it waits."""
+        from distributed import wait
+
+        from caloforge.safety import check_stop
+
+        while True:
+            try:
+                return wait(list(futures), timeout=POLL_SECONDS, return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                check_stop()
 
     @staticmethod
     def _result(future: Any) -> Any:
         from distributed import KilledWorker
 
+        DaskEngine._first_done({future})
         try:
             return future.result()
         except KilledWorker as exc:

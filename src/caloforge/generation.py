@@ -268,7 +268,7 @@ def generate_file(
     path = resolve_model(model)
     check_outputs({"--out": out}, {"--model": path})
     request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {}))
-    with output_lock(out), stop_signals():
+    with output_lock(out), stop_signals(deferred=True):
         if engine == "dask":
             return _generate_on_dask(
                 path,

@@ -182,15 +182,19 @@ def remove_stale_partials(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
+def stop_signals(deferred: bool = False) -> Iterator[None]:
     """Ctrl-C and SIGTERM raise :class:`KeyboardInterrupt` once inside the block; a second
     signal while the run is already stopping is only acknowledged (no traceback, nothing lost).
+
+    ``deferred``: the signal only sets the stop flag, and :func:`check_stop` raises at the next
+    safe point (between batches or blocks) — for jobs that call it often, so that a stop never
+    lands inside a library's bookkeeping (a process pool starting a thread, say).
 
     Explicit handlers also undo a ``SIG_IGN`` inherited by a job started in the background.
     Only the main thread can install handlers; elsewhere the block runs unchanged.
     """
-    if threading.current_thread() is not threading.main_thread() or _DEPTH[0]:
-        yield  # not the main thread, or inside another stop_signals block: that one handles them
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread can handle signals
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -199,7 +203,8 @@ def stop_signals() -> Iterator[None]:
                 sys.stderr.write("already stopping: finishing the clean-up\n")
             return
         _STOP.set()
-        raise KeyboardInterrupt
+        if not deferred:
+            raise KeyboardInterrupt
 
     def unraisable(info: Any) -> None:
         # The stop raised where Python cannot propagate it (a weakref callback, __del__, an
@@ -209,18 +214,13 @@ def stop_signals() -> Iterator[None]:
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     hook, sys.unraisablehook = sys.unraisablehook, unraisable
-    _DEPTH[0] += 1
     try:
         yield
     finally:
-        _DEPTH[0] -= 1
         sys.unraisablehook = hook
         for sig, old in previous.items():
             signal.signal(sig, old)
         _STOP.clear()
-
-
-_DEPTH = [0]
 
 
 #: Set by the first Ctrl-C / SIGTERM inside :func:`stop_signals`.

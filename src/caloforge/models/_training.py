@@ -33,6 +33,7 @@ __all__ = [
     "non_finite_entry",
     "open_run",
     "optimizer_step",
+    "run_checkpoint",
     "run_loop",
     "save_checkpoint",
     "save_finite_checkpoint",
@@ -254,6 +255,7 @@ def run_loop(
     """
     if max_minutes is not None and not max_minutes >= 0:  # NaN too; 0 stops after one step
         raise ValueError(f"the time budget must be a number of minutes >= 0, got {max_minutes}")
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
     elapsed_before = trainer.elapsed_s
     log_path = ckpt.parent / "train_log.jsonl"
     sums: dict[str, list[float]] = {}
@@ -341,20 +343,27 @@ def _loss_info(losses: dict[str, float]) -> str:
     return " ".join(f"{short.get(k, k)} {v:.3g}" for k, v in losses.items())
 
 
+def run_checkpoint(out_dir: str | Path) -> Path:
+    """``out_dir/checkpoint.pt``, refusing an ``out_dir`` that is a file (one line)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out '{out}' is a file: give a directory for the training run")
+    return out / "checkpoint.pt"
+
+
 def open_run(
     out_dir: str | Path,
     config: PresetConfig,
     resume: bool,
     check: Callable[[dict[str, Any], Path], dict[str, Any]],
 ) -> tuple[Path, dict[str, Any] | None]:
-    """Create ``out_dir``; return its checkpoint path and, with ``resume``, the checked saved state.
+    """The checkpoint path in ``out_dir`` and, with ``resume``, the checked saved state.
 
     ``check(state, path)`` validates the saved state (format, version). Without ``resume`` an
-    existing checkpoint is an error rather than overwritten.
+    existing checkpoint is an error rather than overwritten. The directory itself is made by
+    :func:`run_loop`, once the data are loaded: a run refused on its inputs leaves nothing.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
+    ckpt = run_checkpoint(out_dir)
     if resume:
         state = check(read_checkpoint(ckpt), ckpt)
         check_resumable(ckpt, state["config"], config)

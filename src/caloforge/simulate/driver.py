@@ -268,7 +268,7 @@ def simulate(
     check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
-    with output_lock(*paths), stop_signals():
+    with output_lock(*paths), stop_signals(deferred=True):
         return _run(config, det, paths, (engine, workers, scheduler), resume, overwrite, block_size, progress)
 
 

@@ -42,6 +42,7 @@ from caloforge.models._training import (
     TrainResult,
     check_resumable,
     optimizer_step,
+    run_checkpoint,
     run_loop,
     save_finite_checkpoint,
 )
@@ -314,9 +315,7 @@ def distill(
     """
     config = config or DistillConfig()
     start = time.monotonic()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / "checkpoint.pt"
+    ckpt = run_checkpoint(out_dir)  # the directory is made by run_loop, once the inputs are read
     state = None
     if resume:
         state = read_model_checkpoint(ckpt)
