@@ -61,6 +61,7 @@ class PieceStore:
     def __init__(self, directory: Path, manifest: dict[str, Any]) -> None:
         self.directory = directory
         self.manifest = manifest
+        self._pieces = self._scan()  # one writer per output (the lock): kept up to date here
 
     @classmethod
     def open(
@@ -119,7 +120,7 @@ class PieceStore:
 
     def _path(self, first: int, count: int | None = None) -> Path:
         if count is None:
-            count = self.finished()[first]
+            count = self._pieces[first]
         return self.directory / f"piece-{first:012d}-{count:09d}.npz"
 
     def save(self, first: int, count: int, arrays: Mapping[str, np.ndarray]) -> None:
@@ -131,8 +132,9 @@ class PieceStore:
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
-            old = self.finished().get(first)
+            old = self._pieces.get(first)
             os.replace(tmp, self._path(first, count))
+            self._pieces[first] = count
             if old is not None and old != count:
                 self._path(first, old).unlink(missing_ok=True)
         except BaseException:
@@ -141,6 +143,10 @@ class PieceStore:
 
     def finished(self) -> dict[int, int]:
         """``{first item: number of items}`` of the pieces on disk, in order of ``first``."""
+        return dict(sorted(self._pieces.items()))
+
+    def _scan(self) -> dict[int, int]:
+        """The pieces in the directory (read once, when the store is opened)."""
         found = []
         for p in self.directory.glob("piece-*-*.npz"):
             _, first, count = p.stem.split("-")
@@ -150,6 +156,7 @@ class PieceStore:
     def drop(self, first: int) -> None:
         """Forget one piece (it will be computed again)."""
         self._path(first).unlink(missing_ok=True)
+        del self._pieces[first]
 
     def load(self, first: int) -> dict[str, np.ndarray]:
         """The arrays of one piece."""
