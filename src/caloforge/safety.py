@@ -260,7 +260,7 @@ def die_with_parent(poll_seconds: float = 1.0) -> None:
             import ctypes
 
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    if os.getppid() != parent or parent == 1:
+    if parent == 1:  # already orphaned before the death signal was set
         os._exit(1)
 
     def watch() -> None:
