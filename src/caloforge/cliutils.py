@@ -177,6 +177,14 @@ MaxMinutesOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
+NprocOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Data-parallel training processes on this machine (torch.distributed, gloo); the "
+        "global batch stays the preset's. For several machines start the command with torchrun.",
+    ),
+]
 SeedOption = Annotated[int, seed_option()]
 
 
@@ -196,6 +204,22 @@ def report_run(result: Any) -> None:
         )
     if not result.complete:
         console.print("continue with the same command and --resume")
+
+
+def train_in_processes(target: Callable[..., Any], nproc: int, *args: Any, threads: int | None) -> Any:
+    """``target(*args)`` (a module-level training function) on ``nproc`` local processes
+    (``--nproc``), in the process group of a ``torchrun`` start, or here; the result of rank 0
+    (None on the other ranks, which report nothing)."""
+    from caloforge.models._distributed import distributed, launch
+
+    if nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--nproc inside a torchrun start: give the process count to torchrun only")
+        return launch(target, nproc, *args, threads=threads)
+    set_threads(threads)
+    with distributed() as w:
+        result = target(*args)
+    return result if w.main else None
 
 
 def set_threads(threads: int | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models._config import PresetConfig
+from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients, world
 from caloforge.models.checkpoint import read_checkpoint, save_checkpoint
 from caloforge.models.protocol import CheckpointError
 
@@ -30,6 +32,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "check_resumable",
+    "distributed_step",
     "non_finite_entry",
     "open_run",
     "optimizer_step",
@@ -135,18 +138,32 @@ def optimizer_step(
     """Backpropagate ``loss``, clip ``module``'s gradient norm to ``grad_clip`` and step.
 
     Returns False, without stepping, when the loss or the gradient is not finite, so one bad
-    batch cannot poison a long run.
+    batch cannot poison a long run. On several processes (:mod:`caloforge.models._distributed`)
+    ``loss`` is this rank's share of the global batch's loss: the shares are summed to decide
+    (all ranks skip together, else some would wait for the others forever), the gradients are
+    summed before clipping, so every rank makes the same update (:func:`distributed_step`
+    also returns the summed loss).
     """
+    return distributed_step(loss, module, optimizer, grad_clip) is not None
+
+
+def distributed_step(
+    loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float
+) -> float | None:
+    """:func:`optimizer_step` that returns the loss of the whole (global) batch, or None when
+    the update was skipped. In one process that is ``loss.item()``."""
     optimizer.zero_grad(set_to_none=True)
-    if not torch.isfinite(loss):
-        return False
+    total = all_reduce_sum(loss.detach().clone())
+    if not torch.isfinite(total):
+        return None
     loss.backward()
+    sync_gradients(module)
     norm = nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
     if not torch.isfinite(norm):
         optimizer.zero_grad(set_to_none=True)
-        return False
+        return None
     optimizer.step()
-    return True
+    return total.item()
 
 
 def non_finite_entry(state: Any, prefix: str = "") -> str | None:
@@ -201,10 +218,14 @@ def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: s
 
 class _InterruptFlag:
     """Turns the first Ctrl-C into a flag checked between steps (so the checkpoint is consistent);
-    a second Ctrl-C interrupts at once."""
+    a second Ctrl-C interrupts at once. A repeat within :attr:`DEBOUNCE_S` counts as the same
+    Ctrl-C: ``torchrun`` passes the terminal's Ctrl-C on to processes that already got it."""
+
+    DEBOUNCE_S = 1.0
 
     def __init__(self) -> None:
         self.raised = False
+        self._at = 0.0
         self._previous: Any = None
         self._installed = False
 
@@ -219,8 +240,11 @@ class _InterruptFlag:
         signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
 
     def _handle(self, signum: int, frame: object) -> None:
-        self.raised = True
-        self._restore()
+        if not self.raised:
+            self.raised, self._at = True, time.monotonic()
+        elif time.monotonic() - self._at > self.DEBOUNCE_S:
+            self._restore()
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         if self._installed:
@@ -252,10 +276,24 @@ def run_loop(
     :data:`SKIPPED_SHARE_MIN_STEPS` (20). The checkpoint last written (periodically, or the one
     resumed from) is kept; periodic checkpoints are written after unskipped steps only, and
     never with non-finite weights (:func:`save_finite_checkpoint`).
+
+    On several processes (a trainer with ``distributed = True``; see
+    :mod:`caloforge.models._distributed`) every rank runs the loop; rank 0 logs, shows progress
+    and writes checkpoints, and the ranks stop, save and end at the same step (Ctrl-C on any
+    rank; rank 0's clock for checkpoints and the time budget). Other trainers refuse to run
+    on several processes.
     """
     if max_minutes is not None and not max_minutes >= 0:  # NaN too; 0 stops after one step
         raise ValueError(f"the time budget must be a number of minutes >= 0, got {max_minutes}")
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    w = world()
+    # A torchrun start of a command that did not join the group would train N copies.
+    size = w.size if w.size > 1 else int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if size > 1 and not (w.size > 1 and getattr(trainer, "distributed", False)):
+        raise ValueError(
+            f"this model trains in one process, not {size}: start it without torchrun or --nproc"
+        )
+    if w.main:
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
     elapsed_before = trainer.elapsed_s
     log_path = ckpt.parent / "train_log.jsonl"
     sums: dict[str, list[float]] = {}
@@ -266,7 +304,8 @@ def run_loop(
     def save() -> None:
         nonlocal saved_step
         trainer.elapsed_s = elapsed_before + time.monotonic() - start
-        trainer.save(ckpt)
+        if w.main:  # the ranks hold the same state; one writes it
+            trainer.save(ckpt)
         saved_step = trainer.step
 
     with _InterruptFlag() as interrupt:
@@ -295,18 +334,28 @@ def run_loop(
                         "skipped_steps": trainer.skipped,
                         "minutes": (elapsed_before + time.monotonic() - start) / 60,  # over all sessions
                     }
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if progress is not None:
+                    if w.main:
+                        with log_path.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                if progress is not None and w.main:
                     progress("train", trainer.step, total_steps, info=_loss_info(trainer.last_losses))
                 _check_divergence(trainer.step, made, skipped_steps, in_a_row, ckpt, saved_step)
-                if interrupt.raised:
+                # Several processes stop, save and end together, on rank 0's clock.
+                now = time.monotonic()
+                stop, save_due, time_up = agree(
+                    [interrupt.raised],
+                    [
+                        in_a_row == 0 and now - last_save > 60 * checkpoint_minutes,
+                        max_minutes is not None and now - start > 60 * max_minutes,
+                    ],
+                )
+                if stop:
                     raise KeyboardInterrupt
                 # A periodic checkpoint waits for a step whose updates were all made.
-                if in_a_row == 0 and time.monotonic() - last_save > 60 * checkpoint_minutes:
+                if save_due:
                     save()
                     last_save = time.monotonic()
-                if max_minutes is not None and time.monotonic() - start > 60 * max_minutes:
+                if time_up:
                     break
         except KeyboardInterrupt:
             save()

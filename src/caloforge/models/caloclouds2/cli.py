@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from caloforge.cliutils import (
     MaxMinutesOption,
+    NprocOption,
     ResumeOption,
     SeedOption,
     ThreadsOption,
@@ -18,6 +19,7 @@ from caloforge.cliutils import (
     seed_option,
     set_threads,
     stage_progress,
+    train_in_processes,
 )
 from caloforge.cliutils import (
     widths as parse_widths,
@@ -53,18 +55,28 @@ def train_caloclouds2(
     resume: ResumeOption = False,
     max_minutes: MaxMinutesOption = None,
     threads: ThreadsOption = None,
+    nproc: NprocOption = 1,
 ) -> None:
     """Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."""
-    from caloforge.models.caloclouds2 import CaloClouds2Config, train
+    from caloforge.models.caloclouds2 import CaloClouds2Config
 
-    set_threads(threads)
     shape = parse_widths(widths, "--widths")
     overrides = given(steps=steps, flow_steps=flow_steps, max_showers=max_showers, net_widths=shape)
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
+    result = train_in_processes(_train, nproc, config, data, out, resume, max_minutes, threads=threads)
+    if result is not None:
+        report_run(result)
+
+
+def _train(config: Any, data: Path, out: Path, resume: bool, max_minutes: float | None) -> Any:
+    """One training process (of one or several): rank 0 shows the progress."""
+    from caloforge.models._distributed import world
+    from caloforge.models.caloclouds2 import train
+
+    if not world().main:
+        return train(config, data, out, resume=resume, max_minutes=max_minutes)
     with progress_bar() as bar:
-        progress = stage_progress(bar)
-        result = train(config, data, out, resume=resume, progress=progress, max_minutes=max_minutes)
-    report_run(result)
+        return train(config, data, out, resume=resume, progress=stage_progress(bar), max_minutes=max_minutes)
 
 
 def distill(

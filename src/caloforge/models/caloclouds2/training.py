@@ -11,11 +11,12 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.calibrate import NPointsCalibration
+from caloforge.models._distributed import broadcast_module, shard, world
 from caloforge.models._training import (
     Progress,
     TrainResult,
+    distributed_step,
     open_run,
-    optimizer_step,
     run_loop,
     save_finite_checkpoint,
 )
@@ -26,7 +27,7 @@ from caloforge.models.caloclouds2.checkpoint import (
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
 from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
-from caloforge.models.nn.edm import EDMDenoiser, edm_loss
+from caloforge.models.nn.edm import EDMDenoiser, edm_loss, edm_noise
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import (
     PointScaler,
@@ -55,7 +56,16 @@ def point_batch(
 
 
 class _Trainer:
-    """The mutable state of a training run, and one step of it."""
+    """The mutable state of a training run, and one step of it.
+
+    Data-parallel on several processes (``distributed``): every rank draws the same global
+    batch and noise from the same streams and computes the loss of its share
+    (:func:`caloforge.models._distributed.shard`), weighted so the shares sum to the global
+    loss; the gradients are summed (:func:`distributed_step`). One process is the case of one
+    share, bit for bit the same as before.
+    """
+
+    distributed = True
 
     def __init__(self, config: CaloClouds2Config, data: TrainingData) -> None:
         self.config, self.data = config, data
@@ -90,26 +100,28 @@ class _Trainer:
         return step * self.config.flow_steps // self.config.steps
 
     def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
-        """:func:`optimizer_step`; returns the loss, or None (and counts a skip)."""
-        if not optimizer_step(loss, module, optimizer, self.config.grad_clip):
+        """:func:`distributed_step`; returns the global loss, or None (and counts a skip)."""
+        value = distributed_step(loss, module, optimizer, self.config.grad_clip)
+        if value is None:
             self.skipped += 1
-            return None
-        return loss.item()
+        return value
 
     def net_step(self) -> float | None:
         cfg = self.config
         x0, mask, cond = point_batch(
             self.data, self.model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen
         )
+        sigma, noise = edm_noise(x0, cfg.p_mean, cfg.p_std, self.noise_gen)
+        mine = shard(len(x0))
         loss = edm_loss(
             EDMDenoiser(self.train_net, cfg.sigma_data),
-            x0,
-            cond,
-            P_mean=cfg.p_mean,
-            P_std=cfg.p_std,
-            mask=mask,
-            generator=self.noise_gen,
+            x0[mine],
+            {k: v[mine] for k, v in cond.items()},
+            mask=mask[mine],
+            noise=(sigma[mine], noise[mine]),
         )
+        if world().size > 1:  # this share's part of the mean over the global batch's points
+            loss = loss * (mask[mine].sum() / mask.sum().clamp_min(1))
         value = self._update(loss, self.train_net, self.opt_net)
         if value is not None:
             self.ema.update(self.train_net)
@@ -132,7 +144,10 @@ class _Trainer:
         idx = torch.randint(len(data.energy), (cfg.flow_batch_size,), generator=self.gen)
         flow = self.model.flow
         feats = flow.features_from_stats(data.stats[idx], data.energy[idx], self.gen)
-        loss = -flow.log_prob(feats, data.energy[idx]).mean() / flow.n_features
+        mine = shard(len(idx))
+        loss = -flow.log_prob(feats[mine], data.energy[idx][mine]).mean() / flow.n_features
+        if world().size > 1:
+            loss = loss * ((mine.stop - mine.start) / len(idx))
         return self._update(loss, flow, self.opt_flow)
 
     def state(self) -> dict[str, Any]:
@@ -212,14 +227,23 @@ def train(
     start = time.monotonic()
     ckpt, state = open_run(out_dir, config, resume, check_state)
 
+    if world().size > min(config.batch_size, config.flow_batch_size):
+        raise ValueError(
+            f"{world().size} processes for batches of {config.batch_size} showers and "
+            f"{config.flow_batch_size} flow samples: use at most "
+            f"{min(config.batch_size, config.flow_batch_size)} processes"
+        )
     data = load_training_data(Path(data_path), config, progress)
     trainer = _Trainer(config, data)
     if state is not None:
         trainer.restore(state, ckpt)
+    broadcast_module(trainer.model, trainer.train_net)  # identical replicas on every rank
     run_loop(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     trainer.model.complete = trainer.step >= config.steps
+    if not world().main:  # rank 0 writes and calibrates
+        return TrainResult.of(trainer, ckpt, config.steps, trainer.model.complete, start, {})
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
     trainer.model.calibration = _fit_calibration(trainer, progress)
     trainer.save(ckpt)

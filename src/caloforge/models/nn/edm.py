@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ConsistencyDenoiser", "EDMDenoiser", "edm_loss"]
+__all__ = ["ConsistencyDenoiser", "EDMDenoiser", "edm_loss", "edm_noise"]
 
 
 def _per_sample(sigma: Tensor | float, x: Tensor) -> Tensor:
@@ -87,6 +87,17 @@ class ConsistencyDenoiser(EDMDenoiser):
         return c_skip, c_out, 1 / (sigma**2 + sd2).sqrt()
 
 
+def edm_noise(
+    x0: Tensor, P_mean: float = -1.2, P_std: float = 1.2, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The noise :func:`edm_loss` draws for the batch ``x0``: one level ``sigma`` ``(B,)`` per
+    shower, ``ln sigma ~ N(P_mean, P_std^2)``, and unit Gaussian noise shaped like ``x0``."""
+    shape = (x0.shape[0],)
+    ln_sigma = P_mean + P_std * torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return ln_sigma.exp(), noise
+
+
 def edm_loss(
     denoiser: EDMDenoiser,
     x0: Tensor,
@@ -95,20 +106,19 @@ def edm_loss(
     P_std: float = 1.2,
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
+    noise: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """EDM denoising loss of a batch ``x0`` of shape ``(B, P, d)``: one noise level per shower.
 
     ``ln sigma ~ N(P_mean, P_std^2)``; each shower's squared error is weighted by
     ``(sigma^2 + sigma_data^2) / (sigma sigma_data)^2`` so every noise level contributes
     about equally. ``mask`` ``(B, P)`` marks real points: padding slots do not enter the loss
-    (the public CaloClouds II code trained on them too). Noise comes from ``generator``.
+    (the public CaloClouds II code trained on them too). Noise comes from ``generator``, or is
+    given as ``noise = (sigma, noise)`` (:func:`edm_noise`; to share one draw between processes).
     """
-    shape = (x0.shape[0],)
-    ln_sigma = P_mean + P_std * torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    sigma = ln_sigma.exp()
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    sigma, eps = edm_noise(x0, P_mean, P_std, generator) if noise is None else noise
     s = _per_sample(sigma, x0)
-    denoised = denoiser(x0 + noise * s, sigma, **cond)
+    denoised = denoiser(x0 + eps * s, sigma, **cond)
     sd2 = denoiser.sigma_data**2
     weight = (s**2 + sd2) / (s * denoiser.sigma_data) ** 2
     err = (weight * (denoised - x0) ** 2).mean(dim=-1)

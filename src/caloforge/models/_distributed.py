@@ -1,0 +1,286 @@
+"""Data-parallel training on several processes or machines (``torch.distributed``).
+
+Every rank holds the whole model and builds the same *global* batch from the same random
+streams; each rank computes the loss of its share of that batch, scaled so that the shares
+sum to the global batch's loss, and the gradients are summed over the ranks before clipping
+and stepping (:func:`caloforge.models._training.optimizer_step`). All ranks therefore make
+the same update a single process makes with the same global batch, up to the order of
+floating-point additions, and a run checkpointed on N processes resumes on any other number.
+
+Processes come from ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``
+in the environment; several machines too) or from :func:`launch` (N local processes, what
+``--nproc N`` does). gloo is the backend on CPUs, NCCL where training runs on CUDA devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+__all__ = [
+    "World",
+    "agree",
+    "all_reduce_sum",
+    "broadcast_module",
+    "distributed",
+    "from_environment",
+    "launch",
+    "shard",
+    "sync_gradients",
+    "world",
+]
+
+#: How long a rank waits for the others in one collective before giving up (a lost machine).
+TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes: ``rank`` of ``size``.
+
+    >>> World(0, 1).main, World(1, 4).main
+    (True, False)
+    """
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        """True on the rank that logs, shows progress and writes checkpoints."""
+        return self.rank == 0
+
+
+def world() -> World:
+    """The current :class:`World` (rank 0 of 1 when ``torch.distributed`` is not in use)."""
+    if dist.is_available() and dist.is_initialized():
+        return World(dist.get_rank(), dist.get_world_size())
+    return World()
+
+
+def shard(n: int, of: World | None = None) -> slice:
+    """This rank's share of ``n`` items of a global batch (contiguous; sizes differ by <= 1).
+
+    >>> [shard(10, World(r, 3)) for r in range(3)]
+    [slice(0, 3, None), slice(3, 6, None), slice(6, 10, None)]
+    """
+    w = of or world()
+    return slice(w.rank * n // w.size, (w.rank + 1) * n // w.size)
+
+
+def all_reduce_sum(value: Tensor) -> Tensor:
+    """``value`` summed over the ranks (in place; unchanged in one process)."""
+    if world().size > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def agree(flags: Sequence[bool], from_main: Sequence[bool] = ()) -> tuple[bool, ...]:
+    """Decisions all ranks take together: each of ``flags`` is true if it is true on any rank;
+    each of ``from_main`` is rank 0's value (timers, which differ between ranks)."""
+    w = world()
+    if w.size == 1:
+        return tuple(flags) + tuple(from_main)
+    own = [float(f) for f in flags] + [float(f) if w.main else 0.0 for f in from_main]
+    t = torch.tensor(own, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def sync_gradients(module: nn.Module) -> None:
+    """Sum ``module``'s gradients over the ranks (one flat all-reduce); a parameter without a
+    gradient on this rank counts as zero, so every rank ends with the same gradients."""
+    if world().size == 1:
+        return
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+def broadcast_module(*modules: nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (identical replicas even where the
+    machines' arithmetic differs in the last bits)."""
+    if world().size == 1:
+        return
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            with torch.no_grad():
+                dist.broadcast(tensor.data, src=0)
+
+
+def _backend(device: str | torch.device | None = None) -> str:
+    return "nccl" if torch.device(device or "cpu").type == "cuda" and dist.is_nccl_available() else "gloo"
+
+
+def from_environment(device: str | torch.device | None = None) -> bool:
+    """Join the process group ``torchrun`` describes in the environment (``WORLD_SIZE`` > 1);
+    False (nothing done) when the process was not started that way or already joined."""
+    if dist.is_initialized() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if "LOCAL_RANK" in os.environ and torch.device(device or "cpu").type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    dist.init_process_group(_backend(device), timeout=TIMEOUT)
+    return True
+
+
+@contextlib.contextmanager
+def distributed(device: str | torch.device | None = None) -> Iterator[World]:
+    """The process group of a ``torchrun`` start for the block (left alone when already set up,
+    e.g. by :func:`launch`); one process otherwise."""
+    joined = from_environment(device)
+    try:
+        yield world()
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_main(
+    rank: int,
+    size: int,
+    port: int,
+    threads: int | None,
+    target: Callable[..., Any],
+    args: tuple[Any, ...],
+    results: Any,
+) -> None:
+    """One rank of :func:`launch`: join the group, run ``target(*args)``, report to the parent."""
+    from caloforge.safety import die_with_parent
+
+    os.setpgrp()  # Ctrl-C reaches the parent only, which forwards it once to every rank
+    die_with_parent()
+    if threads:
+        torch.set_num_threads(threads)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
+    code = 0
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=size, timeout=TIMEOUT)
+        value = target(*args)
+        if rank == 0:
+            results.put(("ok", rank, value))
+    except KeyboardInterrupt:
+        results.put(("interrupted", rank, None))
+        code = 130
+    except BaseException as exc:  # every failure goes to the parent
+        try:
+            pickle.dumps(exc)
+        except Exception:  # an exception that cannot travel goes as text
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        results.put(("error", rank, exc))
+        code = 1
+    finally:
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+    os._exit(code)  # skip interpreter teardown: the group's threads may still be winding down
+
+
+def launch(
+    target: Callable[..., Any],
+    nproc: int,
+    *args: Any,
+    threads: int | None = None,
+    poll_s: float = 0.2,
+    grace_s: float = 20.0,
+) -> Any:
+    """Run ``target(*args)`` on ``nproc`` local processes joined in a gloo process group and
+    return rank 0's result.
+
+    ``target`` must be importable (a module-level function). ``threads``: torch threads per
+    process (default: the cores divided among the processes). A rank that fails stops the
+    others and its exception is raised here; Ctrl-C (or SIGTERM) is passed on to every rank
+    once, so the run stops together after its current step (rank 0 saves a checkpoint) and
+    :class:`KeyboardInterrupt` is raised; a second Ctrl-C ends the ranks at once.
+    """
+    import multiprocessing as mp
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {nproc}")
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // nproc)
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [
+        ctx.Process(
+            target=_rank_main,
+            args=(rank, nproc, port, threads, target, args, results),
+            name=f"caloforge-rank-{rank}",
+        )
+        for rank in range(nproc)
+    ]
+    stops = 0
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        nonlocal stops
+        stops += 1
+        for p in procs:
+            if p.pid is not None and p.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signal.SIGINT if stops == 1 else signal.SIGKILL)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
+    messages: list[tuple[str, int, Any]] = []
+    try:
+        for p in procs:
+            p.start()
+        failed_at: float | None = None
+        while any(p.exitcode is None for p in procs):
+            while not results.empty():
+                messages.append(results.get())
+            if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+                failed_at = time.monotonic()  # the others notice the lost peer, or are ended
+            if failed_at is not None and time.monotonic() - failed_at > grace_s:
+                for p in procs:
+                    if p.exitcode is None:
+                        p.kill()
+            time.sleep(poll_s)
+        for p in procs:
+            p.join()
+        while not results.empty():
+            messages.append(results.get())
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        for p in procs:
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+    errors = [m for m in messages if m[0] == "error"]
+    if errors:  # the first to fail is the cause; the others lost their peer
+        raise errors[0][2]
+    if stops or any(m[0] == "interrupted" for m in messages):
+        raise KeyboardInterrupt
+    done = [m for m in messages if m[0] == "ok"]
+    if not done:
+        codes = ", ".join(f"rank {r} exit code {p.exitcode}" for r, p in enumerate(procs))
+        raise RuntimeError(f"the training processes ended without a result ({codes})")
+    return done[0][2]

@@ -1,0 +1,45 @@
+"""Functions run on every rank by tests/test_distributed.py (importable: spawned processes
+find them by module name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from caloforge.models._distributed import agree, world
+from caloforge.models._training import run_loop
+
+
+def train_caloclouds2(
+    config: Any, data: Path, out: Path, resume: bool = False, max_minutes: float | None = None
+):
+    """CaloClouds II training, as ``--nproc`` runs it."""
+    from caloforge.models.caloclouds2 import train
+
+    return train(config, data, out, resume=resume, max_minutes=max_minutes)
+
+
+def fail_on(rank: int, message: str) -> int:
+    """Raise ``ValueError(message)`` on ``rank`` (after one collective, so all ranks are up)."""
+    agree([False])
+    if world().rank == rank:
+        raise ValueError(message)
+    agree([False])  # waits for the failed rank: its peers must be stopped by the launcher
+    return world().rank
+
+
+class _OneProcessTrainer:
+    step = skipped = 0
+    elapsed_s = 0.0
+    last_losses: dict[str, float] = {}  # noqa: RUF012 - a test double
+
+    def one_step(self):
+        return [("loss", 1.0)]
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(b"")
+
+
+def single_process_loop(out: Path) -> None:
+    """A trainer without ``distributed = True`` driven by ``run_loop`` on several ranks."""
+    run_loop(_OneProcessTrainer(), 2, out / "checkpoint.pt", 1, 60.0, None, None, 0.0)
