@@ -27,6 +27,7 @@ Geant4's do).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "assign_layers",
     "calibrate_points",
     "count_hits",
+    "fit_n_points_calibration",
     "rescale_layer_energies",
     "shift_cog",
 ]
@@ -279,3 +281,52 @@ class NPointsCalibration:
             [float(c) for c in data["ratio_coeffs"]],
             (float(data["u_range"][0]), float(data["u_range"][1])),
         )
+
+
+def fit_n_points_calibration(
+    sample: Callable[[Tensor, torch.Generator], tuple[PointShowers, Tensor]],
+    set_calibration: Callable[[NPointsCalibration], None],
+    detector: Detector,
+    max_points: int,
+    energies: Tensor,
+    n_points: np.ndarray,
+    hits: np.ndarray,
+    refinements: int = 1,
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    batch_size: int = 32,
+) -> NPointsCalibration:
+    """Fit the number-of-points calibration (SPEC 6.1) of a point-cloud model with its own sampler.
+
+    ``sample(energies, generator) -> (showers, flow N)`` makes model showers with the
+    calibration last given to ``set_calibration``. Model showers at ``energies`` are generated
+    so that their cell hits match the Geant4 showers' (``n_points`` clustered points and
+    ``hits`` cells above threshold each, any number of showers). A first run with the identity
+    gives the cubic fit of :meth:`NPointsCalibration.fit`; each of the ``refinements`` further
+    runs (same showers, same noise) corrects it with a secant step
+    (:meth:`NPointsCalibration.refine`). The result is left set.
+    """
+    passes = 1 + refinements
+
+    def run(calibration: NPointsCalibration, index: int) -> tuple[np.ndarray, np.ndarray]:
+        set_calibration(calibration)
+        gen = torch.Generator().manual_seed(seed + 4)
+        n_flow, hits_model = [], []
+        for start in range(0, len(energies), batch_size):
+            showers, n = sample(energies[start : start + batch_size], gen)
+            n_flow.append(n.numpy())
+            hits_model.append(count_hits(showers, detector))
+            if progress is not None:
+                done = index * len(energies) + min(start + batch_size, len(energies))
+                progress("calibrate", done, passes * len(energies))
+        return np.concatenate(n_flow), np.concatenate(hits_model)
+
+    previous = NPointsCalibration.identity(max_points)
+    previous_run = run(previous, 0)
+    current = NPointsCalibration.fit(n_points, hits, *previous_run, n_scale=max_points)
+    for index in range(1, passes):
+        current_run = run(current, index)
+        previous, current = current, current.refine(previous, n_points, hits, *previous_run, *current_run)
+        previous_run = current_run
+    set_calibration(current)
+    return current

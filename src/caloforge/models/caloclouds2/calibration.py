@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caloforge.calibrate import NPointsCalibration, count_hits
+from caloforge.calibrate import NPointsCalibration, count_hits, fit_n_points_calibration
 from caloforge.io import open_showers
 from caloforge.models._training import (
     Progress,
@@ -44,31 +44,23 @@ def fit_calibration(
     float32 path, so the fit does not depend on the machine (bfloat16 generation has the same
     hit counts within the W1 spreads, docs/results.md).
     """
-    passes = 1 + refinements
     model.eval()
 
-    def run(calibration: NPointsCalibration, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def set_calibration(calibration: NPointsCalibration) -> None:
         model.calibration = calibration
-        gen = torch.Generator().manual_seed(seed + 4)
-        n_flow, hits_model, batch = [], [], 32
-        for start in range(0, len(energies), batch):
-            showers, n = generate_batch(model, energies[start : start + batch], gen)
-            n_flow.append(n.numpy())
-            hits_model.append(count_hits(showers, model.detector))
-            if progress is not None:
-                done = index * len(energies) + min(start + batch, len(energies))
-                progress("calibrate", done, passes * len(energies))
-        return np.concatenate(n_flow), np.concatenate(hits_model)
 
-    previous = NPointsCalibration.identity(model.max_points)
-    previous_run = run(previous, 0)
-    current = NPointsCalibration.fit(n_points, hits, *previous_run, n_scale=model.max_points)
-    for index in range(1, passes):
-        current_run = run(current, index)
-        previous, current = current, current.refine(previous, n_points, hits, *previous_run, *current_run)
-        previous_run = current_run
-    model.calibration = current
-    return current
+    return fit_n_points_calibration(
+        lambda energy, gen: generate_batch(model, energy, gen),
+        set_calibration,
+        model.detector,
+        model.max_points,
+        energies,
+        n_points,
+        hits,
+        refinements,
+        seed,
+        progress,
+    )
 
 
 def calibration_energies(energy: Tensor, n: int, seed: int) -> Tensor:

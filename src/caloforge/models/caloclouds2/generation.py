@@ -26,6 +26,7 @@ from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.nn.pointwise import (
     FoldedPointWiseNet,
     fused_linear_available,
+    shower_groups,
 )
 from caloforge.models.nn.showerflow import (
     ShowerFlow,
@@ -171,19 +172,10 @@ def _sample_points(
     work goes into padding. ``net`` replaces the PointWise Net (e.g. by its folded form);
     ``autocast`` runs it under bfloat16 autocast.
     """
-    padded = (n + POINTS_PAD - 1) // POINTS_PAD * POINTS_PAD
-    out = torch.zeros(len(n), int(padded.max()), 4)
-    order = torch.argsort(n, stable=True).tolist()
-    sizes = padded.tolist()
+    out = torch.zeros(len(n), int((n + POINTS_PAD - 1).max()) // POINTS_PAD * POINTS_PAD, 4)
     denoiser = model.denoiser if net is None else model.denoiser_for(net)
     device = next(model.net.parameters()).device
-    start = 0
-    while start < len(order):
-        stop = start + 1
-        while stop < len(order) and (stop - start + 1) * sizes[order[stop]] <= points_per_call:
-            stop += 1
-        idx = torch.tensor(order[start:stop])
-        width = sizes[order[stop - 1]]
+    for idx, width in shower_groups(n, points_per_call, POINTS_PAD):
         x = torch.randn(len(idx), width, 4, generator=generator) * sampler.sigma_max
         # The net is conditioned on the flow's N: it learnt the point density of a Geant4 shower
         # with that many points; the calibrated count only decides how many are drawn from it.
@@ -197,7 +189,6 @@ def _sample_points(
                 n_points=n_flow[idx].to(device),
             )
         out[idx, :width] = z.float().cpu()
-        start = stop
     return out[:, : int(n.max())]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,7 @@ __all__ = [
     "PointWiseNet",
     "dequantize",
     "fused_linear_available",
+    "shower_groups",
 ]
 
 #: Layer widths of the published PointWise Net (≈ 505k parameters).
@@ -84,6 +86,7 @@ class PointWiseNet(nn.Module):
         n_fourier: int = 32,
         fourier_std: float = 1.0,
         fourier_seed: int = 0,
+        latent_dim: int = 0,
     ) -> None:
         super().__init__()
         if len(widths) < 2:
@@ -94,14 +97,18 @@ class PointWiseNet(nn.Module):
         freqs = torch.randn(n_fourier, generator=torch.Generator().manual_seed(fourier_seed)) * fourier_std
         self.register_buffer("fourier_freqs", freqs)
         self.noise_embed = nn.Sequential(nn.Linear(2 * n_fourier, 2 * n_fourier), nn.LeakyReLU(0.01))
-        dim_ctx = 2 * n_fourier + 2
+        self.latent_dim = int(latent_dim)
+        dim_ctx = 2 * n_fourier + 2 + self.latent_dim
         self.layers = nn.ModuleList(
             ConcatSquashLinear(a, b, dim_ctx) for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)
         )
         self.act = nn.LeakyReLU(0.01)
 
-    def context(self, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
-        """The ``(B, 1, 2 n_fourier + 2)`` context shared by the points of each shower."""
+    def context(
+        self, c_noise: Tensor, energy: Tensor, n_points: Tensor, latent: Tensor | None = None
+    ) -> Tensor:
+        """The ``(B, 1, 2 n_fourier + 2 [+ latent_dim])`` context shared by the points of each
+        shower; ``latent`` ``(B, latent_dim)`` for a net built with ``latent_dim`` (CaloClouds I)."""
         phase = 2 * math.pi * c_noise.reshape(-1, 1) * self.fourier_freqs
         noise = self.noise_embed(torch.cat([phase.sin(), phase.cos()], dim=-1))
         cond = torch.stack(
@@ -111,11 +118,17 @@ class PointWiseNet(nn.Module):
             ],
             dim=-1,
         )
-        return torch.cat([noise, cond], dim=-1).unsqueeze(1)
+        if (latent is None) != (self.latent_dim == 0):
+            raise ValueError(f"this net takes a latent of {self.latent_dim} numbers per shower")
+        parts = [noise, cond] if latent is None else [noise, cond, latent.to(noise.dtype)]
+        return torch.cat(parts, dim=-1).unsqueeze(1)
 
-    def forward(self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
-        """``x`` ``(B, P, 4)`` scaled points; ``c_noise``, ``energy`` [GeV], ``n_points``: ``(B,)``."""
-        ctx = self.context(c_noise, energy, n_points)
+    def forward(
+        self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor, latent: Tensor | None = None
+    ) -> Tensor:
+        """``x`` ``(B, P, 4)`` scaled points; ``c_noise``, ``energy`` [GeV], ``n_points``: ``(B,)``;
+        ``latent`` ``(B, latent_dim)`` if the net has one."""
+        ctx = self.context(c_noise, energy, n_points, latent)
         h = x
         for i, layer in enumerate(self.layers):
             h = layer(h, ctx)
@@ -175,9 +188,11 @@ class FoldedPointWiseNet(nn.Module):
             out.append((weight.to(self.dtype), bias.to(self.dtype)))
         return out
 
-    def forward(self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor, latent: Tensor | None = None
+    ) -> Tensor:
         """Same contract as :meth:`PointWiseNet.forward`."""
-        layers = self.folded(self.net.context(c_noise, energy, n_points))
+        layers = self.folded(self.net.context(c_noise, energy, n_points, latent))
         last, slope = len(layers) - 1, self.net.act.negative_slope
         h = x.to(self.dtype)
         if x.device.type == "cpu" and not torch.is_grad_enabled() and fused_linear_available(self.dtype):
@@ -279,3 +294,23 @@ class PointScaler(nn.Module):
             ],
             dim=-1,
         )
+
+
+def shower_groups(n: Tensor, points_per_call: int, pad: int) -> Iterator[tuple[Tensor, int]]:
+    """Groups of showers to generate together: ``(indices, width)`` with ``n`` ``(B,)`` points
+    per shower. Showers are sorted by size and grouped up to ``points_per_call`` padded points
+    (at least one shower per group); ``width`` is the group's largest size rounded up to a
+    multiple of ``pad``, so little work goes into padding and few kernel shapes appear.
+
+    >>> [(i.tolist(), w) for i, w in shower_groups(torch.tensor([70, 5, 60]), 128, 64)]
+    [([1, 2], 64), ([0], 128)]
+    """
+    padded = ((n + pad - 1) // pad * pad).tolist()
+    order = torch.argsort(n, stable=True).tolist()
+    start = 0
+    while start < len(order):
+        stop = start + 1
+        while stop < len(order) and (stop - start + 1) * padded[order[stop]] <= points_per_call:
+            stop += 1
+        yield torch.tensor(order[start:stop]), int(padded[order[stop - 1]])
+        start = stop

@@ -232,6 +232,11 @@ class ShowerFlow(nn.Module):
         self.n_layers = int(n_layers)
         self.max_points = int(max_points)
         self.n_features = 2 * self.n_layers + 2
+        #: The constructor's arguments (JSON-able): ``ShowerFlow(**settings)`` rebuilds it.
+        self.settings = {
+            "n_layers": self.n_layers, "hidden": [int(h) for h in hidden], "transforms": int(transforms),
+            "bins": int(bins), "passes": passes, "bound": float(bound), "max_points": self.max_points,
+        }  # fmt: skip
         self.flow = spline_flow(self.n_features, 1, transforms, hidden, bins, passes, bound)
         self.register_buffer("feature_mean", torch.zeros(self.n_features))
         self.register_buffer("feature_std", torch.ones(self.n_features))
