@@ -27,6 +27,12 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
     caloforge(
         monkeypatch, "train", "caloclouds2", "--data", sim, "--out", run, "--preset", "smoke", "--threads", 1
     )
+    cc1, gen_cc1 = tmp_path / "run_cc1", tmp_path / "gen_cc1.h5"
+    caloforge(monkeypatch, "train", "caloclouds1", "--data", sim, "--out", cc1, "--flow-from", run,
+              "--preset", "smoke", "--steps", 10, "--threads", 1)  # fmt: skip
+    caloforge(
+        monkeypatch, "generate", "--model", cc1, "-n", 60, "--energy", "10:20", "--seed", 4, "--out", gen_cc1
+    )
     cm, gen_cm = tmp_path / "run_cm", tmp_path / "gen_cm.h5"
     caloforge(monkeypatch, "distill", "--teacher", run, "--data", sim, "--out", cm, "--preset", "smoke")
     caloforge(monkeypatch, "calibrate", "--model", cm, "--data", sim, "--showers", 8)
@@ -60,11 +66,12 @@ def test_simulate_train_generate_evaluate(monkeypatch, tmp_path):
         showers = f.read()
     assert showers.n_points.min() >= 1 and (showers.points[..., 3] >= 0).all()
     caloforge(
-        monkeypatch, "evaluate", sim, gen, gen_cm, "--out", report, "--draws", 2, "--splits", 2, "--epochs", 2
-    )
+        monkeypatch, "evaluate", sim, gen, gen_cm, gen_cc1, "--out", report, "--draws", 2, "--splits", 2,
+        "--epochs", 2,
+    )  # fmt: skip
     metrics = json.loads((report / "metrics.json").read_text())
-    assert len(metrics["candidates"]) == 2
+    assert len(metrics["candidates"]) == 3
     for candidate in metrics["candidates"]:
-        assert candidate["generator"].startswith("caloclouds2") and candidate["classifier_auc"] is not None
-    assert [c["generator"] for c in metrics["candidates"]] == ["caloclouds2", "caloclouds2-cm"]
+        assert candidate["classifier_auc"] is not None
+    assert [c["generator"] for c in metrics["candidates"]] == ["caloclouds2", "caloclouds2-cm", "caloclouds1"]
     assert (report / "report.md").exists() and (report / "plots" / "n_hits.png").exists()

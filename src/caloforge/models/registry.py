@@ -8,8 +8,8 @@ add families through the ``caloforge.families`` entry-point group (each entry a
 ``module:attribute`` references to :class:`Family` objects; child processes inherit it), or
 at run time with :func:`register`.
 
->>> sorted(f.name for f in families())[:2]
-['caloclouds2', 'calodream']
+>>> sorted(f.name for f in families())[:3]
+['caloclouds1', 'caloclouds2', 'calodream']
 >>> family_for_format("caloforge-calodream").name
 'calodream'
 """
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: Packages whose ``FAMILY`` is a built-in family.
-BUILTIN = ("caloforge.models.caloclouds2", "caloforge.models.calodream")
+BUILTIN = ("caloforge.models.caloclouds1", "caloforge.models.caloclouds2", "caloforge.models.calodream")
 #: The shipped model that ``--model default`` means.
 DEFAULT_MODEL = "caloclouds2-cm"
 

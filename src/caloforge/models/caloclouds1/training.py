@@ -1,0 +1,267 @@
+"""CaloClouds (I) training: EPiC encoder + DDPM PointWise Net (a VAE whose decoder is the
+diffusion model) and the Latent Flow, in one checkpointed, resumable loop; the Shower Flow is
+borrowed, frozen, from a CaloClouds II model trained on the same kind of showers."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from caloforge.calibrate import NPointsCalibration, fit_n_points_calibration
+from caloforge.detector import Detector
+from caloforge.models._training import (
+    Progress,
+    TrainResult,
+    distributed_step,
+    open_run,
+    run_loop,
+    save_finite_checkpoint,
+)
+from caloforge.models.caloclouds1.checkpoint import check_state
+from caloforge.models.caloclouds1.config import CaloClouds1Config
+from caloforge.models.caloclouds1.model import CaloClouds1
+from caloforge.models.nn.ddpm import ddpm_loss, ddpm_noise
+from caloforge.models.nn.ema import EMA
+from caloforge.models.nn.pointwise import PointScaler, dequantize
+from caloforge.models.nn.showerflow import ShowerFlow
+from caloforge.models.pointdata import TrainingData, load_training_data
+from caloforge.models.protocol import CheckpointError
+
+
+def borrow_flow(model: str | Path, detector: Detector) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    """The Shower Flow of the point-cloud model ``model`` (shipped name, run directory or file):
+    its weights, its settings and where it came from. Its detector must be ``detector``."""
+    from caloforge.models.registry import load_generator, resolve_model
+
+    path = resolve_model(model)
+    donor = getattr(load_generator(path), "model", None)
+    flow = getattr(donor, "flow", None)
+    if not isinstance(flow, ShowerFlow):
+        raise ValueError(f"--flow-from '{model}' has no Shower Flow: give a CaloClouds II model")
+    if donor.detector.to_dict() != detector.to_dict():  # type: ignore[union-attr]
+        raise ValueError(
+            f"--flow-from '{model}' was trained for detector '{donor.detector.name}', the data are "  # type: ignore[union-attr]
+            f"'{detector.name}': give a Shower Flow of the same detector"
+        )
+    return {k: v.clone() for k, v in flow.state_dict().items()}, dict(flow.settings), str(path)
+
+
+def point_batch(
+    data: TrainingData,
+    scaler: PointScaler,
+    batch_size: int,
+    points: int,
+    encoder_points: int,
+    gen: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A training batch: ``points`` random cached points of ``batch_size`` random showers for
+    the diffusion loss and an independent draw of ``encoder_points`` for the encoder, both
+    dequantised and scaled with their real-point masks; the incident energies and N."""
+    idx = torch.randint(len(data.energy), (batch_size,), generator=gen)
+    cached = data.points[idx]
+    valid = cached[..., 3] > 0
+    out = []
+    for k in (points, encoder_points):
+        keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0  # padding sorts last
+        take = keys.argsort(dim=1)[:, :k]
+        pts = dequantize(
+            cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4)), data.detector.fine_cell_mm, gen
+        )
+        mask = valid.gather(1, take)
+        out += [torch.where(mask.unsqueeze(-1), scaler(pts), 0.0), mask]
+    return (*out, data.energy[idx], data.stats.n_points[idx])  # type: ignore[return-value]
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) summed over the latent, averaged over the batch."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=-1).mean()
+
+
+class _Trainer:
+    """The mutable state of a training run, and one step of it."""
+
+    def __init__(
+        self,
+        config: CaloClouds1Config,
+        data: TrainingData,
+        flow_config: dict[str, Any],
+        flow_state: dict[str, Tensor] | None,
+        flow_source: str = "",
+    ) -> None:
+        self.config, self.data, self.flow_source = config, data, flow_source
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
+            self.model = CaloClouds1(
+                config, data.detector, int(data.stats.n_points.max()), data.energy_range, flow_config
+            )
+        if flow_state is not None:
+            self.model.flow.load_state_dict(flow_state)
+        self.model.flow.requires_grad_(False)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
+        pts = dequantize(
+            data.points, data.detector.fine_cell_mm, torch.Generator().manual_seed(config.seed + 2)
+        )
+        self.model.scaler.fit(pts, data.points[..., 3] > 0)
+        self.train_net = self.model.net
+        self.ema = EMA(self.train_net, config.ema_max_decay)
+        self.model.net = self.ema.module  # the container samples with the averaged weights
+        self.vae = nn.ModuleList([self.train_net, self.model.encoder])  # trained together
+        self.opt = torch.optim.RAdam(self.vae.parameters(), lr=config.lr)
+        self.opt_latent = torch.optim.Adam(self.model.latent_flow.parameters(), lr=config.latent_flow_lr)
+        self.step = 0
+        self.skipped = 0
+        self.elapsed_s = 0.0
+        self.last_losses: dict[str, float] = {}
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        """One update of encoder + PointWise Net (DDPM loss + KL) and one of the Latent Flow."""
+        cfg, model = self.config, self.model
+        x, mask, xe, mask_e, energy, n = point_batch(
+            self.data, model.scaler, cfg.batch_size, cfg.points_per_shower, cfg.encoder_points, self.gen
+        )
+        cond = model.condition(energy, n)
+        mu, logvar = model.encoder(xe, mask_e, cond)
+        latent = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=self.noise_gen)
+        kl = kl_divergence(mu, logvar)
+        t, noise = ddpm_noise(x, model.schedule, self.noise_gen)
+        rec = ddpm_loss(
+            self.train_net,
+            x,
+            {"energy": energy, "n_points": n, "latent": latent},
+            model.schedule,
+            t,
+            noise,
+            mask,
+        )
+        value = self._update(rec + cfg.kl_weight * kl, self.vae, self.opt)
+        if value is not None:
+            self.ema.update(self.train_net)
+        flow_nll = -model.latent_flow(cond).log_prob(latent.detach()).mean() / cfg.latent_dim
+        flow_value = self._update(flow_nll, model.latent_flow, self.opt_latent)
+        ok = value is not None
+        return [
+            ("ddpm_loss", rec.item() if ok else None),
+            ("kl", kl.item() if ok else None),
+            ("latent_flow_loss", flow_value),
+        ]
+
+    def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
+        value = distributed_step(loss, module, optimizer, self.config.grad_clip)
+        if value is None:
+            self.skipped += 1
+        return value
+
+    def state(self) -> dict[str, Any]:
+        return self.model.metadata() | {
+            "model": self.model.state_dict(),
+            "train_net": self.train_net.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "optimizers": {"vae": self.opt.state_dict(), "latent_flow": self.opt_latent.state_dict()},
+            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "elapsed_s": self.elapsed_s,
+            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
+            "flow_source": self.flow_source,
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        n = len(self.data.energy)
+        if state.get("data", {}).get("n_showers") != n:
+            raise CheckpointError(
+                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
+                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.train_net.load_state_dict(state["train_net"])
+            self.ema.num_updates = int(state["ema_num_updates"])
+            self.opt.load_state_dict(state["optimizers"]["vae"])
+            self.opt_latent.load_state_dict(state["optimizers"]["latent_flow"])
+            self.gen.set_state(state["rng"]["data"])
+            self.noise_gen.set_state(state["rng"]["noise"])
+            self.step = int(state["step"])
+            self.skipped = int(state["skipped_steps"])
+            self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
+        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
+        self.model.complete = bool(state["complete"])
+
+    def save(self, path: Path) -> None:
+        save_finite_checkpoint(self.state(), path)
+
+
+def fit_calibration(
+    model: CaloClouds1,
+    data: TrainingData,
+    showers: int,
+    refinements: int,
+    seed: int,
+    progress: Progress | None,
+) -> NPointsCalibration:
+    """The number-of-points calibration of ``model`` on ``showers`` training showers' energies."""
+    from caloforge.models.caloclouds1.generation import generate_batch
+
+    pick = torch.randperm(len(data.energy), generator=torch.Generator().manual_seed(seed + 3))[:showers]
+    model.eval()
+
+    def set_calibration(calibration: NPointsCalibration) -> None:
+        model.calibration = calibration
+
+    return fit_n_points_calibration(
+        lambda energy, gen: generate_batch(model, energy, gen),
+        set_calibration,
+        model.detector,
+        model.max_points,
+        data.energy[pick],
+        data.stats.n_points.numpy(),
+        data.hits,
+        refinements,
+        seed,
+        progress,
+    )
+
+
+def train(
+    config: CaloClouds1Config,
+    data_path: str | Path,
+    out_dir: str | Path,
+    flow_from: str | Path = "caloclouds2",
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train CaloClouds (I) on the point-cloud file ``data_path``; checkpoint in ``out_dir``.
+
+    ``flow_from``: the CaloClouds II model whose Shower Flow is used (frozen; default the
+    shipped one). Stages ``load``, ``train`` and ``calibrate`` go to ``progress``;
+    ``max_minutes``, Ctrl-C, ``resume`` and ``train_log.jsonl`` as for CaloClouds II.
+    """
+    start = time.monotonic()
+    ckpt, state = open_run(out_dir, config, resume, check_state)
+    data = load_training_data(Path(data_path), config, progress, model="CaloClouds")
+    if state is None:
+        flow_state, flow_config, source = borrow_flow(flow_from, data.detector)
+    else:
+        flow_state, flow_config, source = None, json.loads(state["flow_config"]), state.get("flow_source", "")
+    trainer = _Trainer(config, data, flow_config, flow_state, source)
+    if state is not None:
+        trainer.restore(state, ckpt)
+    run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
+    model = trainer.model
+    model.complete = trainer.step >= config.steps
+    trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
+    fit_calibration(
+        model, data, config.calibration_showers, config.calibration_refinements, config.seed, progress
+    )
+    trainer.save(ckpt)
+    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
