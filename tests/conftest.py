@@ -7,6 +7,7 @@ import pytest
 
 from caloforge import cli
 from caloforge.io import PointShowers
+from caloforge.models.caloclouds2 import CaloClouds2Config
 
 
 def run_cli(monkeypatch, *args: object, code: int = 0) -> None:
@@ -48,3 +49,22 @@ def random_points(n: int, max_points: int, seed: int = 0, n_layers: int = 30) ->
 @pytest.fixture
 def showers() -> PointShowers:
     return random_points(50, 40)
+
+
+#: A CaloClouds II run of seconds (tests of training, resuming, processes).
+CALOCLOUDS2_TINY = CaloClouds2Config(
+    name="tiny",
+    cache_points=32,
+    chunk_size=10,
+    flow_hidden=(16,),
+    flow_transforms=1,
+    flow_steps=6,
+    flow_batch_size=16,
+    net_widths=(4, 16, 4),
+    steps=8,
+    batch_size=4,
+    points_per_shower=16,
+    calibration_showers=8,
+    calibration_sampler_steps=2,
+    log_every=4,
+)

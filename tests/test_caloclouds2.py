@@ -49,27 +49,11 @@ from caloforge.models.nn.pointwise import (
 )
 from caloforge.models.nn.showerflow import ShowerFlow, largest_remainder, shower_stats
 from caloforge.sampling import karras_sigmas, sample_euler, sample_heun
+from conftest import CALOCLOUDS2_TINY as TINY
 from conftest import random_points
 
 torch.set_num_threads(1)
 ILD = get_detector("ild-ecal")
-
-TINY = CaloClouds2Config(
-    name="tiny",
-    cache_points=32,
-    chunk_size=10,
-    flow_hidden=(16,),
-    flow_transforms=1,
-    flow_steps=6,
-    flow_batch_size=16,
-    net_widths=(4, 16, 4),
-    steps=8,
-    batch_size=4,
-    points_per_shower=16,
-    calibration_showers=8,
-    calibration_sampler_steps=2,
-    log_every=4,
-)
 
 
 @pytest.fixture(scope="module")

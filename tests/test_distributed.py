@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,24 +20,9 @@ import distributed_tasks as tasks
 from caloforge.io import write_showers
 from caloforge.models._distributed import World, agree, launch, shard, world
 from caloforge.models.caloclouds2 import CaloClouds2Config
-from conftest import cli_run, random_points
+from conftest import CALOCLOUDS2_TINY, cli_run, random_points
 
-TINY = CaloClouds2Config(
-    name="tiny",
-    cache_points=32,
-    chunk_size=10,
-    flow_hidden=(16,),
-    flow_transforms=1,
-    flow_steps=6,
-    flow_batch_size=16,
-    net_widths=(4, 16, 4),
-    steps=8,
-    batch_size=4,
-    points_per_shower=16,
-    calibration_showers=8,
-    calibration_sampler_steps=2,
-    log_every=1,
-)
+TINY = replace(CALOCLOUDS2_TINY, log_every=1)
 
 
 @pytest.fixture(scope="module")

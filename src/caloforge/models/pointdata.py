@@ -1,17 +1,18 @@
-"""Training data of the point-cloud families (CaloClouds, CaloClouds II): per-shower summaries
-of a whole file and a random subsample of each shower's points, in memory."""
+"""What the point-cloud families (CaloClouds, CaloClouds II) share in training: per-shower
+summaries of a whole file and a random subsample of each shower's points, in memory
+(:func:`load_training_data`), and the resumable state of a run (:class:`PointRunState`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from caloforge.calibrate import count_hits
+from caloforge.calibrate import NPointsCalibration, count_hits
 from caloforge.detector import Detector
 from caloforge.io import PointShowers, open_showers
 from caloforge.models._training import Progress
@@ -19,8 +20,9 @@ from caloforge.models.nn.showerflow import (
     ShowerStats,
     shower_stats,
 )
+from caloforge.models.protocol import CheckpointError
 
-__all__ = ["PointDataConfig", "TrainingData", "load_training_data"]
+__all__ = ["PointDataConfig", "PointRunState", "TrainingData", "load_training_data"]
 
 
 class PointDataConfig(Protocol):
@@ -94,3 +96,62 @@ def _subsample(showers: PointShowers, k: int, rng: np.random.Generator) -> np.nd
     if out.shape[1] < k:
         out = np.pad(out, ((0, 0), (0, k - out.shape[1]), (0, 0)))
     return out.astype(np.float32)
+
+
+class PointRunState:
+    """The checkpoint state of a point-cloud training run, for trainers with ``model`` (with
+    ``metadata()``, ``calibration``, ``complete``), ``train_net`` and its ``ema``, the random
+    streams ``gen`` (data) and ``noise_gen``, ``data`` (:class:`TrainingData`), ``step``,
+    ``skipped``, ``elapsed_s`` and their optimisers by name (:meth:`optimizers`)."""
+
+    model: Any
+    train_net: Any
+    ema: Any
+    gen: Any
+    noise_gen: Any
+    data: TrainingData
+    step: int
+    skipped: int
+    elapsed_s: float
+
+    def optimizers(self) -> dict[str, Any]:
+        """The run's optimisers by the name they have in a checkpoint."""
+        raise NotImplementedError
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resumed run needs, with the model's metadata."""
+        return self.model.metadata() | {
+            "model": self.model.state_dict(),
+            "train_net": self.train_net.state_dict(),
+            "ema_num_updates": self.ema.num_updates,
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers().items()},
+            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
+            "step": self.step,
+            "skipped_steps": self.skipped,
+            "elapsed_s": self.elapsed_s,
+            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
+        }
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checked ``state`` of the same data (:class:`CheckpointError` if not)."""
+        n = len(self.data.energy)
+        if state.get("data", {}).get("n_showers") != n:
+            raise CheckpointError(
+                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
+                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.train_net.load_state_dict(state["train_net"])
+            self.ema.num_updates = int(state["ema_num_updates"])
+            for name, opt in self.optimizers().items():
+                opt.load_state_dict(state["optimizers"][name])
+            self.gen.set_state(state["rng"]["data"])
+            self.noise_gen.set_state(state["rng"]["noise"])
+            self.step = int(state["step"])
+            self.skipped = int(state["skipped_steps"])
+            self.elapsed_s = float(state.get("elapsed_s", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
+        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
+        self.model.complete = bool(state["complete"])

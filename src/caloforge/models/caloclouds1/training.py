@@ -29,8 +29,7 @@ from caloforge.models.nn.ddpm import ddpm_loss, ddpm_noise
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import PointScaler, dequantize
 from caloforge.models.nn.showerflow import ShowerFlow
-from caloforge.models.pointdata import TrainingData, load_training_data
-from caloforge.models.protocol import CheckpointError
+from caloforge.models.pointdata import PointRunState, TrainingData, load_training_data
 
 
 def borrow_flow(model: str | Path, detector: Detector) -> tuple[dict[str, Tensor], dict[str, Any], str]:
@@ -82,7 +81,7 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=-1).mean()
 
 
-class _Trainer:
+class _Trainer(PointRunState):
     """The mutable state of a training run, and one step of it."""
 
     def __init__(
@@ -157,42 +156,11 @@ class _Trainer:
             self.skipped += 1
         return value
 
-    def state(self) -> dict[str, Any]:
-        return self.model.metadata() | {
-            "model": self.model.state_dict(),
-            "train_net": self.train_net.state_dict(),
-            "ema_num_updates": self.ema.num_updates,
-            "optimizers": {"vae": self.opt.state_dict(), "latent_flow": self.opt_latent.state_dict()},
-            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
-            "step": self.step,
-            "skipped_steps": self.skipped,
-            "elapsed_s": self.elapsed_s,
-            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
-            "flow_source": self.flow_source,
-        }
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"vae": self.opt, "latent_flow": self.opt_latent}
 
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        n = len(self.data.energy)
-        if state.get("data", {}).get("n_showers") != n:
-            raise CheckpointError(
-                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
-                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
-            )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.train_net.load_state_dict(state["train_net"])
-            self.ema.num_updates = int(state["ema_num_updates"])
-            self.opt.load_state_dict(state["optimizers"]["vae"])
-            self.opt_latent.load_state_dict(state["optimizers"]["latent_flow"])
-            self.gen.set_state(state["rng"]["data"])
-            self.noise_gen.set_state(state["rng"]["noise"])
-            self.step = int(state["step"])
-            self.skipped = int(state["skipped_steps"])
-            self.elapsed_s = float(state.get("elapsed_s", 0.0))
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
-        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
-        self.model.complete = bool(state["complete"])
+    def state(self) -> dict[str, Any]:
+        return super().state() | {"flow_source": self.flow_source}
 
     def save(self, path: Path) -> None:
         save_finite_checkpoint(self.state(), path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,7 +24,6 @@ from caloforge.models.caloclouds2.checkpoint import (
     check_state,
 )
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
-from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.nn.edm import EDMDenoiser, edm_loss, edm_noise
 from caloforge.models.nn.ema import EMA
@@ -33,7 +31,7 @@ from caloforge.models.nn.pointwise import (
     PointScaler,
     dequantize,
 )
-from caloforge.models.protocol import CheckpointError
+from caloforge.models.pointdata import PointRunState, TrainingData, load_training_data
 
 # --------------------------------------------------------------------------- training
 
@@ -55,7 +53,7 @@ def point_batch(
     return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
 
 
-class _Trainer:
+class _Trainer(PointRunState):
     """The mutable state of a training run, and one step of it.
 
     Data-parallel on several processes (``distributed``): every rank draws the same global
@@ -150,42 +148,8 @@ class _Trainer:
             loss = loss * ((mine.stop - mine.start) / len(idx))
         return self._update(loss, flow, self.opt_flow)
 
-    def state(self) -> dict[str, Any]:
-        model = self.model
-        return model.metadata() | {
-            "model": model.state_dict(),
-            "train_net": self.train_net.state_dict(),
-            "ema_num_updates": self.ema.num_updates,
-            "optimizers": {"net": self.opt_net.state_dict(), "flow": self.opt_flow.state_dict()},
-            "rng": {"data": self.gen.get_state(), "noise": self.noise_gen.get_state()},
-            "step": self.step,
-            "skipped_steps": self.skipped,
-            "elapsed_s": self.elapsed_s,
-            "data": {"path": self.data.path, "n_showers": len(self.data.energy)},
-        }
-
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        n = len(self.data.energy)
-        if state.get("data", {}).get("n_showers") != n:
-            raise CheckpointError(
-                f"'{path}' was trained on {state.get('data', {}).get('n_showers')} showers of "
-                f"'{state.get('data', {}).get('path')}', this run has {n}: resume with the same data"
-            )
-        try:
-            self.model.load_state_dict(state["model"])
-            self.train_net.load_state_dict(state["train_net"])
-            self.ema.num_updates = int(state["ema_num_updates"])
-            self.opt_net.load_state_dict(state["optimizers"]["net"])
-            self.opt_flow.load_state_dict(state["optimizers"]["flow"])
-            self.gen.set_state(state["rng"]["data"])
-            self.noise_gen.set_state(state["rng"]["noise"])
-            self.step = int(state["step"])
-            self.skipped = int(state["skipped_steps"])
-            self.elapsed_s = float(state.get("elapsed_s", 0.0))
-        except (KeyError, RuntimeError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"'{path}' cannot be resumed from: {exc}") from exc
-        self.model.calibration = NPointsCalibration.from_dict(state["calibration"])
-        self.model.complete = bool(state["complete"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"net": self.opt_net, "flow": self.opt_flow}
 
     def save(self, path: Path) -> None:
         save_finite_checkpoint(self.state(), path)
