@@ -51,7 +51,7 @@ def test_registry_finds_families_by_format_and_imports_no_network_code():
         registry.register(Family("clone", "Clone", ("caloforge-calodream",), loader="x:y"))
 
 
-@pytest.mark.parametrize("name", ["default", "caloclouds2", "calodream", "calodream-lavit"])
+@pytest.mark.parametrize("name", ["default", "caloclouds2", "caloclouds1", "calodream", "calodream-lavit"])
 def test_shipped_models_load_through_the_registry(name):
     generator = registry.load_generator(name)
     family = registry.get_family(generator.family)

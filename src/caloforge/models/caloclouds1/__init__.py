@@ -42,6 +42,8 @@ FAMILY = Family(
     loader="caloforge.models.caloclouds1.generation:load_generator",
     capabilities=Capabilities(workers=True),
     commands="caloforge.models.caloclouds1.cli:add_commands",
+    shipped={"caloclouds1": "caloclouds1_cpu.pt"},
+    bench_models=(("CaloClouds (100 NFE)", "caloclouds1"),),
 )
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
