@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from caloforge.detector import get_detector
-from caloforge.io import write_showers
+from caloforge.io import open_showers, write_showers
 from caloforge.models import CheckpointError, GenerationError, GenerationRequest
 from caloforge.models.caloclouds1 import CaloClouds1Config, borrow_flow, generate, load_model, train
 from caloforge.models.caloclouds1.generation import CaloClouds1Generator, truncated_normal
@@ -15,7 +15,7 @@ from caloforge.models.caloclouds2 import train as train_caloclouds2
 from caloforge.models.nn.ddpm import DDPMSchedule, ddpm_loss, sample_ddpm
 from caloforge.models.nn.epic import EPiCEncoder, EPiCLayer
 from caloforge.models.registry import load_generator
-from conftest import random_points
+from conftest import cli_run, random_points
 
 torch.set_num_threads(1)
 
@@ -73,6 +73,23 @@ def test_schedules():
     assert quad.alphas_bar[-1] > lin.alphas_bar[-1]  # the quadratic schedule adds less noise
     with pytest.raises(ValueError, match="beta schedule"):
         DDPMSchedule(10, 1e-4, 0.02, "cosine")
+
+
+@pytest.mark.parametrize("kind", ["linear", "quadratic"])
+def test_forward_noising_matches_the_closed_form(kind):
+    schedule = DDPMSchedule(50, 1e-4, 0.05, kind)
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.full((40000,), 0.8)
+    x = x0.clone()
+    for t in range(schedule.n_steps):  # q(x_t | x_t-1) step by step ...
+        beta = schedule.betas[t]
+        x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(x.shape, generator=gen)
+        if t in (0, 24, 49):  # ... equals q(x_t | x_0) = N(sqrt(abar_t) x0, 1 - abar_t)
+            abar = schedule.alphas_bar[t]
+            assert float(x.mean()) == pytest.approx(float(abar.sqrt() * 0.8), abs=0.01)
+            assert float(x.var()) == pytest.approx(float(1 - abar), rel=0.03, abs=1e-4)
+    sigma = ((1 - schedule.alphas_bar) / schedule.alphas_bar).sqrt()
+    torch.testing.assert_close(schedule.c_noise, sigma.log() / 4, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize(("mu", "std"), [(0.0, 1.0), (1.5, 0.3)])
@@ -161,6 +178,20 @@ def test_train_borrows_the_flow_and_generates(trained, donor, data_file):
     )
 
 
+def test_latent_flow_inverts_and_has_a_log_prob(trained):
+    model = load_model(trained.checkpoint)
+    energy, n = torch.tensor([12.0, 50.0, 88.0]), torch.tensor([800, 2500, 4000])
+    noise = torch.randn(3, model.config.latent_dim, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        latent = model.latent_from_noise(energy, n, noise)
+        dist = model.latent_flow(model.condition(energy, n))
+        torch.testing.assert_close(dist.transform(latent), noise, atol=1e-4, rtol=1e-4)
+        z, ladj = dist.transform.call_and_ladj(latent)
+        base = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        torch.testing.assert_close(dist.log_prob(latent), base + ladj, atol=1e-4, rtol=1e-4)
+    assert latent.shape == (3, model.config.latent_dim) and torch.isfinite(dist.log_prob(latent)).all()
+
+
 def test_generation_refuses_what_it_cannot_do(trained):
     generator = load_generator(trained.checkpoint)
     for request, match in [
@@ -217,3 +248,16 @@ def test_checkpoint_errors(trained, donor, tmp_path):
     torch.save(state, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="format version 99"):
         load_model(tmp_path / "future.pt")
+
+
+def test_shipped_model_on_the_command_line(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "cc1.h5"
+    generate_cc1 = ("generate", "--model", "caloclouds1", "-n", 2)
+    code, _, err = cli_run(monkeypatch, capsys, *generate_cc1, "--energy", 500, "--out", out)
+    assert code == 2 and "outside" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    code, _, err = cli_run(
+        monkeypatch, capsys, *generate_cc1, "--energy", 95, "--allow-extrapolation", "--seed", 3, "--out", out
+    )
+    assert code == 0, err
+    with open_showers(out) as f:
+        assert len(f) == 2 and f.generator == "caloclouds1" and f.attrs["network_calls"] == 100
