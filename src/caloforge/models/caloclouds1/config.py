@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import PresetConfig, check_point_model_fields
 from caloforge.models.nn.ddpm import SCHEDULES
 from caloforge.models.nn.pointwise import CPU_WIDTHS, PAPER_WIDTHS
 
@@ -62,32 +61,24 @@ class CaloClouds1Config(PresetConfig):
     KIND: ClassVar[str] = "CaloClouds"
 
     def __post_init__(self) -> None:
-        for name in (
-            "cache_points", "chunk_size", "latent_dim", "encoder_local", "encoder_global",
-            "encoder_hidden", "encoder_points", "latent_flow_transforms", "ddpm_steps", "steps",
-            "batch_size", "points_per_shower", "calibration_showers", "log_every",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field '{name}' must be at least 1, got {getattr(self, name)}")
         if self.encoder_layers < 0 or self.calibration_refinements < 0:
             raise ValueError("encoder_layers and calibration_refinements must be >= 0")
-        for name in ("lr", "latent_flow_lr", "grad_clip", "kl_weight"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:
-                raise ValueError(f"config field '{name}' must be a positive finite number, got {value}")
         if not 0 < self.beta_start <= self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
         if self.beta_schedule not in SCHEDULES:
             raise ValueError(
                 f"beta_schedule must be one of {', '.join(SCHEDULES)}, got '{self.beta_schedule}'"
             )
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(f"checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}")
-        if len(self.net_widths) < 2 or self.net_widths[0] != 4 or self.net_widths[-1] != 4:
-            raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {self.net_widths}")
-        for name in ("net_widths", "latent_flow_hidden"):
-            if any(w < 1 for w in getattr(self, name)):
-                raise ValueError(f"{name} must be positive integers, got {getattr(self, name)}")
+        check_point_model_fields(
+            self,
+            at_least_one=(
+                "cache_points", "chunk_size", "latent_dim", "encoder_local", "encoder_global",
+                "encoder_hidden", "encoder_points", "latent_flow_transforms", "ddpm_steps", "steps",
+                "batch_size", "points_per_shower", "calibration_showers", "log_every",
+            ),
+            positive=("lr", "latent_flow_lr", "grad_clip", "kl_weight"),
+            widths=("net_widths", "latent_flow_hidden"),
+        )  # fmt: skip
 
 
 PRESETS: dict[str, CaloClouds1Config] = {

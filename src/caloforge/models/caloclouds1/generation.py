@@ -16,7 +16,13 @@ from caloforge.io import PointShowers
 from caloforge.models.caloclouds1.checkpoint import check_state, model_from_state
 from caloforge.models.caloclouds1.model import CaloClouds1
 from caloforge.models.nn.ddpm import sample_ddpm
-from caloforge.models.nn.pointwise import FoldedPointWiseNet, shower_groups
+from caloforge.models.nn.pointwise import (
+    POINTS_PAD,
+    POINTS_PER_CALL,
+    FoldedPointWiseNet,
+    padded_width,
+    shower_groups,
+)
 from caloforge.models.nn.showerflow import largest_remainder, layer_energies
 from caloforge.models.protocol import (
     GenerationError,
@@ -28,10 +34,6 @@ from caloforge.models.protocol import (
     generate_batches,
 )
 
-#: Padded points per network call (showers of similar size are grouped up to this many).
-POINTS_PER_CALL = 32768
-#: Point groups are padded to a multiple of this many points.
-POINTS_PAD = 64
 #: Latent base noise is drawn from a normal truncated at this many standard deviations (the
 #: CaloClouds code's ``truncate_std``): the flow's far tails hold few training latents.
 LATENT_TRUNCATION = 2.0
@@ -68,8 +70,7 @@ def generate_batch(
     noise = truncated_normal((len(energy), model.config.latent_dim), generator, LATENT_TRUNCATION)
     latent = model.latent_from_noise(energy, n_flow, noise)
     net = FoldedPointWiseNet(model.net) if fast else model.net
-    width = int((n.max() + POINTS_PAD - 1) // POINTS_PAD * POINTS_PAD)
-    out = torch.zeros(len(energy), width, 4)
+    out = torch.zeros(len(energy), padded_width(int(n.max())), 4)
     for idx, w in shower_groups(n, points_per_call, POINTS_PAD):
         x = torch.randn(len(idx), w, 4, generator=generator)
         # Conditioned on the flow's N (the density of a Geant4 shower with that many points);

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
@@ -10,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import PresetConfig, check_point_model_fields
 from caloforge.models.nn.edm import EDMDenoiser
 from caloforge.models.nn.pointwise import (
     CPU_WIDTHS,
@@ -132,30 +131,15 @@ class CaloClouds2Config(PresetConfig):
     LEGACY: ClassVar[dict[str, Any]] = {"flow_bound": 5.0, "sampler_sigma_max": 80.0}
 
     def __post_init__(self) -> None:
-        for name in (
-            "cache_points",
-            "chunk_size",
-            "flow_transforms",
-            "flow_bins",
-            "steps",
-            "batch_size",
-            "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"config field '{name}' must be at least 1, got {getattr(self, name)}")
         if self.points_per_shower < 1 or self.flow_batch_size < 1 or self.flow_steps < 0:
             raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
-        for name in ("lr", "flow_lr", "grad_clip", "sigma_data"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(f"config field '{name}' must be a positive finite number, got {value}")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(f"checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}")
-        if len(self.net_widths) < 2 or self.net_widths[0] != 4 or self.net_widths[-1] != 4:
-            raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {self.net_widths}")
-        for name in ("net_widths", "flow_hidden"):
-            if any(w < 1 for w in getattr(self, name)):
-                raise ValueError(f"{name} must be positive integers, got {getattr(self, name)}")
+        check_point_model_fields(
+            self,
+            at_least_one=("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size",
+                          "log_every"),
+            positive=("lr", "flow_lr", "grad_clip", "sigma_data"),
+            widths=("net_widths", "flow_hidden"),
+        )  # fmt: skip
 
 
 PRESETS: dict[str, CaloClouds2Config] = {

@@ -24,8 +24,11 @@ from caloforge.models.caloclouds2.checkpoint import (
 from caloforge.models.caloclouds2.config import _SAMPLERS, SamplerSpec
 from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.nn.pointwise import (
+    POINTS_PAD,
+    POINTS_PER_CALL,
     FoldedPointWiseNet,
     fused_linear_available,
+    padded_width,
     shower_groups,
 )
 from caloforge.models.nn.showerflow import (
@@ -46,14 +49,6 @@ from caloforge.models.protocol import (
 
 # --------------------------------------------------------------------------- generation
 
-#: Padded points per denoiser call when generating: showers of similar size are grouped up
-#: to this many. On the CPU the folded net runs each shower's layers on its own, so this only
-#: sets how many showers share the per-call work (noise, folded weights, the denoiser's
-#: scalings): 32k points (about 14 showers at 50 GeV) was the fastest of 8k-200k.
-POINTS_PER_CALL = 32768
-#: Point groups are padded to a multiple of this many points, so that the matmul kernels
-#: (built per shape by oneDNN, especially in bfloat16) are few and get reused.
-POINTS_PAD = 64
 #: Values of ``precision`` in :func:`generate`.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -172,7 +167,7 @@ def _sample_points(
     work goes into padding. ``net`` replaces the PointWise Net (e.g. by its folded form);
     ``autocast`` runs it under bfloat16 autocast.
     """
-    out = torch.zeros(len(n), int((n + POINTS_PAD - 1).max()) // POINTS_PAD * POINTS_PAD, 4)
+    out = torch.zeros(len(n), padded_width(int(n.max())), 4)
     denoiser = model.denoiser if net is None else model.denoiser_for(net)
     device = next(model.net.parameters()).device
     for idx, width in shower_groups(n, points_per_call, POINTS_PAD):
