@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -330,11 +330,41 @@ def simulate(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
     engine: EngineOption = "local",
     scheduler: SchedulerOption = None,
+    fast_sim: Annotated[
+        str | None,
+        typer.Option(
+            "--fast-sim",
+            help="Fast simulation inside the run: this model (shipped name or checkpoint) deposits "
+            "the showers of the tracks the trigger takes.",
+        ),
+    ] = None,
+    trigger_particles: Annotated[
+        str | None, typer.Option(help="Fast-sim trigger: comma-separated particles (default: the model's).")
+    ] = None,
+    trigger_min_energy: Annotated[
+        float | None,
+        typer.Option(help="Fast-sim trigger: minimum energy in GeV (default: the model's lowest)."),
+    ] = None,
+    max_angle: Annotated[
+        float,
+        typer.Option(help="Fast sim: warn when tracks enter more than this many degrees off the normal."),
+    ] = 5.0,
+    pair_separation: Annotated[
+        float | None,
+        typer.Option(help="Two particles per event, this many mm apart (along x) at the front face."),
+    ] = None,
+    gun_offset: Annotated[
+        str | None, typer.Option(help="X,Y in mm: where the gun hits the front face (default 0,0).")
+    ] = None,
+    gun_angle: Annotated[
+        float, typer.Option(help="Gun angle from the detector normal, degrees (in the x-z plane).")
+    ] = 0.0,
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
     from caloforge.pieces import pieces_dir
     from caloforge.simulate.driver import SimulationConfig
     from caloforge.simulate.driver import simulate as run_simulation
+    from caloforge.simulate.fastsim import off_normal_warning
 
     spec = _energy_spec(energy, energy_log)
     det = get_detector(detector)
@@ -345,9 +375,14 @@ def simulate(
         n_showers=n,
         seed=seed,
         physics=physics,
+        gun=_gun(gun_offset, gun_angle, pair_separation),
+        fast_sim=_fast_sim_spec(fast_sim, trigger_particles, trigger_min_energy, max_angle),
     )
+    what = "events of two" if pair_separation is not None else ""
+    mode = f", fast simulation with '{fast_sim}'" if fast_sim else ""
     console.print(
-        f"simulating {n} {particle} showers, {spec}, in {det.name} (seed {seed}, {workers} worker(s))"
+        f"simulating {n} {what + ' ' if what else ''}{particle} showers, {spec}, in {det.name} "
+        f"(seed {seed}, {workers} worker(s){mode})"
     )
     with progress_bar() as bar:
         task = bar.add_task("geant4", total=n, rate="")
@@ -383,6 +418,14 @@ def simulate(
     if result.n_new == 0:
         console.print(f"{out} holds {result.n_done} showers: nothing left to simulate")
         return
+    if fast_sim:
+        console.print(
+            f"fast simulation: {result.fast_showers} model showers, "
+            f"{result.model_seconds / result.n_new * 1000:.1f} ms per event in the model (per worker)"
+        )
+        warning = off_normal_warning(result.off_normal, result.fast_showers, max_angle)
+        if warning:
+            err_console.print(f"warning: {warning}")
     per = result.wall_seconds / result.n_new
     console.print(
         f"wrote {result.n_new} showers ({result.n_done} in total) to {out}"
@@ -392,6 +435,40 @@ def simulate(
         f"{result.ours_seconds / result.n_new * 1000:.0f} ms clustering/writing; "
         f"{result.steps / result.n_new:.0f} steps and {result.points / result.n_new:.0f} points per shower"
     )
+
+
+def _gun(offset: str | None, angle: float, separation: float | None) -> Any:
+    from caloforge.simulate.gun import Gun
+
+    xy = (0.0, 0.0)
+    if offset is not None:
+        try:
+            x, y = (float(v) for v in offset.split(","))
+        except ValueError:
+            raise typer.BadParameter(
+                f"'{offset}' is not X,Y in mm (e.g. 10,-5)", param_hint="--gun-offset"
+            ) from None
+        xy = (x, y)
+    try:
+        return Gun(xy, angle, separation)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _fast_sim_spec(
+    model: str | None, particles: str | None, min_energy: float | None, max_angle: float
+) -> Any:
+    from caloforge.simulate.driver import FastSimSpec
+
+    if model is None:
+        if particles is not None or min_energy is not None:
+            raise typer.BadParameter("the trigger options need --fast-sim MODEL", param_hint="--trigger-*")
+        return None
+    names = tuple(p.strip() for p in particles.split(",") if p.strip()) if particles is not None else None
+    try:
+        return FastSimSpec(model, names, min_energy, max_angle)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()

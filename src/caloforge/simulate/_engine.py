@@ -19,7 +19,8 @@ from typing import TextIO
 import numpy as np
 
 from caloforge.simulate._build import load_bridge
-from caloforge.simulate._config import EngineConfig, EngineStats
+from caloforge.simulate._config import EngineConfig, EngineStats, Trigger
+from caloforge.simulate.fastsim import front_face_entry
 from caloforge.simulate.geant4 import prepare_environment
 from caloforge.simulate.geometry import Geometry
 
@@ -213,16 +214,45 @@ class _DataFreePhysicsList(g4.G4VModularPhysicsList):
 
 
 class _PrimaryGenerator(g4.G4VUserPrimaryGeneratorAction):
-    """Single particle along +z from the gun position on the beam axis."""
+    """The current event's primaries: one vertex per row of ``primaries`` (PRIMARY_COLUMNS)."""
 
-    def __init__(self, depth_mm: float) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.gun = g4.G4ParticleGun(1)
-        self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(0.0, 0.0, 1.0))
-        self.gun.SetParticlePosition(g4.G4ThreeVector(0.0, 0.0, depth_mm * g4.mm))
+        self.primaries: list[list[float]] = []
 
     def GeneratePrimaries(self, event: g4.G4Event) -> None:
-        self.gun.GeneratePrimaryVertex(event)
+        gun = self.gun
+        for energy, x, y, z, dx, dy, dz in self.primaries:
+            gun.SetParticleEnergy(energy * g4.GeV)
+            gun.SetParticlePosition(g4.G4ThreeVector(x * g4.mm, y * g4.mm, z * g4.mm))
+            gun.SetParticleMomentumDirection(g4.G4ThreeVector(dx, dy, dz))
+            gun.GeneratePrimaryVertex(event)
+
+
+class _TriggerStacking(g4.G4UserStackingAction):
+    """Fast-simulation trigger: a new track that :func:`~caloforge.simulate.fastsim.front_face_entry`
+    and the trigger select is killed and recorded (ENTRY_COLUMNS); every other one is tracked.
+
+    Called once per new track; in a fast-simulated event that is only the primaries."""
+
+    def __init__(self, trigger: Trigger, geometry: Geometry) -> None:
+        super().__init__()
+        self._names = frozenset(trigger.particles)
+        self._min_mev = trigger.min_energy_gev * 1000.0
+        self._front = geometry.front_mm
+        self._half = geometry.half_size_mm
+        self.entries: list[tuple[float, ...]] = []
+
+    def ClassifyNewTrack(self, track: g4.G4Track) -> g4.G4ClassificationOfNewTrack:
+        energy = track.GetKineticEnergy()  # MeV, Geant4's unit
+        if energy >= self._min_mev and track.GetDefinition().GetParticleName() in self._names:
+            p, d = track.GetPosition(), track.GetMomentumDirection()
+            entry = front_face_entry((p.x, p.y, p.z), (d.x, d.y, d.z), self._front, self._half)
+            if entry is not None:
+                self.entries.append((energy / 1000.0, entry[0], entry[1], d.x, d.y, d.z))
+                return g4.G4ClassificationOfNewTrack.fKill
+        return g4.G4ClassificationOfNewTrack.fUrgent
 
 
 # --- engine --------------------------------------------------------------------
@@ -296,8 +326,12 @@ class Engine:
             physics_list = g4.FTFP_BERT()
         self.physics_list = physics_list
         self.run_manager.SetUserInitialization(physics_list)
-        self.generator = _PrimaryGenerator(config.geometry.gun_depth_mm)
+        self.generator = _PrimaryGenerator()
         self.run_manager.SetUserAction(self.generator)
+        self.stacking: _TriggerStacking | None = None
+        if config.trigger is not None:
+            self.stacking = _TriggerStacking(config.trigger, config.geometry)
+            self.run_manager.SetUserAction(self.stacking)
 
         self.run_manager.Initialize()
         if em is not None and em.failures != 0:
@@ -307,30 +341,35 @@ class Engine:
         # A run without events does the run initialisation (physics tables) up front.
         self.run_manager.BeamOn(0)
 
-    def showers(
-        self, particle: str, energies_gev: Sequence[float], seeds: Sequence[Sequence[int]]
-    ) -> Iterator[np.ndarray]:
-        """Simulate one event per energy, reseeding the engine with ``seeds[k]`` first."""
+    def events(
+        self, particle: str, primaries: Sequence[np.ndarray], seeds: Sequence[Sequence[int]]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Simulate one event per entry of ``primaries`` (each ``(k, 7)``, PRIMARY_COLUMNS),
+        reseeding the engine with ``seeds[k]`` first; yields ``(hits, entries)`` per event:
+        the deposits ``(n, 4)`` and the tracks the fast-simulation trigger took ``(m, 6)``."""
         definition = g4.G4ParticleTable.GetParticleTable().FindParticle(particle)
         if definition is None:
             raise ValueError(f"Geant4 does not know the particle {particle!r}")
-        gun = self.generator.gun
-        gun.SetParticleDefinition(definition)
+        self.generator.gun.SetParticleDefinition(definition)
         stats = self.stats
-        for energy, event_seeds in zip(energies_gev, seeds, strict=True):
+        stacking = self.stacking
+        for rows, event_seeds in zip(primaries, seeds, strict=True):
             t0 = time.perf_counter()
             # The engine state is fully reset from 4 x 32 bit seeds (the count must be
             # passed, otherwise MixMax uses only two of them); the list is 0-terminated.
             g4.HepRandom.setTheSeeds([*event_seeds, 0], len(event_seeds))
-            gun.SetParticleEnergy(float(energy) * g4.GeV)
+            self.generator.primaries = np.asarray(rows, np.float64).reshape(-1, 7).tolist()
+            if stacking is not None:
+                stacking.entries = []
             self.collector.begin_event()
             t1 = time.perf_counter()
             self.run_manager.BeamOn(1)
             t2 = time.perf_counter()
             hits = self.collector.end_event()
+            entries = np.array(stacking.entries if stacking is not None else [], np.float64).reshape(-1, 6)
             t3 = time.perf_counter()
             stats.events += 1
             stats.steps += len(hits)
             stats.geant4_seconds += t2 - t1
             stats.overhead_seconds += (t1 - t0) + (t3 - t2)
-            yield hits
+            yield hits, entries

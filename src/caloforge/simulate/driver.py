@@ -36,10 +36,20 @@ from caloforge.io import (
 from caloforge.pieces import PieceStore
 from caloforge.projection import voxelise
 from caloforge.safety import check_outputs, check_stop, output_lock, stop_signals, worker_setup
+from caloforge.simulate._config import Trigger
 from caloforge.simulate.clustering import cluster_steps
 from caloforge.simulate.geometry import Geometry
+from caloforge.simulate.gun import Gun, primaries
 
-__all__ = ["EnergySpec", "SimulationConfig", "SimulationResult", "draw_energies", "simulate"]
+__all__ = [
+    "EnergySpec",
+    "FastSimSpec",
+    "SimulationConfig",
+    "SimulationResult",
+    "draw_energies",
+    "draw_event_energies",
+    "simulate",
+]
 
 PARTICLES = ("gamma", "e-", "e+")
 
@@ -91,6 +101,58 @@ def draw_energies(spec: EnergySpec, n: int, seed: int) -> np.ndarray:
     return np.exp(rng.uniform(math.log(spec.lo), math.log(spec.hi), n))
 
 
+def draw_event_energies(spec: EnergySpec, n: int, seed: int, per_event: int = 1) -> np.ndarray:
+    """``(n, per_event)``: the energy of each primary of events ``0..n-1`` (the first column is
+    :func:`draw_energies`; a pair's second particle has its own stream)."""
+    columns = [draw_energies(spec, n, seed)]
+    for k in range(1, per_event):
+        rng = np.random.default_rng([seed, 0xE1E + k])
+        if spec.kind == "fixed":
+            columns.append(np.full(n, spec.lo))
+        elif spec.kind == "uniform":
+            columns.append(rng.uniform(spec.lo, spec.hi, n))
+        else:
+            columns.append(np.exp(rng.uniform(math.log(spec.lo), math.log(spec.hi), n)))
+    return np.column_stack(columns)
+
+
+@dataclass(frozen=True)
+class FastSimSpec:
+    """Fast simulation inside the run: ``model`` (a shipped name or a checkpoint) takes over the
+    tracks of ``particles`` above ``min_energy_gev`` (``None``: the model's particle, its lowest
+    trained energy)."""
+
+    model: str
+    particles: tuple[str, ...] | None = None
+    min_energy_gev: float | None = None
+    max_angle_deg: float = 5.0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.particles is not None:
+            unknown = [p for p in self.particles if p not in PARTICLES]
+            if unknown or not self.particles:
+                raise ValueError(
+                    f"trigger particle '{(unknown or [''])[0]}' is not one of {', '.join(PARTICLES)}"
+                )
+        if not self.max_angle_deg >= 0:
+            raise ValueError(f"the maximum angle must be >= 0 degrees, not {self.max_angle_deg}")
+
+    def trigger(self, fast: Any) -> Trigger:
+        """The trigger for the loaded model ``fast`` (:class:`~caloforge.simulate.fastsim.FastSim`)."""
+        return fast.default_trigger(self.particles, self.min_energy_gev)
+
+    def attrs(self, label: str, trigger: Trigger) -> dict[str, Any]:
+        """File attributes of a fast-simulated data set."""
+        return {
+            "generator": f"geant4+{label}",
+            "fast_sim_model": self.model,
+            "fast_sim_label": label,
+            "trigger_particles": ",".join(trigger.particles),
+            "trigger_min_energy_gev": trigger.min_energy_gev,
+        }
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """Everything that defines a simulated data set (recorded in the file's attributes)."""
@@ -101,10 +163,12 @@ class SimulationConfig:
     n_showers: int = 100
     seed: int = 0
     physics: str = "datafree"
+    gun: Gun = field(default_factory=Gun)
+    fast_sim: FastSimSpec | None = None
 
     def attrs(self) -> dict[str, Any]:
-        """File attributes describing this job."""
-        return {
+        """File attributes describing this job (the fast-simulation ones are added by the run)."""
+        return self.gun.attrs() | {
             "generator": "geant4",
             "particle": self.particle,
             "energy_spectrum": self.energy.kind,
@@ -127,6 +191,9 @@ class SimulationResult:
     wall_seconds: float
     geant4_seconds: float = 0.0  # summed over workers: inside Geant4 (incl. step collection)
     ours_seconds: float = 0.0  # summed over workers: clustering, voxelisation, copies
+    model_seconds: float = 0.0  # summed over workers: fast-simulation model and placement
+    fast_showers: int = 0  # showers the fast-simulation model made
+    off_normal: int = 0  # of which placed along the normal although their track was tilted
     steps: int = 0
     points: int = 0
     interrupted: bool = False
@@ -150,52 +217,93 @@ def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
     _WORKER["config"] = config
     _WORKER["detector"] = get_detector(config.detector)
     _WORKER["want_voxels"] = want_voxels
+    _WORKER["fast"] = None
+    if config.fast_sim is not None:
+        import torch
+
+        from caloforge.simulate.fastsim import FastSim
+
+        torch.set_num_threads(1)  # one core per worker, like its Geant4
+        spec = config.fast_sim
+        fast = FastSim(
+            spec.model, _WORKER["detector"], precision=spec.precision, max_angle_deg=spec.max_angle_deg
+        )
+        _WORKER["fast"] = fast
+        _WORKER["trigger"] = spec.trigger(fast)
 
 
 def _simulate_block(block: tuple[int, np.ndarray]) -> dict[str, Any]:
-    from caloforge.simulate.geant4 import run_showers, run_showers_isolated
+    from caloforge.simulate.geant4 import run_events, run_events_isolated
 
     first, energies = block
     config: SimulationConfig = _WORKER["config"]
     det: Detector = _WORKER["detector"]
+    fast = _WORKER["fast"]
     t0 = time.perf_counter()
     geometry = Geometry.from_detector(det)
-    args = (geometry, config.particle, energies)
-    kwargs = {"seed": config.seed, "first_event": first, "physics": config.physics}
+    args = (geometry, config.particle, primaries(config.gun, geometry, energies))
+    kwargs = {
+        "seed": config.seed,
+        "first_event": first,
+        "physics": config.physics,
+        "trigger": _WORKER["trigger"] if fast is not None else None,
+    }
     try:
-        steps = list(run_showers(*args, **kwargs))
+        events = list(run_events(*args, **kwargs))
     except RuntimeError as exc:
         if "already initialised" not in str(exc):
             raise
         # A long-lived (Dask) worker whose Geant4 serves another geometry: a fresh process.
-        steps = list(run_showers_isolated(*args, **kwargs).showers)
+        events = list(run_events_isolated(*args, **kwargs).showers)
+    steps = [hits for hits, _ in events]
     t1 = time.perf_counter()
-    clouds = cluster_steps(steps, det)
-    result: dict[str, Any] = {
-        "first": first,
-        "clouds": [c.astype(np.float32) for c in clouds],
-        "steps": int(sum(len(s) for s in steps)),
-    }
+    result: dict[str, Any] = {"first": first, "steps": int(sum(len(s) for s in steps))}
+    result["fast_showers"] = result["off_normal"] = 0
+    result["model_seconds"] = 0.0
+    if fast is not None:
+        added = fast.showers([entries for _, entries in events], config.seed, first)
+        steps = [np.concatenate([s, d]) for s, d in zip(steps, added.deposits, strict=True)]
+        result["fast_showers"], result["off_normal"] = added.n_showers, added.off_normal
+        result["model_seconds"] = added.seconds
+    t2 = time.perf_counter()
+    result["clouds"] = [c.astype(np.float32) for c in cluster_steps(steps, det)]
     if _WORKER["want_voxels"]:
         # Voxels come from the raw steps, not the clustered points: exact voxel energies.
         raw = PointShowers.from_list(
-            energies, [np.column_stack([s[:, :2], s[:, 2] + 0.5, s[:, 3]]) for s in steps]
+            energies.sum(axis=1), [np.column_stack([s[:, :2], s[:, 2] + 0.5, s[:, 3]]) for s in steps]
         )
         result["voxels"] = voxelise(raw, det).voxels
     result["geant4_seconds"] = t1 - t0
-    result["ours_seconds"] = time.perf_counter() - t1
+    result["ours_seconds"] = time.perf_counter() - t2
     return result
 
 
 # --- parent side -------------------------------------------------------------------------
 
 
-def _check_resumable(path: Path, config: SimulationConfig, det: Detector) -> int:
+def _fast_attrs(config: SimulationConfig, det: Detector) -> dict[str, Any]:
+    """The fast-simulation attributes of ``config``'s files (after checking its set-up), or ``{}``."""
+    spec = config.fast_sim
+    if spec is None:
+        return {}
+    from caloforge.simulate.fastsim import FastSim
+
+    fast = FastSim(spec.model, det, precision=spec.precision, max_angle_deg=spec.max_angle_deg)
+    trigger = spec.trigger(fast)
+    fast.check(trigger, config.particle, (config.energy.lo, config.energy.hi), config.gun.targets_mm())
+    return spec.attrs(fast.label, trigger)
+
+
+def _check_resumable(path: Path, config: SimulationConfig, det: Detector, extra: dict[str, Any]) -> int:
     with open_showers(path) as f:
         attrs = f.attrs
         n = len(f)
         geometry = f.detector.to_dict()
-    expected = config.attrs() | {"detector": det.name}
+    expected = (
+        config.attrs()
+        | {"detector": det.name}
+        | {k: v for k, v in extra.items() if k != "detector_description"}
+    )
     for key, value in expected.items():
         have = attrs.get(key)
         same = math.isclose(float(have), float(value)) if isinstance(value, float) else have == value
@@ -268,13 +376,25 @@ def simulate(
     check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    if (
+        config.gun.pair_separation_mm is not None
+        and config.gun.pair_separation_mm / 2 + max(map(abs, config.gun.offset_mm)) > det.half_size_mm
+    ):
+        raise ValueError(
+            f"the pair does not fit on the front face of '{det.name}' (half size {det.half_size_mm:g} mm)"
+        )
+    # A fast-simulation set-up that cannot work fails here, before any event.
+    extra = {"detector_description": det.description} | _fast_attrs(config, det)
     with output_lock(*paths), stop_signals(deferred=True):
-        return _run(config, det, paths, (engine, workers, scheduler), resume, overwrite, block_size, progress)
+        return _run(
+            config, det, extra, paths, (engine, workers, scheduler), resume, overwrite, block_size, progress
+        )
 
 
 def _run(
     config: SimulationConfig,
     det: Detector,
+    extra: dict[str, Any],
     paths: list[Path],
     engine: tuple[str, int, str | None],
     resume: bool,
@@ -284,7 +404,7 @@ def _run(
 ) -> SimulationResult:
     base = 0
     if resume:
-        existing = [_check_resumable(p, config, det) if p.exists() else 0 for p in paths]
+        existing = [_check_resumable(p, config, det, extra) if p.exists() else 0 for p in paths]
         if len(set(existing)) != 1:
             counts = ", ".join(f"'{p}' has {k}" for p, k in zip(paths, existing, strict=True))
             raise ShowerFileError(f"cannot resume: the outputs differ ({counts} showers); remove one")
@@ -295,12 +415,16 @@ def _run(
                 raise FileExistsError(
                     f"'{p}' exists: pass --resume to continue it or --overwrite to replace it"
                 )
-    manifest = config.attrs() | {
-        "detector_json": json.dumps(det.to_dict(), sort_keys=True),
-        "block_size": block_size,
-        "base": base,
-        "voxels": len(paths) > 1,
-    }
+    manifest = (
+        config.attrs()
+        | extra
+        | {
+            "detector_json": json.dumps(det.to_dict(), sort_keys=True),
+            "block_size": block_size,
+            "base": base,
+            "voxels": len(paths) > 1,
+        }
+    )
     store = PieceStore.open(paths[0], manifest, resume=resume, overwrite=overwrite, ignore=("n_requested",))
     if store.manifest["base"] != base:
         raise ShowerFileError(
@@ -309,7 +433,7 @@ def _run(
         )
     block_size = int(store.manifest["block_size"])
     n = config.n_showers
-    energies = draw_energies(config.energy, n, config.seed)
+    energies = draw_event_energies(config.energy, n, config.seed, config.gun.n_particles)
     firsts = range(base, n, block_size)
     finished = store.finished()
     for first, count in finished.items():
@@ -327,7 +451,7 @@ def _run(
         )
     if not result.interrupted and firsts:
         try:
-            _assemble(config, det, paths, store, list(firsts), energies, block_size, resume)
+            _assemble(config, det, extra, paths, store, list(firsts), energies, block_size, resume)
         except KeyboardInterrupt:
             result.interrupted = True  # the outputs are as they were; the pieces are kept
         else:
@@ -363,6 +487,9 @@ def _simulate_pieces(
             result.points += int(sum(len(c) for c in block["clouds"]))
             result.geant4_seconds += block["geant4_seconds"]
             result.ours_seconds += block["ours_seconds"]
+            result.model_seconds += block["model_seconds"]
+            result.fast_showers += block["fast_showers"]
+            result.off_normal += block["off_normal"]
             if progress is not None:
                 progress(done, config.n_showers)
     except KeyboardInterrupt:
@@ -375,6 +502,7 @@ def _simulate_pieces(
 def _assemble(
     config: SimulationConfig,
     det: Detector,
+    extra: dict[str, Any],
     paths: list[Path],
     store: PieceStore,
     firsts: list[int],
@@ -383,7 +511,8 @@ def _assemble(
     resume: bool,
 ) -> None:
     """Write the outputs from the existing files (when resuming) and the pieces, atomically."""
-    attrs = config.attrs() | {"detector_description": det.description}
+    attrs = config.attrs() | extra
+    generator = attrs["generator"]
     with contextlib.ExitStack() as stack:
         writers = [
             stack.enter_context(
@@ -391,7 +520,7 @@ def _assemble(
                     p,
                     kind,
                     det,
-                    generator="geant4",
+                    generator=generator,
                     seed=config.seed,
                     attrs=attrs,
                     append=resume and p.exists(),
@@ -402,7 +531,7 @@ def _assemble(
         for first in firsts:
             check_stop()
             piece = store.load(first)
-            block_energy = energies[first : first + block_size]
+            block_energy = energies[first : first + block_size].sum(axis=1)
             writers[0].write(PointShowers.from_list(block_energy, _clouds(piece)))
             if len(writers) > 1:
                 writers[1].write(VoxelShowers(block_energy, piece["voxels"]))

@@ -53,6 +53,7 @@ from caloforge.simulate._config import (
     PHYSICS_CHOICES,
     EngineConfig,
     EngineStats,
+    Trigger,
 )
 from caloforge.simulate.geometry import Geometry
 
@@ -69,6 +70,8 @@ __all__ = [
     "event_seeds",
     "hard_exit",
     "prepare_environment",
+    "run_events",
+    "run_events_isolated",
     "run_showers",
     "run_showers_isolated",
 ]
@@ -135,10 +138,12 @@ def _geant4_library() -> Path:
     return Path(spec.origin)
 
 
-def get_engine(geometry: Geometry, physics: str = "datafree", collector: str = "cpp") -> Engine:
+def get_engine(
+    geometry: Geometry, physics: str = "datafree", collector: str = "cpp", trigger: Trigger | None = None
+) -> Engine:
     """Return this process's Geant4 engine, building it on first use."""
     global _instance
-    config = EngineConfig(geometry, physics, collector)
+    config = EngineConfig(geometry, physics, collector, trigger)
     if _instance is None:
         prepare_environment(physics)
         library = _geant4_library()
@@ -148,7 +153,7 @@ def get_engine(geometry: Geometry, physics: str = "datafree", collector: str = "
         log_path = None if verbose else cache_dir() / "logs" / f"geant4-init-{os.getpid()}.log"
         _instance = Engine(config, library, log_path)
     elif _instance.config != config:
-        what = "geometry" if _instance.config.geometry != geometry else "physics/collector"
+        what = "geometry" if _instance.config.geometry != geometry else "physics/collector/trigger"
         raise RuntimeError(
             f"Geant4 is already initialised in this process for another {what}; it cannot "
             "be re-initialised, so simulate other configurations in another process"
@@ -159,6 +164,11 @@ def get_engine(geometry: Geometry, physics: str = "datafree", collector: str = "
 def engine_stats() -> EngineStats | None:
     """Timing/step counters of this process's engine (None before the first call)."""
     return None if _instance is None else _instance.stats
+
+
+def on_axis(geometry: Geometry, energies_gev: np.ndarray) -> list[np.ndarray]:
+    """Primaries of single-particle events on the beam axis, along +z from the gun depth."""
+    return [np.array([[e, 0.0, 0.0, geometry.gun_depth_mm, 0.0, 0.0, 1.0]]) for e in energies_gev]
 
 
 def run_showers(
@@ -187,19 +197,54 @@ def run_showers(
     energies = np.asarray(energies_gev, dtype=np.float64)
     if energies.ndim != 1 or not np.all(np.isfinite(energies)) or np.any(energies <= 0):
         raise ValueError("energies_gev must be a 1-D array of positive, finite energies")
+    events = run_events(
+        geometry,
+        particle,
+        on_axis(geometry, energies),
+        seed,
+        physics,
+        first_event=first_event,
+        collector=collector,
+    )
+    return (hits for hits, _ in events)
+
+
+def run_events(
+    geometry: Geometry,
+    particle: str,
+    primaries: list[np.ndarray],
+    seed: int,
+    physics: str = "datafree",
+    *,
+    first_event: int = 0,
+    collector: str = "cpp",
+    trigger: Trigger | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Like :func:`run_showers` for events of any primaries (``primaries[k]``: ``(m, 7)``,
+    :data:`~caloforge.simulate._config.PRIMARY_COLUMNS`); yields ``(hits, entries)`` per
+    event, ``entries`` being the tracks ``trigger`` handed to fast simulation
+    (:data:`~caloforge.simulate._config.ENTRY_COLUMNS`; empty without a trigger)."""
+    if not isinstance(geometry, Geometry):
+        raise TypeError(
+            f"geometry must be a caloforge.simulate.geometry.Geometry, not {type(geometry).__name__}"
+        )
+    rows = [np.asarray(p, dtype=np.float64).reshape(-1, 7) for p in primaries]
+    for p in rows:
+        if not np.all(np.isfinite(p)) or np.any(p[:, 0] <= 0):
+            raise ValueError("primary energies must be positive and finite, positions and directions finite")
     particle = _PARTICLE_ALIASES.get(particle, particle)
     if physics == "datafree" and particle not in _DATAFREE_PARTICLES:
         raise ValueError(f"data-free physics only simulates {_DATAFREE_PARTICLES}, not {particle!r}")
     if first_event < 0:
         raise ValueError("first_event must be non-negative")
-    seeds = [event_seeds(seed, first_event + k) for k in range(len(energies))]
-    engine = get_engine(geometry, physics, collector)
-    return _iterate(engine, particle, energies.tolist(), seeds)
+    seeds = [event_seeds(seed, first_event + k) for k in range(len(rows))]
+    engine = get_engine(geometry, physics, collector, trigger)
+    return _iterate(engine, particle, rows, seeds)
 
 
 def _iterate(
-    engine: Engine, particle: str, energies: list[float], seeds: list[tuple[int, int, int, int]]
-) -> Iterator[np.ndarray]:
+    engine: Engine, particle: str, primaries: list[np.ndarray], seeds: list[tuple[int, int, int, int]]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     global _busy
     # One Geant4 instance and one hit buffer cannot serve two loops at once.
     if _busy:
@@ -208,7 +253,7 @@ def _iterate(
         )
     _busy = True
     try:
-        yield from engine.showers(particle, energies, seeds)
+        yield from engine.events(particle, primaries, seeds)
     finally:
         _busy = False
 
@@ -228,9 +273,9 @@ class IsolatedResult:
     stats: EngineStats = field(default_factory=EngineStats)
 
 
-def _isolated_worker(connection: Connection, args: tuple, kwargs: dict) -> None:
+def _isolated_worker(connection: Connection, args: tuple, kwargs: dict, events: bool = False) -> None:
     try:
-        showers = list(run_showers(*args, **kwargs))
+        showers = list((run_events if events else run_showers)(*args, **kwargs))
         connection.send(("ok", IsolatedResult(showers, engine_stats() or EngineStats())))
     except BaseException:
         connection.send(("error", traceback.format_exc()))
@@ -254,11 +299,30 @@ def run_showers_isolated(
     Keeps the calling process free of Geant4, e.g. to simulate several geometries
     from one program or in tests.
     """
+    args = (geometry, particle, np.asarray(energies_gev, dtype=np.float64), seed, physics)
+    return _in_spawned(args, {"first_event": first_event, "collector": collector}, events=False)
+
+
+def run_events_isolated(
+    geometry: Geometry,
+    particle: str,
+    primaries: list[np.ndarray],
+    seed: int,
+    physics: str = "datafree",
+    *,
+    first_event: int = 0,
+    collector: str = "cpp",
+    trigger: Trigger | None = None,
+) -> IsolatedResult:
+    """:func:`run_events` in a fresh (spawned) process; ``showers`` holds the ``(hits, entries)``."""
+    kwargs = {"first_event": first_event, "collector": collector, "trigger": trigger}
+    return _in_spawned((geometry, particle, primaries, seed, physics), kwargs, events=True)
+
+
+def _in_spawned(args: tuple, kwargs: dict, events: bool) -> IsolatedResult:
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    args = (geometry, particle, np.asarray(energies_gev, dtype=np.float64), seed, physics)
-    kwargs = {"first_event": first_event, "collector": collector}
-    process = context.Process(target=_isolated_worker, args=(sender, args, kwargs), daemon=True)
+    process = context.Process(target=_isolated_worker, args=(sender, args, kwargs, events), daemon=True)
     process.start()
     sender.close()  # so that recv() sees EOF if the child dies before sending
     try:
