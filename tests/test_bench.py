@@ -105,3 +105,22 @@ def test_default_models_one_row_per_precision_and_exports_the_cm(models, tmp_pat
     ]
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         default_models(entries, onnx=False, precisions=["fp8"])
+
+
+@needs_geant4
+def test_quick_bench_full_chain_rows(tmp_path):
+    """Full Geant4 and Geant4 with the default model as fast simulation, same events: one row
+    each per energy and for di-photons, the fast row carrying the ratio of the two."""
+    config = dataclasses.replace(BenchConfig.quick(), threads=(1,), energies=(10.0,))
+    result = run_bench([], config, geant4=False, fast_sim="default")
+    rows = result["rows"]
+    assert [(r["generator"], r["particle"]) for r in rows] == [
+        ("Geant4 full chain", "gamma (ms/event)"),
+        ("Geant4 + default fast sim", "gamma (ms/event)"),
+        ("Geant4 full chain", "gamma pair 25 mm (ms/event)"),
+        ("Geant4 + default fast sim", "gamma pair 25 mm (ms/event)"),
+    ]
+    for full, fast in (rows[0:2], rows[2:4]):
+        assert full["speedup"] is None
+        assert fast["speedup"] == pytest.approx(full["ms_per_shower"] / fast["ms_per_shower"])
+    assert "Geant4 + default fast sim" in to_markdown(result)

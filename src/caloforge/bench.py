@@ -128,7 +128,7 @@ def _time_geant4(
     energy: float, n: int, workers: int, directory: Path, seed: int, detector: str, particle: str
 ) -> float:
     """ms per shower of ``caloforge simulate`` at ``energy`` with ``workers`` workers."""
-    from caloforge.simulate.driver import EnergySpec, SimulationConfig, simulate
+    from caloforge.simulate.driver import EnergySpec, SimulationConfig
 
     config = SimulationConfig(
         detector=detector,
@@ -137,11 +137,19 @@ def _time_geant4(
         n_showers=n,
         seed=seed,
     )
+    return _time_simulation(config, workers, directory / f"g4_{detector}_{particle}_{energy:g}_{workers}.h5")
+
+
+def _time_simulation(config: Any, workers: int, path: Path) -> float:
+    """ms per event of ``caloforge simulate`` of ``config`` (a SimulationConfig) with ``workers``."""
+    from caloforge.simulate.driver import simulate
+
+    n = config.n_showers
     marks: list[tuple[float, int]] = []
     block = max(1, min(5, n // (2 * workers)))
     simulate(
         config,
-        directory / f"g4_{detector}_{particle}_{energy:g}_{workers}.h5",
+        path,
         workers=workers,
         block_size=block,
         overwrite=True,
@@ -149,8 +157,68 @@ def _time_geant4(
     )
     (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
     if n_last == n_first:  # one block only: no interval to time
-        raise ValueError(f"need more than one block of Geant4 showers at {energy} GeV: raise the count")
+        raise ValueError(f"need more than one block of events ({config.energy}): raise the count")
     return 1000 * (t_last - t_first) / (n_last - n_first)
+
+
+#: The di-photon events of the full-chain rows: two photons of ``PAIR_ENERGY_GEV`` each.
+PAIR_SEPARATION_MM = 25.0
+PAIR_ENERGY_GEV = 50.0
+
+
+def _chain_worker(config: BenchConfig, model: str, threads: int) -> list[dict[str, Any]]:
+    """Full-chain rows: ``caloforge simulate`` of the same events with full Geant4 and with
+    ``model`` as its fast simulation, ms per event, at each energy and for di-photon events."""
+    from caloforge.models.registry import load_generator
+    from caloforge.simulate.driver import EnergySpec, FastSimSpec, SimulationConfig
+    from caloforge.simulate.gun import Gun
+
+    generator = load_generator(model)
+    detector, particle = generator.detector.name, generator.particle
+    cases = [(e, Gun(), particle) for e in config.energies]
+    cases.append(
+        (
+            PAIR_ENERGY_GEV,
+            Gun(pair_separation_mm=PAIR_SEPARATION_MM),
+            f"{particle} pair {PAIR_SEPARATION_MM:g} mm",
+        )
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for energy, gun, what in cases:
+            n = config.n_showers(energy, geant4=True)
+            measured = {}
+            for mode, fast in (("full", None), ("fast", FastSimSpec(model))):
+                times = []
+                for r in range(config.repeats):
+                    sim = SimulationConfig(
+                        detector=detector,
+                        particle=particle,
+                        energy=EnergySpec("fixed", energy, energy),
+                        n_showers=n,
+                        seed=config.seed + r,
+                        gun=gun,
+                        fast_sim=fast,
+                    )
+                    times.append(_time_simulation(sim, threads, Path(tmp) / f"chain_{mode}.h5"))
+                measured[mode] = times
+                rows.append(
+                    BenchRow(
+                        "Geant4 full chain" if fast is None else f"Geant4 + {model} fast sim",
+                        energy,
+                        threads,
+                        None,
+                        "cpu",
+                        statistics.fmean(times),
+                        statistics.pstdev(times),
+                        n,
+                        _peak_rss_mb(children=True),
+                        detector=detector,
+                        particle=f"{what} (ms/event)",
+                    )
+                )
+            rows[-1].speedup = statistics.fmean(measured["full"]) / statistics.fmean(measured["fast"])
+    return [asdict(r) for r in rows]
 
 
 def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: str) -> list[dict[str, Any]]:
@@ -341,10 +409,13 @@ def run_bench(
     config: BenchConfig | None = None,
     progress: Callable[[str], None] | None = None,
     geant4: bool = True,
+    fast_sim: str | None = None,
 ) -> dict[str, Any]:
     """Time Geant4 and ``models``; returns ``{"machine": ..., "rows": [...]}`` (JSON-able).
 
-    Speed-ups are filled in against the Geant4 row at the same energy and thread count.
+    Speed-ups are filled in against the Geant4 row at the same energy and thread count. With
+    ``fast_sim`` (a point-cloud model), full-chain rows too: ms per event of full Geant4 and of
+    Geant4 with that model as its fast simulation, same events, and their ratio.
     """
     from caloforge.detector import available_detectors
 
@@ -365,6 +436,11 @@ def run_bench(
             if progress is not None:
                 progress(f"{spec.label}, {threads} thread(s)")
             rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
+    if fast_sim is not None:
+        for threads in config.threads:
+            if progress is not None:
+                progress(f"full chain with {fast_sim}, {threads} worker(s)")
+            rows += _in_fresh_process(_chain_worker, config, fast_sim, threads)
     gpu = _gpu()
     if gpu is not None:
         for spec in models:
@@ -379,7 +455,7 @@ def run_bench(
     }
     for r in rows:
         g4 = reference.get((r["detector"], r["particle"], r["energy_gev"], r["threads"]))
-        if g4 is not None and r["ms_per_shower"] > 0:
+        if g4 is not None and r["ms_per_shower"] > 0 and r.get("speedup") is None:
             r["speedup"] = g4 / r["ms_per_shower"]
     return {
         "machine": {
@@ -398,6 +474,7 @@ def run_bench(
             "repeats": config.repeats,
         },
         "models": [asdict(m) for m in models],
+        "fast_sim": fast_sim,
         "rows": rows,
     }
 

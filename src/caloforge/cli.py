@@ -785,6 +785,14 @@ def bench(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace bench.md and bench.json in --out.")] = False,
+    fast_sim: Annotated[
+        str | None,
+        typer.Option(
+            "--fast-sim",
+            help="Also time the full chain: simulate with full Geant4 and with this model as its fast "
+            "simulation, same events (ms/event).",
+        ),
+    ] = None,
 ) -> None:
     """Time Geant4 and the generative models per shower, in one run; speed-ups against Geant4."""
     import dataclasses
@@ -810,7 +818,11 @@ def bench(
         specs = default_models(model, onnx=onnx, workdir=out, precisions=precision or ["auto"])
         with err_console.status("benchmarking") as status:
             result = run_bench(
-                specs, config, progress=lambda what: status.update(f"timing {what}"), geant4=geant4
+                specs,
+                config,
+                progress=lambda what: status.update(f"timing {what}"),
+                geant4=geant4,
+                fast_sim=fast_sim,
             )
         json_path, md_path = write_results(result, out)
     console.print(to_markdown(result))
