@@ -179,3 +179,46 @@ def test_fast_sim_bad_set_ups_fail_before_the_run(monkeypatch, capsys, tmp_path,
     code, _, err = cli_run(monkeypatch, capsys, "simulate", "-n", "2", "--out", out, "--overwrite", *args)
     assert code != 0 and message in " ".join(err.split())
     assert out.read_bytes() == b"keep me"
+
+
+def _pair_file(path, n, shift_mm, seed, separation=30.0):
+    """Synthetic two-cluster events, clusters at -/+ separation/2 (+ shift_mm for the right one)."""
+    from caloforge.io import PointShowers, ShowerWriter
+
+    rng = np.random.default_rng(seed)
+    pts = np.zeros((n, 60, 4), np.float32)
+    for k, centre in enumerate((-separation / 2, separation / 2 + shift_mm)):
+        sl = slice(30 * k, 30 * (k + 1))
+        pts[:, sl, 0] = centre + rng.normal(0, 3, (n, 30))
+        pts[:, sl, 1] = rng.normal(0, 3, (n, 30))
+        pts[:, sl, 2] = rng.integers(0, 30, (n, 30)) + 0.5
+        pts[:, sl, 3] = rng.exponential(1.0, (n, 30))
+    with ShowerWriter(
+        path, "points", "ild-ecal", generator="geant4", attrs={"pair_separation_mm": separation}
+    ) as w:
+        w.write(PointShowers(np.full(n, 40.0), pts))
+    return path
+
+
+def test_evaluate_reports_pair_separation_and_energy_sharing_with_a_floor(tmp_path):
+    from caloforge.evaluate import EvaluationConfig, EvaluationError, evaluate
+    from caloforge.io import PointShowers, write_showers
+
+    ref = _pair_file(tmp_path / "ref.h5", 400, 0.0, 0)
+    same = _pair_file(tmp_path / "same.h5", 200, 0.0, 1)
+    moved = _pair_file(tmp_path / "moved.h5", 200, 4.0, 2)
+    config = EvaluationConfig(n_draws=3, plots=False, classifier_epochs=1, classifier_splits=1)
+    result = evaluate(ref, [same, moved], tmp_path / "report", config)
+    pairs = result["pairs"]
+    floor = pairs["floor"]["separation"][0]
+    same_label, moved_label = (c["label"] for c in result["candidates"])
+    assert pairs["candidates"][same_label]["separation"][0] < 3 * floor + 5
+    assert pairs["candidates"][moved_label]["separation"][0] > 10 * floor
+    assert abs(pairs["means"][moved_label]["separation"] - 34.0) < 1.0
+    assert "## Pairs (30 mm apart)" in (tmp_path / "report" / "report.md").read_text()
+    single = tmp_path / "single.h5"
+    write_showers(
+        single, PointShowers(np.full(200, 40.0), np.ones((200, 3, 4), np.float32)), detector="ild-ecal"
+    )
+    with pytest.raises(EvaluationError, match="holds single showers"):
+        evaluate(ref, [single], tmp_path / "report2", config)

@@ -579,6 +579,8 @@ def evaluate(
             result["candidates"].append(entry)
         if progress is not None:
             progress("metrics", len(cands), len(cands))
+        if float(ref.attrs.get("pair_separation_mm", 0.0) or 0.0) > 0:
+            result["pairs"] = _pairs(ref, cands, size, config)
 
         figures: dict[str, str] = {}
         if config.plots:
@@ -587,6 +589,64 @@ def evaluate(
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=_json_default))
         atomic_write_text(out / "report.md", _report(result))
         return result
+
+
+def _pairs(ref: _Sample, cands: Sequence[_Sample], size: int, config: EvaluationConfig) -> dict[str, Any]:
+    """Two-shower events (:mod:`caloforge.pairs`): W1 of the clusters' separation and energy
+    sharing for every candidate, with the reference's floor at the same draw size."""
+    from caloforge.pairs import pair_floor, pair_observables_from_file, pair_w1
+
+    separation, ref_obs = pair_observables_from_file(ref.path, config.max_showers)
+    cand_obs = {}
+    for cand in cands:
+        try:
+            theirs, cand_obs[cand.label] = pair_observables_from_file(cand.path, config.max_showers)
+        except ValueError as exc:
+            raise EvaluationError(f"the reference holds pairs {separation:g} mm apart, but {exc}") from None
+        if not np.isclose(theirs, separation):
+            raise EvaluationError(
+                f"'{cand.path}' holds pairs {theirs:g} mm apart, the reference {separation:g} mm: "
+                "compare like with like"
+            )
+    n = min(size, len(ref_obs["separation"]) // 2, *(len(o["separation"]) for o in cand_obs.values()))
+    return {
+        "separation_mm": separation,
+        "floor": pair_floor(ref_obs, n, config.n_draws, config.seed),
+        "means": {"reference": {k: float(np.mean(v)) for k, v in ref_obs.items()}}
+        | {label: {k: float(np.mean(v)) for k, v in o.items()} for label, o in cand_obs.items()},
+        "candidates": {
+            label: pair_w1(ref_obs, o, n, config.n_draws, config.seed) for label, o in cand_obs.items()
+        },
+    }
+
+
+def _pair_lines(pairs: dict[str, Any]) -> list[str]:
+    from caloforge.pairs import PAIR_OBSERVABLES
+
+    floor = pairs["floor"]
+    lines = [
+        "",
+        f"## Pairs ({pairs['separation_mm']:g} mm apart)",
+        "",
+        f"Events split half-way between the two entry points; W1 × 100 of the standardised per-event "
+        f"observables, {floor['draw_size']} events per side and draw (floor: reference vs reference).",
+        "",
+        "| sample | " + " | ".join(PAIR_OBSERVABLES) + " |",
+        "|---|" + "---|" * len(PAIR_OBSERVABLES),
+        "| floor | " + " | ".join(_fmt(floor[k]) for k in PAIR_OBSERVABLES) + " |",
+    ]
+    for label, w1 in pairs["candidates"].items():
+        lines.append(f"| {label} | " + " | ".join(_fmt(w1[k]) for k in PAIR_OBSERVABLES) + " |")
+    lines += [
+        "",
+        "Means: | sample | separation [mm] | energy share | E_A [MeV] | E_B [MeV] |",
+        "|---|---|---|---|---|",
+    ]
+    for label, m in pairs["means"].items():
+        lines.append(
+            f"| {label} | {m['separation']:.2f} | {m['energy share']:.3f} | {m['E_A']:.0f} | {m['E_B']:.0f} |"
+        )
+    return lines
 
 
 def _check_paths(inputs: Sequence[Path], out: Path, overwrite: bool) -> None:
@@ -840,6 +900,8 @@ def _report(result: dict[str, Any]) -> str:
                     cells = _resolution_cells(c, key)
                     lines.append(f"| {c['label']} | {AUC_KINDS[key]} | " + " | ".join(cells) + " |")
         lines += ["", *_verdicts(result, cc_keys)]
+    if "pairs" in result:
+        lines += _pair_lines(result["pairs"])
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     if result["figures"]:
