@@ -18,8 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # The main job on the embedded defaults: the shipped CaloClouds II (CM) and CaloClouds II
-# models and a fresh Geant4 sample, all evaluated against the shipped Geant4 reference
-# (Geant4 vs Geant4 shows the floor); report in out/demo/report.md.
+# models, a fresh Geant4 sample and a Geant4 run with the default model as its fast
+# simulation, all evaluated against the shipped Geant4 reference (Geant4 vs Geant4 shows
+# the floor); report in out/demo/report.md.
 REFERENCE := src/caloforge/assets/ild_reference.h5
 DS2_REFERENCE := src/caloforge/assets/ds2_reference.h5
 demo: setup
@@ -28,7 +29,8 @@ demo: setup
 	$(BIN)/caloforge generate --model default --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2_cm.h5
 	$(BIN)/caloforge generate --model caloclouds2 --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_caloclouds2.h5
 	$(BIN)/caloforge simulate -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_geant4.h5
-	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 --out out/demo --overwrite
+	$(BIN)/caloforge simulate --fast-sim default -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_fastsim.h5
+	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 out/demo_fastsim.h5 --out out/demo --overwrite
 	$(BIN)/caloforge generate --model calodream --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_calodream.h5
 	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 --out out/demo_calodream --overwrite
 
