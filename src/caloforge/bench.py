@@ -141,12 +141,15 @@ def _time_geant4(
 
 
 def _time_simulation(config: Any, workers: int, path: Path) -> float:
-    """ms per event of ``caloforge simulate`` of ``config`` (a SimulationConfig) with ``workers``."""
+    """ms per event of ``caloforge simulate`` of ``config`` (a SimulationConfig) with ``workers``.
+
+    Blocks of at most 5 events (Geant4's time per event does not depend on the block); with fast
+    simulation, whose model generates a block's showers in one batch, two blocks per worker."""
     from caloforge.simulate.driver import simulate
 
     n = config.n_showers
     marks: list[tuple[float, int]] = []
-    block = max(1, min(5, n // (2 * workers)))
+    block = max(1, n // (2 * workers)) if config.fast_sim is not None else max(1, min(5, n // (2 * workers)))
     simulate(
         config,
         path,
@@ -202,23 +205,29 @@ def _chain_worker(config: BenchConfig, model: str, threads: int) -> list[dict[st
                     )
                     times.append(_time_simulation(sim, threads, Path(tmp) / f"chain_{mode}.h5"))
                 measured[mode] = times
-                rows.append(
-                    BenchRow(
-                        "Geant4 full chain" if fast is None else f"Geant4 + {model} fast sim",
-                        energy,
-                        threads,
-                        None,
-                        "cpu",
-                        statistics.fmean(times),
-                        statistics.pstdev(times),
-                        n,
-                        _peak_rss_mb(children=True),
-                        detector=detector,
-                        particle=f"{what} (ms/event)",
-                    )
-                )
+                label = "Geant4 full chain" if fast is None else f"Geant4 + {model} fast sim"
+                rows.append(_simulation_row(label, energy, threads, times, n, detector, f"{what} (ms/event)"))
             rows[-1].speedup = statistics.fmean(measured["full"]) / statistics.fmean(measured["fast"])
     return [asdict(r) for r in rows]
+
+
+def _simulation_row(
+    label: str, energy: float, threads: int, times: list[float], n: int, detector: str, particle: str
+) -> BenchRow:
+    """A row of ``caloforge simulate`` timings (its peak memory: the largest worker's)."""
+    return BenchRow(
+        label,
+        energy,
+        threads,
+        None,
+        "cpu",
+        statistics.fmean(times),
+        statistics.pstdev(times),
+        n,
+        _peak_rss_mb(children=True),
+        detector=detector,
+        particle=particle,
+    )
 
 
 def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: str) -> list[dict[str, Any]]:
@@ -230,21 +239,7 @@ def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: s
                 _time_geant4(energy, n, threads, Path(tmp), config.seed + r, detector, particle)
                 for r in range(config.repeats)
             ]
-            rows.append(
-                BenchRow(
-                    "Geant4",
-                    energy,
-                    threads,
-                    None,
-                    "cpu",
-                    statistics.fmean(times),
-                    statistics.pstdev(times),
-                    n,
-                    _peak_rss_mb(children=True),
-                    detector=detector,
-                    particle=particle,
-                )
-            )
+            rows.append(_simulation_row("Geant4", energy, threads, times, n, detector, particle))
     return [asdict(r) for r in rows]
 
 

@@ -52,6 +52,8 @@ __all__ = [
 ]
 
 PARTICLES = ("gamma", "e-", "e+")
+DEFAULT_BLOCK = 10  # events per block (a piece of the job on disk)
+FAST_SIM_BLOCK = 64  # with fast simulation: the model's batch
 
 
 @dataclass(frozen=True)
@@ -344,15 +346,16 @@ def simulate(
     workers: int = 1,
     resume: bool = False,
     overwrite: bool = False,
-    block_size: int = 10,
+    block_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     engine: str = "local",
     scheduler: str | None = None,
 ) -> SimulationResult:
     """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``.
 
-    Every finished block of ``block_size`` events is saved at once in the job's piece store
-    (:mod:`caloforge.pieces`, ``.OUT.pieces/``); the outputs are assembled from the pieces,
+    Every finished block of ``block_size`` events (default 10; 64 with fast simulation, the
+    model's batch) is saved at once in the job's piece store (:mod:`caloforge.pieces`,
+    ``.OUT.pieces/``); the outputs are assembled from the pieces,
     atomically, only when every block is done. So Ctrl-C, SIGTERM or even ``kill -9`` lose
     at most the blocks in flight, leave existing outputs exactly as they were, and
     ``resume=True`` continues from the saved blocks (or extends a finished file with more
@@ -368,6 +371,8 @@ def simulate(
         raise ValueError("the number of showers must be at least 1")
     if workers < 1:
         raise ValueError("workers must be at least 1")
+    if block_size is None:  # fast simulation generates a block's showers in one batch
+        block_size = FAST_SIM_BLOCK if config.fast_sim is not None else DEFAULT_BLOCK
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
     if voxel_out is not None and not hasattr(det.readout, "n_alpha"):
