@@ -140,16 +140,15 @@ def _time_geant4(
     return _time_simulation(config, workers, directory / f"g4_{detector}_{particle}_{energy:g}_{workers}.h5")
 
 
-def _time_simulation(config: Any, workers: int, path: Path) -> float:
-    """ms per event of ``caloforge simulate`` of ``config`` (a SimulationConfig) with ``workers``.
-
-    Blocks of at most 5 events (Geant4's time per event does not depend on the block); with fast
-    simulation, whose model generates a block's showers in one batch, two blocks per worker."""
+def _time_simulation(config: Any, workers: int, path: Path, block: int | None = None, skip: int = 1) -> float:
+    """ms per event of ``caloforge simulate`` of ``config`` (a SimulationConfig) with ``workers``,
+    from the ``skip``-th finished block to the last (blocks of ``block`` events, default at most 5:
+    Geant4's time per event does not depend on the block)."""
     from caloforge.simulate.driver import simulate
 
     n = config.n_showers
     marks: list[tuple[float, int]] = []
-    block = max(1, n // (2 * workers)) if config.fast_sim is not None else max(1, min(5, n // (2 * workers)))
+    block = block or max(1, min(5, n // (2 * workers)))
     simulate(
         config,
         path,
@@ -158,9 +157,9 @@ def _time_simulation(config: Any, workers: int, path: Path) -> float:
         overwrite=True,
         progress=lambda done, total: marks.append((time.perf_counter(), done)),
     )
-    (t_first, n_first), (t_last, n_last) = marks[0], marks[-1]
+    (t_first, n_first), (t_last, n_last) = marks[skip - 1], marks[-1]
     if n_last == n_first:  # one block only: no interval to time
-        raise ValueError(f"need more than one block of events ({config.energy}): raise the count")
+        raise ValueError(f"need more than {skip} block(s) of events ({config.energy}): raise the count")
     return 1000 * (t_last - t_first) / (n_last - n_first)
 
 
@@ -173,7 +172,7 @@ def _chain_worker(config: BenchConfig, model: str, threads: int) -> list[dict[st
     """Full-chain rows: ``caloforge simulate`` of the same events with full Geant4 and with
     ``model`` as its fast simulation, ms per event, at each energy and for di-photon events."""
     from caloforge.models.registry import load_generator
-    from caloforge.simulate.driver import EnergySpec, FastSimSpec, SimulationConfig
+    from caloforge.simulate.driver import FAST_SIM_BLOCK, EnergySpec, FastSimSpec, SimulationConfig
     from caloforge.simulate.gun import Gun
 
     generator = load_generator(model)
@@ -193,20 +192,29 @@ def _chain_worker(config: BenchConfig, model: str, threads: int) -> list[dict[st
             measured = {}
             for mode, fast in (("full", None), ("fast", FastSimSpec(model))):
                 times = []
+                # Fast simulation: the same first events and more, in the model's batches of
+                # FAST_SIM_BLOCK, timed after two blocks (the network's warm-up for new shapes).
+                count, block, skip = (
+                    (n, None, 1)
+                    if fast is None
+                    else (max(n, 4 * threads * FAST_SIM_BLOCK), FAST_SIM_BLOCK, 2)
+                )
                 for r in range(config.repeats):
                     sim = SimulationConfig(
                         detector=detector,
                         particle=particle,
                         energy=EnergySpec("fixed", energy, energy),
-                        n_showers=n,
+                        n_showers=count,
                         seed=config.seed + r,
                         gun=gun,
                         fast_sim=fast,
                     )
-                    times.append(_time_simulation(sim, threads, Path(tmp) / f"chain_{mode}.h5"))
+                    times.append(_time_simulation(sim, threads, Path(tmp) / f"chain_{mode}.h5", block, skip))
                 measured[mode] = times
                 label = "Geant4 full chain" if fast is None else f"Geant4 + {model} fast sim"
-                rows.append(_simulation_row(label, energy, threads, times, n, detector, f"{what} (ms/event)"))
+                rows.append(
+                    _simulation_row(label, energy, threads, times, count, detector, f"{what} (ms/event)")
+                )
             rows[-1].speedup = statistics.fmean(measured["full"]) / statistics.fmean(measured["fast"])
     return [asdict(r) for r in rows]
 
