@@ -222,3 +222,16 @@ def test_evaluate_reports_pair_separation_and_energy_sharing_with_a_floor(tmp_pa
     )
     with pytest.raises(EvaluationError, match="holds single showers"):
         evaluate(ref, [single], tmp_path / "report2", config)
+
+
+@needs_geant4
+def test_tilted_gun_is_placed_along_the_normal_with_a_warning(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "tilted.h5"
+    code, _, err = cli_run(
+        monkeypatch, capsys, "simulate", "--fast-sim", "default", "-n", "2", "--energy", "30",
+        "--gun-angle", "12", "--out", out,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "2 of 2 fast-simulated showers came in more than 5 degrees off" in " ".join(err.split())
+    with open_showers(out) as f:
+        assert f.attrs["gun_angle_deg"] == 12.0
