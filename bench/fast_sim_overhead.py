@@ -16,13 +16,14 @@ import sys
 import numpy as np
 
 from caloforge.simulate._config import Trigger
-from caloforge.simulate.geant4 import on_axis, run_events_isolated
+from caloforge.simulate.geant4 import run_events_isolated
 from caloforge.simulate.geometry import ild_like
+from caloforge.simulate.gun import Gun, primaries
 
 
 def main(n: int = 30) -> None:
     geometry = ild_like()
-    rows = on_axis(geometry, np.full(n, 50.0))
+    rows = primaries(Gun(), geometry, np.full((n, 1), 50.0))
     times = {}
     for label, trigger in (("no trigger", None), ("trigger taking nothing", Trigger(("e+",), 1e6))):
         result = run_events_isolated(geometry, "gamma", rows, 1, trigger=trigger)

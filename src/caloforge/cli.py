@@ -35,6 +35,7 @@ from caloforge.detector import (
 from caloforge.evaluate import EvaluationError
 from caloforge.io import ShowerFileError, open_showers
 from caloforge.observables import feature_names, observables_from_file
+from caloforge.simulate.fastsim import DEFAULT_MAX_ANGLE_DEG
 
 if TYPE_CHECKING:
     from caloforge.simulate.driver import EnergySpec
@@ -348,7 +349,7 @@ def simulate(
     max_angle: Annotated[
         float,
         typer.Option(help="Fast sim: warn when tracks enter more than this many degrees off the normal."),
-    ] = 5.0,
+    ] = DEFAULT_MAX_ANGLE_DEG,
     pair_separation: Annotated[
         float | None,
         typer.Option(help="Two particles per event, this many mm apart (along x) at the front face."),

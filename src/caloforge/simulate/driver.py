@@ -38,6 +38,7 @@ from caloforge.projection import voxelise
 from caloforge.safety import check_outputs, check_stop, output_lock, stop_signals, worker_setup
 from caloforge.simulate._config import Trigger
 from caloforge.simulate.clustering import cluster_steps
+from caloforge.simulate.fastsim import DEFAULT_MAX_ANGLE_DEG
 from caloforge.simulate.geometry import Geometry
 from caloforge.simulate.gun import Gun, primaries
 
@@ -93,9 +94,10 @@ class EnergySpec:
         return f"{self.lo:g} GeV" if self.kind == "fixed" else f"{self.kind} {self.lo:g}-{self.hi:g} GeV"
 
 
-def draw_energies(spec: EnergySpec, n: int, seed: int) -> np.ndarray:
-    """The incident energies (GeV) of events ``0..n-1`` of a job with ``seed``."""
-    rng = np.random.default_rng([seed, 0xE1E])
+def draw_energies(spec: EnergySpec, n: int, seed: int, stream: int = 0) -> np.ndarray:
+    """The incident energies (GeV) of events ``0..n-1`` of a job with ``seed`` (``stream`` k > 0:
+    the k-th extra particle of each event, its own random stream)."""
+    rng = np.random.default_rng([seed, 0xE1E + stream])
     if spec.kind == "fixed":
         return np.full(n, spec.lo)
     if spec.kind == "uniform":
@@ -106,16 +108,7 @@ def draw_energies(spec: EnergySpec, n: int, seed: int) -> np.ndarray:
 def draw_event_energies(spec: EnergySpec, n: int, seed: int, per_event: int = 1) -> np.ndarray:
     """``(n, per_event)``: the energy of each primary of events ``0..n-1`` (the first column is
     :func:`draw_energies`; a pair's second particle has its own stream)."""
-    columns = [draw_energies(spec, n, seed)]
-    for k in range(1, per_event):
-        rng = np.random.default_rng([seed, 0xE1E + k])
-        if spec.kind == "fixed":
-            columns.append(np.full(n, spec.lo))
-        elif spec.kind == "uniform":
-            columns.append(rng.uniform(spec.lo, spec.hi, n))
-        else:
-            columns.append(np.exp(rng.uniform(math.log(spec.lo), math.log(spec.hi), n)))
-    return np.column_stack(columns)
+    return np.column_stack([draw_energies(spec, n, seed, k) for k in range(per_event)])
 
 
 @dataclass(frozen=True)
@@ -127,7 +120,7 @@ class FastSimSpec:
     model: str
     particles: tuple[str, ...] | None = None
     min_energy_gev: float | None = None
-    max_angle_deg: float = 5.0
+    max_angle_deg: float = DEFAULT_MAX_ANGLE_DEG
     precision: str = "auto"
 
     def __post_init__(self) -> None:

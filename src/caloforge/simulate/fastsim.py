@@ -27,11 +27,10 @@ True
 
 from __future__ import annotations
 
-import math
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -86,11 +85,14 @@ class FastSimBlock:
     """What fast simulation added to a block of events."""
 
     deposits: list[np.ndarray]  # per event: the placed hits of all its model showers
-    model_energy_mev: np.ndarray  # per event: the summed energy of its model showers
     n_showers: int = 0
     off_normal: int = 0  # showers whose track was more than max_angle_deg off the normal
     seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_energy_mev(self) -> np.ndarray:
+        """Per event: the summed energy of its model showers."""
+        return np.array([d[:, 3].sum() for d in self.deposits])
 
 
 class FastSim:
@@ -183,8 +185,6 @@ class FastSim:
     def showers(self, entries: Sequence[np.ndarray], seed: int, index: int) -> FastSimBlock:
         """The hits of one shower per recorded track (``entries[k]``: ``(m_k, 6)`` of event ``k``),
         all generated in one batch with batch index ``index`` of a run with ``seed``."""
-        import time
-
         start = time.perf_counter()
         counts = [len(e) for e in entries]
         flat = (
@@ -192,7 +192,7 @@ class FastSim:
             if entries
             else np.zeros((0, 6))
         )
-        block = FastSimBlock([np.zeros((0, 4)) for _ in entries], np.zeros(len(entries)), n_showers=len(flat))
+        block = FastSimBlock([np.zeros((0, 4)) for _ in entries], n_showers=len(flat))
         if len(flat) == 0:
             return block
         showers = self.generator.generate_batch({"energy": flat[:, 0]}, self.plan, seed, index)
@@ -205,7 +205,6 @@ class FastSim:
             mine = placed[bounds[k] : bounds[k + 1]]
             if mine:
                 block.deposits[k] = np.concatenate(mine)
-                block.model_energy_mev[k] = float(sum(p[:, 3].sum() for p in mine))
         block.seconds = time.perf_counter() - start
         return block
 
@@ -218,9 +217,3 @@ def off_normal_warning(count: int, total: int, max_angle_deg: float) -> str | No
         f"{count} of {total} fast-simulated showers came in more than {max_angle_deg:g} degrees off the "
         "detector normal: the model is conditioned on energy only, so they were placed along the normal"
     )
-
-
-def angle_of(direction: Sequence[float]) -> float:
-    """Degrees between ``direction`` and the detector normal (+z)."""
-    dx, dy, dz = direction
-    return math.degrees(math.acos(max(-1.0, min(1.0, dz / math.sqrt(dx * dx + dy * dy + dz * dz)))))

@@ -56,6 +56,7 @@ from caloforge.simulate._config import (
     Trigger,
 )
 from caloforge.simulate.geometry import Geometry
+from caloforge.simulate.gun import Gun, primaries
 
 if TYPE_CHECKING:
     from caloforge.simulate._engine import Engine
@@ -166,11 +167,6 @@ def engine_stats() -> EngineStats | None:
     return None if _instance is None else _instance.stats
 
 
-def on_axis(geometry: Geometry, energies_gev: np.ndarray) -> list[np.ndarray]:
-    """Primaries of single-particle events on the beam axis, along +z from the gun depth."""
-    return [np.array([[e, 0.0, 0.0, geometry.gun_depth_mm, 0.0, 0.0, 1.0]]) for e in energies_gev]
-
-
 def run_showers(
     geometry: Geometry,
     particle: str,
@@ -200,7 +196,7 @@ def run_showers(
     events = run_events(
         geometry,
         particle,
-        on_axis(geometry, energies),
+        primaries(Gun(), geometry, energies[:, None]),  # one particle on the beam axis
         seed,
         physics,
         first_event=first_event,
