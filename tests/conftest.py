@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from caloforge import cli
-from caloforge.io import PointShowers
+from caloforge.detector import get_detector
+from caloforge.io import PointShowers, VoxelShowers
 from caloforge.models.caloclouds2 import CaloClouds2Config
 
 
@@ -44,6 +45,25 @@ def random_points(n: int, max_points: int, seed: int = 0, n_layers: int = 30) ->
         pts[i, :k, 2] = rng.integers(0, n_layers, k) + 0.5
         pts[i, :k, 3] = rng.exponential(0.5, k) + 1e-3
     return PointShowers(rng.uniform(10, 90, n), pts)
+
+
+def toy_voxels(n: int, seed: int = 0) -> VoxelShowers:
+    """Shower-like voxels: a longitudinal Gamma profile and an exponential radial fall-off."""
+    rng = np.random.default_rng(seed)
+    energy = np.exp(rng.uniform(np.log(1.0), np.log(100.0), n))
+    layer = np.arange(45)
+    ring = np.arange(9)
+    out = np.zeros((n, 45, 16, 9), np.float32)
+    for i in range(n):
+        peak = 6 + 2 * np.log(energy[i]) + rng.normal(0, 1)
+        prof = (layer + 1) ** 2 * np.exp(-(layer + 1) / max(peak / 2, 1.0))
+        prof = prof / prof.sum() * energy[i] * 1000 * 0.015 * rng.uniform(0.9, 1.1)
+        radial = np.exp(-ring / rng.uniform(0.8, 1.5))
+        shape = radial[None, None, :] * rng.gamma(4.0, 1.0, (45, 16, 9))
+        shape /= shape.sum(axis=(1, 2), keepdims=True)
+        out[i] = prof[:, None, None] * shape
+    out[out < get_detector("calochallenge-ds2").threshold_mev] = 0.0
+    return VoxelShowers(energy, out.reshape(n, -1))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from caloforge.detector import get_detector
-from caloforge.io import VoxelShowers, open_showers, write_showers
+from caloforge.io import open_showers, write_showers
 from caloforge.models.calodream import (
     CaloDreamConfig,
     SolverSpec,
@@ -40,29 +40,10 @@ from caloforge.models.nn.transfusion import Transfusion
 from caloforge.models.nn.vae import LayerVAE
 from caloforge.models.nn.vit import ViT3d, patchify, unpatchify
 from caloforge.odesolvers import BNSSolver, solve_fixed
-from conftest import run_cli
+from conftest import run_cli, toy_voxels
 
 torch.set_num_threads(1)
 DET = get_detector("calochallenge-ds2")
-
-
-def toy_voxels(n: int, seed: int = 0) -> VoxelShowers:
-    """Shower-like voxels: a longitudinal Gamma profile and an exponential radial fall-off."""
-    rng = np.random.default_rng(seed)
-    energy = np.exp(rng.uniform(np.log(1.0), np.log(100.0), n))
-    layer = np.arange(45)
-    ring = np.arange(9)
-    out = np.zeros((n, 45, 16, 9), np.float32)
-    for i in range(n):
-        peak = 6 + 2 * np.log(energy[i]) + rng.normal(0, 1)
-        prof = (layer + 1) ** 2 * np.exp(-(layer + 1) / max(peak / 2, 1.0))
-        prof = prof / prof.sum() * energy[i] * 1000 * 0.015 * rng.uniform(0.9, 1.1)
-        radial = np.exp(-ring / rng.uniform(0.8, 1.5))
-        shape = radial[None, None, :] * rng.gamma(4.0, 1.0, (45, 16, 9))
-        shape /= shape.sum(axis=(1, 2), keepdims=True)
-        out[i] = prof[:, None, None] * shape
-    out[out < DET.threshold_mev] = 0.0
-    return VoxelShowers(energy, out.reshape(n, -1))
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,12 @@ __all__ = [
 ]
 
 #: Packages whose ``FAMILY`` is a built-in family.
-BUILTIN = ("caloforge.models.caloclouds1", "caloforge.models.caloclouds2", "caloforge.models.calodream")
+BUILTIN = (
+    "caloforge.models.caloclouds1",
+    "caloforge.models.caloclouds2",
+    "caloforge.models.calodream",
+    "caloforge.models.caloinn",
+)
 #: The shipped model that ``--model default`` means.
 DEFAULT_MODEL = "caloclouds2-cm"
 

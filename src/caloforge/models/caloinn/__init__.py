@@ -1,0 +1,45 @@
+"""CaloINN (arXiv:2312.09290): a normalizing flow of rational-quadratic spline coupling blocks
+over voxel showers, conditioned on the incident energy.
+
+The flow sees each layer as ``1 + V`` numbers, its log energy and its voxels' log energies
+(empty ones on a slab below the threshold, :mod:`.variables`), standardised; its coupling
+blocks (:mod:`caloforge.models.nn.coupling`: zuko's rational-quadratic splines, our blocks)
+take their spline parameters from 1-d convolutions along the layers (:mod:`.model`). It
+trains by maximum likelihood (:mod:`.training`: one-cycle schedule, EMA, atomic resumable
+checkpoints) and samples in one inverse pass (:mod:`.generation`). Importing this package
+imports none of its modules: the names below load theirs on first use.
+"""
+
+from __future__ import annotations
+
+from caloforge.models.protocol import Capabilities, Family, lazy_exports
+
+_EXPORTS = {
+    "CaloINNConfig": "config",
+    "PRESETS": "config",
+    "layer_features": "variables",
+    "voxels_from_layer_features": "variables",
+    "CaloINN": "model",
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+    "CaloINNGenerator": "generation",
+    "voxel_batch": "generation",
+    "train": "training",
+}
+
+__all__ = ["FAMILY", *_EXPORTS]
+
+FAMILY = Family(
+    name="caloinn",
+    description="CaloINN",
+    formats=("caloforge-caloinn",),
+    loader="caloforge.models.caloinn.generation:load_generator",
+    capabilities=Capabilities(workers=True, precisions=("float32",)),
+    commands="caloforge.models.caloinn.cli:add_commands",
+    shipped={"caloinn": "caloinn_ds2_cpu.pt"},
+    bench_models=(("CaloINN", "caloinn"),),
+)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

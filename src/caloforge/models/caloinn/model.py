@@ -1,0 +1,122 @@
+"""The CaloINN network: standardised layer features, a coupling flow conditioned on the
+incident energy, and what generation needs."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from caloforge import __version__
+from caloforge.detector import Detector, PolarGrid
+from caloforge.models.caloinn.config import CaloINNConfig
+from caloforge.models.caloinn.variables import layer_features, voxels_from_layer_features
+from caloforge.models.nn.coupling import CouplingFlow
+
+CHECKPOINT_FORMAT = "caloforge-caloinn"
+CHECKPOINT_VERSION = 1
+
+
+class CaloINN(nn.Module):
+    """A conditional normalizing flow over the ``(L, 1 + V)`` features of
+    :func:`~caloforge.models.caloinn.variables.layer_features`, standardised per feature.
+
+    ``forward`` direction: data → latent (training by maximum likelihood); :meth:`sample`
+    runs it backwards from Gaussian noise, one pass, no iterations.
+    """
+
+    def __init__(self, config: CaloINNConfig, detector: Detector, energy_range: tuple[float, float]) -> None:
+        super().__init__()
+        if not isinstance(detector.readout, PolarGrid):
+            raise ValueError(f"CaloINN needs a voxel (polar) readout; detector '{detector.name}' has cells")
+        self.config, self.detector = config, detector
+        self.energy_range = (float(energy_range[0]), float(energy_range[1]))
+        ro = detector.readout
+        self.shape = (detector.n_layers, 1 + ro.n_alpha * ro.n_radial)
+        self.register_buffer("mean", torch.zeros(self.shape))
+        self.register_buffer("std", torch.ones(self.shape))
+        self.flow = CouplingFlow(
+            self.shape,
+            n_cond=1,
+            n_blocks=config.n_blocks,
+            hidden=config.hidden,
+            kernel=config.kernel,
+            depth=config.depth,
+            kind=config.coupling,
+            bins=config.bins,
+            bound=config.bound,
+            conditioner=config.conditioner,
+            seed=config.seed,
+        )
+        self.complete = False
+
+    # ---- preprocessing
+    def energy_condition(self, e_inc_gev: Tensor) -> Tensor:
+        """``(n, 1)``: log incident energy mapped to [-1, 1] over the training range."""
+        lo, hi = (math.log(e) for e in self.energy_range)
+        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
+        return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)
+
+    def raw_features(self, voxels: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Unstandardised features ``(n, L, 1 + V)`` of voxel showers ``(n, n_voxels)`` (MeV)."""
+        return layer_features(voxels, self.detector.n_layers, self.detector.threshold_mev, gen)
+
+    def fit_standardisation(self, voxels: Tensor, gen: torch.Generator) -> None:
+        """Fit the per-feature mean and width (floored at ``config.min_std``) on training showers."""
+        x = self.raw_features(voxels, gen)
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp_min(self.config.min_std))
+
+    def features(self, voxels: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Standardised features, kept inside the splines' range ``±bound``."""
+        edge = self.config.bound * (1 - 1e-4)
+        return ((self.raw_features(voxels, gen) - self.mean) / self.std).clamp(-edge, edge)
+
+    def voxels_from_features(self, x: Tensor) -> Tensor:
+        """Voxel energies (MeV) ``(n, n_voxels)`` of standardised features ``x``."""
+        return voxels_from_layer_features(x * self.std + self.mean, self.detector.threshold_mev)
+
+    # ---- density and sampling
+    def log_prob(self, x: Tensor, e_inc_gev: Tensor) -> Tensor:
+        """Log-density of standardised features ``x`` given the incident energies, per shower."""
+        return self.flow.log_prob(x, self.energy_condition(e_inc_gev))
+
+    @torch.no_grad()
+    def sample_features(self, e_inc_gev: Tensor, gen: torch.Generator, temperature: float = 1.0) -> Tensor:
+        """Standardised features of ``len(e_inc_gev)`` showers from noise drawn with ``gen``."""
+        z = torch.randn((len(e_inc_gev), *self.shape), generator=gen) * temperature
+        return self.flow.inverse(z, self.energy_condition(e_inc_gev))
+
+    @torch.no_grad()
+    def sample(self, e_inc_gev: Tensor, gen: torch.Generator, temperature: float = 1.0) -> Tensor:
+        """Voxel showers (MeV) ``(n, n_voxels)`` for the incident energies (GeV)."""
+        return self.voxels_from_features(self.sample_features(e_inc_gev, gen, temperature))
+
+    def n_parameters(self) -> dict[str, int]:
+        """Trainable parameters, ``{"flow": n}``."""
+        return {"flow": sum(p.numel() for p in self.flow.parameters())}
+
+    # ---- checkpoint form
+    def inference_state(self) -> dict[str, Any]:
+        """Everything :func:`~caloforge.models.caloinn.checkpoint.load_model` needs."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "caloforge_version": __version__,
+            "config": json.dumps(self.config.to_dict()),
+            "detector": json.dumps(self.detector.to_dict()),
+            "energy_range": list(self.energy_range),
+            "complete": self.complete,
+            "model": self.state_dict(),
+        }
+
+
+def nll_per_dim(model: CaloINN, x: Tensor, e_inc_gev: Tensor) -> Tensor:
+    """The training loss: mean negative log-likelihood per feature (nats)."""
+    return -model.log_prob(x, e_inc_gev).mean() / x[0].numel()
+
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CaloINN", "nll_per_dim"]

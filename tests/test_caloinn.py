@@ -1,0 +1,204 @@
+"""CaloINN: coupling blocks (invertibility, log-determinant), the preprocessing round trip,
+training and resuming, generation through the protocol and the command line, bad input."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from caloforge.detector import get_detector
+from caloforge.io import open_showers, write_showers
+from caloforge.models.caloinn import CaloINN, CaloINNConfig, layer_features, load_model, train
+from caloforge.models.caloinn import voxels_from_layer_features as decode
+from caloforge.models.nn.coupling import CouplingFlow, paired_masks
+from caloforge.models.protocol import CheckpointError, GenerationError, GenerationRequest
+from caloforge.models.registry import load_generator
+from conftest import cli_run, run_cli, toy_voxels
+
+torch.set_num_threads(1)
+DET = get_detector("calochallenge-ds2")
+SMOKE = CaloINNConfig.from_preset("smoke")
+
+
+@pytest.fixture(scope="module")
+def voxel_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("inn") / "toy.h5"
+    attrs = {"energy_min_gev": 1.0, "energy_max_gev": 100.0}
+    write_showers(path, toy_voxels(80), DET, generator="toy", attrs=attrs)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(voxel_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("inn_run") / "run"
+    train(SMOKE, voxel_file, run)
+    return run
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+def _random_flow(kind: str, conditioner: str, shape=(3, 5)) -> CouplingFlow:
+    torch.manual_seed(1)
+    flow = CouplingFlow(shape, 2, n_blocks=3, hidden=6, kernel=3, depth=2, kind=kind, bins=4, bound=3.0)
+    if conditioner == "dense":
+        flow = CouplingFlow(shape, 2, 3, 6, kind=kind, bins=4, bound=3.0, conditioner="dense")
+    for p in flow.parameters():  # away from the identity start
+        p.data.normal_(0.0, 0.4)
+    return flow.double()
+
+
+@pytest.mark.parametrize("kind", ["rqs", "affine"])
+@pytest.mark.parametrize("conditioner", ["conv", "dense"])
+def test_coupling_flow_inverts_and_its_log_det_is_the_jacobians(kind, conditioner):
+    flow = _random_flow(kind, conditioner)
+    x = torch.randn(4, 3, 5, dtype=torch.double) * 2  # some values outside the splines' bound
+    c = torch.randn(4, 2, dtype=torch.double)
+    z, ladj = flow(x, c)
+    assert not torch.allclose(z, x)
+    torch.testing.assert_close(flow.inverse(z, c), x, rtol=0, atol=1e-7)
+    for i in range(2):
+        jac = torch.autograd.functional.jacobian(
+            lambda v, i=i: flow(v.reshape(1, 3, 5), c[i : i + 1])[0].flatten(), x[i].flatten()
+        )
+        torch.testing.assert_close(ladj[i], torch.linalg.slogdet(jac)[1], rtol=0, atol=1e-8)
+
+
+def test_a_new_flow_is_the_identity_and_masks_pair_up():
+    flow = CouplingFlow((4, 6), 1, n_blocks=4, hidden=8)
+    x, c = torch.randn(3, 4, 6), torch.randn(3, 1)
+    z, ladj = flow(x, c)
+    torch.testing.assert_close(z, x, rtol=0, atol=1e-5)  # zero spline parameters: the identity
+    torch.testing.assert_close(ladj, torch.zeros(3), rtol=0, atol=1e-4)
+    a, b, d, e = paired_masks(4, 6, seed=2)
+    assert (a ^ b).all() and (d ^ e).all() and a.sum() == 3 and not torch.equal(a, d)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocessing_round_trip_voxels_to_network_space_and_back():
+    vox = torch.from_numpy(toy_voxels(6).voxels)
+    gen = torch.Generator().manual_seed(0)
+    x = layer_features(vox, 45, DET.threshold_mev, gen)
+    assert x.shape == (6, 45, 145)
+    empty = x[..., 1:].reshape(6, -1)[vox == 0]
+    assert ((empty >= -4) & (empty <= -2)).all()  # the slab
+    torch.testing.assert_close(decode(x, DET.threshold_mev), vox, rtol=1e-4, atol=1e-4)
+    # ... and through the standardisation of a model
+    model = CaloINN(SMOKE, DET, (1.0, 100.0))
+    model.fit_standardisation(vox, gen)
+    back = model.voxels_from_features(model.features(vox, gen))
+    torch.testing.assert_close(back, vox, rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_keeps_the_layer_energy_of_the_features():
+    vox = torch.from_numpy(toy_voxels(3, seed=4).voxels)
+    x = layer_features(vox, 45, DET.threshold_mev)
+    x[..., 0] += 0.1  # ask for 10.5 % more energy in every filled layer
+    out = decode(x, DET.threshold_mev).reshape(3, 45, -1)
+    before, after = vox.reshape(3, 45, -1).sum(-1), out.sum(-1)
+    filled = before > 0
+    torch.testing.assert_close(
+        after[filled] / before[filled], torch.full((int(filled.sum()),), np.exp(0.1)).float()
+    )
+    assert ((out > 0) == (vox.reshape(3, 45, -1) > 0)).all()  # the same hits
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_training_lowers_the_validation_loss_and_saves_a_complete_model(trained):
+    log = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    vals = [r["val"] for r in log if "val" in r]
+    assert len(vals) == 3 and vals[-1] < vals[0]
+    model = load_model(trained)
+    assert model.complete and model.detector.name == "calochallenge-ds2"
+
+
+def test_resume_continues_exactly(voxel_file, tmp_path):
+    cfg = CaloINNConfig.from_preset("smoke", steps=6, val_every=3)
+    train(cfg, voxel_file, tmp_path / "full")
+    train(cfg, voxel_file, tmp_path / "half", max_minutes=0.0)  # one step, then a checkpoint
+    train(cfg, voxel_file, tmp_path / "half", resume=True)
+    a, b = load_model(tmp_path / "full").state_dict(), load_model(tmp_path / "half").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_bad_training_input_is_refused_without_a_run(voxel_file, tmp_path, showers):
+    nan = tmp_path / "nan.h5"
+    write_showers(nan, toy_voxels(30), DET, generator="toy")
+    with h5py.File(nan, "r+") as h5:
+        h5["showers"][3, 10] = np.nan
+    with pytest.raises(ValueError, match="shower 3: holds a non-finite value"):
+        train(SMOKE, nan, tmp_path / "a")
+    points = tmp_path / "points.h5"
+    write_showers(points, showers, get_detector("ild-ecal"), generator="toy")
+    with pytest.raises(ValueError, match="voxel files"):
+        train(SMOKE, points, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ValueError, match="kernel"):
+        CaloINNConfig.from_preset("smoke", kernel=2)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def test_generator_follows_the_protocol(trained):
+    gen = load_generator(trained)
+    assert gen.family == "caloinn" and gen.output == "voxels" and gen.label == "caloinn"
+    plan = gen.plan(GenerationRequest())
+    assert plan.sampler.name == "inverse" and plan.sampler.network_calls == 1
+    e = {"energy": np.array([5.0, 50.0, 90.0])}
+    a, b = gen.generate_batch(e, plan, 3, 0), gen.generate_batch(e, plan, 3, 0)
+    assert np.array_equal(a.voxels, b.voxels) and a.voxels.shape == (3, 6480)
+    assert not np.array_equal(a.voxels, gen.generate_batch(e, plan, 3, 1).voxels)
+    assert np.isfinite(a.voxels).all() and (a.voxels >= 0).all()
+    hits = a.voxels[a.voxels > 0]
+    assert hits.size and hits.min() >= DET.threshold_mev * (1 - 1e-5)
+    for request, match in [
+        (GenerationRequest(sampler="rk4"), "one pass"),
+        (GenerationRequest(n_steps=4), "one pass"),
+        (GenerationRequest(precision="bfloat16"), "float32"),
+        (GenerationRequest(options={"points_per_call": 3}), "points_per_call"),
+        (GenerationRequest(options={"temperature": -1.0}), "temperature"),
+    ]:
+        with pytest.raises(GenerationError, match=match):
+            gen.plan(request)
+    cooler = gen.plan(GenerationRequest(options={"temperature": 0.5}))
+    assert cooler.attrs["temperature"] == 0.5
+
+
+def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, voxel_file, tmp_path):
+    run, out, report = tmp_path / "run", tmp_path / "gen.h5", tmp_path / "report"
+    run_cli(monkeypatch, "train", "caloinn", "--data", voxel_file, "--out", run, "--preset", "smoke")
+    source = ("--energies-file", voxel_file, "-n", 80, "--seed", 2)
+    run_cli(monkeypatch, "generate", "--model", run, *source, "--out", out)
+    with open_showers(out) as f:
+        assert f.kind == "voxels" and f.generator == "caloinn" and len(f) == 80
+    run_cli(
+        monkeypatch, "evaluate", voxel_file, out, "--out", report, "--splits", 2, "--epochs", 2, "--draws", 2
+    )
+    (candidate,) = json.loads((report / "metrics.json").read_text())["candidates"]
+    assert candidate["generator"] == "caloinn" and "high_level_auc" in json.dumps(candidate)
+    capsys.readouterr()
+    bad = ("--steps", 4, "--overwrite", "--out", out)
+    code, _, err = cli_run(monkeypatch, capsys, "generate", "--model", run, *source, *bad)
+    assert code != 0 and "one pass" in err and len(err.strip().splitlines()) <= 3
+    with open_showers(out) as f:
+        assert len(f) == 80  # the existing file was left alone
+
+
+def test_a_foreign_or_broken_checkpoint_is_one_line(trained, tmp_path):
+    state = torch.load(trained / "checkpoint.pt", weights_only=True)
+    state["format_version"] = 99
+    torch.save(state, tmp_path / "v.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_model(tmp_path / "v.pt")
+    with h5py.File(tmp_path / "x.h5", "w"):
+        pass
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "x.h5")
