@@ -32,7 +32,8 @@ demo: setup
 	$(BIN)/caloforge simulate --fast-sim default -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_fastsim.h5
 	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 out/demo_fastsim.h5 --out out/demo --overwrite
 	$(BIN)/caloforge generate --model calodream --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_calodream.h5
-	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 --out out/demo_calodream --overwrite
+	$(BIN)/caloforge generate --model caloinn --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_caloinn.h5
+	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 out/demo_caloinn.h5 --out out/demo_ds2 --overwrite
 
 test: setup
 	$(BIN)/ruff check src tests
@@ -56,7 +57,7 @@ data: setup
 	$(BIN)/caloforge simulate -n 20000 --energy 10:90 --seed 1 --workers 2 --resume --out $(DATA)/ild_gamma_train.h5
 	$(BIN)/caloforge simulate -n 10000 --energy 10:90 --seed 2 --workers 2 --resume --out $(DATA)/ild_gamma_test.h5
 
-# CaloChallenge-dataset-2-like electron voxel showers for CaloDREAM (log-uniform 1-100 GeV).
+# CaloChallenge-dataset-2-like electron voxel showers for CaloDREAM and CaloINN (log-uniform 1-100 GeV).
 data-ds2: setup
 	mkdir -p $(DATA)
 	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 20000 --seed 11 --workers 2 --resume --out $(DATA)/ds2_train_points.h5 --voxel-out $(DATA)/ds2_train.h5

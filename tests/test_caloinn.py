@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from caloforge.detector import get_detector
-from caloforge.io import open_showers, write_showers
+from caloforge.generation import generate_file
+from caloforge.io import open_showers, read_showers, write_showers
 from caloforge.models.caloinn import CaloINN, CaloINNConfig, layer_features, load_model, train
 from caloforge.models.caloinn import voxels_from_layer_features as decode
 from caloforge.models.nn.coupling import CouplingFlow, paired_masks
@@ -172,6 +173,14 @@ def test_generator_follows_the_protocol(trained):
     assert cooler.attrs["temperature"] == 0.5
 
 
+def test_workers_make_the_same_file(trained, tmp_path):
+    energies = np.geomspace(2.0, 90.0, 6)
+    kw = {"seed": 5, "batch_size": 2}
+    one = generate_file(trained, energies, tmp_path / "one.h5", **kw)
+    two = generate_file(trained, energies, tmp_path / "two.h5", workers=2, **kw)
+    np.testing.assert_array_equal(read_showers(one.path).voxels, read_showers(two.path).voxels)
+
+
 def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, voxel_file, tmp_path):
     run, out, report = tmp_path / "run", tmp_path / "gen.h5", tmp_path / "report"
     run_cli(monkeypatch, "train", "caloinn", "--data", voxel_file, "--out", run, "--preset", "smoke")
@@ -190,6 +199,16 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, voxel_
     assert code != 0 and "one pass" in err and len(err.strip().splitlines()) <= 3
     with open_showers(out) as f:
         assert len(f) == 80  # the existing file was left alone
+    cool = tmp_path / "cool.h5"
+    run_cli(monkeypatch, "generate", "--model", run, "-n", 4, "--option", "temperature=0.8", "--out", cool)
+    with open_showers(cool) as f:
+        assert f.attrs["temperature"] == 0.8
+    code, _, err = cli_run(monkeypatch, capsys, "generate", "--model", run, "--option", "tau", "--out", cool)
+    assert code != 0 and "KEY=VALUE" in err
+    code, _, err = cli_run(
+        monkeypatch, capsys, "generate", "--model", run, "--option", "x=1", "--out", tmp_path / "x.h5"
+    )
+    assert code != 0 and "option 'x'" in err and not (tmp_path / "x.h5").exists()
 
 
 def test_a_foreign_or_broken_checkpoint_is_one_line(trained, tmp_path):
@@ -202,3 +221,24 @@ def test_a_foreign_or_broken_checkpoint_is_one_line(trained, tmp_path):
         pass
     with pytest.raises(CheckpointError):
         load_model(tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("bins", [1, 4, 8])
+def test_our_spline_is_zukos_spline(bins):
+    from zuko.transforms import MonotonicRQSTransform
+
+    from caloforge.models.nn.coupling import rqs
+
+    gen = torch.Generator().manual_seed(bins)
+    x = torch.randn(500, generator=gen, dtype=torch.double) * 3  # a fifth outside the bound
+    w, h = torch.randn(2, 500, bins, generator=gen, dtype=torch.double) * 2
+    d = torch.randn(500, bins - 1, generator=gen, dtype=torch.double) * 2
+    ref = MonotonicRQSTransform(w, h, d, bound=4.0)
+    y_ref, ladj_ref = ref.call_and_ladj(x)
+    y, ladj = rqs(x, w, h, d, 4.0)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ladj, ladj_ref, rtol=0, atol=1e-9)
+    back, ladj_back = rqs(y, w, h, d, 4.0, inverse=True)
+    torch.testing.assert_close(back, ref.inv(y_ref), rtol=0, atol=1e-9)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-9)
+    torch.testing.assert_close(ladj_back, ladj, rtol=0, atol=1e-8)

@@ -43,7 +43,7 @@ def test_registry_finds_families_by_format_and_imports_no_network_code():
         "print(names, 'torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['caloclouds1', 'caloclouds2', 'calodream'] False"
+    assert out.strip() == "['caloclouds1', 'caloclouds2', 'calodream', 'caloinn'] False"
     assert registry.family_for_format("caloforge-caloclouds2").name == "caloclouds2"
     with pytest.raises(CheckpointError, match="no model family reads checkpoints of format 'nope'"):
         registry.family_for_format("nope")
@@ -51,12 +51,14 @@ def test_registry_finds_families_by_format_and_imports_no_network_code():
         registry.register(Family("clone", "Clone", ("caloforge-calodream",), loader="x:y"))
 
 
-@pytest.mark.parametrize("name", ["default", "caloclouds2", "caloclouds1", "calodream", "calodream-lavit"])
+@pytest.mark.parametrize(
+    "name", ["default", "caloclouds2", "caloclouds1", "calodream", "calodream-lavit", "caloinn"]
+)
 def test_shipped_models_load_through_the_registry(name):
     generator = registry.load_generator(name)
     family = registry.get_family(generator.family)
     assert name == "default" or name in family.shipped
-    assert generator.output == ("voxels" if family.name == "calodream" else "points")
+    assert generator.output == ("voxels" if generator.detector.name == "calochallenge-ds2" else "points")
     (energy,) = generator.conditions
     assert energy.name == "energy" and energy.low < energy.high
     plan = generator.plan(GenerationRequest())

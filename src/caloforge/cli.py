@@ -670,6 +670,14 @@ def generate(
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted --engine dask run from its finished pieces.")
     ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            help="A family's own generation option KEY=VALUE, repeatable (e.g. CaloINN temperature=0.9, "
+            "CaloClouds points_per_call=20000).",
+        ),
+    ] = None,
 ) -> None:
     """Generate showers with a trained model into the simulator's point-cloud format."""
     from caloforge.generation import generate_file
@@ -712,11 +720,33 @@ def generate(
             engine=engine,
             scheduler=scheduler,
             resume=resume,
+            options=_generation_options(option or []),
         )
     console.print(
         f"wrote {result.n_showers} showers to {out} in {result.seconds:.1f} s "
         f"({result.ms_per_shower:.1f} ms/shower)"
     )
+
+
+def _generation_options(entries: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` entries as a mapping; values that read as numbers or true/false become them."""
+    out: dict[str, Any] = {}
+    for entry in entries:
+        key, sep, raw = entry.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"'{entry}' is not KEY=VALUE", param_hint="--option")
+        value: Any = raw.strip()
+        if value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(value)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip()] = value
+    return out
 
 
 @app.command()

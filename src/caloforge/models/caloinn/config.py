@@ -21,7 +21,7 @@ class CaloINNConfig(PresetConfig):
     KIND: ClassVar[str] = "CaloINN"
 
     seed: int = 0
-    steps: int = 4000
+    steps: int = 2000
     batch_size: int = 128
     lr: float = 1e-3  # the one-cycle schedule's peak
     grad_clip: float = 10.0
@@ -33,8 +33,8 @@ class CaloINNConfig(PresetConfig):
     # the invertible network
     n_blocks: int = 8
     coupling: str = "rqs"
-    bins: int = 8
-    bound: float = 6.0
+    bins: int = 6
+    bound: float = 8.0
     conditioner: str = "conv"
     hidden: int = 64
     kernel: int = 3

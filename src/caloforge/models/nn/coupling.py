@@ -5,9 +5,10 @@ A :class:`CouplingFlow` is a stack of :class:`Coupling` blocks over a tensor ``(
 features its boolean ``mask`` (over the ``F`` features, the same in every layer) marks and
 transforms the others elementwise, with parameters that a conditioner computes from the
 unchanged ones and a condition vector: a monotonic rational-quadratic spline (Durkan et al.
-2019; zuko's :class:`~zuko.transforms.MonotonicRQSTransform`, the identity outside
-``[-bound, bound]``) or an affine map. Blocks come in pairs, a random half-mask and its
-complement (:func:`paired_masks`), so every feature is transformed. The conditioner
+2019; zuko's :class:`~zuko.transforms.MonotonicRQSTransform`, re-implemented in :func:`rqs`
+for speed and tested against it; the identity outside ``[-bound, bound]``) or an affine map.
+Blocks come in pairs, a random half-mask and its complement (:func:`paired_masks`), so every
+feature is transformed. The conditioner
 (:class:`LayerConvConditioner`) is a stack of 1-d convolutions along the layers, shared by
 all layers (a learned per-layer offset tells them apart); a dense MLP
 (:class:`DenseConditioner`) sees all layers at once but costs ``L · F`` outputs per hidden
@@ -27,7 +28,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from zuko.transforms import MonotonicRQSTransform
 
 __all__ = [
     "CONDITIONERS",
@@ -38,6 +38,7 @@ __all__ = [
     "LayerConvConditioner",
     "gaussian_log_prob",
     "paired_masks",
+    "rqs",
 ]
 
 #: Elementwise transforms of a block: ``rqs`` (rational-quadratic spline) or ``affine``.
@@ -48,12 +49,69 @@ CONDITIONERS = ("conv", "dense")
 AFFINE_CLAMP = 2.0
 
 
+def _softmax(v: Tensor) -> Tensor:
+    # torch.softmax over a last axis of a few bins is several times slower on CPUs
+    e = torch.exp(v - v.amax(-1, keepdim=True))
+    return e / e.sum(-1, keepdim=True)
+
+
+def rqs(
+    x: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    bound: float,
+    inverse: bool = False,
+    slope: float = 1e-3,
+) -> tuple[Tensor, Tensor]:
+    """Monotonic rational-quadratic spline (Durkan et al. 2019) of ``x`` and its log-derivative.
+
+    The parametrisation of zuko's :class:`~zuko.transforms.MonotonicRQSTransform` (unconstrained
+    ``widths`` and ``heights`` ``(*, K)``, inner knot ``derivatives`` ``(*, K - 1)``, minimum slope
+    ``slope``, the identity outside ``[-bound, bound]``), computed here with gathers of the two
+    knots each value needs: 1.3-1.65x faster on CPUs (tested equal to zuko's). ``inverse``:
+    the inverse map (the log-derivative is then that of the forward map at the result).
+    """
+    c = math.log(slope)
+    widths = widths / (1 + torch.abs(2 * widths / c))
+    heights = heights / (1 + torch.abs(2 * heights / c))
+    derivatives = derivatives / (1 + torch.abs(derivatives / c))
+    n_bins = widths.shape[-1]
+    xk = F.pad(torch.cumsum(_softmax(widths), -1), (1, 0)) * (2 * bound) - bound
+    yk = F.pad(torch.cumsum(_softmax(heights), -1), (1, 0)) * (2 * bound) - bound
+    dk = F.pad(torch.exp(derivatives), (1, 1), value=1.0)
+    knots = yk if inverse else xk
+    inside = (x > -bound) & (x < bound)
+    k = torch.searchsorted(knots.detach().contiguous(), x.detach().unsqueeze(-1).contiguous(), right=True)
+    k = (k - 1).clamp(0, n_bins - 1)
+    both = torch.cat([k, k + 1], dim=-1)
+    x0, x1 = xk.gather(-1, both).unbind(-1)
+    y0, y1 = yk.gather(-1, both).unbind(-1)
+    d0, d1 = dk.gather(-1, both).unbind(-1)
+    s = (y1 - y0) / (x1 - x0)
+    if inverse:
+        dy = x - y0
+        a = (y1 - y0) * (s - d0) + dy * (d0 + d1 - 2 * s)
+        b = (y1 - y0) * d0 - dy * (d0 + d1 - 2 * s)
+        z = (2 * -s * dy / (-b - (b * b + 4 * a * s * dy).clamp_min(0.0).sqrt())).clamp(0.0, 1.0)
+        out = x0 + z * (x1 - x0)
+    else:
+        z = ((x - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    zz = z * (1 - z)
+    den = s + (d0 + d1 - 2 * s) * zz
+    if not inverse:
+        out = y0 + (y1 - y0) * (s * z * z + d0 * zz) / den
+    jac = s * s * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z * z) / (den * den)
+    return torch.where(inside, out, x), torch.where(inside, torch.log(jac), 0.0)
+
+
 class LayerConvConditioner(nn.Module):
     """``(n, L, F_in)`` features and an ``(n, C)`` condition → ``(n, L, F_out, P)`` parameters.
 
     ``depth`` convolutions of width ``kernel`` along the layers (``hidden`` channels, SiLU,
-    a learned offset per layer after the first), then a 1 × 1 convolution to ``F_out · P``
-    channels, initialised at zero.
+    a learned offset per layer after the first), then a linear map of each layer's channels
+    to its ``F_out · P`` parameters, initialised at zero (a linear layer rather than a 1 × 1
+    convolution: its backward pass is one matrix product, 10× faster on CPUs here).
     """
 
     def __init__(
@@ -73,7 +131,7 @@ class LayerConvConditioner(nn.Module):
         self.first = nn.Conv1d(f_in + n_cond, hidden, kernel, padding=pad)
         self.position = nn.Parameter(torch.zeros(hidden, n_layers))
         self.rest = nn.ModuleList(nn.Conv1d(hidden, hidden, kernel, padding=pad) for _ in range(depth - 1))
-        self.out = nn.Conv1d(hidden, self.f_out * n_params, 1)
+        self.out = nn.Linear(hidden, self.f_out * n_params)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -83,7 +141,7 @@ class LayerConvConditioner(nn.Module):
         h = F.silu(self.first(h) + self.position)
         for conv in self.rest:
             h = F.silu(conv(h))
-        return self.out(h).reshape(n, self.f_out, self.n_params, n_layers).permute(0, 3, 1, 2)
+        return self.out(h.transpose(1, 2)).reshape(n, n_layers, self.f_out, self.n_params)
 
 
 class DenseConditioner(nn.Module):
@@ -128,39 +186,27 @@ class Coupling(nn.Module):
         """Parameters per transformed feature: ``3 · bins − 1`` for a spline, 2 for an affine map."""
         return 3 * bins - 1 if kind == "rqs" else 2
 
-    def _transform(self, x: Tensor, c: Tensor) -> MonotonicRQSTransform | tuple[Tensor, Tensor]:
-        """The elementwise map of the moved features, from the kept ones."""
+    def _map(self, x: Tensor, c: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The moved features mapped (or mapped back), with the forward map's log-derivatives."""
         p = self.conditioner(x.index_select(-1, self.kept), c)
-        if self.kind == "rqs":
-            k = self.bins
-            return MonotonicRQSTransform(p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], bound=self.bound)
-        shift, raw = p[..., 0], p[..., 1]
-        return shift, AFFINE_CLAMP * torch.tanh(raw / AFFINE_CLAMP)
-
-    def _put(self, x: Tensor, moved: Tensor) -> Tensor:
-        return x.index_copy(-1, self.moved, moved)
+        u = x.index_select(-1, self.moved)
+        if self.kind == "rqs":  # split, not slices: no zero-filled gradient per slice
+            widths, heights, derivatives = p.split([self.bins, self.bins, self.bins - 1], dim=-1)
+            return rqs(u, widths, heights, derivatives, self.bound, inverse)
+        shift, raw = p.unbind(-1)
+        log_scale = AFFINE_CLAMP * torch.tanh(raw / AFFINE_CLAMP)
+        v = (u - shift) * torch.exp(-log_scale) if inverse else u * torch.exp(log_scale) + shift
+        return v, log_scale
 
     def forward(self, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
         """``(y, log |det ∂y/∂x|)`` per sample."""
-        t = self._transform(x, c)
-        u = x.index_select(-1, self.moved)
-        if isinstance(t, tuple):
-            shift, log_scale = t
-            v, ladj = u * torch.exp(log_scale) + shift, log_scale
-        else:
-            v, ladj = t.call_and_ladj(u)
-        return self._put(x, v), ladj.flatten(1).sum(-1)
+        v, ladj = self._map(x, c, inverse=False)
+        return x.index_copy(-1, self.moved, v), ladj.flatten(1).sum(-1)
 
     def inverse(self, y: Tensor, c: Tensor) -> Tensor:
         """``x`` with ``forward(x) = y``."""
-        t = self._transform(y, c)
-        v = y.index_select(-1, self.moved)
-        if isinstance(t, tuple):
-            shift, log_scale = t
-            u = (v - shift) * torch.exp(-log_scale)
-        else:
-            u = t.inv(v)
-        return self._put(y, u)
+        u, _ = self._map(y, c, inverse=True)
+        return y.index_copy(-1, self.moved, u)
 
 
 def paired_masks(n_blocks: int, n_features: int, seed: int = 0) -> list[Tensor]:
