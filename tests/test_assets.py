@@ -51,3 +51,19 @@ def test_shipped_calodream_models_generate(name, latent, tmp_path):
         assert f.generator.startswith("calodream") and f.attrs["latent"] == latent
     ratio = v.voxels.sum(1) / (v.energy * 1000)
     assert np.all((0.02 < ratio) & (ratio < 0.04))  # Geant4: 0.0306 ± 0.0020
+
+
+def test_shipped_caloinn_model_generates(tmp_path):
+    from caloforge.generation import generate_file, resolve_model
+    from caloforge.models.caloinn import load_model
+
+    model = load_model(resolve_model("caloinn"))
+    assert model.complete and model.detector.name == "calochallenge-ds2"
+    out = generate_file("caloinn", np.array([2.0, 20.0, 80.0, 80.0]), tmp_path / "g.h5", seed=1)
+    with open_showers(out.path) as f:
+        v = f.read()
+        assert f.generator == "caloinn" and f.attrs["temperature"] == 1.0
+    ratio = v.voxels.sum(1) / (v.energy * 1000)
+    assert np.all((0.02 < ratio) & (ratio < 0.04))  # Geant4: 0.0306 ± 0.0020
+    hits = (v.voxels > 0).sum(1)
+    assert np.all((100 < hits) & (hits < 3000))  # Geant4: 811 per shower on average

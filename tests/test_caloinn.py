@@ -80,31 +80,45 @@ def test_a_new_flow_is_the_identity_and_masks_pair_up():
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def test_preprocessing_round_trip_voxels_to_network_space_and_back():
-    vox = torch.from_numpy(toy_voxels(6).voxels)
+@pytest.mark.parametrize("layer_variable", ["shares", "log-energy"])
+def test_preprocessing_round_trip_voxels_to_network_space_and_back(layer_variable):
+    showers = toy_voxels(6)
+    vox, e = torch.from_numpy(showers.voxels), torch.from_numpy(showers.energy).float()
+    vox[0, :144] = 0.0  # an empty first layer
     gen = torch.Generator().manual_seed(0)
-    x = layer_features(vox, 45, DET.threshold_mev, gen)
+    x = layer_features(vox, 45, DET.threshold_mev, gen, e * 1000, layer_variable)
     assert x.shape == (6, 45, 145)
     empty = x[..., 1:].reshape(6, -1)[vox == 0]
     assert ((empty >= -4) & (empty <= -2)).all()  # the slab
-    torch.testing.assert_close(decode(x, DET.threshold_mev), vox, rtol=1e-4, atol=1e-4)
-    # ... and through the standardisation of a model
-    model = CaloINN(SMOKE, DET, (1.0, 100.0))
-    model.fit_standardisation(vox, gen)
-    back = model.voxels_from_features(model.features(vox, gen))
+    back = decode(x, DET.threshold_mev, e * 1000, layer_variable)
     torch.testing.assert_close(back, vox, rtol=1e-4, atol=1e-4)
+    # ... and through the standardisation of a model
+    model = CaloINN(CaloINNConfig.from_preset("smoke", layer_variable=layer_variable), DET, (1.0, 100.0))
+    model.fit_standardisation(vox, e, gen)
+    back = model.voxels_from_features(model.features(vox, e, gen), e)
+    torch.testing.assert_close(back, vox, rtol=1e-4, atol=1e-4)
+
+
+def test_shares_put_exact_zeros_and_ones_on_slabs_and_the_total_last():
+    from caloforge.models.caloinn.variables import SHARE_CUT, layer_energies_from_shares, share_features
+
+    e_layer = torch.tensor([[0.0, 3.0, 1.0, 0.0, 0.0], [2.0, 2.0, 0.0, 4.0, 0.0]])
+    f = share_features(e_layer, torch.tensor([100.0, 100.0]), torch.Generator().manual_seed(1))
+    assert (f[0, [0, 3]] < -SHARE_CUT).all() and f[0, 2] > SHARE_CUT  # 0 / 4, 0 / 0; 1 / 1
+    assert f[1, 2] < -SHARE_CUT and f[1, 3] > SHARE_CUT and abs(f[1, 1]) < SHARE_CUT  # 2 / 6
+    torch.testing.assert_close(f[:, -1], torch.log(torch.tensor([0.04, 0.08])))
+    torch.testing.assert_close(layer_energies_from_shares(f, torch.tensor([100.0, 100.0])), e_layer)
 
 
 def test_decoding_keeps_the_layer_energy_of_the_features():
     vox = torch.from_numpy(toy_voxels(3, seed=4).voxels)
-    x = layer_features(vox, 45, DET.threshold_mev)
+    x = layer_features(vox, 45, DET.threshold_mev, layer_variable="log-energy")
     x[..., 0] += 0.1  # ask for 10.5 % more energy in every filled layer
-    out = decode(x, DET.threshold_mev).reshape(3, 45, -1)
+    out = decode(x, DET.threshold_mev, layer_variable="log-energy").reshape(3, 45, -1)
     before, after = vox.reshape(3, 45, -1).sum(-1), out.sum(-1)
     filled = before > 0
-    torch.testing.assert_close(
-        after[filled] / before[filled], torch.full((int(filled.sum()),), np.exp(0.1)).float()
-    )
+    ratio = after[filled] / before[filled]
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(np.exp(0.1))))
     assert ((out > 0) == (vox.reshape(3, 45, -1) > 0)).all()  # the same hits
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from caloforge.models._config import PresetConfig
+from caloforge.models.caloinn.variables import LAYER_VARIABLES
 from caloforge.models.nn.coupling import CONDITIONERS, COUPLINGS
 
 
@@ -19,9 +20,10 @@ class CaloINNConfig(PresetConfig):
     """
 
     KIND: ClassVar[str] = "CaloINN"
+    LEGACY: ClassVar[dict[str, Any]] = {"layer_variable": "log-energy", "layer_min_std": 1.0}
 
     seed: int = 0
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 128
     lr: float = 1e-3  # the one-cycle schedule's peak
     grad_clip: float = 10.0
@@ -39,8 +41,13 @@ class CaloINNConfig(PresetConfig):
     hidden: int = 64
     kernel: int = 3
     depth: int = 2
-    # preprocessing: per-feature standardisation, widths floored at this
+    # preprocessing: what a layer's first feature is (variables.LAYER_VARIABLES), and the
+    # per-feature standardisation's widths, floored at min_std for the voxels (a rarely hit
+    # voxel's rare hits stay moderate) and at layer_min_std for the layer features (the
+    # total's natural width is ~0.05: a floor of 1 hid it in a narrow spike)
+    layer_variable: str = "shares"
     min_std: float = 1.0
+    layer_min_std: float = 0.01
     # sampling: the base distribution's width (1 = the trained density)
     temperature: float = 1.0
 
@@ -50,7 +57,7 @@ class CaloINNConfig(PresetConfig):
                 raise ValueError(f"CaloINN config: {name} must be at least 1, got {getattr(self, name)}")
         if self.kernel < 1 or self.kernel % 2 == 0:
             raise ValueError(f"CaloINN config: kernel must be a positive odd number, got {self.kernel}")
-        for name in ("lr", "grad_clip", "bound", "min_std", "temperature"):
+        for name in ("lr", "grad_clip", "bound", "min_std", "layer_min_std", "temperature"):
             value = getattr(self, name)
             if not 0 < value < math.inf:  # NaN fails too
                 raise ValueError(f"CaloINN config: {name} must be a positive finite number, got {value}")
@@ -64,6 +71,8 @@ class CaloINNConfig(PresetConfig):
             raise ValueError(f"CaloINN config: ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.coupling not in COUPLINGS:
             raise ValueError(f"CaloINN config: coupling must be one of {', '.join(COUPLINGS)}")
+        if self.layer_variable not in LAYER_VARIABLES:
+            raise ValueError(f"CaloINN config: layer_variable must be one of {', '.join(LAYER_VARIABLES)}")
         if self.conditioner not in CONDITIONERS:
             raise ValueError(f"CaloINN config: conditioner must be one of {', '.join(CONDITIONERS)}")
 

@@ -60,24 +60,35 @@ class CaloINN(nn.Module):
         mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
         return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)
 
-    def raw_features(self, voxels: Tensor, gen: torch.Generator | None = None) -> Tensor:
-        """Unstandardised features ``(n, L, 1 + V)`` of voxel showers ``(n, n_voxels)`` (MeV)."""
-        return layer_features(voxels, self.detector.n_layers, self.detector.threshold_mev, gen)
+    def raw_features(self, voxels: Tensor, e_inc_gev: Tensor, gen: torch.Generator | None = None) -> Tensor:
+        """Unstandardised features ``(n, L, 1 + V)`` of voxel showers ``(n, n_voxels)`` (MeV)
+        with incident energies ``e_inc_gev``."""
+        det = self.detector
+        return layer_features(
+            voxels, det.n_layers, det.threshold_mev, gen, e_inc_gev * 1000.0, self.config.layer_variable
+        )
 
-    def fit_standardisation(self, voxels: Tensor, gen: torch.Generator) -> None:
-        """Fit the per-feature mean and width (floored at ``config.min_std``) on training showers."""
-        x = self.raw_features(voxels, gen)
+    def fit_standardisation(self, voxels: Tensor, e_inc_gev: Tensor, gen: torch.Generator) -> None:
+        """Fit the per-feature mean and width on training showers (widths floored at
+        ``config.min_std`` for the voxels, ``config.layer_min_std`` for the layer features)."""
+        x = self.raw_features(voxels, e_inc_gev, gen)
         self.mean.copy_(x.mean(0))
-        self.std.copy_(x.std(0).clamp_min(self.config.min_std))
+        std = x.std(0)
+        std[:, 1:] = std[:, 1:].clamp_min(self.config.min_std)
+        std[:, 0] = std[:, 0].clamp_min(self.config.layer_min_std)
+        self.std.copy_(std)
 
-    def features(self, voxels: Tensor, gen: torch.Generator | None = None) -> Tensor:
+    def features(self, voxels: Tensor, e_inc_gev: Tensor, gen: torch.Generator | None = None) -> Tensor:
         """Standardised features, kept inside the splines' range ``±bound``."""
         edge = self.config.bound * (1 - 1e-4)
-        return ((self.raw_features(voxels, gen) - self.mean) / self.std).clamp(-edge, edge)
+        return ((self.raw_features(voxels, e_inc_gev, gen) - self.mean) / self.std).clamp(-edge, edge)
 
-    def voxels_from_features(self, x: Tensor) -> Tensor:
+    def voxels_from_features(self, x: Tensor, e_inc_gev: Tensor) -> Tensor:
         """Voxel energies (MeV) ``(n, n_voxels)`` of standardised features ``x``."""
-        return voxels_from_layer_features(x * self.std + self.mean, self.detector.threshold_mev)
+        raw = x * self.std + self.mean
+        return voxels_from_layer_features(
+            raw, self.detector.threshold_mev, e_inc_gev * 1000.0, self.config.layer_variable
+        )
 
     # ---- density and sampling
     def log_prob(self, x: Tensor, e_inc_gev: Tensor) -> Tensor:
@@ -93,7 +104,7 @@ class CaloINN(nn.Module):
     @torch.no_grad()
     def sample(self, e_inc_gev: Tensor, gen: torch.Generator, temperature: float = 1.0) -> Tensor:
         """Voxel showers (MeV) ``(n, n_voxels)`` for the incident energies (GeV)."""
-        return self.voxels_from_features(self.sample_features(e_inc_gev, gen, temperature))
+        return self.voxels_from_features(self.sample_features(e_inc_gev, gen, temperature), e_inc_gev)
 
     def n_parameters(self) -> dict[str, int]:
         """Trainable parameters, ``{"flow": n}``."""

@@ -79,7 +79,8 @@ class _Trainer:
         n_val = round(config.val_fraction * n)
         self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
         fit = self.train_idx[:STANDARDISATION_SHOWERS]
-        self.model.fit_standardisation(data.voxels[fit], torch.Generator().manual_seed(config.seed + 3))
+        fit_gen = torch.Generator().manual_seed(config.seed + 3)
+        self.model.fit_standardisation(data.voxels[fit], data.energy[fit], fit_gen)
         self.ema = EMA(self.model.flow, config.ema_decay)
         self.opt = torch.optim.AdamW(self.model.flow.parameters(), lr=config.lr)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=config.steps)
@@ -88,8 +89,9 @@ class _Trainer:
 
     def _loss(self, flow: nn.Module, idx: Tensor, gen: torch.Generator) -> Tensor:
         m = self.model
-        x = m.features(self.data.voxels[idx], gen)
-        z, ladj = flow(x, m.energy_condition(self.data.energy[idx]))
+        e = self.data.energy[idx]
+        x = m.features(self.data.voxels[idx], e, gen)
+        z, ladj = flow(x, m.energy_condition(e))
         return -(gaussian_log_prob(z) + ladj).mean() / x[0].numel()
 
     def one_step(self) -> list[tuple[str, float | None]]:
