@@ -89,11 +89,12 @@ class CaloINNGenerator:
         c = self.model.config
         bins = f", {c.bins} bins" if c.coupling == "rqs" else ""
         kernel = f", kernel {c.kernel}" if c.conditioner == "conv" else ""
+        layer = "layer share" if c.layer_variable == "shares" else "layer log energy"
         return {
             "parameters": self.model.n_parameters()["flow"],
             "coupling blocks": f"{c.n_blocks} × {c.coupling}{bins}",
             "conditioner": f"{c.conditioner}, {c.depth} × {c.hidden}{kernel}",
-            "features": f"{self.model.shape[0]} layers × (1 layer energy + {self.model.shape[1] - 1} voxels)",
+            "features": f"{self.model.shape[0]} layers × (1 {layer} + {self.model.shape[1] - 1} voxels)",
             "sampler": f"{SAMPLER} (one pass), temperature {c.temperature:g}",
         }
 
