@@ -92,3 +92,14 @@ def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterati
     top = torch.zeros_like(v).scatter_(-1, x.argmax(-1, keepdim=True), 1.0) * units
     v = torch.where((keep == 0) & (units >= 1), top, v)
     return (threshold * torch.where(units >= 1, v, 0.0)).reshape(n, -1).to(e_layer.dtype)
+
+
+def log_energy_condition(e_inc_gev: Tensor, energy_range: tuple[float, float]) -> Tensor:
+    """``(n, 1)``: log incident energy mapped to [-1, 1] over the training ``energy_range``.
+
+    >>> log_energy_condition(torch.tensor([1.0, 10.0, 100.0]), (1.0, 100.0)).flatten().tolist()
+    [-1.0, 0.0, 1.0]
+    """
+    lo, hi = (math.log(e) for e in energy_range)
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
+    return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)

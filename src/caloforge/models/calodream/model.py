@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
@@ -25,6 +24,7 @@ from caloforge.models.nn.quantile_map import QuantileMap
 from caloforge.models.nn.transfusion import Transfusion
 from caloforge.models.nn.vae import LayerVAE
 from caloforge.models.nn.vit import ViT3d
+from caloforge.models.voxel_features import log_energy_condition
 
 CHECKPOINT_FORMAT = "caloforge-calodream"
 CHECKPOINT_VERSION = 1
@@ -119,9 +119,7 @@ class CaloDream(nn.Module):
     # ---- preprocessing
     def energy_condition(self, e_inc_gev: Tensor) -> Tensor:
         """``(n, 1)``: log incident energy mapped to [-1, 1] over the training range."""
-        lo, hi = (math.log(e) for e in self.energy_range)
-        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
-        return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)
+        return log_energy_condition(e_inc_gev, self.energy_range)
 
     def u_features(self, u: Tensor) -> Tensor:
         """``logit(u)``, standardised (the energy network's variables and the shape net's condition)."""

@@ -27,7 +27,7 @@ def model_from_state(state: dict[str, Any], where: str | Path) -> CaloINN:
         config = CaloINNConfig.from_dict(json.loads(state["config"]))
         det = detector_from_dict(json.loads(state["detector"]))
         model = CaloINN(config, det, tuple(state["energy_range"]))
-        model.load_state_dict({k: v.float() for k, v in state["model"].items()})
+        model.load_state_dict(state["model"])
     except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
         raise CheckpointError(
             f"'{where}': the checkpoint does not describe a valid CaloINN model: {exc}"

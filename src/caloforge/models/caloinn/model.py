@@ -4,7 +4,6 @@ incident energy, and what generation needs."""
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import torch
@@ -15,6 +14,7 @@ from caloforge.detector import Detector, PolarGrid
 from caloforge.models.caloinn.config import CaloINNConfig
 from caloforge.models.caloinn.variables import layer_features, voxels_from_layer_features
 from caloforge.models.nn.coupling import CouplingFlow
+from caloforge.models.voxel_features import log_energy_condition
 
 CHECKPOINT_FORMAT = "caloforge-caloinn"
 CHECKPOINT_VERSION = 1
@@ -56,9 +56,7 @@ class CaloINN(nn.Module):
     # ---- preprocessing
     def energy_condition(self, e_inc_gev: Tensor) -> Tensor:
         """``(n, 1)``: log incident energy mapped to [-1, 1] over the training range."""
-        lo, hi = (math.log(e) for e in self.energy_range)
-        mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
-        return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)
+        return log_energy_condition(e_inc_gev, self.energy_range)
 
     def raw_features(self, voxels: Tensor, e_inc_gev: Tensor, gen: torch.Generator | None = None) -> Tensor:
         """Unstandardised features ``(n, L, 1 + V)`` of voxel showers ``(n, n_voxels)`` (MeV)
@@ -125,9 +123,4 @@ class CaloINN(nn.Module):
         }
 
 
-def nll_per_dim(model: CaloINN, x: Tensor, e_inc_gev: Tensor) -> Tensor:
-    """The training loss: mean negative log-likelihood per feature (nats)."""
-    return -model.log_prob(x, e_inc_gev).mean() / x[0].numel()
-
-
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CaloINN", "nll_per_dim"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CaloINN"]

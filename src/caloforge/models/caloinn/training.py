@@ -23,7 +23,7 @@ from caloforge.models._training import (
 )
 from caloforge.models.caloinn.checkpoint import check_state
 from caloforge.models.caloinn.config import CaloINNConfig
-from caloforge.models.caloinn.model import CaloINN, nll_per_dim
+from caloforge.models.caloinn.model import CaloINN
 from caloforge.models.nn.coupling import gaussian_log_prob
 from caloforge.models.nn.ema import EMA
 from caloforge.models.protocol import CheckpointError
@@ -199,8 +199,7 @@ def train(
     trainer.model.complete = trainer.step >= config.steps
     trainer.save(ckpt)
     model = trainer.model
-    model.flow.load_state_dict(trainer.ema.module.state_dict())
     return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
 
 
-__all__ = ["STANDARDISATION_SHOWERS", "Voxels", "load_voxels", "nll_per_dim", "train"]
+__all__ = ["STANDARDISATION_SHOWERS", "Voxels", "load_voxels", "train"]
