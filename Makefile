@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch is installed first, pinned, so that nothing later pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint format data data-ds2 clean
+.PHONY: setup demo test test-all lint format data data-ds2 data-jets clean
 
 setup: $(VENV)/.installed
 
@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
+	# wasserstein (energyflow's dependency) ships wheels built for numpy < 2 only: build it here
+	# against numpy 2 (about 30 s), so that energyflow and onnx share one numpy.
+	$(BIN)/pip install --quiet "numpy>=2" "setuptools>=68" wheel
+	$(BIN)/pip install --quiet --no-cache-dir --no-build-isolation --no-binary wasserstein "wasserstein==1.0.1"
 	$(BIN)/pip install --quiet -e ".[all]"
 	touch $@
 
@@ -62,6 +66,13 @@ data-ds2: setup
 	mkdir -p $(DATA)
 	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 20000 --seed 11 --workers 2 --resume --out $(DATA)/ds2_train_points.h5 --voxel-out $(DATA)/ds2_train.h5
 	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 8000 --seed 12 --workers 2 --resume --out $(DATA)/ds2_test_points.h5 --voxel-out $(DATA)/ds2_test.h5
+
+# Top-quark jets from Pythia 8 + FastJet (150 leading constituents stored) for the EPiC models:
+# 40k training and 10k test jets, 4.2 min on two cores here (10 ms of CPU per jet).
+data-jets: setup
+	mkdir -p $(DATA)
+	$(BIN)/caloforge simulate-jets --type t -n 40000 --seed 31 --workers 2 --resume --out $(DATA)/jets_t_train.h5
+	$(BIN)/caloforge simulate-jets --type t -n 10000 --seed 32 --workers 2 --resume --out $(DATA)/jets_t_test.h5
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -8,6 +8,7 @@ import pytest
 from caloforge import cli
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers, VoxelShowers
+from caloforge.jets.io import Jets
 from caloforge.models.caloclouds2 import CaloClouds2Config
 
 
@@ -64,6 +65,25 @@ def toy_voxels(n: int, seed: int = 0) -> VoxelShowers:
         out[i] = prof[:, None, None] * shape
     out[out < get_detector("calochallenge-ds2").threshold_mev] = 0.0
     return VoxelShowers(energy, out.reshape(n, -1))
+
+
+def toy_jets(n: int, n_particles: int = 30, seed: int = 0, spread: float = 0.1) -> Jets:
+    """Top-like jets: particles around three prongs, pT falling with rank, padded at the back."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((n, n_particles, 4), np.float32)
+    jet = np.zeros((n, 4), np.float32)
+    for i in range(n):
+        k = int(rng.integers(max(2, n_particles // 2), n_particles + 1))
+        prongs = rng.normal(0, 0.25, (3, 2))
+        which = rng.integers(0, 3, k)
+        eta_phi = prongs[which] + rng.normal(0, spread, (k, 2))
+        pt = np.sort(rng.exponential(1.0, k))[::-1] + 1e-3
+        out[i, :k, 0] = eta_phi[:, 0] - eta_phi[:, 0].mean()
+        out[i, :k, 1] = eta_phi[:, 1] - eta_phi[:, 1].mean()
+        out[i, :k, 2] = pt / pt.sum()
+        out[i, :k, 3] = 1.0
+        jet[i] = (rng.uniform(800, 1200), rng.uniform(-2, 2), rng.uniform(120, 220), k)
+    return Jets(out, jet, "t")
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ adds rows for the models on it (batch sizes as on the CPU), with the device's na
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -68,6 +69,8 @@ class BenchConfig:
     geant4_showers: dict[float, int] = field(default_factory=lambda: {10.0: 100, 50.0: 40, 90.0: 30})
     repeats: int = 3
     seed: int = 0
+    jets: int = 512  # per jet-model row
+    pythia_jets: int = 500  # per Pythia 8 + FastJet row (two pieces of the simulation)
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -78,6 +81,8 @@ class BenchConfig:
             geant4_showers={10.0: 4, 90.0: 2},
             batch_sizes=(1, 2),
             repeats=1,
+            jets=4,
+            pythia_jets=2,
         )
 
     def n_showers(self, energy: float, geant4: bool = False) -> int:
@@ -232,10 +237,33 @@ def _simulation_row(
         statistics.fmean(times),
         statistics.pstdev(times),
         n,
-        _peak_rss_mb(children=True),
+        max(_peak_rss_mb(children=True), _peak_rss_mb()),
         detector=detector,
         particle=particle,
     )
+
+
+#: What jet rows stand in the table as: the "detector" and "energy" of Pythia 8 + FastJet jets
+#: (the hard process's pT-hat window is centred on 1 TeV).
+JETS_DETECTOR = "pythia8"
+JET_PT_GEV = 1000.0
+
+
+def _pythia_worker(config: BenchConfig, threads: int, jet_type: str) -> list[dict[str, Any]]:
+    """ms per jet of ``caloforge simulate-jets`` (Pythia 8 + FastJet, everything included:
+    one Pythia initialisation per piece of 250 jets, clustering, writing) with ``threads`` workers."""
+    from caloforge.jets.pythia import JetSimulationConfig, simulate_jets
+
+    times = []
+    n = config.pythia_jets
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(config.repeats):
+            start = time.perf_counter()
+            simulate_jets(Path(tmp) / "jets.h5", n, JetSimulationConfig(jet_type, 30), seed=config.seed + r,
+                          workers=threads, overwrite=True)  # fmt: skip
+            times.append(1000 * (time.perf_counter() - start) / n)
+    row = _simulation_row("Pythia 8 + FastJet", JET_PT_GEV, threads, times, n, JETS_DETECTOR, jet_type)
+    return [asdict(row)]
 
 
 def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: str) -> list[dict[str, Any]]:
@@ -290,6 +318,14 @@ def _model_generator(
     if device != "cpu":
         family.require("gpu")
     plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision, device=device))
+    names = [c.name for c in generator.conditions]
+
+    def conditions(energies: np.ndarray) -> dict[str, np.ndarray]:
+        if generator.output == "jets":  # jets: as many conditions, drawn from the training jets
+            drawn = generator.sample_conditions(len(energies), 0)  # type: ignore[attr-defined]
+            return {k: drawn[k] for k in names}
+        return {"energy": energies}
+
     facts = (
         plan.sampler.network_calls,
         generator.detector,
@@ -301,10 +337,12 @@ def _model_generator(
         from caloforge.generation import GenerationPool
 
         pool = exit_stack.enter_context(GenerationPool(spec.path, workers))
-        return _Timed(lambda energies, batch_size: pool.generate(energies, plan, batch_size), *facts)
+        return _Timed(
+            lambda energies, batch_size: pool.generate(conditions(energies), plan, batch_size), *facts
+        )
 
     def run(energies: np.ndarray, batch_size: int) -> Any:
-        return generate_batches(generator, {"energy": energies}, plan, batch_size=batch_size)
+        return generate_batches(generator, conditions(energies), plan, batch_size=batch_size)
 
     return _Timed(run, *facts)
 
@@ -320,21 +358,24 @@ def _target(spec: ModelSpec) -> tuple[str, str, bool]:
     from caloforge.models.registry import get_family, load_generator
 
     generator = load_generator(spec.path)
+    if generator.output == "jets":
+        return JETS_DETECTOR, generator.particle, False
     return generator.detector.name, generator.particle, get_family(generator.family).capabilities.gpu
 
 
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
     import torch
 
-    from caloforge.io import ShowerWriter
+    from caloforge.generation import open_writer
 
     torch.set_num_threads(threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         timed = _model_generator(spec, device, stack, threads)
         run = timed.run
-        for energy in config.energies:
-            n = config.n_showers(energy)
+        jets = timed.output == "jets"
+        for energy in (JET_PT_GEV,) if jets else config.energies:
+            n = config.jets if jets else config.n_showers(energy)
             energies = np.full(n, energy)
             for batch in config.batch_sizes:
                 for _ in run(energies[: min(batch * threads, n)], batch):  # warm-up (every worker)
@@ -345,8 +386,10 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    with ShowerWriter(out, timed.output, timed.detector, generator=spec.label) as writer:  # type: ignore[arg-type]
-                        for showers in run(energies, batch):
+                    batches = iter(run(energies, batch))
+                    first = next(batches)
+                    with open_writer(out, timed.output, timed.detector, first, spec.label) as writer:
+                        for showers in itertools.chain([first], batches):
                             writer.write(showers)
                     times.append(1000 * (time.perf_counter() - start) / n)
                     out.unlink()
@@ -363,7 +406,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                         max(_peak_rss_mb(), _live_peak_rss_mb()),  # the largest process
                         network_calls=timed.network_calls,
                         precision=timed.precision,
-                        detector=timed.detector.name,
+                        detector=JETS_DETECTOR if jets else timed.detector.name,
                         particle=timed.particle,
                     )
                 )
@@ -430,6 +473,11 @@ def run_bench(
     for threads in config.threads:
         if geant4:
             for detector, particle in references:
+                if detector == JETS_DETECTOR:  # jets: Pythia 8 + FastJet is the reference
+                    if progress is not None:
+                        progress(f"Pythia 8 + FastJet ({particle} jets), {threads} worker(s)")
+                    rows += _in_fresh_process(_pythia_worker, config, threads, particle)
+                    continue
                 if detector not in available_detectors():
                     continue  # a user-defined detector: simulate it yourself for the reference
                 if progress is not None:
@@ -454,7 +502,7 @@ def run_bench(
     reference = {
         (r["detector"], r["particle"], r["energy_gev"], r["threads"]): r["ms_per_shower"]
         for r in rows
-        if r["generator"] == "Geant4"
+        if r["generator"] in ("Geant4", "Pythia 8 + FastJet")
     }
     for r in rows:
         g4 = reference.get((r["detector"], r["particle"], r["energy_gev"], r["threads"]))
@@ -491,13 +539,14 @@ def _gpu_name() -> str | None:
 
 
 def to_markdown(result: dict[str, Any]) -> str:
-    """The bench result as a Markdown table (one row per measurement)."""
+    """The bench result as a Markdown table (one row per measurement; "× reference" is the
+    speed-up against Geant4, or for jet models against Pythia 8 + FastJet, in the same run)."""
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
         "",
         "| generator | showers | E [GeV] | threads | batch | device | precision | calls | ms/shower "
-        "| × Geant4 | peak RSS [MB] |",
+        "| × reference | peak RSS [MB] |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:

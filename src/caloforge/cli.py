@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from caloforge import __version__
@@ -60,6 +61,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     ValueError,
     FileExistsError,
+    ImportError,  # a missing optional extra: the message names what to install
 )
 
 
@@ -90,7 +92,32 @@ def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
     return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
 
 
+def _jet_table(path: Path) -> Table:
+    """What ``caloforge info`` shows of a jet file."""
+    from caloforge.jets.io import read_jets
+
+    jets = read_jets(path)
+    table = Table(title=str(path), show_header=False, title_justify="left")
+    table.add_row("kind", f"jets ({jets.jet_type})")
+    table.add_row("jets", f"{len(jets):,}")
+    table.add_row("particles stored", f"{jets.n_particles} per jet")
+    table.add_row("generator", str(jets.attrs.get("generator", "unknown (a JetNet file?)")))
+    for key in ("seed", "process", "jet_algorithm", "generator_versions"):
+        if key in jets.attrs:
+            table.add_row(key, str(jets.attrs[key]))
+    for i, (name, unit) in enumerate((("jet pT", " GeV"), ("jet eta", ""), ("jet mass", " GeV"))):
+        v = jets.jet[:, i]
+        table.add_row(name, f"{v.min():.4g} – {v.max():.4g}{unit} (mean {v.mean():.4g})")
+    m = jets.multiplicity
+    table.add_row("particles/jet", f"mean {m.mean():.1f}, std {m.std():.1f}, min {m.min()}, max {m.max()}")
+    return table
+
+
 def _file_table(path: Path, detector: str | None) -> Table:
+    from caloforge.jets.io import is_jet_file
+
+    if is_jet_file(path):
+        return _jet_table(path)
     with open_showers(path, detector) as reader:
         energy = reader.read_energy()
         table = Table(title=str(path), show_header=False, title_justify="left")
@@ -135,9 +162,12 @@ def _model_table(model: Path) -> Table:
     caps = family.capabilities
     table = Table(title=f"{model} ({path.name})", show_header=False, title_justify="left")
     table.add_row("family", f"{family.name} ({family.description}); checkpoint format {state['format']}")
-    table.add_row(
-        "generates", f"{generator.output} of {generator.particle} showers in {generator.detector.name}"
-    )
+    if generator.output == "jets":
+        table.add_row("generates", f"{generator.particle} jets as particle clouds")
+    else:
+        table.add_row(
+            "generates", f"{generator.output} of {generator.particle} showers in {generator.detector.name}"
+        )
     table.add_row("generator label", generator.label)
     for cond in generator.conditions:
         table.add_row(
@@ -438,6 +468,40 @@ def simulate(
     )
 
 
+@app.command("simulate-jets")
+def simulate_jets(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output jet file (HDF5, JetNet layout).")],
+    n: Annotated[int, typer.Option("-n", "--n-jets", min=1, help="Number of jets.")] = 1000,
+    jet_type: Annotated[
+        str, typer.Option("--type", help="t (top quarks, from tt̄), g (gluons) or q (light quarks, QCD 2→2).")
+    ] = "t",
+    particles: Annotated[
+        int, typer.Option(min=1, help="Leading constituents stored per jet (150 serves 30 too).")
+    ] = 150,
+    seed: Annotated[int, seed_option("Seed: the same seed gives the same file.")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="Pythia processes (same file for any number).")] = 1,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run from its finished pieces.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Simulate reference jets: Pythia 8 at 13 TeV (pT-hat 950-1050 GeV), anti-kT R = 0.8 with FastJet."""
+    from caloforge.jets.pythia import JetSimulationConfig
+    from caloforge.jets.pythia import simulate_jets as run
+
+    config = JetSimulationConfig(jet_type=jet_type, n_particles=particles)
+    with progress_bar() as bar:
+        task = bar.add_task("simulate jets", total=n, rate="")
+        result = run(
+            out, n, config, seed=seed, workers=workers, resume=resume, overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done),
+        )  # fmt: skip
+    console.print(
+        f"wrote {result['n_jets']} {jet_type} jets to {out} in {result['seconds']:.1f} s "
+        f"({result['cpu_ms_per_jet']:.1f} ms of CPU per jet)"
+    )
+
+
 def _gun(offset: str | None, angle: float, separation: float | None) -> Any:
     from caloforge.simulate.gun import Gun
 
@@ -474,8 +538,8 @@ def _fast_sim_spec(
 
 @app.command()
 def evaluate(
-    reference: Annotated[Path, typer.Argument(help="Reference shower file (normally Geant4).")],
-    candidates: Annotated[list[Path], typer.Argument(help="One or more candidate shower files.")],
+    reference: Annotated[Path, typer.Argument(help="Reference shower or jet file (Geant4, Pythia 8).")],
+    candidates: Annotated[list[Path], typer.Argument(help="One or more candidate shower (or jet) files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, metrics.json, plots/.")],
     draws: Annotated[int, typer.Option(min=1, help="W1 draws (mean ± std over draws).")] = 10,
     draw_size: Annotated[
@@ -500,7 +564,10 @@ def evaluate(
         bool, typer.Option(help="Replace a report already in --out (refused otherwise).")
     ] = False,
 ) -> None:
-    """Compare candidates with a reference: W1 and its floor, classifier AUC, CaloChallenge metrics, plots."""
+    """Compare candidates with a reference: W1 and its floor, classifier AUC, CaloChallenge metrics, plots.
+
+    Jet files get the JetNet metrics instead (W1m, W1p, W1efp, FPD, KPD, KL, classifier AUC).
+    """
     from caloforge.evaluate import EvaluationConfig, summary_lines
     from caloforge.evaluate import evaluate as run_evaluation
 
@@ -520,6 +587,21 @@ def evaluate(
     with progress_bar() as bar:
         progress = stage_progress(bar)
         result = run_evaluation(reference, candidates, out, config, progress=progress, overwrite=overwrite)
+    if result.get("kind") == "jets":
+        from caloforge.jets.evaluate import table_rows
+
+        header, rows = table_rows(result)
+        jet_table = Table(title="Jet metrics (units in brackets; lower is better)", title_justify="left")
+        jet_table.add_column("metric")
+        for row in rows:
+            jet_table.add_column(row[0], justify="right")
+        for k, name in enumerate(header[1:], start=1):
+            jet_table.add_row(name, *(row[k] for row in rows))
+        console.print(jet_table)
+        for note in result["notes"]:
+            console.print(f"note: {note}", markup=False)
+        console.print(f"report: {out / 'report.md'}")
+        return
     names = result["w1_observables"]
     table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
     table.add_column("observable")
@@ -631,6 +713,13 @@ def generate(
     energies_file: Annotated[
         Path | None, typer.Option(help="Take the incident energies of this shower file (one shower each).")
     ] = None,
+    conditions_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Jet models: take the jet features (pT, eta, mass, multiplicity) of this jet file "
+            "(default: drawn from the training jets)."
+        ),
+    ] = None,
     seed: Annotated[int, seed_option("Seed: the same seed gives the same showers.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Showers generated at once.")] = 64,
     steps: Annotated[
@@ -679,14 +768,22 @@ def generate(
         ),
     ] = None,
 ) -> None:
-    """Generate showers with a trained model into the simulator's point-cloud format."""
-    from caloforge.generation import generate_file
+    """Generate showers (or jets) with a trained model into the file kind its family writes."""
+    from caloforge.generation import generate_file, model_conditions
+    from caloforge.models.registry import family_of
     from caloforge.safety import check_outputs
     from caloforge.simulate.driver import draw_energies
 
     set_threads(threads)
-    check_outputs({"--out": out}, {"--energies-file": energies_file})
-    if energies_file is not None:
+    check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
+    energies: Any
+    if family_of(model)[0].output == "jets":
+        if energies_file is not None or energy is not None or energy_log is not None:
+            raise ValueError("jet models take no incident energies: give --conditions-file (jet file) or -n")
+        energies = model_conditions(model, n, seed, conditions_file)
+    elif conditions_file is not None:
+        raise ValueError("--conditions-file is for jet models; shower models take --energies-file, --energy")
+    elif energies_file is not None:
         if energy is not None or energy_log is not None:
             raise ValueError("give either --energies-file or --energy/--energy-log, not both")
         with open_showers(energies_file) as f:
@@ -701,8 +798,9 @@ def generate(
         energies = energies[:n]
     else:
         energies = draw_energies(_energy_spec(energy, energy_log), n or 100, seed)
+    total = len(next(iter(energies.values()))) if isinstance(energies, dict) else len(energies)
     with progress_bar() as bar:
-        task = bar.add_task("generate", total=len(energies), rate="")
+        task = bar.add_task("generate", total=total, rate="")
         result = generate_file(
             model,
             energies,
@@ -722,9 +820,10 @@ def generate(
             resume=resume,
             options=_generation_options(option or []),
         )
+    what = "jets" if isinstance(energies, dict) else "showers"
     console.print(
-        f"wrote {result.n_showers} showers to {out} in {result.seconds:.1f} s "
-        f"({result.ms_per_shower:.1f} ms/shower)"
+        f"wrote {result.n_showers} {what} to {out} in {result.seconds:.1f} s "
+        f"({result.ms_per_shower:.1f} ms/{what[:-1]})"
     )
 
 
@@ -900,13 +999,14 @@ def main() -> None:
     except USER_ERRORS as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:
         if _state["debug"]:
             raise
         err_console.print(
-            f"[red]internal error:[/red] {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
+            "(rerun with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )

@@ -453,6 +453,35 @@ def _resolution(
     }
 
 
+def _is_jet_evaluation(reference: Path, candidates: Sequence[Path]) -> bool:
+    """Whether the inputs are jet files; a mix of jet and shower files is refused in one line."""
+    from caloforge.jets.io import is_jet_file
+
+    ref_is_jets = is_jet_file(reference)
+    kinds = [is_jet_file(c) for c in candidates]
+    if not ref_is_jets and not any(kinds):
+        return False
+    if ref_is_jets:
+        for cand, is_jets in zip(candidates, kinds, strict=True):
+            if is_jets:
+                continue
+            if not cand.exists():
+                raise EvaluationError(f"candidate '{cand}' does not exist")
+            if cand.is_dir():
+                raise EvaluationError(f"'{cand}' is a directory: give jet files to compare")
+            raise EvaluationError(
+                f"'{cand}' is not a jet file but the reference '{reference}' is: compare jets with jets"
+            )
+        return True
+    if not reference.exists():
+        raise EvaluationError(f"reference '{reference}' does not exist")
+    jet_file = next(c for c, is_jets in zip(candidates, kinds, strict=True) if is_jets)
+    raise EvaluationError(
+        f"'{jet_file}' is a jet file but the reference '{reference}' is not: compare jets with a jet "
+        "reference and showers with a shower reference"
+    )
+
+
 def evaluate(
     reference: str | Path,
     candidates: Sequence[str | Path],
@@ -467,7 +496,24 @@ def evaluate(
     the slow parts advance. A report already in ``out_dir`` (``report.md`` or
     ``metrics.json``) is refused with :class:`FileExistsError` before any work unless
     ``overwrite``; it is then replaced file by file, atomically.
+
+    Jet files (:mod:`caloforge.jets`) go to :func:`caloforge.jets.evaluate.evaluate_jets`, with
+    ``n_draws``, ``draw_size``, ``classifier_splits``, ``classifier_epochs``, ``plots``,
+    ``max_showers`` and ``seed`` as its batches, batch size, splits, epochs, plots, jets and seed.
     """
+    if _is_jet_evaluation(Path(reference), [Path(c) for c in candidates]):
+        from caloforge.jets.evaluate import JetEvaluationConfig, evaluate_jets
+
+        jet_config = JetEvaluationConfig(
+            n_batches=config.n_draws,
+            batch_size=config.draw_size,
+            splits=config.classifier_splits,
+            epochs=config.classifier_epochs,
+            plots=config.plots,
+            max_jets=config.max_showers,
+            seed=config.seed,
+        )
+        return evaluate_jets(reference, candidates, out_dir, jet_config, progress, overwrite)
     from caloforge import metrics
 
     out = Path(out_dir)

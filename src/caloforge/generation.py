@@ -51,6 +51,8 @@ __all__ = [
     "GenerationPool",
     "GenerationResult",
     "generate_file",
+    "model_conditions",
+    "open_writer",
     "parallel_generate",
     "resolve_model",
 ]
@@ -211,7 +213,7 @@ def _closing(pool: GenerationPool, batches: Iterator[Any]) -> Iterator[Any]:
 
 def generate_file(
     model: str | Path,
-    energies_gev: np.ndarray,
+    energies_gev: np.ndarray | Mapping[str, np.ndarray],
     out: str | Path,
     *,
     seed: int = 0,
@@ -230,7 +232,9 @@ def generate_file(
     resume: bool = False,
 ) -> GenerationResult:
     """Generate one shower per entry of ``energies_gev`` into ``out`` (the file kind the model's
-    family writes: points, voxels, …), with any registered family's model.
+    family writes: points, voxels, jets), with any registered family's model. ``energies_gev``
+    is the incident energies, or a mapping of every condition the model takes (a jet model's
+    ``pt``, ``eta``, ``num_particles``, …: see :func:`model_conditions`).
 
     Written atomically: an error or Ctrl-C leaves no partial output and an existing file as
     it was. ``compression`` is the file's (:data:`caloforge.io.COMPRESSIONS`). ``workers`` > 1
@@ -252,11 +256,15 @@ def generate_file(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    energies = np.asarray(energies_gev, np.float64).reshape(-1)
-    bad = ~(np.isfinite(energies) & (energies > 0))
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"incident energy {i} is {energies[i]:g} GeV: energies must be finite and positive")
+    conditions = _as_conditions(energies_gev)
+    energies = conditions.get("energy")
+    if energies is not None:
+        bad = ~(np.isfinite(energies) & (energies > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"incident energy {i} is {energies[i]:g} GeV: energies must be finite and positive"
+            )
     if engine not in ENGINES:
         raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
     if resume and engine != "dask":
@@ -273,7 +281,7 @@ def generate_file(
             return _generate_on_dask(
                 path,
                 model,
-                energies,
+                conditions,
                 out,
                 seed,
                 batch_size,
@@ -286,7 +294,7 @@ def generate_file(
         return _generate_file(
             path,
             model,
-            energies_gev,
+            conditions,
             out,
             seed=seed,
             batch_size=batch_size,
@@ -297,10 +305,63 @@ def generate_file(
         )
 
 
+def _as_conditions(values: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Conditions as float64 arrays: a mapping as given, an array as the incident energies."""
+    if isinstance(values, Mapping):
+        return {k: np.asarray(v, np.float64).reshape(-1) for k, v in values.items()}
+    return {"energy": np.asarray(values, np.float64).reshape(-1)}
+
+
+def _n_of(conditions: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(conditions.values()))) if conditions else 0
+
+
+def _conditions_digest(conditions: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the conditions (of the energies alone for a shower model, as before)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(conditions):
+        if key != "energy":
+            digest.update(key.encode())
+        digest.update(np.ascontiguousarray(conditions[key]).tobytes())
+    return digest.hexdigest()
+
+
+def model_conditions(
+    model: str | Path, n: int | None, seed: int, conditions_file: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """The conditions of a run of ``model`` whose generator draws its own
+    (:meth:`sample_conditions`: jet models): ``n`` (default 100) drawn with ``seed``, or those
+    of the first ``n`` entries of ``conditions_file`` (a jet file: its jet features), keeping
+    the ones the model takes."""
+    generator = load_generator(resolve_model(model))
+    names = [c.name for c in generator.conditions]
+    if conditions_file is not None:
+        if generator.output != "jets":
+            raise GenerationError(
+                f"--conditions-file is for jet models; this model writes {generator.output}"
+            )
+        from caloforge.jets.io import JET_FEATURES, read_jets
+
+        jets = read_jets(conditions_file, stop=n)
+        if n is not None and n > len(jets):
+            raise ValueError(
+                f"-n {n} asks for more jets than --conditions-file '{conditions_file}' holds ({len(jets)})"
+            )
+        table = {name: jets.jet[:, i].astype(np.float64) for i, name in enumerate(JET_FEATURES)}
+        return {k: table[k] for k in names}
+    sample = getattr(generator, "sample_conditions", None)
+    if sample is None:
+        raise GenerationError(f"{generator.label} models take incident energies (--energy, --energies-file)")
+    drawn = sample(100 if n is None else n, seed)
+    return {k: np.asarray(drawn[k], np.float64) for k in names}
+
+
 def _generate_file(
     path: Path,
     model: str | Path,
-    energies_gev: np.ndarray,
+    conditions: dict[str, np.ndarray],
     out: Path,
     *,
     seed: int,
@@ -315,38 +376,72 @@ def _generate_file(
         try:
             generator = pool.generator
             plan = pool.plan(request)
-            batches = _closing(pool, pool.generate(energies_gev, plan, batch_size, seed=seed))
+            batches = _closing(pool, pool.generate(conditions, plan, batch_size, seed=seed))
         except BaseException:
             pool.close()
             raise
     else:
         generator = load_generator(path)
         plan = generator.plan(request)
-        batches = generate_batches(generator, {"energy": energies_gev}, plan, seed, batch_size)
+        batches = generate_batches(generator, conditions, plan, seed, batch_size)
     _warn_incomplete(generator)
-    energies = np.asarray(energies_gev, np.float64).reshape(-1)
-    attrs = _attrs(model, path, energies, generator, plan)
-    return _stream(out, generator, seed, attrs, batches, len(energies), compression, progress)
+    attrs = _attrs(model, path, conditions, generator, plan)
+    return _stream(out, generator, seed, attrs, batches, _n_of(conditions), compression, progress)
 
 
 def _attrs(
-    model: str | Path, path: Path, energies: np.ndarray, generator: ShowerGenerator, plan: Plan
+    model: str | Path,
+    path: Path,
+    conditions: Mapping[str, np.ndarray],
+    generator: ShowerGenerator,
+    plan: Plan,
 ) -> dict[str, Any]:
     """File attributes every generated file carries (which model and sampler, the energy
-    range), then the family's own (:attr:`~caloforge.models.protocol.Plan.attrs`)."""
+    range of shower models), then the family's own (:attr:`~caloforge.models.protocol.Plan.attrs`)."""
     from caloforge.models.registry import shipped_models
 
     shipped = str(model) == "default" or str(model) in shipped_models()
-    return {
+    attrs: dict[str, Any] = {
         "model": str(path.name if shipped else path),
         "model_family": generator.family,
         "sampler": plan.sampler.name,
         "sampler_steps": plan.sampler.n_steps,
         "network_calls": plan.sampler.network_calls,
-        "energy_min_gev": float(energies.min()) if len(energies) else 0.0,
-        "energy_max_gev": float(energies.max()) if len(energies) else 0.0,
-        **plan.attrs,
     }
+    energies = conditions.get("energy")
+    if energies is not None:
+        attrs["energy_min_gev"] = float(energies.min()) if len(energies) else 0.0
+        attrs["energy_max_gev"] = float(energies.max()) if len(energies) else 0.0
+    return attrs | dict(plan.attrs)
+
+
+def open_writer(
+    out: Path,
+    kind: str,
+    detector: Any,
+    first: Any,
+    label: str,
+    seed: int | None = None,
+    attrs: dict[str, Any] | None = None,
+    compression: str | None = "gzip",
+) -> Any:
+    """The writer of the file kind ``kind`` (points, voxels, jets) for batches like ``first``."""
+    if kind == "jets":
+        from caloforge.jets.io import JetWriter
+
+        return JetWriter(
+            out, first.n_particles, first.jet_type, generator=label, seed=seed, attrs=attrs,
+            compression=compression,
+        )  # fmt: skip
+    return ShowerWriter(
+        out,
+        kind,
+        detector,
+        generator=label,
+        seed=seed,
+        attrs=attrs,
+        compression=compression,  # type: ignore[arg-type]
+    )
 
 
 def _stream(
@@ -363,26 +458,23 @@ def _stream(
     start = time.perf_counter()
     done = 0
     codec = None if compression == "none" else compression
-    with ShowerWriter(
-        out,
-        generator.output,  # type: ignore[arg-type]
-        generator.detector,
-        generator=generator.label,
-        seed=seed,
-        attrs=attrs,
-        compression=codec,
-    ) as writer:
-        try:
-            for batch in batches:
+    try:
+        first = next(batches, None)
+        if first is None:
+            raise GenerationError("nothing to generate: no conditions were given")
+        with open_writer(
+            out, generator.output, generator.detector, first, generator.label, seed, attrs, codec
+        ) as writer:
+            for batch in itertools.chain([first], batches):
                 check_stop()
                 writer.write(batch)
                 done += len(batch)
                 if progress is not None:
                     progress(done, total)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()  # stops a worker pool at once on Ctrl-C or an error
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops a worker pool at once on Ctrl-C or an error
     return GenerationResult(out, done, time.perf_counter() - start)
 
 
@@ -410,6 +502,13 @@ def _dask_piece(job: tuple[str, Plan, int, list[tuple[int, dict[str, np.ndarray]
     made = [generator.generate_batch(conditions, plan, seed, index) for index, conditions in batches]
     showers = type(made[0]).concatenate(made)
     first = np.asarray(batches[0][0])
+    if showers.kind == "jets":
+        return {
+            "first": first,
+            "particles": showers.particles,
+            "jet": showers.jet,
+            "type": np.asarray(showers.jet_type),
+        }
     if showers.kind == "voxels":
         return {"first": first, "energy": showers.energy, "data": showers.voxels}
     # Points without their padding (a third of the bytes to send and store), in slot order.
@@ -423,6 +522,10 @@ def _dask_piece(job: tuple[str, Plan, int, list[tuple[int, dict[str, np.ndarray]
 def _piece_showers(kind: str, arrays: Mapping[str, np.ndarray]) -> Any:
     from caloforge.io import PointShowers, VoxelShowers
 
+    if kind == "jets":
+        from caloforge.jets.io import Jets
+
+        return Jets(arrays["particles"], arrays["jet"], str(arrays["type"]))
     if kind == "voxels":
         return VoxelShowers(arrays["energy"], arrays["data"])
     counts, slots = arrays["counts"], arrays["slots"]
@@ -434,7 +537,7 @@ def _piece_showers(kind: str, arrays: Mapping[str, np.ndarray]) -> Any:
 def _generate_on_dask(
     path: Path,
     model: str | Path,
-    energies: np.ndarray,
+    conditions: dict[str, np.ndarray],
     out: Path,
     seed: int,
     batch_size: int,
@@ -445,8 +548,6 @@ def _generate_on_dask(
     progress: Callable[[int, int], None] | None,
 ) -> GenerationResult:
     """:func:`generate_file` with ``engine="dask"``: pieces on the cluster, kept on disk."""
-    import hashlib
-
     from caloforge.engines import DaskEngine
     from caloforge.pieces import PieceStore
 
@@ -454,7 +555,7 @@ def _generate_on_dask(
     generator = load_generator(path)
     family = get_family(generator.family)
     plan = generator.plan(request)
-    batches = list(batch_conditions(generator, {"energy": energies}, plan, batch_size))
+    batches = list(batch_conditions(generator, conditions, plan, batch_size))
     _warn_incomplete(generator)
     manifest = {
         "model": str(path),
@@ -464,11 +565,11 @@ def _generate_on_dask(
         "sampler": plan.sampler.name,
         "sampler_steps": plan.sampler.n_steps,
         "precision": request.precision,
-        "energies_sha256": hashlib.sha256(np.ascontiguousarray(energies).tobytes()).hexdigest(),
+        "energies_sha256": _conditions_digest(conditions),
     }
     store = PieceStore.open(out, manifest, resume=resume, overwrite=overwrite)
     pieces = [batches[i : i + BATCHES_PER_PIECE] for i in range(0, len(batches), BATCHES_PER_PIECE)]
-    counts = {piece[0][0]: sum(len(c["energy"]) for _, c in piece) for piece in pieces}
+    counts = {piece[0][0]: sum(_n_of(c) for _, c in piece) for piece in pieces}
     finished = store.finished()
     todo = [(str(path), plan, seed, p) for p in pieces if finished.get(p[0][0]) != counts[p[0][0]]]
     done = sum(c for first, c in counts.items() if finished.get(first) == c)
@@ -478,12 +579,13 @@ def _generate_on_dask(
             for arrays in cluster.imap_unordered(_dask_piece, todo):
                 check_stop()
                 first = int(arrays.pop("first"))
-                store.save(first, len(arrays["energy"]), arrays)
-                done += len(arrays["energy"])
+                count = len(arrays["jet" if "jet" in arrays else "energy"])
+                store.save(first, count, arrays)
+                done += count
                 if progress is not None:
-                    progress(done, len(energies))
-    attrs = _attrs(model, path, energies, generator, plan)
+                    progress(done, _n_of(conditions))
+    attrs = _attrs(model, path, conditions, generator, plan)
     stored = (_piece_showers(generator.output, store.load(first)) for first in counts)
-    written = _stream(out, generator, seed, attrs, stored, len(energies), compression, None)
+    written = _stream(out, generator, seed, attrs, stored, _n_of(conditions), compression, None)
     store.remove()
     return GenerationResult(out, written.n_showers, time.perf_counter() - start)

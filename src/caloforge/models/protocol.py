@@ -205,6 +205,11 @@ class ShowerGenerator(Protocol):
         """Plain facts about the model for ``caloforge info`` (parameters, sampler, …)."""
         ...
 
+    # Optional: a generator whose conditions a user does not set from an energy spectrum
+    # (jets: pT, mass, multiplicity) has ``sample_conditions(n, seed) -> dict[str, ndarray]``,
+    # ``n`` conditions drawn from its training distribution (what ``caloforge generate`` uses
+    # without a conditions file).
+
 
 def batch_seed(seed: int, index: int) -> int:
     """Seed of batch ``index`` of a generation with ``seed``: every batch is its own random
@@ -323,13 +328,15 @@ class Family:
       ``.detector``, ``.network_calls``;
     * ``commands(train_app, app)`` — adds the family's ``caloforge train …`` sub-commands;
     * ``shipped`` — shipped model names → asset file names;
-    * ``bench_models`` — the shipped models ``caloforge bench`` times by default, ``(label, name)``.
+    * ``bench_models`` — the shipped models ``caloforge bench`` times by default, ``(label, name)``;
+    * ``output`` — the kind of files its models write (:data:`OutputKind`).
     """
 
     name: str
     description: str
     formats: tuple[str, ...]
     loader: str
+    output: str = "points"
     capabilities: Capabilities = Capabilities()
     calibrator: str | None = None
     exporter: str | None = None

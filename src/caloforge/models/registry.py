@@ -43,6 +43,7 @@ BUILTIN = (
     "caloforge.models.caloclouds2",
     "caloforge.models.calodream",
     "caloforge.models.caloinn",
+    "caloforge.models.epic",
 )
 #: The shipped model that ``--model default`` means.
 DEFAULT_MODEL = "caloclouds2-cm"

@@ -82,6 +82,7 @@ FAMILY = Family(
     description="CaloDREAM",
     formats=("caloforge-calodream",),
     loader="caloforge.models.calodream.generation:load_generator",
+    output="voxels",
     capabilities=Capabilities(calibrate=True, export=(), gpu=False, workers=True, precisions=("float32",)),
     calibrator="caloforge.models.calodream.calibration:calibrate_command",
     commands="caloforge.models.calodream.cli:add_commands",

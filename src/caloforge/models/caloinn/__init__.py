@@ -36,6 +36,7 @@ FAMILY = Family(
     description="CaloINN",
     formats=("caloforge-caloinn",),
     loader="caloforge.models.caloinn.generation:load_generator",
+    output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
     commands="caloforge.models.caloinn.cli:add_commands",
     shipped={"caloinn": "caloinn_ds2_cpu.pt"},

@@ -1,0 +1,131 @@
+"""EPiC run settings: one dataclass for the three variants (GAN, flow matching, JeDi diffusion);
+presets ``cpu``, ``paper`` and ``smoke``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from caloforge.models._config import PresetConfig
+from caloforge.odesolvers import FIXED_STEP_METHODS
+
+#: The three models that share the EPiC backbone.
+VARIANTS = ("gan", "fm", "jedi")
+#: Samplers of the diffusion-like variants (the GAN samples in one pass).
+SAMPLERS = {"gan": ("direct",), "fm": FIXED_STEP_METHODS, "jedi": ("ddim",)}
+
+
+_POSITIVE = (
+    "n_particles", "steps", "batch_size", "log_every", "dim_local", "dim_global", "hidden", "n_layers",
+    "disc_layers", "latent_local", "latent_global", "time_dim", "sample_steps",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EPiCConfig(PresetConfig):
+    """Settings of one EPiC training run (``variant``: gan, fm or jedi).
+
+    Presets: ``cpu`` (2 CPU cores: 9-15 minutes; the published widths — 128 hidden, 6
+    generator / 3 critic layers, global dimension 10 — with short schedules), ``paper`` (the
+    same networks with the long schedules, for a GPU), ``smoke`` (seconds, for tests).
+    :meth:`for_variant` applies a variant's own defaults (the GAN is unconditional and trains
+    with Adam, 2e-4 on CPU and the paper's 1e-4 in ``paper``; FM and JeDi condition on jet
+    pT, mass and multiplicity).
+    """
+
+    KIND: ClassVar[str] = "EPiC"
+
+    variant: str = "fm"
+    conditional: bool = True  # on jet pT, mass and multiplicity (else multiplicity only)
+    n_particles: int = 30
+    seed: int = 0
+    steps: int = 5000
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_disc: float = 1e-4
+    grad_clip: float = 5.0
+    ema_decay: float = 0.999
+    val_fraction: float = 0.05
+    log_every: int = 100
+    checkpoint_minutes: float = 5.0
+    # the EPiC backbone
+    dim_local: int = 128
+    dim_global: int = 10
+    hidden: int = 128
+    n_layers: int = 6
+    disc_layers: int = 3
+    latent_local: int = 3  # GAN: noise dimensions per particle
+    latent_global: int = 10  # GAN: noise dimensions per jet
+    time_dim: int = 16  # FM / JeDi: sinusoidal time features
+    # sampling
+    sampler: str = "midpoint"
+    sample_steps: int = 20
+    sigma_min: float = 1e-4  # FM
+    # JeDi: VP cosine schedule, loss weight (1 - jedi_alpha * beta(t) / sigma(t)^2), floored at 0
+    jedi_alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(
+                f"EPiC config: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
+            )
+        for name in _POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"EPiC config: {name} must be at least 1, got {getattr(self, name)}")
+        if self.sampler not in SAMPLERS[self.variant]:
+            raise ValueError(
+                f"EPiC config: sampler {self.sampler!r} is not one of the {self.variant} variant's "
+                f"({', '.join(SAMPLERS[self.variant])})"
+            )
+        for name in ("lr", "lr_disc", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"EPiC config: {name} must be positive, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1 or not 0 <= self.val_fraction < 0.5:
+            raise ValueError("EPiC config: ema_decay must lie in [0, 1) and val_fraction in [0, 0.5)")
+
+    @classmethod
+    def for_variant(cls, variant: str, preset: str = "cpu", **overrides: Any) -> EPiCConfig:
+        """The preset ``preset`` with ``variant``'s own defaults, then ``overrides``."""
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EPiC variant '{variant}': use one of {', '.join(VARIANTS)}")
+        base = cls.from_preset(preset)
+        own = _VARIANT_DEFAULTS[variant] | _PRESET_VARIANT.get((preset, variant), {})
+        return replace(base, variant=variant, **(own | overrides))
+
+
+_VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gan": {
+        "conditional": False,
+        "lr": 2e-4,
+        "lr_disc": 2e-4,
+        "steps": 4000,
+        "sampler": "direct",
+        "sample_steps": 1,
+        "ema_decay": 0.995,
+    },
+    "fm": {"conditional": True, "sampler": "midpoint", "sample_steps": 20},
+    "jedi": {"conditional": True, "sampler": "ddim", "sample_steps": 40},
+}
+_PRESET_VARIANT: dict[tuple[str, str], dict[str, Any]] = {
+    ("paper", "gan"): {"steps": 400_000, "lr": 1e-4, "lr_disc": 1e-4},
+    ("paper", "fm"): {"sample_steps": 100, "sampler": "midpoint"},
+    ("paper", "jedi"): {"sample_steps": 200},
+    ("smoke", "gan"): {"lr": 1e-3, "steps": 30},
+}
+
+EPiCConfig.PRESETS = {
+    "cpu": EPiCConfig(),
+    "paper": EPiCConfig(steps=300_000, batch_size=128, log_every=500, checkpoint_minutes=15.0),
+    "smoke": EPiCConfig(
+        dim_local=16,
+        hidden=16,
+        n_layers=2,
+        disc_layers=1,
+        steps=30,
+        batch_size=32,
+        log_every=10,
+        sample_steps=4,
+    ),
+}
+
+__all__ = ["SAMPLERS", "VARIANTS", "EPiCConfig"]

@@ -1,0 +1,240 @@
+"""EPiC training (all three variants): checkpointed, resumable, reproducible from the seed.
+
+* ``fm`` / ``jedi``: one network, AdamW with a one-cycle schedule, EMA of the weights;
+  losses :meth:`~caloforge.models.epic.model.EPiCJetModel.fm_loss` /
+  :meth:`~caloforge.models.epic.model.EPiCJetModel.jedi_loss`; a validation loss on held-back
+  jets with fixed noise.
+* ``gan``: least-squares GAN; the critic and the generator take one Adam step each per
+  training step (the fake jets have the multiplicities — and, conditional, the jet
+  features — of the real batch: the multiplicity comes from the training distribution);
+  EMA of the generator.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from caloforge.jets.io import Jets, read_jets
+from caloforge.models._training import (
+    Progress,
+    TrainResult,
+    open_run,
+    optimizer_step,
+    run_loop,
+    save_finite_checkpoint,
+)
+from caloforge.models.epic.checkpoint import check_state
+from caloforge.models.epic.config import EPiCConfig
+from caloforge.models.epic.model import EPiCJetModel
+from caloforge.models.nn.ema import EMA
+from caloforge.models.protocol import CheckpointError
+
+__all__ = ["CONDITION_TABLE_ROWS", "load_jets", "train"]
+
+#: Training jets whose features the checkpoint keeps for drawing conditions (about 160 kB).
+CONDITION_TABLE_ROWS = 10_000
+_MIN_JETS = 20
+
+
+def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -> Jets:
+    """The first ``max_jets`` jets of a jet file, their ``n_particles`` leading particles
+    (the reader refuses NaN, empty jets and files with fewer particles per jet)."""
+    jets = read_jets(path, n_particles=n_particles, stop=max_jets)
+    if len(jets) < _MIN_JETS:
+        raise ValueError(f"'{path}' holds {len(jets)} jets: at least {_MIN_JETS} are needed")
+    if (jets.jet[:, 0] <= 0).any() or (jets.jet[:, 2] <= 0).any():
+        raise ValueError(f"'{path}': jet pT and mass must be positive (jet_features columns 1 and 3)")
+    return jets
+
+
+class _Trainer:
+    """Mutable state of one EPiC training run, and one step of it."""
+
+    def __init__(self, config: EPiCConfig, jets: Jets) -> None:
+        self.config = config
+        n = len(jets)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+        n_val = round(config.val_fraction * n) if config.variant != "gan" else 0
+        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.particles = torch.from_numpy(jets.particles)
+        self.jet = torch.from_numpy(jets.jet)
+        rows = self.train_idx[:CONDITION_TABLE_ROWS].numpy()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = EPiCJetModel(config, jets.jet_type, jets.jet[np.sort(rows)])
+        self.model.fit_standardisation(self.particles[self.train_idx], self.jet[self.train_idx])
+        self.n_jets = n
+        self.gen = torch.Generator().manual_seed(config.seed)
+        net = self.model.net
+        self.ema = EMA(net, config.ema_decay)
+        if config.variant == "gan":
+            assert self.model.disc is not None
+            betas = (0.5, 0.9)
+            self.opt = torch.optim.Adam(net.parameters(), lr=config.lr, betas=betas)
+            self.opt_d: torch.optim.Optimizer | None = torch.optim.Adam(
+                self.model.disc.parameters(), lr=config.lr_disc, betas=betas
+            )
+            self.sched: Any = None
+        else:
+            self.opt = torch.optim.AdamW(net.parameters(), lr=config.lr)
+            self.opt_d = None
+            self.sched = torch.optim.lr_scheduler.OneCycleLR(
+                self.opt, max_lr=config.lr, total_steps=config.steps
+            )
+        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
+        self.last_losses: dict[str, float] = {}
+
+    def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x, mask = self.model.features(self.particles[idx])
+        return x, mask, self.model.conditions(self.jet[idx])
+
+    def _loss(self, net_model: EPiCJetModel, idx: Tensor, gen: torch.Generator) -> Tensor:
+        x, mask, cond = self._batch(idx)
+        if self.config.variant == "fm":
+            return net_model.fm_loss(x, mask, cond, gen)
+        return net_model.jedi_loss(x, mask, cond, gen)
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        cfg = self.config
+        pick = self.train_idx[torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)]
+        self.model.train()
+        if cfg.variant == "gan":
+            return self._gan_step(pick)
+        loss = self._loss(self.model, pick, self.gen)
+        value: float | None = loss.item()
+        if optimizer_step(loss, self.model.net, self.opt, cfg.grad_clip):
+            self.ema.update(self.model.net)
+        else:
+            self.skipped += 1
+            value = None
+        if self.step + 1 < cfg.steps:  # OneCycleLR refuses a step past its total
+            self.sched.step()
+        out: list[tuple[str, float | None]] = [("loss", value)]
+        if len(self.val_idx) and (self.step + 1) % max(cfg.steps // 10, 1) == 0:
+            out.append(("val", self.validation_loss()))
+        return out
+
+    def _gan_step(self, pick: Tensor) -> list[tuple[str, float | None]]:
+        cfg, model = self.config, self.model
+        assert model.disc is not None and self.opt_d is not None
+        x, mask, cond = self._batch(pick)
+        fake = model.gan_generate(mask, cond, self.gen)
+        d_loss = ((model.disc(x, mask, cond) - 1) ** 2).mean() + (
+            model.disc(fake.detach(), mask, cond) ** 2
+        ).mean()
+        d_value: float | None = d_loss.item()
+        if not optimizer_step(d_loss, model.disc, self.opt_d, cfg.grad_clip):
+            self.skipped += 1
+            d_value = None
+        g_loss = ((model.disc(fake, mask, cond) - 1) ** 2).mean()
+        g_value: float | None = g_loss.item()
+        if optimizer_step(g_loss, model.net, self.opt, cfg.grad_clip):
+            self.ema.update(model.net)
+        else:
+            self.skipped += 1
+            g_value = None
+        return [("critic", d_value), ("generator", g_value)]
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """The loss of the EMA network on the validation jets (fixed noise)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 2)
+        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
+        self.model.net.load_state_dict(self.ema.module.state_dict())
+        self.model.eval()
+        n = min(len(self.val_idx), 2048)
+        total = 0.0
+        for lo in range(0, n, 512):
+            idx = self.val_idx[lo : min(lo + 512, n)]
+            total += self._loss(self.model, idx, gen).item() * len(idx)
+        self.model.net.load_state_dict(live)
+        return total / n
+
+    def state(self) -> dict[str, Any]:
+        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
+        self.model.net.load_state_dict(self.ema.module.state_dict())
+        inference = self.model.inference_state()
+        self.model.net.load_state_dict(live)
+        train: dict[str, Any] = {
+            "net": live,
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "gen": self.gen.get_state(),
+            "step": self.step,
+            "skipped": self.skipped,
+            "elapsed_s": self.elapsed_s,
+            "n_jets": self.n_jets,
+        }
+        if self.sched is not None:
+            train["sched"] = self.sched.state_dict()
+        if self.opt_d is not None and self.model.disc is not None:
+            train |= {"disc": self.model.disc.state_dict(), "opt_disc": self.opt_d.state_dict()}
+        return inference | {"train": train}
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        tr = state.get("train")
+        if tr is None:
+            raise CheckpointError(
+                f"'{path}' holds no training state (an inference-only file): start a new run"
+            )
+        if tr["n_jets"] != self.n_jets:
+            raise CheckpointError(
+                f"'{path}' was trained on {tr['n_jets']} jets, the data file has {self.n_jets}: "
+                "resume with the same data (and --max-jets)"
+            )
+        weights = dict(state["model"])
+        self.model.load_state_dict(weights, strict=False)
+        self.model.net.load_state_dict(tr["net"])
+        self.ema.load_state_dict(tr["ema"])
+        self.opt.load_state_dict(tr["opt"])
+        if self.sched is not None:
+            self.sched.load_state_dict(tr["sched"])
+        if self.opt_d is not None and self.model.disc is not None:
+            self.model.disc.load_state_dict(tr["disc"])
+            self.opt_d.load_state_dict(tr["opt_disc"])
+        self.gen.set_state(tr["gen"])
+        self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
+
+    def save(self, path: Path) -> None:
+        save_finite_checkpoint(self.state(), path)
+
+
+def train(
+    config: EPiCConfig,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    max_jets: int | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """Train the EPiC ``config.variant`` on the jet file ``data_path`` (its first ``max_jets``,
+    their ``config.n_particles`` leading particles); checkpoint in ``out_dir``.
+
+    Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at the end; ``resume=True``
+    continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
+    """
+    start = time.monotonic()
+    ckpt, state = open_run(out_dir, config, resume, check_state)
+    if progress is not None:
+        progress("load", 0, 1)
+    jets = load_jets(data_path, config.n_particles, max_jets)
+    if progress is not None:
+        progress("load", 1, 1)
+    trainer = _Trainer(config, jets)
+    if state is not None:
+        trainer.restore(state, ckpt)
+    run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
+    trainer.model.complete = trainer.step >= config.steps
+    trainer.save(ckpt)
+    model = trainer.model
+    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())

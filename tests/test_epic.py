@@ -1,0 +1,195 @@
+"""EPiC-GAN, EPiC-FM and EPiC-JeDi: the backbone's symmetries, training and resuming, generation
+through the protocol and the command line, and one simulate → train → generate → evaluate run."""
+
+import numpy as np
+import pytest
+import torch
+
+from caloforge.generation import generate_file, model_conditions
+from caloforge.jets.io import read_jets, write_jets
+from caloforge.models.epic import EPiCConfig, EPiCDiscriminator, EPiCNet, load_model, train
+from caloforge.models.protocol import GenerationError, GenerationRequest
+from caloforge.models.registry import family_for_format, load_generator
+from conftest import cli_run, toy_jets
+
+torch.set_num_threads(1)
+SMOKE = EPiCConfig.from_preset("smoke")
+
+
+@pytest.fixture(scope="module")
+def jet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("epic") / "toy.h5"
+    write_jets(path, toy_jets(200, 12, seed=4), generator="toy")
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(jet_file, tmp_path_factory):
+    """One smoke run of each variant."""
+    root = tmp_path_factory.mktemp("epic_runs")
+    out = {}
+    for variant in ("gan", "fm", "jedi"):
+        config = EPiCConfig.for_variant(variant, "smoke", n_particles=12, steps=12)
+        train(config, jet_file, root / variant)
+        out[variant] = root / variant
+    return out
+
+
+def _inputs(seed=0, b=3, p=7, d=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((b, p, d), generator=g)
+    mask = torch.ones(b, p, dtype=torch.bool)
+    mask[0, 5:] = False
+    return x * mask.unsqueeze(-1), mask, torch.randn((b, 4), generator=g)
+
+
+def test_backbone_is_permutation_equivariant_and_ignores_padding():
+    net = EPiCNet(3, 3, 4, SMOKE).double()
+    disc = EPiCDiscriminator(3, 4, SMOKE).double()
+    x, mask, cond = (t.double() if t.is_floating_point() else t for t in _inputs())
+    perm = torch.tensor([4, 2, 0, 1, 3, 6, 5])  # slots 5, 6 of jet 0 are padding: they stay padding
+    out = net(x, mask, cond)
+    torch.testing.assert_close(net(x[:, perm], mask[:, perm], cond), out[:, perm])
+    torch.testing.assert_close(disc(x[:, perm], mask[:, perm], cond), disc(x, mask, cond))
+    assert (out[0, 5:] == 0).all()
+    # Extra padding slots change nothing.
+    pad_x = torch.cat([x, torch.zeros(3, 4, 3, dtype=x.dtype)], dim=1)
+    pad_mask = torch.cat([mask, torch.zeros(3, 4, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(net(pad_x, pad_mask, cond)[:, :7], out)
+    torch.testing.assert_close(disc(pad_x, pad_mask, cond), disc(x, mask, cond))
+
+
+def test_variants_and_presets():
+    assert EPiCConfig.for_variant("gan").conditional is False
+    assert EPiCConfig.for_variant("fm").conditional is True
+    paper = EPiCConfig.for_variant("gan", "paper")
+    assert (paper.n_layers, paper.disc_layers, paper.dim_global, paper.hidden) == (6, 3, 10, 128)
+    with pytest.raises(ValueError, match="unknown EPiC variant"):
+        EPiCConfig.for_variant("vae")
+    with pytest.raises(ValueError, match="sampler"):
+        EPiCConfig.for_variant("fm", sampler="ddim")
+    for variant in ("gan", "fm", "jedi"):
+        assert family_for_format(f"caloforge-epic-{variant}").name == "epic"
+
+
+@pytest.mark.parametrize("variant", ["gan", "fm", "jedi"])
+def test_each_variant_trains_and_generates_jets(runs, variant, tmp_path):
+    gen = load_generator(runs[variant])
+    assert gen.output == "jets" and gen.particle == "t" and gen.label == f"epic-{variant}"
+    names = [c.name for c in gen.conditions]
+    assert ("mass" in names) == (variant != "gan")
+    conditions = model_conditions(runs[variant], 40, seed=2)
+    result = generate_file(runs[variant], conditions, tmp_path / "gen.h5", seed=2, batch_size=16)
+    jets = read_jets(tmp_path / "gen.h5")
+    assert result.n_showers == 40 and jets.particles.shape == (40, 12, 4)
+    np.testing.assert_array_equal(jets.multiplicity, conditions["num_particles"])
+    pt = jets.particles[..., 2]
+    assert (np.diff(pt, axis=1) <= 1e-6).all() and np.isfinite(jets.particles).all()
+    assert jets.attrs["model_family"] == "epic" and jets.attrs["variant"] == variant
+    # The same seed: the same jets, also split differently into batches and over processes.
+    generate_file(runs[variant], conditions, tmp_path / "again.h5", seed=2, batch_size=16, workers=2)
+    np.testing.assert_array_equal(read_jets(tmp_path / "again.h5").particles, jets.particles)
+
+
+def test_resume_continues_exactly(jet_file, tmp_path):
+    config = EPiCConfig.for_variant("fm", "smoke", n_particles=12, steps=8)
+    train(config, jet_file, tmp_path / "full")
+    train(config, jet_file, tmp_path / "split", max_minutes=0)  # one step, then stop
+    train(config, jet_file, tmp_path / "split", resume=True)
+    a, b = load_model(tmp_path / "full"), load_model(tmp_path / "split")
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_generation_bad_input(runs, jet_file, tmp_path):
+    gen = load_generator(runs["fm"])
+    with pytest.raises(GenerationError, match="unknown sampler"):
+        gen.plan(GenerationRequest(sampler="heun"))
+    with pytest.raises(GenerationError, match="option"):
+        gen.plan(GenerationRequest(options={"temperature": 1.0}))
+    with pytest.raises(GenerationError, match="one pass"):
+        load_generator(runs["gan"]).plan(GenerationRequest(n_steps=5))
+    plan = gen.plan(GenerationRequest())
+    bad = model_conditions(runs["fm"], 4, seed=0)
+    bad["num_particles"][1] = 40
+    with pytest.raises(GenerationError, match="1-12"):
+        gen.generate_batch(bad, plan, 0, 0)
+    # conditions from a jet file; one that holds fewer jets than asked is refused
+    from_file = model_conditions(runs["fm"], 10, 0, jet_file)
+    assert sorted(from_file) == ["eta", "mass", "num_particles", "pt"] and len(from_file["pt"]) == 10
+    with pytest.raises(ValueError, match="more jets"):
+        model_conditions(runs["fm"], 500, 0, jet_file)
+
+
+def test_cli_train_generate_info_and_errors(monkeypatch, capsys, jet_file, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = cli_run(
+        monkeypatch, capsys, "train", "epic-jedi", "--data", jet_file, "--out", run, "--preset", "smoke",
+        "--particles", "12", "--steps", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = cli_run(monkeypatch, capsys, "info", run)
+    assert code == 0 and "t jets as particle clouds" in out and "EPiC-JeDi" in out
+    out_file = tmp_path / "gen.h5"
+    code, out, err = cli_run(monkeypatch, capsys, "generate", "--model", run, "-n", "20", "--out", out_file)
+    assert code == 0 and "wrote 20 jets" in out
+    code, _, err = cli_run(
+        monkeypatch, capsys, "generate", "--model", run, "--conditions-file", jet_file, "-n", "30",
+        "--out", tmp_path / "cond.h5",
+    )  # fmt: skip
+    assert code == 0, err
+    before = out_file.read_bytes()
+    args = ("generate", "--model", run, "--energy", "50", "--out", out_file, "--overwrite")
+    code, _, err = cli_run(monkeypatch, capsys, *args)
+    assert code == 2 and "no incident energies" in err and out_file.read_bytes() == before
+    args = (
+        "train",
+        "epic-fm",
+        "--data",
+        jet_file,
+        "--out",
+        tmp_path / "r2",
+        "--particles",
+        "30",
+        "--preset",
+        "smoke",
+    )
+    code, _, err = cli_run(monkeypatch, capsys, *args)
+    assert code == 2 and "holds 12 particles per jet; 30" in err
+    assert not (tmp_path / "r2").exists()
+
+
+def test_bench_times_jet_models_against_pythia(runs):
+    import dataclasses
+
+    from caloforge.bench import JETS_DETECTOR, BenchConfig, ModelSpec, run_bench, to_markdown
+
+    config = dataclasses.replace(BenchConfig.quick(), threads=(1,), batch_sizes=(2,))
+    result = run_bench([ModelSpec("gan", "model", str(runs["gan"]))], config)
+    rows = {r["generator"]: r for r in result["rows"]}
+    assert set(rows) == {"Pythia 8 + FastJet", "gan"}
+    assert all(r["detector"] == JETS_DETECTOR and r["particle"] == "t" for r in rows.values())
+    assert rows["gan"]["speedup"] == pytest.approx(
+        rows["Pythia 8 + FastJet"]["ms_per_shower"] / rows["gan"]["ms_per_shower"]
+    )
+    assert "| Pythia 8 + FastJet | pythia8 t |" in to_markdown(result)
+
+
+def test_simulate_train_generate_evaluate(monkeypatch, capsys, tmp_path):
+    """The whole jet chain on the command line: Pythia 8 jets, a tiny EPiC-FM, its jets, the report."""
+    data = tmp_path / "pythia.h5"
+    code, _, err = cli_run(monkeypatch, capsys, "simulate-jets", "-n", "60", "--particles", "20", "--seed", "3",
+                           "--out", data)  # fmt: skip
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, _, err = cli_run(monkeypatch, capsys, "train", "epic-fm", "--data", data, "--out", run, "--preset",
+                           "smoke", "--particles", "20", "--steps", "6")  # fmt: skip
+    assert code == 0, err
+    gen = tmp_path / "gen.h5"
+    code, _, err = cli_run(monkeypatch, capsys, "generate", "--model", run, "-n", "60", "--out", gen)
+    assert code == 0, err
+    code, out, err = cli_run(monkeypatch, capsys, "evaluate", data, gen, "--out", tmp_path / "report",
+                             "--splits", "2", "--epochs", "2", "--draws", "2", "--no-plots")  # fmt: skip
+    assert code == 0, err
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "Pythia" in report and "epic-fm" in report
