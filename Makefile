@@ -24,9 +24,11 @@ $(VENV)/.installed: pyproject.toml
 # The main job on the embedded defaults: the shipped CaloClouds II (CM) and CaloClouds II
 # models, a fresh Geant4 sample and a Geant4 run with the default model as its fast
 # simulation, all evaluated against the shipped Geant4 reference (Geant4 vs Geant4 shows
-# the floor); report in out/demo/report.md.
+# the floor); report in out/demo/report.md. Then the voxel models (out/demo_ds2) and the EPiC
+# jet models against the shipped Pythia 8 top jets (out/demo_jets).
 REFERENCE := src/caloforge/assets/ild_reference.h5
 DS2_REFERENCE := src/caloforge/assets/ds2_reference.h5
+JETS_REFERENCE := src/caloforge/assets/jets_t30_reference.h5
 demo: setup
 	mkdir -p out
 	$(BIN)/caloforge info $(REFERENCE)
@@ -38,6 +40,11 @@ demo: setup
 	$(BIN)/caloforge generate --model calodream --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_calodream.h5
 	$(BIN)/caloforge generate --model caloinn --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_caloinn.h5
 	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 out/demo_caloinn.h5 --out out/demo_ds2 --overwrite
+	$(BIN)/caloforge info $(JETS_REFERENCE)
+	$(BIN)/caloforge generate --model epic-gan -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_gan.h5
+	$(BIN)/caloforge generate --model epic-fm -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_fm.h5
+	$(BIN)/caloforge generate --model epic-jedi -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_jedi.h5
+	$(BIN)/caloforge evaluate $(JETS_REFERENCE) out/demo_epic_gan.h5 out/demo_epic_fm.h5 out/demo_epic_jedi.h5 --out out/demo_jets --overwrite
 
 test: setup
 	$(BIN)/ruff check src tests

@@ -67,3 +67,29 @@ def test_shipped_caloinn_model_generates(tmp_path):
     assert np.all((0.02 < ratio) & (ratio < 0.04))  # Geant4: 0.0306 ± 0.0020
     hits = (v.voxels > 0).sum(1)
     assert np.all((100 < hits) & (hits < 3000))  # Geant4: 811 per shower on average
+
+
+def test_jets_reference_sample():
+    from caloforge.jets.io import read_jets
+    from caloforge.jets.observables import jet_kinematics
+
+    jets = read_jets(asset_path("jets_t30_reference.h5"))
+    assert len(jets) == 2000 and jets.n_particles == 30 and jets.jet_type == "t"
+    assert jets.attrs["generator"] == "pythia8+fastjet" and jets.attrs["seed"] == 32
+    assert (jets.jet[:, 0] >= 800).all()
+    assert 160 < np.median(jets.jet[:, 2]) < 200  # top-quark jets
+    assert 0.12 < np.median(jet_kinematics(jets.particles)["mass"]) < 0.17
+
+
+@pytest.mark.parametrize("name", ["epic-gan", "epic-fm", "epic-jedi"])
+def test_shipped_epic_models_generate_top_jets(name, tmp_path):
+    from caloforge.generation import generate_file, model_conditions
+    from caloforge.jets.io import read_jets
+    from caloforge.jets.observables import jet_kinematics
+
+    conditions = model_conditions(name, 64, seed=1)
+    generate_file(name, conditions, tmp_path / "j.h5", seed=1)
+    jets = read_jets(tmp_path / "j.h5")
+    assert len(jets) == 64 and jets.n_particles == 30 and jets.attrs["generator"] == name
+    mass = np.median(jet_kinematics(jets.particles)["mass"])
+    assert 0.10 < mass < 0.20  # Pythia: 0.146

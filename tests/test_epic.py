@@ -178,8 +178,8 @@ def test_bench_times_jet_models_against_pythia(runs):
 def test_simulate_train_generate_evaluate(monkeypatch, capsys, tmp_path):
     """The whole jet chain on the command line: Pythia 8 jets, a tiny EPiC-FM, its jets, the report."""
     data = tmp_path / "pythia.h5"
-    code, _, err = cli_run(monkeypatch, capsys, "simulate-jets", "-n", "60", "--particles", "20", "--seed", "3",
-                           "--out", data)  # fmt: skip
+    args = ("simulate-jets", "-n", "60", "--particles", "20", "--seed", "3", "--out", data)
+    code, _, err = cli_run(monkeypatch, capsys, *args)
     assert code == 0, err
     run = tmp_path / "run"
     code, _, err = cli_run(monkeypatch, capsys, "train", "epic-fm", "--data", data, "--out", run, "--preset",
@@ -188,8 +188,47 @@ def test_simulate_train_generate_evaluate(monkeypatch, capsys, tmp_path):
     gen = tmp_path / "gen.h5"
     code, _, err = cli_run(monkeypatch, capsys, "generate", "--model", run, "-n", "60", "--out", gen)
     assert code == 0, err
-    code, out, err = cli_run(monkeypatch, capsys, "evaluate", data, gen, "--out", tmp_path / "report",
-                             "--splits", "2", "--epochs", "2", "--draws", "2", "--no-plots")  # fmt: skip
+    args = (
+        "evaluate",
+        data,
+        gen,
+        "--out",
+        tmp_path / "report",
+        "--splits",
+        "2",
+        "--epochs",
+        "2",
+        "--draws",
+        "2",
+    )
+    code, _, err = cli_run(monkeypatch, capsys, *args, "--no-plots")
     assert code == 0, err
     report = (tmp_path / "report" / "report.md").read_text()
     assert "Pythia" in report and "epic-fm" in report
+
+
+def test_jedi_clip_option_and_inference_copy_with_sampler_defaults(runs, tmp_path):
+    from caloforge.models.epic import save_for_inference
+
+    gen = load_generator(runs["jedi"])
+    assert gen.plan(GenerationRequest()).options["clip"] == 3.0
+    assert gen.plan(GenerationRequest(options={"clip": 2.0})).attrs["clip"] == 2.0
+    with pytest.raises(GenerationError, match="positive"):
+        gen.plan(GenerationRequest(options={"clip": 0}))
+    copy = save_for_inference(runs["jedi"], tmp_path / "jedi.pt", sample_steps=7, jedi_clip=2.5)
+    plan = load_generator(copy).plan(GenerationRequest())
+    assert (plan.sampler.n_steps, plan.options["clip"]) == (7, 2.5)
+    with pytest.raises(ValueError, match="not a sampling setting"):
+        save_for_inference(runs["jedi"], tmp_path / "x.pt", lr=1.0)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_jets_on_dask_equal_the_local_run(runs, tmp_path):
+    conditions = model_conditions(runs["gan"], 40, seed=4)
+    local = generate_file(runs["gan"], conditions, tmp_path / "local.h5", seed=4, batch_size=4)
+    dask = generate_file(
+        runs["gan"], conditions, tmp_path / "dask.h5", seed=4, batch_size=4, engine="dask", workers=1
+    )
+    a, b = read_jets(local.path), read_jets(dask.path)
+    np.testing.assert_array_equal(a.particles, b.particles)
+    np.testing.assert_array_equal(a.jet, b.jet)

@@ -52,15 +52,30 @@ def test_registry_finds_families_by_format_and_imports_no_network_code():
 
 
 @pytest.mark.parametrize(
-    "name", ["default", "caloclouds2", "caloclouds1", "calodream", "calodream-lavit", "caloinn"]
+    "name",
+    [
+        "default",
+        "caloclouds2",
+        "caloclouds1",
+        "calodream",
+        "calodream-lavit",
+        "caloinn",
+        "epic-gan",
+        "epic-fm",
+        "epic-jedi",
+    ],
 )
 def test_shipped_models_load_through_the_registry(name):
     generator = registry.load_generator(name)
     family = registry.get_family(generator.family)
     assert name == "default" or name in family.shipped
-    assert generator.output == ("voxels" if generator.detector.name == "calochallenge-ds2" else "points")
-    (energy,) = generator.conditions
-    assert energy.name == "energy" and energy.low < energy.high
+    assert family.output == generator.output
+    if generator.output == "jets":
+        assert generator.detector is None and "num_particles" in [c.name for c in generator.conditions]
+    else:
+        assert generator.output == ("voxels" if generator.detector.name == "calochallenge-ds2" else "points")
+        (energy,) = generator.conditions
+        assert energy.name == "energy" and energy.low < energy.high
     plan = generator.plan(GenerationRequest())
     assert plan.sampler.network_calls >= 1 and plan.precision in ("float32", "bfloat16")
 

@@ -897,7 +897,9 @@ def bench(
     ),
     model: Annotated[
         list[str] | None,
-        typer.Option(help="LABEL=PATH of a CaloClouds II model (repeat); default: the shipped models."),
+        typer.Option(
+            help="LABEL=PATH (or a shipped name) of any family's model (repeat); default: the shipped ones."
+        ),
     ] = None,
     onnx: Annotated[
         bool, typer.Option(help="Also time the ONNX Runtime export of the (last) consistency model.")
@@ -907,7 +909,12 @@ def bench(
     batch_sizes: Annotated[str, typer.Option(help="Model batch sizes.")] = "1,64",
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per row (mean ± std).")] = 3,
     quick: Annotated[bool, typer.Option(help="A few showers per row: checks every row runs.")] = False,
-    geant4: Annotated[bool, typer.Option(help="Time Geant4 (the reference of the speed-ups).")] = True,
+    geant4: Annotated[
+        bool,
+        typer.Option(
+            help="Time the references of the speed-ups (Geant4; Pythia 8 + FastJet for jet models)."
+        ),
+    ] = True,
     precision: Annotated[
         list[str] | None,
         typer.Option(
@@ -924,7 +931,7 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Time Geant4 and the generative models per shower, in one run; speed-ups against Geant4."""
+    """Time the generative models and their references (Geant4, or Pythia 8 + FastJet for jets) in one run."""
     import dataclasses
 
     from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results

@@ -38,6 +38,7 @@ __all__ = [
     "optimizer_step",
     "run_checkpoint",
     "run_loop",
+    "run_to_end",
     "save_checkpoint",
     "save_finite_checkpoint",
 ]
@@ -361,6 +362,26 @@ def run_loop(
             save()
             raise
     trainer.elapsed_s = elapsed_before + time.monotonic() - start
+
+
+def run_to_end(
+    trainer: Any,
+    config: Any,
+    ckpt: Path,
+    state: dict[str, Any] | None,
+    progress: Progress | None,
+    max_minutes: float | None,
+    start: float,
+) -> None:
+    """The common middle of a family's ``train``: restore ``trainer`` from the resumed
+    ``state`` (if any), :func:`run_loop` it to ``config.steps`` (``config.log_every``,
+    ``config.checkpoint_minutes``) and mark its model complete when it got there."""
+    if state is not None:
+        trainer.restore(state, ckpt)
+    run_loop(
+        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
+    )
+    trainer.model.complete = trainer.step >= config.steps
 
 
 def _check_divergence(

@@ -19,7 +19,7 @@ from caloforge.models._training import (
     TrainResult,
     distributed_step,
     open_run,
-    run_loop,
+    run_to_end,
     save_finite_checkpoint,
 )
 from caloforge.models.caloclouds1.checkpoint import check_state
@@ -220,13 +220,8 @@ def train(
     else:
         flow_state, flow_config, source = None, json.loads(state["flow_config"]), state.get("flow_source", "")
     trainer = _Trainer(config, data, flow_config, flow_state, source)
-    if state is not None:
-        trainer.restore(state, ckpt)
-    run_loop(
-        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
-    )
+    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     model = trainer.model
-    model.complete = trainer.step >= config.steps
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
     fit_calibration(
         model, data, config.calibration_showers, config.calibration_refinements, config.seed, progress

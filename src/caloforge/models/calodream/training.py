@@ -14,7 +14,7 @@ from caloforge.models._training import (
     TrainResult,
     open_run,
     optimizer_step,
-    run_loop,
+    run_to_end,
     save_finite_checkpoint,
 )
 from caloforge.models.calodream.checkpoint import check_state, load_model, model_from_state
@@ -216,12 +216,7 @@ def train(
                 f"the data for '{data.detector.name}'"
             )
     trainer = _Trainer(config, part, data, vae)
-    if state is not None:
-        trainer.restore(state, ckpt)
-    run_loop(
-        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
-    )
-    trainer.model.complete = trainer.step >= config.steps
+    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     if energy is None and state is not None and state.get("energy_model") is not None:
         energy = model_from_state(state["energy_model"], str(ckpt))  # keep what an earlier call embedded
     trainer.model.energy_model = energy

@@ -18,7 +18,7 @@ from caloforge.models._training import (
     TrainResult,
     open_run,
     optimizer_step,
-    run_loop,
+    run_to_end,
     save_finite_checkpoint,
 )
 from caloforge.models.caloinn.checkpoint import check_state
@@ -191,12 +191,7 @@ def train(
     if progress is not None:
         progress("load", 1, 1)
     trainer = _Trainer(config, data)
-    if state is not None:
-        trainer.restore(state, ckpt)
-    run_loop(
-        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
-    )
-    trainer.model.complete = trainer.step >= config.steps
+    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     trainer.save(ckpt)
     model = trainer.model
     return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())

@@ -30,6 +30,12 @@ FAMILY = Family(
     output="jets",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
     commands="caloforge.models.epic.cli:add_commands",
+    shipped={
+        "epic-gan": "epic_gan_t30_cpu.pt",
+        "epic-fm": "epic_fm_t30_cpu.pt",
+        "epic-jedi": "epic_jedi_t30_cpu.pt",
+    },
+    bench_models=(("EPiC-GAN", "epic-gan"), ("EPiC-FM", "epic-fm"), ("EPiC-JeDi", "epic-jedi")),
 )
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,22 @@ def load_model(path: str | Path) -> EPiCJetModel:
     return model_from_state(check_state(read_checkpoint(path), path), path)
 
 
-def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
-    """Copy a run's checkpoint without its training state (critic, optimisers, live weights)."""
+#: Sampling settings :func:`save_for_inference` may set in the copy (its generation defaults).
+SAMPLING_FIELDS = ("sampler", "sample_steps", "jedi_clip")
+
+
+def save_for_inference(checkpoint: str | Path, out: str | Path, **sampling: Any) -> Path:
+    """Copy a run's checkpoint without its training state (critic, optimisers, live weights);
+    ``sampling`` (:data:`SAMPLING_FIELDS`) replaces the copy's default sampler settings."""
     path = checkpoint_file(checkpoint)
     state = check_state(read_checkpoint(path), path)
     model_from_state(state, path)
+    unknown = sorted(set(sampling) - set(SAMPLING_FIELDS))
+    if unknown:
+        raise ValueError(f"'{unknown[0]}' is not a sampling setting (use {', '.join(SAMPLING_FIELDS)})")
+    if sampling:
+        config = EPiCConfig.from_dict(json.loads(state["config"]))
+        state["config"] = json.dumps(replace(config, **sampling).to_dict())
     state.pop("train", None)
     save_checkpoint(state, out)
     return Path(out)

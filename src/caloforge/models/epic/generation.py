@@ -30,7 +30,13 @@ _DESCRIPTIONS = {"gan": "EPiC-GAN", "fm": "EPiC-FM", "jedi": "EPiC-JeDi"}
 
 
 def jet_batch(
-    model: EPiCJetModel, conditions: Mapping[str, np.ndarray], sampler: str, steps: int, seed: int, index: int
+    model: EPiCJetModel,
+    conditions: Mapping[str, np.ndarray],
+    sampler: str,
+    steps: int,
+    seed: int,
+    index: int,
+    clip: float | None = None,
 ) -> Jets:
     """Batch ``index`` of a run with ``seed``: jets for ``conditions`` (``pt``, ``eta``,
     ``num_particles`` and, for conditional models, ``mass``).
@@ -44,7 +50,7 @@ def jet_batch(
     eta = np.asarray(conditions["eta"], np.float64)
     jet = torch.from_numpy(np.stack([pt, eta, mass, n], axis=1).astype(np.float32))
     gen = torch.Generator().manual_seed(batch_seed(seed, index))
-    particles = model.sample(jet, sampler, steps, gen).numpy()
+    particles = model.sample(jet, sampler, steps, gen, clip).numpy()
     kin = jet_kinematics(particles)
     features = np.stack([pt, eta, kin["mass"] * pt, (particles[..., 3] > 0.5).sum(1)], axis=1)
     return Jets(particles, features.astype(np.float32), model.jet_type)
@@ -109,17 +115,25 @@ class EPiCGenerator:
             )
         if request.device != "cpu":
             raise GenerationError("EPiC models generate on the CPU only")
-        if request.options:
-            raise GenerationError(
-                f"unknown EPiC generation option '{sorted(request.options)[0]}' (it takes none)"
-            )
+        allowed = {"clip"} if cfg.variant == "jedi" else set()
+        unknown = sorted(set(request.options) - allowed)
+        if unknown:
+            name, takes = _DESCRIPTIONS[cfg.variant], "clip" if allowed else "none"
+            raise GenerationError(f"unknown {name} generation option '{unknown[0]}' (it takes {takes})")
+        attrs: dict[str, Any] = {"n_particles": cfg.n_particles, "variant": cfg.variant}
+        options: dict[str, Any] = {"sampler": sampler, "steps": steps}
+        if cfg.variant == "jedi":
+            clip = float(request.options.get("clip", cfg.jedi_clip))
+            if not clip > 0:
+                raise GenerationError(f"clip must be positive (standard deviations), got {clip}")
+            attrs["clip"] = options["clip"] = clip
         calls = self.model.network_calls(sampler, steps)
         return Plan(
             sampler=SamplerInfo(sampler, steps, calls),
             precision="float32",
             allow_extrapolation=request.allow_extrapolation,
-            attrs={"n_particles": cfg.n_particles, "variant": cfg.variant},
-            options={"sampler": sampler, "steps": steps},
+            attrs=attrs,
+            options=options,
         )
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Jets:
@@ -130,7 +144,8 @@ class EPiCGenerator:
                 f"num_particles must be whole numbers 1-{self.model.config.n_particles} "
                 f"(this model makes {self.model.config.n_particles}-particle jets)"
             )
-        return jet_batch(self.model, conditions, plan.options["sampler"], plan.options["steps"], seed, index)
+        o = plan.options
+        return jet_batch(self.model, conditions, o["sampler"], o["steps"], seed, index, o.get("clip"))
 
     def describe(self) -> dict[str, Any]:
         """Variant, backbone and parameters."""

@@ -51,18 +51,17 @@ CHECKPOINT_VERSION = 1
 #: The jet features a conditional model takes (from a jet file's ``jet_features``).
 CONDITION_NAMES = ("pt", "mass", "num_particles")
 _SUM_SCALE = 1.0 / 30
-#: JeDi sampling: the clean-particle estimate is clipped to this many standard deviations.
-_X0_CLIP = 6.0
 
 
-def time_features(t: Tensor, dim: int) -> Tensor:
-    """Sinusoidal features of times ``t`` ``(B,)`` in [0, 1]: ``(B, dim)``.
+def time_features(t: Tensor, dim: int, max_frequency: float = 20.0) -> Tensor:
+    """Sinusoidal features of times ``t`` ``(B,)`` in [0, 1]: ``(B, dim)``, frequencies from 1
+    to ``max_frequency`` cycles per unit time (geometric).
 
     >>> time_features(torch.tensor([0.0, 1.0]), 4).shape
     torch.Size([2, 4])
     """
     half = max(dim // 2, 1)
-    freqs = torch.exp(torch.linspace(0.0, math.log(1000.0), half, dtype=t.dtype))
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), half, dtype=t.dtype))
     angles = t.unsqueeze(-1) * freqs * 2 * math.pi
     out = torch.cat([angles.sin(), angles.cos()], dim=-1)
     return out[:, :dim] if out.shape[1] >= dim else torch.cat([out, t.unsqueeze(-1)], dim=-1)
@@ -200,7 +199,8 @@ class EPiCJetModel(nn.Module):
 
     # -- losses ---------------------------------------------------------------------------
     def _time_cond(self, t: Tensor, jet_cond: Tensor) -> Tensor:
-        return torch.cat([time_features(t, self.config.time_dim), jet_cond], dim=-1)
+        cfg = self.config
+        return torch.cat([time_features(t, cfg.time_dim, cfg.time_max_frequency), jet_cond], dim=-1)
 
     def fm_loss(self, x1: Tensor, mask: Tensor, jet_cond: Tensor, gen: torch.Generator) -> Tensor:
         """Conditional flow matching (noise at t = 0, data at t = 1): masked squared error of
@@ -245,9 +245,12 @@ class EPiCJetModel(nn.Module):
         return evaluations_per_step(sampler) * steps
 
     @torch.no_grad()
-    def sample(self, jet: Tensor, sampler: str, steps: int, gen: torch.Generator) -> Tensor:
+    def sample(
+        self, jet: Tensor, sampler: str, steps: int, gen: torch.Generator, clip: float | None = None
+    ) -> Tensor:
         """Jet-file particles ``(B, P, 4)`` for jet features ``jet`` ``(B, 4)`` (pT, mass used
-        by conditional models; the multiplicity by all)."""
+        by conditional models; the multiplicity by all); ``clip``: JeDi's DDIM clipping
+        (default ``config.jedi_clip``)."""
         n_particles = self.config.n_particles
         multiplicity = jet[:, 3].round().long().clamp(1, n_particles)
         mask = self.mask_for(multiplicity, n_particles)
@@ -264,6 +267,7 @@ class EPiCJetModel(nn.Module):
             x = solve_fixed(velocity, x0, sampler, steps)
         else:
             x = torch.randn((*mask.shape, 3), generator=gen) * m
+            limit = self.config.jedi_clip if clip is None else clip
             # DDIM (deterministic): from t = 1 to 0 in ``steps`` network calls, the last one
             # returning its (clipped) prediction of the clean particles.
             times = torch.linspace(1.0 - 1e-3, 0.0, steps + 1)
@@ -271,7 +275,7 @@ class EPiCJetModel(nn.Module):
                 a, s = cosine_schedule(t_now)
                 a2, s2 = cosine_schedule(t_next)
                 eps = self.net(x, mask, self._time_cond(t_now.expand(len(x)), jet_cond))
-                x0 = ((x - s * eps) / a).clamp(-_X0_CLIP, _X0_CLIP)  # DDIM's clipping of the clean estimate
+                x0 = ((x - s * eps) / a).clamp(-limit, limit)  # DDIM's clipping of the clean estimate
                 x = (a2 * x0 + s2 * eps) * m
         return self.to_particles(x * m, mask)
 
