@@ -232,3 +232,19 @@ def test_jets_on_dask_equal_the_local_run(runs, tmp_path):
     a, b = read_jets(local.path), read_jets(dask.path)
     np.testing.assert_array_equal(a.particles, b.particles)
     np.testing.assert_array_equal(a.jet, b.jet)
+
+
+def test_conditions_from_a_file_with_more_particles_are_capped(runs, tmp_path):
+    wide = tmp_path / "t150.h5"
+    write_jets(wide, toy_jets(30, 40, seed=6), generator="toy")
+    conditions = model_conditions(runs["gan"], None, 0, wide)
+    assert conditions["num_particles"].max() == 12  # the model's particle count, not the file's 40
+    generate_file(runs["gan"], conditions, tmp_path / "g.h5", seed=0)
+    assert read_jets(tmp_path / "g.h5").n_particles == 12
+
+
+def test_bench_refuses_a_jet_model_as_fast_simulation(runs):
+    from caloforge.bench import BenchConfig, run_bench
+
+    with pytest.raises(ValueError, match="point-cloud shower model"):
+        run_bench([], BenchConfig.quick(), geant4=False, fast_sim=str(runs["gan"]))

@@ -252,10 +252,15 @@ JET_PT_GEV = 1000.0
 def _pythia_worker(config: BenchConfig, threads: int, jet_type: str) -> list[dict[str, Any]]:
     """ms per jet of ``caloforge simulate-jets`` (Pythia 8 + FastJet, everything included:
     one Pythia initialisation per piece of 250 jets, clustering, writing) with ``threads`` workers."""
-    from caloforge.jets.pythia import JetSimulationConfig, simulate_jets
+    from caloforge.jets.pythia import JETS_PER_PIECE, JetSimulationConfig, simulate_jets
 
     times = []
-    n = config.pythia_jets
+    # at least one piece per worker (a full-size run: the quick config's few jets stay few)
+    n = (
+        config.pythia_jets
+        if config.pythia_jets < JETS_PER_PIECE
+        else max(config.pythia_jets, threads * JETS_PER_PIECE)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(config.repeats):
             start = time.perf_counter()
@@ -468,6 +473,15 @@ def run_bench(
     config = config or BenchConfig()
     rows: list[dict[str, Any]] = []
     targets = {spec.label: _target(spec) for spec in models}
+    if fast_sim is not None:
+        from caloforge.models.registry import load_generator
+
+        if load_generator(fast_sim).output != "points":
+            raise ValueError(f"--fast-sim {fast_sim}: fast simulation needs a point-cloud shower model")
+    if geant4 and any(t[0] == JETS_DETECTOR for t in targets.values()):
+        from caloforge.jets.pythia import require_generators
+
+        require_generators()  # Pythia 8 + FastJet are the jet models' reference: refuse now, not late
     # Geant4 for every detector and particle a model makes (at least the ILD photons).
     references = list(dict.fromkeys(t[:2] for t in targets.values())) or [("ild-ecal", "gamma")]
     for threads in config.threads:

@@ -97,6 +97,8 @@ def _jet_table(path: Path) -> Table:
     from caloforge.jets.io import read_jets
 
     jets = read_jets(path)
+    if len(jets) == 0:
+        raise ShowerFileError(f"'{path}' holds no jets")
     table = Table(title=str(path), show_header=False, title_justify="left")
     table.add_row("kind", f"jets ({jets.jet_type})")
     table.add_row("jets", f"{len(jets):,}")

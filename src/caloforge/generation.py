@@ -342,9 +342,12 @@ def model_conditions(
             raise GenerationError(
                 f"--conditions-file is for jet models; this model writes {generator.output}"
             )
-        from caloforge.jets.io import JET_FEATURES, read_jets
+        from caloforge.jets.io import JET_FEATURES, jet_file_info, read_jets
 
-        jets = read_jets(conditions_file, stop=n)
+        # the model's particle count: a 150-particle file gives conditions for 30-particle jets
+        cap = next((int(c.high) for c in generator.conditions if c.name == "num_particles"), None)
+        stored = jet_file_info(conditions_file)["n_particles"]
+        jets = read_jets(conditions_file, n_particles=min(cap or stored, stored), stop=n)
         if n is not None and n > len(jets):
             raise ValueError(
                 f"-n {n} asks for more jets than --conditions-file '{conditions_file}' holds ({len(jets)})"
@@ -565,6 +568,8 @@ def _generate_on_dask(
         "sampler": plan.sampler.name,
         "sampler_steps": plan.sampler.n_steps,
         "precision": request.precision,
+        "options": repr(sorted(request.options.items())),  # the --option values asked for
+        "allow_extrapolation": bool(request.allow_extrapolation),
         "energies_sha256": _conditions_digest(conditions),
     }
     store = PieceStore.open(out, manifest, resume=resume, overwrite=overwrite)

@@ -76,8 +76,12 @@ class EPiCGenerator:
         self.label = f"epic-{cfg.variant}"
         self.particle = model.jet_type
         table = model.condition_table.numpy()
-        pt = Condition("pt", "GeV", float(table[:, 0].min()), float(table[:, 0].max()))
-        eta = Condition("eta", "", float(table[:, 1].min()), float(table[:, 1].max()), positive=False)
+        if cfg.conditional:
+            pt = Condition("pt", "GeV", float(table[:, 0].min()), float(table[:, 0].max()))
+            eta = Condition("eta", "", float(table[:, 1].min()), float(table[:, 1].max()), positive=False)
+        else:  # only recorded in the file: any jet pT and eta will do
+            pt = Condition("pt", "GeV", 1e-3, 1e5)
+            eta = Condition("eta", "", -10.0, 10.0, positive=False)
         mass = Condition("mass", "GeV", float(table[:, 2].min()), float(table[:, 2].max()))
         n_cond = Condition("num_particles", "", 1.0, float(cfg.n_particles))
         # pt and eta of an unconditional model are only recorded (its particles are relative).

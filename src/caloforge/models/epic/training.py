@@ -46,6 +46,9 @@ def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -
     """The first ``max_jets`` jets of a jet file, their ``n_particles`` leading particles
     (the reader refuses NaN, empty jets and files with fewer particles per jet)."""
     jets = read_jets(path, n_particles=n_particles, stop=max_jets)
+    jets.jet[:, 3] = (
+        jets.multiplicity
+    )  # the stored count must be the mask's: sampling builds one from the other
     if len(jets) < _MIN_JETS:
         raise ValueError(f"'{path}' holds {len(jets)} jets: at least {_MIN_JETS} are needed")
     if (jets.jet[:, 0] <= 0).any() or (jets.jet[:, 2] <= 0).any():
