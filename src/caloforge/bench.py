@@ -23,7 +23,6 @@ adds rows for the models on it (batch sizes as on the CPU), with the device's na
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -323,12 +322,12 @@ def _model_generator(
     if device != "cpu":
         family.require("gpu")
     plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision, device=device))
-    names = [c.name for c in generator.conditions]
 
     def conditions(energies: np.ndarray) -> dict[str, np.ndarray]:
         if generator.output == "jets":  # jets: as many conditions, drawn from the training jets
-            drawn = generator.sample_conditions(len(energies), 0)  # type: ignore[attr-defined]
-            return {k: drawn[k] for k in names}
+            from caloforge.generation import drawn_conditions
+
+            return drawn_conditions(generator, len(energies), 0)
         return {"energy": energies}
 
     facts = (
@@ -371,7 +370,7 @@ def _target(spec: ModelSpec) -> tuple[str, str, bool]:
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
     import torch
 
-    from caloforge.generation import open_writer
+    from caloforge.generation import write_batches
 
     torch.set_num_threads(threads)
     rows = []
@@ -391,11 +390,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    batches = iter(run(energies, batch))
-                    first = next(batches)
-                    with open_writer(out, timed.output, timed.detector, first, spec.label) as writer:
-                        for showers in itertools.chain([first], batches):
-                            writer.write(showers)
+                    write_batches(out, timed.output, timed.detector, spec.label, iter(run(energies, batch)))
                     times.append(1000 * (time.perf_counter() - start) / n)
                     out.unlink()
                 rows.append(

@@ -50,11 +50,12 @@ __all__ = [
     "DEFAULT_MODEL",
     "GenerationPool",
     "GenerationResult",
+    "drawn_conditions",
     "generate_file",
     "model_conditions",
-    "open_writer",
     "parallel_generate",
     "resolve_model",
+    "write_batches",
 ]
 
 
@@ -354,11 +355,17 @@ def model_conditions(
             )
         table = {name: jets.jet[:, i].astype(np.float64) for i, name in enumerate(JET_FEATURES)}
         return {k: table[k] for k in names}
+    return drawn_conditions(generator, 100 if n is None else n, seed)
+
+
+def drawn_conditions(generator: ShowerGenerator, n: int, seed: int) -> dict[str, np.ndarray]:
+    """``n`` conditions the generator draws from its training distribution
+    (``sample_conditions``), only those it takes."""
     sample = getattr(generator, "sample_conditions", None)
     if sample is None:
         raise GenerationError(f"{generator.label} models take incident energies (--energy, --energies-file)")
-    drawn = sample(100 if n is None else n, seed)
-    return {k: np.asarray(drawn[k], np.float64) for k in names}
+    drawn = sample(n, seed)
+    return {c.name: np.asarray(drawn[c.name], np.float64) for c in generator.conditions}
 
 
 def _generate_file(
@@ -418,33 +425,51 @@ def _attrs(
     return attrs | dict(plan.attrs)
 
 
-def open_writer(
+def write_batches(
     out: Path,
     kind: str,
     detector: Any,
-    first: Any,
     label: str,
+    batches: Iterator[Any],
+    *,
     seed: int | None = None,
     attrs: dict[str, Any] | None = None,
     compression: str | None = "gzip",
-) -> Any:
-    """The writer of the file kind ``kind`` (points, voxels, jets) for batches like ``first``."""
+    on_batch: Callable[[int], None] | None = None,
+) -> int:
+    """Write ``batches`` atomically into ``out`` with the writer of the file kind ``kind``
+    (points, voxels, jets; a jet file's particle count and type come from the first batch);
+    ``on_batch(done)`` after every batch. A stop signal between batches leaves no output.
+    Returns the number written."""
+    first = next(batches, None)
+    if first is None:
+        raise GenerationError("nothing to generate: no conditions were given")
     if kind == "jets":
         from caloforge.jets.io import JetWriter
 
-        return JetWriter(
+        writer: Any = JetWriter(
             out, first.n_particles, first.jet_type, generator=label, seed=seed, attrs=attrs,
             compression=compression,
         )  # fmt: skip
-    return ShowerWriter(
-        out,
-        kind,
-        detector,
-        generator=label,
-        seed=seed,
-        attrs=attrs,
-        compression=compression,  # type: ignore[arg-type]
-    )
+    else:
+        writer = ShowerWriter(
+            out,
+            kind,
+            detector,
+            generator=label,
+            seed=seed,
+            attrs=attrs,
+            compression=compression,  # type: ignore[arg-type]
+        )
+    done = 0
+    with writer:
+        for batch in itertools.chain([first], batches):
+            check_stop()
+            writer.write(batch)
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(done)
+    return done
 
 
 def _stream(
@@ -459,21 +484,12 @@ def _stream(
 ) -> GenerationResult:
     """Write generated batches atomically into ``out``, timing everything (generation and writing)."""
     start = time.perf_counter()
-    done = 0
     codec = None if compression == "none" else compression
     try:
-        first = next(batches, None)
-        if first is None:
-            raise GenerationError("nothing to generate: no conditions were given")
-        with open_writer(
-            out, generator.output, generator.detector, first, generator.label, seed, attrs, codec
-        ) as writer:
-            for batch in itertools.chain([first], batches):
-                check_stop()
-                writer.write(batch)
-                done += len(batch)
-                if progress is not None:
-                    progress(done, total)
+        done = write_batches(
+            out, generator.output, generator.detector, generator.label, batches, seed=seed, attrs=attrs,
+            compression=codec, on_batch=None if progress is None else (lambda done: progress(done, total)),
+        )  # fmt: skip
     finally:
         close = getattr(batches, "close", None)
         if close is not None:
