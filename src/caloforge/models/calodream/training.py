@@ -130,10 +130,8 @@ class _Trainer:
         return self.model
 
     def state(self) -> dict[str, Any]:
-        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
-        self.model.net.load_state_dict(self.ema.module.state_dict())
-        inference = self.model.inference_state()
-        self.model.net.load_state_dict(live)
+        with self.ema.applied_to(self.model.net) as live:
+            inference = self.model.inference_state()
         return inference | {
             "train": {
                 "net": live,

@@ -124,10 +124,8 @@ class _Trainer:
         return total / n
 
     def state(self) -> dict[str, Any]:
-        live = {k: v.clone() for k, v in self.model.flow.state_dict().items()}
-        self.model.flow.load_state_dict(self.ema.module.state_dict())
-        inference = self.model.inference_state()
-        self.model.flow.load_state_dict(live)
+        with self.ema.applied_to(self.model.flow) as live:
+            inference = self.model.inference_state()
         return inference | {
             "train": {
                 "flow": live,

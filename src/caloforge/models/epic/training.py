@@ -148,22 +148,18 @@ class _Trainer:
     def validation_loss(self) -> float:
         """The loss of the EMA network on the validation jets (fixed noise)."""
         gen = torch.Generator().manual_seed(self.config.seed + 2)
-        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
-        self.model.net.load_state_dict(self.ema.module.state_dict())
         self.model.eval()
         n = min(len(self.val_idx), 2048)
         total = 0.0
-        for lo in range(0, n, 512):
-            idx = self.val_idx[lo : min(lo + 512, n)]
-            total += self._loss(self.model, idx, gen).item() * len(idx)
-        self.model.net.load_state_dict(live)
+        with self.ema.applied_to(self.model.net):
+            for lo in range(0, n, 512):
+                idx = self.val_idx[lo : min(lo + 512, n)]
+                total += self._loss(self.model, idx, gen).item() * len(idx)
         return total / n
 
     def state(self) -> dict[str, Any]:
-        live = {k: v.clone() for k, v in self.model.net.state_dict().items()}
-        self.model.net.load_state_dict(self.ema.module.state_dict())
-        inference = self.model.inference_state()
-        self.model.net.load_state_dict(live)
+        with self.ema.applied_to(self.model.net) as live:
+            inference = self.model.inference_state()
         train: dict[str, Any] = {
             "net": live,
             "ema": self.ema.state_dict(),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,6 +45,17 @@ class EMA:
         for avg, new in zip(self.module.buffers(), model.buffers(), strict=True):
             avg.copy_(new)
         self.num_updates += 1
+
+    @contextlib.contextmanager
+    def applied_to(self, model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+        """``model`` carries the averaged weights inside the block (to evaluate or save them);
+        its own weights — yielded, as a copy — are put back when the block ends."""
+        live = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self.module.state_dict())
+        try:
+            yield live
+        finally:
+            model.load_state_dict(live)
 
     def state_dict(self) -> dict[str, Any]:
         """Averaged weights and the update counter (plain tensors and numbers)."""
