@@ -248,3 +248,14 @@ def test_bench_refuses_a_jet_model_as_fast_simulation(runs):
 
     with pytest.raises(ValueError, match="point-cloud shower model"):
         run_bench([], BenchConfig.quick(), geant4=False, fast_sim=str(runs["gan"]))
+
+
+def test_the_checkpoint_serves_the_averaged_weights(runs):
+    from caloforge.models.checkpoint import read_checkpoint
+
+    state = read_checkpoint(runs["fm"] / "checkpoint.pt")
+    ema, live = state["train"]["ema"]["module"], state["train"]["net"]
+    served = {k[4:]: v for k, v in state["model"].items() if k.startswith("net.")}
+    assert served.keys() == ema.keys()
+    assert all(torch.equal(served[k], ema[k]) for k in ema)
+    assert not all(torch.equal(served[k], live[k]) for k in live)  # EMA lags the live weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ class _Trainer:
 
     def state(self) -> dict[str, Any]:
         with self.ema.applied_to(self.model.flow) as live:
-            inference = self.model.inference_state()
+            inference = copy.deepcopy(self.model.inference_state())  # not views: the live weights come back
         return inference | {
             "train": {
                 "flow": live,

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class _Trainer:
 
     def state(self) -> dict[str, Any]:
         with self.ema.applied_to(self.model.net) as live:
-            inference = self.model.inference_state()
+            inference = copy.deepcopy(self.model.inference_state())  # not views: the live weights come back
         train: dict[str, Any] = {
             "net": live,
             "ema": self.ema.state_dict(),

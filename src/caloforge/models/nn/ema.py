@@ -49,7 +49,8 @@ class EMA:
     @contextlib.contextmanager
     def applied_to(self, model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
         """``model`` carries the averaged weights inside the block (to evaluate or save them);
-        its own weights — yielded, as a copy — are put back when the block ends."""
+        its own weights — yielded, as a copy — are put back when the block ends, in place: a
+        ``state_dict()`` taken inside the block must be copied to keep the averaged values."""
         live = {k: v.clone() for k, v in model.state_dict().items()}
         model.load_state_dict(self.module.state_dict())
         try:
