@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch is installed first, pinned, so that nothing later pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint format data data-ds2 data-jets clean
+.PHONY: setup demo test test-all lint format data data-images data-ds2 data-jets clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +67,11 @@ data: setup
 	mkdir -p $(DATA)
 	$(BIN)/caloforge simulate -n 20000 --energy 10:90 --seed 1 --workers 2 --resume --out $(DATA)/ild_gamma_train.h5
 	$(BIN)/caloforge simulate -n 10000 --energy 10:90 --seed 2 --workers 2 --resume --out $(DATA)/ild_gamma_test.h5
+
+# The same showers as 30 x 30 x 30 cell images (ild-ecal-30) for BIB-AE and L2LFlows.
+data-images: data
+	$(BIN)/caloforge convert $(DATA)/ild_gamma_train.h5 --overwrite --out $(DATA)/ild30_gamma_train.h5
+	$(BIN)/caloforge convert $(DATA)/ild_gamma_test.h5 --overwrite --out $(DATA)/ild30_gamma_test.h5
 
 # CaloChallenge-dataset-2-like electron voxel showers for CaloDREAM and CaloINN (log-uniform 1-100 GeV).
 data-ds2: setup

@@ -67,6 +67,27 @@ def toy_voxels(n: int, seed: int = 0) -> VoxelShowers:
     return VoxelShowers(energy, out.reshape(n, -1))
 
 
+def toy_images(n: int, seed: int = 0) -> VoxelShowers:
+    """Photon-like cell images on ``ild-ecal-30`` (30 layers × 30 × 30 cells, flat ``[layer, x, y]``):
+    a longitudinal Gamma profile, an exponential transverse fall-off around the gun cell (15, 15)
+    and Gamma fluctuations per cell, below-threshold cells zeroed."""
+    det = get_detector("ild-ecal-30")
+    rng = np.random.default_rng(seed)
+    energy = rng.uniform(10.0, 90.0, n)
+    layer = np.arange(30)
+    r = np.hypot(*np.meshgrid(np.arange(30) - 15, np.arange(30) - 15, indexing="ij"))
+    out = np.zeros((n, 30, 30, 30), np.float32)
+    for i in range(n):
+        peak = 4 + 1.5 * np.log(energy[i]) + rng.normal(0, 0.7)
+        prof = (layer + 1) ** 2 * np.exp(-(layer + 1) / max(peak / 2, 1.0))
+        prof = prof / prof.sum() * energy[i] * 1000 * 0.015 * rng.uniform(0.95, 1.05)
+        shape = np.exp(-r / rng.uniform(0.7, 1.2))[None] * rng.gamma(2.0, 1.0, (30, 30, 30))
+        shape /= shape.sum(axis=(1, 2), keepdims=True)
+        out[i] = prof[:, None, None] * shape
+    out[out < det.threshold_mev] = 0.0
+    return VoxelShowers(energy, out.reshape(n, -1))
+
+
 def toy_jets(n: int, n_particles: int = 30, seed: int = 0, spread: float = 0.1) -> Jets:
     """Top-like jets: particles around three prongs, pT falling with rank, padded at the back."""
     rng = np.random.default_rng(seed)

@@ -470,6 +470,42 @@ def simulate(
     )
 
 
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Point-cloud shower file (caloforge simulate).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (voxel) file.")],
+    detector: Annotated[
+        str, typer.Option(help="Readout to project onto: ild-ecal-30 (30 × 30 × 30 cell images).")
+    ] = "ild-ecal-30",
+    max_outside: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Refuse a shower with more than this share outside the readout."),
+    ] = 0.5,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Showers per chunk read and written.")] = 1000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Project point clouds onto a readout (cell images for BIB-AE, L2LFlows); reports the energy outside."""
+    from caloforge.convert import convert_showers
+
+    with progress_bar() as bar:
+        task = bar.add_task("convert", total=None, rate="")
+        result = convert_showers(
+            source,
+            out,
+            detector,
+            chunk_size=chunk_size,
+            max_outside=max_outside,
+            overwrite=overwrite,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"wrote {result.n_showers:,} showers on {result.detector} to {out}; energy outside the readout: "
+        f"{result.outside_fraction_mean:.2%} on average, {result.outside_fraction_max:.2%} at most "
+        f"({result.outside_mev_total / 1000:.3g} GeV in all)",
+        markup=False,
+    )
+
+
 @app.command("simulate-jets")
 def simulate_jets(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output jet file (HDF5, JetNet layout).")],

@@ -16,6 +16,7 @@ gun on ``x = y = 0``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -38,6 +39,7 @@ __all__ = [
     "DetectorError",
     "PolarGrid",
     "available_detectors",
+    "common_detector",
     "detector_from_dict",
     "get_detector",
     "load_detector",
@@ -53,7 +55,10 @@ class CellGrid:
     """Square readout cells, identical in every layer, centred so that ``x = y = 0`` is a cell centre.
 
     Cell ``k`` (0-based, ``0 <= k < n_cells``) covers ``[(k - h - 1/2) s, (k - h + 1/2) s)`` with
-    ``s = cell_size_mm`` and ``h = n_cells // 2``; ``n_cells`` is odd.
+    ``s = cell_size_mm`` and ``h = n_cells // 2``: the gun hits the centre of cell ``h``. With an
+    odd ``n_cells`` the grid is symmetric around it; with an even one (the 30 × 30 image grid of
+    the BIB-AE and L2LFlows papers) it has one more cell on the negative side. Grids of the
+    same cell size are aligned: a smaller one is a window of a larger one.
     """
 
     cell_size_mm: float
@@ -193,6 +198,25 @@ class Detector:
         out["readout"] = {"type": self.readout.kind} | {k: plain(v) for k, v in asdict(self.readout).items()}
         return out
 
+    def is_window_of(self, other: Detector) -> bool:
+        """Whether this detector's cells are a subset of ``other``'s: the same stack and cell
+        size, a cell grid no larger (``ild-ecal-30`` is a window of ``ild-ecal``).
+
+        >>> get_detector("ild-ecal-30").is_window_of(get_detector("ild-ecal"))
+        True
+        >>> get_detector("ild-ecal").is_window_of(get_detector("ild-ecal-30"))
+        False
+        """
+        if not (isinstance(self.readout, CellGrid) and isinstance(other.readout, CellGrid)):
+            return self.to_dict() == other.to_dict()
+        labels = ("name", "description", "source", "readout")
+        mine, theirs = self.to_dict(), other.to_dict()
+        return (
+            all(mine[k] == theirs[k] for k in mine if k not in labels)
+            and self.readout.cell_size_mm == other.readout.cell_size_mm
+            and self.readout.n_cells <= other.readout.n_cells
+        )
+
 
 #: Largest size or depth a detector may have (100 m): beyond it a value is a typo, not a calorimeter.
 _MAX_SIZE_MM = 1e5
@@ -285,8 +309,8 @@ def _validate(det: Detector) -> None:
     if isinstance(ro, CellGrid):
         if ro.cell_size_mm <= 0:
             raise bad("readout.cell_size_mm", "must be positive")
-        if ro.n_cells < 1 or ro.n_cells % 2 == 0:
-            raise bad("readout.n_cells", "must be a positive odd number (the gun hits a cell centre)")
+        if ro.n_cells < 1:
+            raise bad("readout.n_cells", "must be a positive integer")
     else:
         edges = ro.radial_edges_mm
         if len(edges) < 2 or edges[0] != 0 or not _increasing(edges):
@@ -336,6 +360,22 @@ def _ild_ecal() -> Detector:
     )
 
 
+def _ild_ecal_30() -> Detector:
+    # SPEC 6.6: the same stack read out on 30 x 30 cells around the gun (152.6 mm wide), the
+    # images of BIB-AE and L2LFlows; a window of ild-ecal's grid (same cells, same centres).
+    base = _ild_ecal()
+    return dataclasses.replace(
+        base,
+        name="ild-ecal-30",
+        description=(
+            "ILD-like Si-W ECAL read out as images: the ild-ecal stack, 30 x 30 cells of 5.0883 mm per "
+            "layer around the gun (152.6 mm wide, the BIB-AE / L2LFlows grid), 0.1 MeV threshold"
+        ),
+        readout=CellGrid(cell_size_mm=base.readout.cell_size_mm, n_cells=30),
+        source="SPEC 6.6 (the 30 x 30 x 30 grid of arXiv:2005.05334, 2302.11594)",
+    )
+
+
 def _calochallenge_ds2() -> Detector:
     n_layers = 45
     return Detector(
@@ -360,7 +400,14 @@ def _calochallenge_ds2() -> Detector:
     )
 
 
-_BUILTINS = {"ild-ecal": _ild_ecal, "calochallenge-ds2": _calochallenge_ds2}
+_BUILTINS = {"ild-ecal": _ild_ecal, "ild-ecal-30": _ild_ecal_30, "calochallenge-ds2": _calochallenge_ds2}
+
+
+def common_detector(detectors: Sequence[Detector]) -> Detector | None:
+    """The detector on whose channels all of ``detectors`` can be compared: the smallest window
+    (:meth:`Detector.is_window_of`) if every one contains it, else ``None``."""
+    smallest = min(detectors, key=lambda d: d.n_channels)
+    return smallest if all(smallest.is_window_of(d) for d in detectors) else None
 
 
 def available_detectors() -> list[str]:

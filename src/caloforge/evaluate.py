@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from caloforge import __version__, asset_path
-from caloforge.detector import Detector, PolarGrid
+from caloforge.detector import CellGrid, Detector, PolarGrid, common_detector
 from caloforge.engines import make_engine
 from caloforge.io import PointShowers, Showers, VoxelShowers, atomic_write_text, open_showers
 from caloforge.observables import (
@@ -82,6 +82,11 @@ DISTORTIONS = {
         "5 % of every voxel's energy moved to the next radial ring outwards (the outermost ring keeps "
         "its own)",
     ),
+    "images": Distortion(
+        "5 % of the energy one cell further out",
+        "5 % of every cell's energy moved to its neighbour one cell further from the shower axis along "
+        "the larger of its two offsets (the axis cell and the window's edge cells keep their own)",
+    ),
 }
 #: Report files: an existing one is only replaced with ``overwrite``.
 REPORT_FILES = ("report.md", "metrics.json")
@@ -128,6 +133,7 @@ class _Sample:
     energy: np.ndarray
     observables: ShowerObservables | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    own_detector: str = ""
 
 
 Progress = Callable[[str, int, int], None]
@@ -156,12 +162,16 @@ def _open_samples(
             detectors.append(f.detector)
             samples.append(_Sample(path, "", f.generator, energy, attrs=dict(f.attrs)))
     ref_det = detectors[0]
+    common = common_detector(detectors)
     for path, det in zip(paths[1:], detectors[1:], strict=True):
-        if det.to_dict() != ref_det.to_dict():
+        if common is None and det.to_dict() != ref_det.to_dict():
             raise EvaluationError(
                 f"'{path}' is for detector '{det.name}' but the reference '{paths[0]}' is for "
-                f"'{ref_det.name}': compare showers of the same detector"
+                f"'{ref_det.name}': compare showers of the same detector (or of one whose cells are a "
+                "window of the other's, such as ild-ecal-30 of ild-ecal)"
             )
+    for s, det in zip(samples, detectors, strict=True):
+        s.own_detector = det.name
     lo, hi = samples[0].energy.min(), samples[0].energy.max()
     slack = config.energy_tolerance * (hi - lo if hi > lo else hi)
     for s in samples[1:]:
@@ -173,7 +183,7 @@ def _open_samples(
             )
     for s, label in zip(samples, _labels(paths, [s.generator for s in samples]), strict=True):
         s.label = label
-    return ref_det, samples
+    return common or ref_det, samples
 
 
 def _voxels(path: Path, det: Detector, max_showers: int | None) -> VoxelShowers:
@@ -188,12 +198,32 @@ def _voxels(path: Path, det: Detector, max_showers: int | None) -> VoxelShowers:
     return VoxelShowers.concatenate(batches)
 
 
+def _distortion_kind(kind: str, det: Detector) -> str:
+    """The :data:`DISTORTIONS` key of a file of ``kind`` on ``det``: points, polar voxels or images."""
+    return "images" if kind == "voxels" and isinstance(det.readout, CellGrid) else kind
+
+
+def _outward_cells(grid: CellGrid) -> np.ndarray:
+    """Flat index, per cell of one layer, of its neighbour one cell further from the gun cell."""
+    offset = np.arange(grid.n_cells) - grid.n_cells // 2
+    dx, dy = np.meshgrid(offset, offset, indexing="ij")
+    along_x = np.abs(dx) >= np.abs(dy)
+    tx = np.clip(grid.n_cells // 2 + dx + np.where(along_x, np.sign(dx), 0), 0, grid.n_cells - 1)
+    ty = np.clip(grid.n_cells // 2 + dy + np.where(along_x, 0, np.sign(dy)), 0, grid.n_cells - 1)
+    return (tx * grid.n_cells + ty).reshape(-1)
+
+
 def _distorted(showers: Showers, det: Detector) -> Showers:
     """``showers`` with the known distortion of their kind (:data:`DISTORTIONS`)."""
-    factor = DISTORTIONS[showers.kind].factor
+    factor = DISTORTIONS[_distortion_kind(showers.kind, det)].factor
+    if isinstance(showers, VoxelShowers) and isinstance(det.readout, CellGrid):
+        per_layer = det.n_cells_per_layer
+        vox = showers.voxels.reshape(len(showers), det.n_layers, per_layer)
+        share = np.float32(factor - 1)
+        out = vox * (1 - share)
+        np.add.at(out, (slice(None), slice(None), _outward_cells(det.readout)), share * vox)
+        return VoxelShowers(showers.energy, out.reshape(len(showers), -1))
     if isinstance(showers, VoxelShowers):
-        if not isinstance(det.readout, PolarGrid):
-            raise EvaluationError(f"voxel files need a polar-readout detector, not '{det.name}'")
         shape = (len(showers), det.n_layers, det.readout.n_alpha, det.readout.n_radial)
         vox = showers.voxels.reshape(shape)
         share = np.float32(factor - 1)
@@ -336,7 +366,7 @@ def _distortion_check(
         )
     }
     with open_showers(ref.path, det) as f:
-        kinds = {"classifier_auc": DISTORTIONS[f.kind]}
+        kinds = {"classifier_auc": DISTORTIONS[_distortion_kind(f.kind, det)]}
     if isinstance(det.readout, PolarGrid):
         vox, feat = _cc_features(ref, det, config, cache)
         distorted = _distorted(vox[b], det)
@@ -544,6 +574,14 @@ def evaluate(
                     max_showers=config.max_showers,
                     progress=step,
                     engine=cluster,
+                )
+        for s in samples:
+            if s.own_detector != det.name:
+                obs = s.observables
+                share = float(np.mean(obs.lost_mev / np.maximum(obs.lost_mev + obs.e_vis, 1e-12)))
+                notes.append(
+                    f"{s.label} ({s.own_detector}) is compared on the cells of {det.name}: {share:.2%} of "
+                    "its visible energy falls outside them on average and is left out."
                 )
         ref, cands = samples[0], samples[1:]
         n_ref = len(ref.energy)

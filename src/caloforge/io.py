@@ -5,7 +5,9 @@ In memory caloforge uses one convention for every file it reads:
 * :class:`PointShowers` — ``points`` of shape ``(n, P, 4)`` float32 with columns
   ``x [mm], y [mm], layer coordinate, E [MeV]`` (layer ``l`` spans ``[l, l + 1)``; ``x``,
   ``y`` transverse, relative to the shower axis); ``E == 0`` marks a padding slot, wherever it is.
-* :class:`VoxelShowers` — ``voxels`` of shape ``(n, n_voxels)`` in MeV.
+* :class:`VoxelShowers` — ``voxels`` of shape ``(n, n_voxels)`` in MeV: polar voxels, or a
+  cell image for a cell-grid detector (``ild-ecal-30``: ``reshape(n, 30, 30, 30)`` is
+  ``[shower, layer, x, y]``, :func:`caloforge.projection.voxelise_with_loss`).
 * ``energy`` — the incident energy in GeV, shape ``(n,)``.
 
 On disk the point-cloud layout is the one of the public CaloClouds II files: dataset
@@ -39,7 +41,7 @@ import h5py
 import numpy as np
 
 from caloforge import __version__
-from caloforge.detector import Detector, DetectorError, detector_from_dict, get_detector
+from caloforge.detector import CellGrid, Detector, DetectorError, detector_from_dict, get_detector
 
 __all__ = [
     "COMPRESSIONS",
@@ -81,6 +83,9 @@ DEFAULT_ATTRS: dict[str, Any] = {
 }
 
 _UNIT_TO_MEV = {"MeV": 1.0, "GeV": 1000.0, "keV": 1e-3}
+#: The built-in detector a voxel file without a ``detector`` attribute is taken to be on, by its
+#: number of voxels per shower (CaloChallenge dataset 2; the 30 × 30 × 30 ILD images).
+_DETECTOR_BY_VOXELS = {6480: "calochallenge-ds2", 27000: "ild-ecal-30"}
 
 ShowerKind = Literal["points", "voxels"]
 
@@ -246,11 +251,21 @@ class ShowerReader:
         for key in ("energy_unit",):
             if attrs[key] not in _UNIT_TO_MEV:
                 raise ShowerFileError(f"'{self.path}': unknown {key} {attrs[key]!r} (use MeV, GeV or keV)")
+        if self.kind == "voxels" and "detector" not in h5.attrs and detector is None:
+            # A CaloChallenge-layout file without attributes: its voxel count names the grid.
+            attrs["detector"] = _DETECTOR_BY_VOXELS.get(data.shape[1], attrs["detector"])
         self.detector = self._resolve_detector(detector)
         if self.kind == "voxels" and data.shape[1] != self.detector.n_channels:
+            det = self.detector
+            grid = (
+                f" ({det.n_layers} layers × {det.readout.n_cells} × {det.readout.n_cells} cells)"
+                if isinstance(det.readout, CellGrid)
+                else ""
+            )
             raise ShowerFileError(
                 f"'{self.path}': {data.shape[1]} voxels per shower but detector "
-                f"'{self.detector.name}' has {self.detector.n_channels}; pass the right detector"
+                f"'{det.name}' has {det.n_channels}{grid}; pass the right detector, or convert the "
+                "point file again onto this grid (caloforge convert)"
             )
 
     def _resolve_detector(self, detector: str | Path | Detector | None) -> Detector:
@@ -493,6 +508,13 @@ class ShowerWriter:
                     "generator": generator,
                     "energy_unit": "GeV" if kind == "points" else "MeV",
                 }
+                if kind == "voxels" and isinstance(self.detector.readout, CellGrid):
+                    n_cells = self.detector.readout.n_cells
+                    meta |= {
+                        "image_shape": [self.detector.n_layers, n_cells, n_cells],
+                        "voxel_order": "layer,x,y",
+                        "cell_size_mm": self.detector.readout.cell_size_mm,
+                    }
                 if kind == "points":
                     meta |= {
                         "layout": "N4P",
@@ -593,6 +615,11 @@ class ShowerWriter:
             new_shape[axis] = max(new_shape[axis], values.shape[axis])
         ds.resize(new_shape)
         ds[(slice(n0, None), *(slice(0, s) for s in values.shape[1:]))] = values
+
+    def set_attrs(self, attrs: Mapping[str, Any]) -> None:
+        """Add or replace root attributes (a summary known only once the data are written)."""
+        for key, value in attrs.items():
+            self._h5.attrs[key] = value
 
     def commit(self) -> Path:
         """Close the temporary file and move it onto ``path``."""

@@ -1,4 +1,5 @@
-"""Points → readout: project point clouds onto a detector's cells or polar voxels.
+"""Points → readout: project point clouds onto a detector's cells (sparse hits or dense cell
+images) or polar voxels.
 
 Everything is vectorised over a whole batch of showers (no Python loop over points or
 showers). Energy is conserved except for points outside the readout (outside the grid,
@@ -24,7 +25,16 @@ import numpy as np
 from caloforge.detector import CellGrid, Detector, PolarGrid
 from caloforge.io import PointShowers, VoxelShowers
 
-__all__ = ["Hits", "apply_threshold", "hits_from_voxels", "project_points", "to_hits", "voxelise"]
+__all__ = [
+    "Hits",
+    "apply_threshold",
+    "channel_centres",
+    "hits_from_voxels",
+    "project_points",
+    "to_hits",
+    "voxelise",
+    "voxelise_with_loss",
+]
 
 
 @dataclass
@@ -93,13 +103,10 @@ def project_points(showers: PointShowers, detector: Detector) -> Hits:
     grid: CellGrid = detector.readout
     n = len(showers)
     shower, pts = _point_arrays(showers)
-    layer, inside = _layer_index(pts[:, 2], detector.n_layers)
-    ix, iy = grid.cell_index(pts[:, 0]), grid.cell_index(pts[:, 1])
-    inside &= (ix >= 0) & (ix < grid.n_cells) & (iy >= 0) & (iy < grid.n_cells)
-    lost = np.bincount(shower[~inside], weights=pts[~inside, 3], minlength=n)
+    channel, inside = _cell_channels(pts, detector)
+    lost = np.bincount(shower[~inside], weights=pts[~inside, 3], minlength=n).astype(np.float64)
     per_layer = grid.n_cells**2
-    channel = layer[inside] * per_layer + ix[inside] * grid.n_cells + iy[inside]
-    s, ch, e = _sum_channels(n, shower[inside], channel, pts[inside, 3], detector.n_channels)
+    s, ch, e = _sum_channels(n, shower[inside], channel[inside], pts[inside, 3], detector.n_channels)
     cell = ch % per_layer
     return Hits(
         n,
@@ -126,33 +133,63 @@ def _polar_channels(pts: np.ndarray, detector: Detector) -> tuple[np.ndarray, np
     return layer * grid.voxels_per_layer + ia * grid.n_radial + ir, inside
 
 
+def _cell_channels(pts: np.ndarray, detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+    grid: CellGrid = detector.readout
+    layer, inside = _layer_index(pts[:, 2], detector.n_layers)
+    ix, iy = grid.cell_index(pts[:, 0]), grid.cell_index(pts[:, 1])
+    inside &= (ix >= 0) & (ix < grid.n_cells) & (iy >= 0) & (iy < grid.n_cells)
+    return (layer * grid.n_cells + ix) * grid.n_cells + iy, inside
+
+
 def _voxelise_with_loss(showers: PointShowers, detector: Detector) -> tuple[VoxelShowers, np.ndarray]:
     n = len(showers)
     shower, pts = _point_arrays(showers)
-    channel, inside = _polar_channels(pts, detector)
+    channels = _polar_channels if isinstance(detector.readout, PolarGrid) else _cell_channels
+    channel, inside = channels(pts, detector)
     flat = np.bincount(
         shower[inside] * detector.n_channels + channel[inside],
         weights=pts[inside, 3],
         minlength=n * detector.n_channels,
     )
-    lost = np.bincount(shower[~inside], weights=pts[~inside, 3], minlength=n)
+    lost = np.bincount(shower[~inside], weights=pts[~inside, 3], minlength=n).astype(np.float64)
     voxels = VoxelShowers(showers.energy, flat.reshape(n, detector.n_channels).astype(np.float32))
     return voxels, lost
 
 
+def voxelise_with_loss(showers: PointShowers, detector: Detector) -> tuple[VoxelShowers, np.ndarray]:
+    """Dense voxels ``(n, n_channels)`` of ``showers`` on ``detector``'s readout, and the energy
+    (MeV, per shower) of the points outside it.
+
+    For a cell grid the voxels are an image: flat index ``(layer * n_cells + ix) * n_cells + iy``,
+    so ``voxels.reshape(n, n_layers, n_cells, n_cells)`` is indexed ``[shower, layer, x, y]``.
+    """
+    return _voxelise_with_loss(showers, detector)
+
+
 def voxelise(showers: PointShowers, detector: Detector) -> VoxelShowers:
-    """Dense polar voxels ``(n, n_voxels)`` of a detector with a :class:`PolarGrid` readout."""
-    if not isinstance(detector.readout, PolarGrid):
-        raise ValueError(f"detector '{detector.name}' has no polar readout to voxelise onto")
+    """Dense voxels ``(n, n_channels)`` of ``showers`` on ``detector``'s readout (polar voxels or
+    a cell image, :func:`voxelise_with_loss`)."""
     return _voxelise_with_loss(showers, detector)[0]
 
 
+def channel_centres(detector: Detector) -> tuple[np.ndarray, np.ndarray]:
+    """Transverse centres (mm) ``x``, ``y`` of the channels of one layer, in flat order."""
+    ro = detector.readout
+    if isinstance(ro, PolarGrid):
+        return ro.voxel_centres()
+    centre = ro.cell_centre(np.arange(ro.n_cells))
+    return np.repeat(centre, ro.n_cells), np.tile(centre, ro.n_cells)
+
+
 def hits_from_voxels(voxels: VoxelShowers, detector: Detector, lost_mev: np.ndarray | None = None) -> Hits:
-    """Sparse hits of the non-zero voxels of a dense voxel batch."""
-    if not isinstance(detector.readout, PolarGrid):
-        raise ValueError(f"detector '{detector.name}' has no polar readout")
-    per_layer = detector.readout.voxels_per_layer
-    cx, cy = detector.readout.voxel_centres()
+    """Sparse hits of the non-zero voxels of a dense voxel batch (polar voxels or cell images)."""
+    if voxels.voxels.shape[1] != detector.n_channels:
+        raise ValueError(
+            f"{voxels.voxels.shape[1]} voxels per shower but detector '{detector.name}' "
+            f"has {detector.n_channels}"
+        )
+    per_layer = detector.n_cells_per_layer
+    cx, cy = channel_centres(detector)
     shower, channel = np.nonzero(voxels.voxels)
     cell = channel % per_layer
     lost = np.zeros(len(voxels)) if lost_mev is None else lost_mev
