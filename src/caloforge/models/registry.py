@@ -39,11 +39,13 @@ __all__ = [
 
 #: Packages whose ``FAMILY`` is a built-in family.
 BUILTIN = (
+    "caloforge.models.bibae",
     "caloforge.models.caloclouds1",
     "caloforge.models.caloclouds2",
     "caloforge.models.calodream",
     "caloforge.models.caloinn",
     "caloforge.models.epic",
+    "caloforge.models.l2lflows",
 )
 #: The shipped model that ``--model default`` means.
 DEFAULT_MODEL = "caloclouds2-cm"

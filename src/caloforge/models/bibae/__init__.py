@@ -1,0 +1,45 @@
+"""BIB-AE (arXiv:2005.05334, 2112.09709, 2303.18150): a Bounded-Information-Bottleneck
+autoencoder of 3-d convolutions over the (layer, x, y) cell image, conditioned on the
+incident energy, with a per-cell post-processor.
+
+The encoder maps a shower to a small Gaussian latent; the decoder maps a latent (and the
+energy) back to a cell image. Training (:mod:`.training`) combines a KL term, an MMD between
+the encoded latents and N(0, 1), a WGAN-GP critic on showers decoded from N(0, 1) and a
+second critic on (input, reconstruction) pairs in place of a pixel loss; a second stage fits
+the post-processor (1x1x1 convolutions) with an MMD on the hit-energy spectrum. Sampling
+(:mod:`.generation`) decodes z ~ N(0, 1), post-processes and thresholds. Importing this
+package imports none of its modules: the names below load theirs on first use.
+"""
+
+from __future__ import annotations
+
+from caloforge.models.protocol import Capabilities, Family, lazy_exports
+
+_EXPORTS = {
+    "BIBAEConfig": "config",
+    "PRESETS": "config",
+    "BIBAE": "model",
+    "PostProcessor": "model",
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+    "BIBAEGenerator": "generation",
+    "train": "training",
+}
+
+__all__ = ["FAMILY", *_EXPORTS]
+
+FAMILY = Family(
+    name="bibae",
+    description="BIB-AE",
+    formats=("caloforge-bibae",),
+    loader="caloforge.models.bibae.generation:load_generator",
+    output="voxels",
+    capabilities=Capabilities(workers=True, precisions=("float32",)),
+    commands="caloforge.models.bibae.cli:add_commands",
+    shipped={},
+    bench_models=(),
+)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

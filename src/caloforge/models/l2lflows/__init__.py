@@ -1,0 +1,43 @@
+"""L2LFlows (arXiv:2302.11594; convolutional version arXiv:2405.20407): layer-to-layer flows
+for cell-grid calorimeter images.
+
+A small flow (:mod:`.model`) generates the layer energies given the incident energy; then one
+flow per layer generates that layer's normalised cell image given the incident energy, the
+layer energy and the five layers before it. The per-layer flows are coupling flows with 2-d
+convolutional conditioners on checkerboard masks (:mod:`.flows`), all trained jointly by
+maximum likelihood with teacher forcing (:mod:`.training`); sampling runs the layers in order
+(:mod:`.generation`). Importing this package imports none of its modules: the names below
+load theirs on first use.
+"""
+
+from __future__ import annotations
+
+from caloforge.models.protocol import Capabilities, Family, lazy_exports
+
+_EXPORTS = {
+    "L2LFlowsConfig": "config",
+    "PRESETS": "config",
+    "L2LFlows": "model",
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+    "L2LFlowsGenerator": "generation",
+    "train": "training",
+}
+
+__all__ = ["FAMILY", *_EXPORTS]
+
+FAMILY = Family(
+    name="l2lflows",
+    description="L2LFlows",
+    formats=("caloforge-l2lflows",),
+    loader="caloforge.models.l2lflows.generation:load_generator",
+    output="voxels",
+    capabilities=Capabilities(workers=True, precisions=("float32",)),
+    commands="caloforge.models.l2lflows.cli:add_commands",
+    shipped={},
+    bench_models=(),
+)
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
