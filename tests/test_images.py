@@ -63,7 +63,10 @@ def test_images_hold_the_same_cells_as_the_full_grid() -> None:
 
 def test_convert_writes_images_and_summarises_the_outside(tmp_path, monkeypatch, capsys) -> None:
     src = tmp_path / "points.h5"
-    write_showers(src, random_points(30, 200, seed=1), detector="ild-ecal", generator="geant4", seed=4)
+    attrs = {"particle": "gamma", "energy_min_gev": 10.0}
+    write_showers(
+        src, random_points(30, 200, seed=1), detector="ild-ecal", generator="geant4", seed=4, attrs=attrs
+    )
     code, out, err = cli_run(
         monkeypatch, capsys, "convert", src, "--out", tmp_path / "img.h5", "--chunk-size", 7
     )
@@ -73,7 +76,9 @@ def test_convert_writes_images_and_summarises_the_outside(tmp_path, monkeypatch,
         assert f.kind == "voxels" and f.detector.name == "ild-ecal-30" and len(f) == 30
         assert list(f.attrs["image_shape"]) == [30, 30, 30] and f.attrs["generator"] == "geant4"
         assert 0 <= f.attrs["outside_fraction_mean"] <= f.attrs["outside_fraction_max"] < 0.5
-        assert f.attrs["seed"] == 4
+        assert f.attrs["seed"] == 4 and f.attrs["converted_from"] == "points.h5"
+        assert "layout" not in f.attrs and "depth_unit" not in f.attrs
+        assert f.attrs["particle"] == "gamma" and f.attrs["energy_min_gev"] == 10.0
         images = f.read()
     expect, _ = voxelise_with_loss(open_showers(src).read(), IMAGES)
     np.testing.assert_allclose(images.voxels, expect.voxels, rtol=1e-6)

@@ -39,6 +39,14 @@ __all__ = ["ConversionResult", "convert_showers"]
 
 #: Refuse a shower with more than this share of its energy outside the window (by default).
 MAX_OUTSIDE = 0.5
+#: Source attributes that describe the point layout or the writer, not the showers.
+_NOT_CARRIED = frozenset(
+    {
+        "format", "format_version", "caloforge_version", "detector", "detector_json",
+        "detector_description", "energy_unit", "depth_unit", "layout", "axes", "length_unit",
+        "padding", "generator", "seed",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -92,7 +100,9 @@ def convert_showers(
         fractions = np.zeros(n)
         outside_total = 0.0
         with output_lock(out):
-            attrs = {"converted_from": source.name, "converted_from_detector": own.name}
+            # what the showers are (particle, spectrum, physics, gun) travels; the layout does not
+            attrs = {k: v for k, v in reader.attrs.items() if k not in _NOT_CARRIED}
+            attrs |= {"converted_from": source.name, "converted_from_detector": own.name}
             seed = reader.attrs.get("seed")
             with ShowerWriter(
                 out,
