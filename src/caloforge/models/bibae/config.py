@@ -60,6 +60,9 @@ class BIBAEConfig(PresetConfig):
     # losses of the post-processor stage
     w_hit_mmd: float = 5.0  # MMD on the sorted hit-energy vectors
     w_post_pixel: float = 1.0
+    # squared relative error of a post-processed reconstruction's visible energy: the hit MMD
+    # alone doubled the energy of the first CPU run's showers (E_vis/E_inc 0.049 vs 0.028)
+    w_post_energy: float = 20.0
     hit_mmd_cells: int = 800  # the leading cells of a shower the hit MMD compares
     # scales: cells live in log1p(MeV / log_scale_mev); the energy condition is E / energy_scale_gev
     log_scale_mev: float = 0.1
@@ -111,6 +114,7 @@ class BIBAEConfig(PresetConfig):
             "gp_lambda",
             "w_hit_mmd",
             "w_post_pixel",
+            "w_post_energy",
         ):
             value = getattr(self, name)
             if not 0 <= value < math.inf:

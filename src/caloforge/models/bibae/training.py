@@ -17,7 +17,9 @@ At the switch the encoder and decoder take their EMA weights and freeze. Stage 2
 (``config.post_steps``) trains only the post-processor, on the frozen decoder's outputs:
 ``w_hit_mmd · MMD(sorted leading cells of post(decode(z ~ N(0, 1))), of real images)`` (the
 hit-energy spectrum, compared as sorted vectors of each shower's ``hit_mmd_cells`` hottest
-cells) ``+ w_post_pixel · MSE(post(reconstruction), input)``. EMA of the whole model throughout.
+cells) ``+ w_post_pixel · MSE(post(reconstruction), input)`` ``+ w_post_energy`` × the squared
+relative error of each post-processed reconstruction's visible energy (without it the hit MMD
+alone doubled the showers' energy in the first CPU run). EMA of the whole model throughout.
 """
 
 from __future__ import annotations
@@ -224,15 +226,25 @@ class _Trainer:
             prior = m.decode(self._noise(len(x)), e, self.gen)
         m.post.train()
         hit = mmd(self._hit_vectors(m.post(prior, e)), self._hit_vectors(x))
-        pixel = (m.post(recon, e) - x).square().mean()
-        loss = cfg.w_hit_mmd * hit + cfg.w_post_pixel * pixel
+        fixed = m.post(recon, e)
+        pixel = (fixed - x).square().mean()
+        # each reconstruction's visible energy (MeV, above threshold) against its input's
+        visible = m.from_scaled(fixed).sum(1)
+        target = m.from_scaled(x).sum(1)
+        energy = ((visible - target) / target.clamp_min(1.0)).square().mean()
+        loss = cfg.w_hit_mmd * hit + cfg.w_post_pixel * pixel + cfg.w_post_energy * energy
         value: float | None = loss.item()
         if optimizer_step(loss, m.post, self.opt_post, cfg.grad_clip):
             self.ema.update(m)
         else:
             self.skipped += 1
             value = None
-        return [("post", value), ("hit_mmd", hit.item()), ("post_pixel", pixel.item())]
+        return [
+            ("post", value),
+            ("hit_mmd", hit.item()),
+            ("post_pixel", pixel.item()),
+            ("post_energy", energy.item()),
+        ]
 
     @torch.no_grad()
     def validation_loss(self) -> float:
