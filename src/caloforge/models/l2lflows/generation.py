@@ -3,89 +3,30 @@ flow conditioned on the previous ones generated; decoded, thresholded, in MeV.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from caloforge.io import VoxelShowers
 from caloforge.models.l2lflows.checkpoint import model_from_state
 from caloforge.models.l2lflows.model import L2LFlows
-from caloforge.models.protocol import (
-    GenerationError,
-    GenerationRequest,
-    Plan,
-    SamplerInfo,
-    batch_seed,
-    energy_condition,
-)
+from caloforge.models.onepass import OnePassGenerator
 
 #: The one sampler: the inverted flows, one pass for the energies and one per layer.
 SAMPLER = "inverse"
 
 
-def voxel_batch(
-    model: L2LFlows, energies: np.ndarray, seed: int, index: int, temperature: float | None = None
-) -> VoxelShowers:
-    """Batch ``index`` of a run with ``seed`` (its own random stream, :func:`batch_seed`)."""
-    e = torch.from_numpy(np.asarray(energies, np.float64)).float()
-    gen = torch.Generator().manual_seed(batch_seed(seed, index))
-    t = model.config.temperature if temperature is None else temperature
-    return VoxelShowers(np.asarray(energies, np.float64), model.sample(e, gen, t).numpy())
-
-
-class L2LFlowsGenerator:
-    """An L2LFlows checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`.
-
-    Generation option ``temperature`` (default: the model's, 1.0) scales the base noise.
-    """
+class L2LFlowsGenerator(OnePassGenerator):
+    """An L2LFlows checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`: the
+    inverted flows in one pass each, float32 on the CPU; generation option ``temperature``
+    (default: the model's, 1.0) scales the base noise."""
 
     family = "l2lflows"
-    output = "voxels"
     particle = "gamma"
     label = "l2lflows"
-
-    def __init__(self, model: L2LFlows, path: Path | None = None) -> None:
-        self.model, self.path = model, path
-        self.detector = model.detector
-        self.conditions = (energy_condition(model.energy_range),)
-        self.complete = model.complete
-
-    def plan(self, request: GenerationRequest) -> Plan:
-        """The inverted flows in one pass each; float32 on the CPU."""
-        if request.sampler not in (None, SAMPLER):
-            raise GenerationError(
-                f"unknown sampler '{request.sampler}' for L2LFlows: flows sample in one pass ({SAMPLER})"
-            )
-        if request.n_steps not in (None, 1):
-            raise GenerationError(
-                f"--steps {request.n_steps}: L2LFlows samples in one pass (no steps to set)"
-            )
-        if request.precision not in ("auto", "float32"):
-            raise GenerationError(
-                f"--precision {request.precision}: L2LFlows models run in float32 (use auto or float32)"
-            )
-        if request.device != "cpu":
-            raise GenerationError("L2LFlows models generate on the CPU only")
-        unknown = sorted(set(request.options) - {"temperature"})
-        if unknown:
-            raise GenerationError(f"unknown L2LFlows generation option '{unknown[0]}' (it takes temperature)")
-        temperature = float(request.options.get("temperature", self.model.config.temperature))
-        if not 0 < temperature < 10:
-            raise GenerationError(f"temperature must lie in (0, 10), got {temperature}")
-        return Plan(
-            sampler=SamplerInfo(SAMPLER, 1, 1),
-            precision="float32",
-            allow_extrapolation=request.allow_extrapolation,
-            attrs={"temperature": temperature},
-            options={"temperature": temperature},
-        )
-
-    def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
-        """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``)."""
-        return voxel_batch(self.model, conditions["energy"], seed, index, plan.options["temperature"])
+    name = "L2LFlows"
+    sampler = SAMPLER
+    how = "flows sample in one pass"
+    option = "temperature"
+    model: L2LFlows
 
     def describe(self) -> dict[str, Any]:
         """Flows, blocks, conditioners and parameters."""
@@ -112,4 +53,4 @@ def load_generator(path: Path, state: dict[str, Any]) -> L2LFlowsGenerator:
     return L2LFlowsGenerator(model_from_state(state, path), path)
 
 
-__all__ = ["SAMPLER", "L2LFlowsGenerator", "load_generator", "voxel_batch"]
+__all__ = ["SAMPLER", "L2LFlowsGenerator", "load_generator"]
