@@ -24,7 +24,8 @@ $(VENV)/.installed: pyproject.toml
 # The main job on the embedded defaults: the shipped CaloClouds II (CM) and CaloClouds II
 # models, a fresh Geant4 sample and a Geant4 run with the default model as its fast
 # simulation, all evaluated against the shipped Geant4 reference (Geant4 vs Geant4 shows
-# the floor); report in out/demo/report.md. Then the voxel models (out/demo_ds2) and the EPiC
+# the floor); report in out/demo/report.md. Then the cell-image models BIB-AE and L2LFlows beside
+# the default on the 30 x 30 cells of ild-ecal-30 (out/demo_images), the voxel models (out/demo_ds2) and the EPiC
 # jet models against the shipped Pythia 8 top jets (out/demo_jets).
 REFERENCE := src/caloforge/assets/ild_reference.h5
 DS2_REFERENCE := src/caloforge/assets/ds2_reference.h5
@@ -37,6 +38,9 @@ demo: setup
 	$(BIN)/caloforge simulate -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_geant4.h5
 	$(BIN)/caloforge simulate --fast-sim default -n 100 --energy 10:90 --seed 7 --workers 2 --overwrite --out out/demo_fastsim.h5
 	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_caloclouds2.h5 out/demo_geant4.h5 out/demo_fastsim.h5 --out out/demo --overwrite
+	$(BIN)/caloforge generate --model bibae --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_bibae.h5
+	$(BIN)/caloforge generate --model l2lflows --energies-file $(REFERENCE) -n 200 --seed 7 --overwrite --out out/demo_l2lflows.h5
+	$(BIN)/caloforge evaluate $(REFERENCE) out/demo_caloclouds2_cm.h5 out/demo_bibae.h5 out/demo_l2lflows.h5 --out out/demo_images --overwrite
 	$(BIN)/caloforge generate --model calodream --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_calodream.h5
 	$(BIN)/caloforge generate --model caloinn --energies-file $(DS2_REFERENCE) -n 300 --seed 7 --overwrite --out out/demo_caloinn.h5
 	$(BIN)/caloforge evaluate $(DS2_REFERENCE) out/demo_calodream.h5 out/demo_caloinn.h5 --out out/demo_ds2 --overwrite

@@ -38,8 +38,8 @@ FAMILY = Family(
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
     commands="caloforge.models.bibae.cli:add_commands",
-    shipped={},
-    bench_models=(),
+    shipped={"bibae": "bibae_ild30_cpu.pt"},
+    bench_models=(("BIB-AE", "bibae"),),
 )
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -36,8 +36,8 @@ FAMILY = Family(
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
     commands="caloforge.models.l2lflows.cli:add_commands",
-    shipped={},
-    bench_models=(),
+    shipped={"l2lflows": "l2lflows_ild30_cpu.pt"},
+    bench_models=(("L2LFlows", "l2lflows"),),
 )
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
