@@ -95,7 +95,7 @@ def _base() -> dict:
         ({"layer_depths_mm": [0, 5, 4]}, "layer_depths_mm"),
         ({"absorber_thicknesses_mm": [2.1, 2.1]}, "absorber_thicknesses_mm"),
         ({"threshold_mev": -1}, "threshold_mev"),
-        ({"readout": {"type": "cells", "cell_size_mm": 5.0, "n_cells": 10}}, "readout.n_cells"),
+        ({"readout": {"type": "cells", "cell_size_mm": 5.0, "n_cells": 0}}, "readout.n_cells"),
         ({"readout": {"type": "hex"}}, "readout.type"),
         ({"readout": {"type": "polar", "n_alpha": 4}}, "readout.radial_edges_mm"),
         ({"long_edges": [0, 10, 20]}, "long_edges"),

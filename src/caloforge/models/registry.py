@@ -8,8 +8,8 @@ add families through the ``caloforge.families`` entry-point group (each entry a
 ``module:attribute`` references to :class:`Family` objects; child processes inherit it), or
 at run time with :func:`register`.
 
->>> sorted(f.name for f in families())[:3]
-['caloclouds1', 'caloclouds2', 'calodream']
+>>> sorted(f.name for f in families())[:4]
+['bibae', 'caloclouds1', 'caloclouds2', 'calodream']
 >>> family_for_format("caloforge-calodream").name
 'calodream'
 """
