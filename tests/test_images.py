@@ -153,3 +153,15 @@ def test_evaluate_compares_points_and_images_on_the_same_cells(tmp_path) -> None
     check = result["distortion_check"]["auc"]["classifier_auc"]
     assert check["distortion"] == "5 % of the energy one cell further out"
     assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["detector"] == "ild-ecal-30"
+
+
+def test_evaluate_refuses_images_on_a_larger_grid(tmp_path) -> None:
+    from caloforge.evaluate import EvaluationError
+    from caloforge.io import VoxelShowers
+
+    write_showers(tmp_path / "img.h5", toy_images(4), detector="ild-ecal-30")
+    big = VoxelShowers([20.0, 30.0], np.zeros((2, ILD.n_channels), np.float32))
+    big.voxels[:, 49 * 99 + 49] = 5.0
+    write_showers(tmp_path / "big.h5", big, detector="ild-ecal")
+    with pytest.raises(EvaluationError, match="only point files are projected onto a window"):
+        evaluate(tmp_path / "img.h5", [tmp_path / "big.h5"], tmp_path / "eval", EvaluationConfig(plots=False))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from caloforge.detector import Detector, get_detector
+from caloforge.detector import CellGrid, Detector, get_detector
 from caloforge.io import PointShowers, ShowerFileError, ShowerWriter, open_showers
 from caloforge.projection import voxelise_with_loss
 from caloforge.safety import check_outputs, output_lock, refuse_existing
@@ -83,23 +83,28 @@ def convert_showers(
     if not 0 < max_outside <= 1:
         raise ValueError(f"max_outside must lie in (0, 1], got {max_outside}")
     check_outputs({"--out": out}, {"SOURCE": source})
-    refuse_existing(out, overwrite)
+    refuse_existing(out, overwrite)  # before reading anything; again under the lock below
     with open_showers(source) as reader:
         if reader.kind != "points":
             raise ShowerFileError(
                 f"'{source}' already holds voxels ({reader.detector.name}): convert reads point-cloud files"
             )
         own = reader.detector
-        same_stack = det.layer_depths_mm == own.layer_depths_mm and det.n_layers == own.n_layers
+        if isinstance(det.readout, CellGrid):
+            same_stack = det.is_window_of(own)
+        else:
+            same_stack = det.layer_depths_mm == own.layer_depths_mm and det.n_layers == own.n_layers
         if not same_stack:
             raise ValueError(
-                f"'{source}' is for detector '{own.name}' ({own.n_layers} layers); '{det.name}' has another "
-                "layer stack: convert onto a readout of the same detector (e.g. ild-ecal-30 for ild-ecal)"
+                f"'{source}' is for detector '{own.name}'; '{det.name}' has another layer stack or cells "
+                "that are not a window of its grid: convert onto a readout of the same detector "
+                "(e.g. ild-ecal-30 for ild-ecal)"
             )
         n = len(reader)
         fractions = np.zeros(n)
         outside_total = 0.0
         with output_lock(out):
+            refuse_existing(out, overwrite)  # another run may have written it meanwhile
             # what the showers are (particle, spectrum, physics, gun) travels; the layout does not
             attrs = {k: v for k, v in reader.attrs.items() if k not in _NOT_CARRIED}
             attrs |= {"converted_from": source.name, "converted_from_detector": own.name}

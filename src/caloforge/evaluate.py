@@ -153,13 +153,14 @@ def _open_samples(
     paths = [Path(reference), *map(Path, candidates)]
     if not candidates:
         raise EvaluationError("give at least one candidate file to compare with the reference")
-    samples, detectors = [], []
+    samples, detectors, kinds = [], [], []
     for path in paths:
         with open_showers(path) as f:
             if len(f) == 0:
                 raise EvaluationError(f"'{path}' holds no showers")
             energy = f.read_energy()[: config.max_showers]
             detectors.append(f.detector)
+            kinds.append(f.kind)
             samples.append(_Sample(path, "", f.generator, energy, attrs=dict(f.attrs)))
     ref_det = detectors[0]
     common = common_detector(detectors)
@@ -170,8 +171,14 @@ def _open_samples(
                 f"'{ref_det.name}': compare showers of the same detector (or of one whose cells are a "
                 "window of the other's, such as ild-ecal-30 of ild-ecal)"
             )
-    for s, det in zip(samples, detectors, strict=True):
+    for s, det, kind in zip(samples, detectors, kinds, strict=True):
         s.own_detector = det.name
+        if common is not None and kind != "points" and det.n_channels != common.n_channels:
+            raise EvaluationError(
+                f"'{s.path}' holds voxels on '{det.name}', a larger grid than the other files' "
+                f"'{common.name}': only point files are projected onto a window; convert its point "
+                f"file onto {common.name}"
+            )
     lo, hi = samples[0].energy.min(), samples[0].energy.max()
     slack = config.energy_tolerance * (hi - lo if hi > lo else hi)
     for s in samples[1:]:

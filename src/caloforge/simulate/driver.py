@@ -369,7 +369,10 @@ def simulate(
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
     if voxel_out is not None and not hasattr(det.readout, "n_alpha"):
-        raise ValueError(f"detector '{det.name}' has a cell readout: voxel files need a polar one")
+        raise ValueError(
+            f"detector '{det.name}' has a cell readout: --voxel-out writes polar voxels; for cell images "
+            "convert the point file (caloforge convert --detector ild-ecal-30)"
+        )
     paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
     check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
     if engine not in ENGINES:
