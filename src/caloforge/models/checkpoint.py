@@ -9,7 +9,9 @@ it runs. Every checkpoint carries a ``format`` key (which family wrote it, see
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,14 @@ from caloforge import __version__
 from caloforge.io import atomic_output
 from caloforge.models.protocol import CheckpointError
 
-__all__ = ["CheckpointError", "check_format", "checkpoint_file", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "DetectorCheckpoints",
+    "check_format",
+    "checkpoint_file",
+    "read_checkpoint",
+    "save_checkpoint",
+]
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -101,3 +110,58 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
     with atomic_output(path) as tmp:
         torch.save(state, tmp)
+
+
+@dataclass(frozen=True)
+class DetectorCheckpoints:
+    """Reading and copying the checkpoints of a family whose models are built from a config, a
+    detector and an energy range (CaloINN, BIB-AE, L2LFlows): the state holds ``config`` and
+    ``detector`` (JSON), ``energy_range``, ``complete`` and the ``model`` weights.
+
+    ``config_cls`` has ``from_dict``; ``model_cls(config, detector, energy_range)`` builds the
+    network whose ``state_dict`` the checkpoint holds.
+    """
+
+    description: str
+    format: str
+    version: int
+    config_cls: Any
+    model_cls: Any
+
+    REQUIRED_KEYS = ("config", "detector", "energy_range", "complete", "model")
+
+    def check_state(self, state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+        """``state`` if it is a complete checkpoint of this format and version (else
+        :class:`CheckpointError`)."""
+        return check_format(state, path, self.format, self.version, self.REQUIRED_KEYS, self.description)
+
+    def model_from_state(self, state: dict[str, Any], where: str | Path) -> Any:
+        """The model a checkpoint ``state`` describes, in evaluation mode."""
+        from caloforge.detector import DetectorError, detector_from_dict
+
+        self.check_state(state, where)
+        try:
+            config = self.config_cls.from_dict(json.loads(state["config"]))
+            det = detector_from_dict(json.loads(state["detector"]))
+            model = self.model_cls(config, det, tuple(state["energy_range"]))
+            model.load_state_dict(state["model"])
+        except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
+            raise CheckpointError(
+                f"'{where}': the checkpoint does not describe a valid {self.description} model: {exc}"
+            ) from exc
+        model.complete = bool(state["complete"])
+        return model.eval().requires_grad_(False)
+
+    def load_model(self, path: str | Path) -> Any:
+        """A model from a checkpoint or run directory, ready to sample."""
+        path = checkpoint_file(path)
+        return self.model_from_state(self.check_state(read_checkpoint(path), path), path)
+
+    def save_for_inference(self, checkpoint: str | Path, out: str | Path) -> Path:
+        """Copy a run's checkpoint without its training state (optimisers, live weights, RNG)."""
+        path = checkpoint_file(checkpoint)
+        state = self.check_state(read_checkpoint(path), path)
+        self.model_from_state(state, path)  # refuse anything that would not load
+        state.pop("train", None)
+        save_checkpoint(state, out)
+        return Path(out)
