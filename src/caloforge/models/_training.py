@@ -3,13 +3,14 @@ and the step loop (progress, periodic checkpoints, time budget, Ctrl-C, the dive
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -200,6 +201,61 @@ def save_finite_checkpoint(state: dict[str, Any], path: Path) -> None:
             "the last good checkpoint is kept"
         )
     save_checkpoint(state, path)
+
+
+def ema_training_state(
+    trainer: Any, averaged: nn.Module, live_key: str, parts: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The checkpoint state of a trainer that keeps an EMA of ``averaged`` (part of, or all of,
+    ``trainer.model``): the model's inference state taken while the averaged weights are in
+    place (copied: the live weights come back into the same tensors), plus ``train`` — the live
+    weights of ``averaged`` under ``live_key``, the EMA, every ``parts`` entry's ``state_dict()``
+    (optimisers, schedulers, critics), the random state, the counters and the number of training
+    showers (``len(trainer.data.energy)``). :func:`restore_ema_training` reads it back."""
+    with trainer.ema.applied_to(averaged) as live:
+        inference = copy.deepcopy(trainer.model.inference_state())
+    return inference | {
+        "train": {
+            live_key: live,
+            "ema": trainer.ema.state_dict(),
+            **{name: part.state_dict() for name, part in parts.items()},
+            "gen": trainer.gen.get_state(),
+            "step": trainer.step,
+            "skipped": trainer.skipped,
+            "elapsed_s": trainer.elapsed_s,
+            "n_showers": len(trainer.data.energy),
+        }
+    }
+
+
+def restore_ema_training(
+    trainer: Any,
+    state: dict[str, Any],
+    path: Path,
+    averaged: nn.Module,
+    live_key: str,
+    parts: Mapping[str, Any],
+    same_data: str = "resume with the same data (and --max-showers)",
+) -> None:
+    """Put a :func:`ema_training_state` back into ``trainer`` (refusing, with
+    :class:`CheckpointError`, an inference-only file or one trained on another number of showers;
+    ``same_data`` is what the message tells the user to do)."""
+    tr = state.get("train")
+    if tr is None:
+        raise CheckpointError(f"'{path}' holds no training state (an inference-only file): start a new run")
+    n = len(trainer.data.energy)
+    if tr["n_showers"] != n:
+        raise CheckpointError(
+            f"'{path}' was trained on {tr['n_showers']} showers, the data file has {n}: {same_data}"
+        )
+    trainer.model.load_state_dict(state["model"])
+    averaged.load_state_dict(tr[live_key])
+    trainer.ema.load_state_dict(tr["ema"])
+    for name, part in parts.items():
+        part.load_state_dict(tr[name])
+    trainer.gen.set_state(tr["gen"])
+    trainer.step, trainer.skipped = int(tr["step"]), int(tr["skipped"])
+    trainer.elapsed_s = float(tr["elapsed_s"])
 
 
 def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:

@@ -24,7 +24,6 @@ alone doubled the showers' energy in the first CPU run). EMA of the whole model 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +38,10 @@ from caloforge.io import open_showers
 from caloforge.models._training import (
     Progress,
     TrainResult,
+    ema_training_state,
     open_run,
     optimizer_step,
+    restore_ema_training,
     run_to_end,
     save_finite_checkpoint,
 )
@@ -48,7 +49,6 @@ from caloforge.models.bibae.checkpoint import check_state
 from caloforge.models.bibae.config import BIBAEConfig
 from caloforge.models.bibae.model import BIBAE, Critic, gradient_penalty, mmd
 from caloforge.models.nn.ema import EMA
-from caloforge.models.protocol import CheckpointError
 
 __all__ = ["Images", "load_images", "train"]
 
@@ -260,44 +260,19 @@ class _Trainer:
             total += (avg.post(avg.decode(mu, e, gen), e) - x).square().mean().item() * len(x)
         return total / len(idx)
 
-    def state(self) -> dict[str, Any]:
-        with self.ema.applied_to(self.model) as live:
-            inference = copy.deepcopy(self.model.inference_state())  # not views: the live weights come back
-        return inference | {
-            "train": {
-                "model": live,
-                "ema": self.ema.state_dict(),
-                "critics": self.critics.state_dict(),
-                "opt_ae": self.opt_ae.state_dict(),
-                "opt_post": self.opt_post.state_dict(),
-                "opt_critic": self.opt_critic.state_dict(),
-                "gen": self.gen.get_state(),
-                "step": self.step,
-                "skipped": self.skipped,
-                "elapsed_s": self.elapsed_s,
-                "n_showers": len(self.data.energy),
-            }
+    def _parts(self) -> dict[str, Any]:
+        return {
+            "critics": self.critics,
+            "opt_ae": self.opt_ae,
+            "opt_post": self.opt_post,
+            "opt_critic": self.opt_critic,
         }
 
+    def state(self) -> dict[str, Any]:
+        return ema_training_state(self, self.model, "model", self._parts())
+
     def restore(self, state: dict[str, Any], path: Path) -> None:
-        tr = state.get("train")
-        if tr is None:
-            raise CheckpointError(
-                f"'{path}' holds no training state (an inference-only file): start a new run"
-            )
-        if tr["n_showers"] != len(self.data.energy):
-            raise CheckpointError(
-                f"'{path}' was trained on {tr['n_showers']} showers, the data file has "
-                f"{len(self.data.energy)}: resume with the same data (and --max-showers)"
-            )
-        self.model.load_state_dict(tr["model"])
-        self.ema.load_state_dict(tr["ema"])
-        self.critics.load_state_dict(tr["critics"])
-        self.opt_ae.load_state_dict(tr["opt_ae"])
-        self.opt_post.load_state_dict(tr["opt_post"])
-        self.opt_critic.load_state_dict(tr["opt_critic"])
-        self.gen.set_state(tr["gen"])
-        self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
+        restore_ema_training(self, state, path, self.model, "model", self._parts())
 
     def save(self, path: Path) -> None:
         save_finite_checkpoint(self.state(), path)

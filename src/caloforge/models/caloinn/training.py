@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from caloforge.io import open_showers
 from caloforge.models._training import (
     Progress,
     TrainResult,
+    ema_training_state,
     open_run,
     optimizer_step,
+    restore_ema_training,
     run_to_end,
     save_finite_checkpoint,
 )
@@ -27,7 +28,6 @@ from caloforge.models.caloinn.config import CaloINNConfig
 from caloforge.models.caloinn.model import CaloINN
 from caloforge.models.nn.coupling import gaussian_log_prob
 from caloforge.models.nn.ema import EMA
-from caloforge.models.protocol import CheckpointError
 
 #: Showers the standardisation is fitted on (the first of the training split).
 STANDARDISATION_SHOWERS = 4000
@@ -124,41 +124,14 @@ class _Trainer:
             total += self._loss(self.ema.module, idx, gen).item() * len(idx)
         return total / n
 
+    def _parts(self) -> dict[str, Any]:
+        return {"opt": self.opt, "sched": self.sched}
+
     def state(self) -> dict[str, Any]:
-        with self.ema.applied_to(self.model.flow) as live:
-            inference = copy.deepcopy(self.model.inference_state())  # not views: the live weights come back
-        return inference | {
-            "train": {
-                "flow": live,
-                "ema": self.ema.state_dict(),
-                "opt": self.opt.state_dict(),
-                "sched": self.sched.state_dict(),
-                "gen": self.gen.get_state(),
-                "step": self.step,
-                "skipped": self.skipped,
-                "elapsed_s": self.elapsed_s,
-                "n_showers": len(self.data.energy),
-            }
-        }
+        return ema_training_state(self, self.model.flow, "flow", self._parts())
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
-        tr = state.get("train")
-        if tr is None:
-            raise CheckpointError(
-                f"'{path}' holds no training state (an inference-only file): start a new run"
-            )
-        if tr["n_showers"] != len(self.data.energy):
-            raise CheckpointError(
-                f"'{path}' was trained on {tr['n_showers']} showers, the data file has "
-                f"{len(self.data.energy)}: resume with the same data (and --max-showers)"
-            )
-        self.model.load_state_dict(state["model"])
-        self.model.flow.load_state_dict(tr["flow"])
-        self.ema.load_state_dict(tr["ema"])
-        self.opt.load_state_dict(tr["opt"])
-        self.sched.load_state_dict(tr["sched"])
-        self.gen.set_state(tr["gen"])
-        self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
+        restore_ema_training(self, state, path, self.model.flow, "flow", self._parts())
 
     def save(self, path: Path) -> None:
         save_finite_checkpoint(self.state(), path)
