@@ -6,7 +6,7 @@ import pytest
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers
 from caloforge.projection import project_points
-from caloforge.simulate.clustering import cluster_steps
+from caloforge.simulate.clustering import cluster_pitch_mm, cluster_steps, coarsen_points
 
 
 def _steps(seed: int, n: int, n_layers: int) -> np.ndarray:
@@ -54,3 +54,33 @@ def test_events_stay_separate_and_empty_events():
     clouds = cluster_steps([same, np.zeros((0, 4)), same], det)
     assert [len(c) for c in clouds] == [1, 0, 1]
     assert clouds[0][0, 2] == 5.5
+
+
+@pytest.mark.parametrize("per_cell", [1, 2, 3, 6])
+def test_coarser_grid_keeps_cell_energies_with_fewer_points(per_cell):
+    det = get_detector("ild-ecal")
+    events = [_steps(s, 4000, det.n_layers) for s in range(3)]
+    fine = PointShowers.from_list(np.full(3, 50.0), cluster_steps(events, det))
+    coarse = coarsen_points(fine, det, per_cell)
+    assert cluster_pitch_mm(det, per_cell) == pytest.approx(det.readout.cell_size_mm / per_cell)
+    if per_cell == 6:
+        assert np.array_equal(coarse.n_points, fine.n_points)
+    else:
+        assert (coarse.n_points < fine.n_points).all()
+    a, b = project_points(fine, det), project_points(coarse, det)
+    assert np.array_equal(a.channel, b.channel) and np.allclose(a.energy, b.energy, rtol=1e-5)
+    # The points sit at the centres of the coarse squares.
+    pitch = cluster_pitch_mm(det, per_cell)
+    x = coarse.points[coarse.mask][:, 0]
+    offset = (x + det.readout.cell_size_mm / 2) / pitch - 0.5
+    assert np.allclose(offset, np.round(offset), atol=1e-3)
+
+
+def test_coarser_grid_must_tile_the_fine_grid():
+    with pytest.raises(ValueError, match="do not tile the fine grid of 6 per cell: use a divisor of 6"):
+        cluster_pitch_mm(get_detector("ild-ecal"), 4)
+    with pytest.raises(ValueError, match="has no readout cells"):
+        cluster_pitch_mm(get_detector("calochallenge-ds2"), 2)
+    assert (
+        cluster_pitch_mm(get_detector("calochallenge-ds2")) == get_detector("calochallenge-ds2").fine_cell_mm
+    )

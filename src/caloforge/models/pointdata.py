@@ -21,6 +21,7 @@ from caloforge.models.nn.showerflow import (
     shower_stats,
 )
 from caloforge.models.protocol import CheckpointError
+from caloforge.simulate.clustering import cluster_pitch_mm, coarsen_points
 
 __all__ = ["PointDataConfig", "PointRunState", "TrainingData", "load_training_data"]
 
@@ -43,18 +44,31 @@ class TrainingData:
     points: Tensor  # (n, cache_points, 4) random subset of each shower's points, zero-padded
     path: str
     energy_range: tuple[float, float]  # GeV
+    pitch_mm: float = 0.0  # clustering grid of the points (0: the detector's fine grid)
+
+    @property
+    def point_pitch_mm(self) -> float:
+        """The side of the squares the points were clustered in: their dequantisation width."""
+        return self.pitch_mm or self.detector.fine_cell_mm
 
 
 def load_training_data(
     data_path: Path, config: PointDataConfig, progress: Progress | None, model: str = "CaloClouds II"
 ) -> TrainingData:
-    """Stream the file once: summaries of every shower and a point subsample (seeded)."""
+    """Stream the file once: summaries of every shower and a point subsample (seeded).
+
+    A config with ``cluster_per_cell`` (CaloClouds II) set re-clusters each shower's points on
+    that coarser grid first (:func:`~caloforge.simulate.clustering.coarsen_points`), so every
+    summary (numbers of points, per-layer fractions) describes the coarser clouds.
+    """
+    per_cell = getattr(config, "cluster_per_cell", None)
     rng = np.random.default_rng(config.seed)
     energies, stats, hits, points = [], [], [], []
     with open_showers(data_path) as reader:
         if reader.kind != "points":
             raise ValueError(f"'{data_path}' holds {reader.kind}; {model} trains on point clouds")
         detector = reader.detector
+        pitch = cluster_pitch_mm(detector, per_cell)
         # The generated spectrum (caloforge files record it) can be a little wider than the sample.
         spectrum = (reader.attrs.get("energy_min_gev"), reader.attrs.get("energy_max_gev"))
         total = len(reader) if config.max_showers is None else min(len(reader), config.max_showers)
@@ -62,6 +76,8 @@ def load_training_data(
         for chunk in reader.iter_chunks(config.chunk_size, stop=total):
             done += len(chunk)
             chunk = chunk[chunk.n_points > 0]
+            if per_cell is not None and len(chunk):
+                chunk = coarsen_points(chunk, detector, per_cell)
             if len(chunk):
                 energies.append(chunk.energy)
                 stats.append(shower_stats(chunk, detector.n_layers))
@@ -83,6 +99,7 @@ def load_training_data(
         points=torch.from_numpy(np.concatenate(points)),
         path=str(data_path),
         energy_range=(lo, hi),
+        pitch_mm=pitch,
     )
 
 

@@ -68,9 +68,7 @@ def point_batch(
     for k in (points, encoder_points):
         keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0  # padding sorts last
         take = keys.argsort(dim=1)[:, :k]
-        pts = dequantize(
-            cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4)), data.detector.fine_cell_mm, gen
-        )
+        pts = dequantize(cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4)), data.point_pitch_mm, gen)
         mask = valid.gather(1, take)
         out += [torch.where(mask.unsqueeze(-1), scaler(pts), 0.0), mask]
     return (*out, data.energy[idx], data.stats.n_points[idx])  # type: ignore[return-value]
@@ -103,9 +101,7 @@ class _Trainer(PointRunState):
         self.model.flow.requires_grad_(False)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
-        pts = dequantize(
-            data.points, data.detector.fine_cell_mm, torch.Generator().manual_seed(config.seed + 2)
-        )
+        pts = dequantize(data.points, data.point_pitch_mm, torch.Generator().manual_seed(config.seed + 2))
         self.model.scaler.fit(pts, data.points[..., 3] > 0)
         self.train_net = self.model.net
         self.ema = EMA(self.train_net, config.ema_max_decay)

@@ -51,6 +51,12 @@ def train_caloclouds2(
         str | None,
         typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
     ] = None,
+    cluster_per_cell: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Re-cluster the points on N squares per cell side (a divisor of 6; fewer points)."
+        ),
+    ] = None,
     seed: SeedOption = 0,
     resume: ResumeOption = False,
     max_minutes: MaxMinutesOption = None,
@@ -61,7 +67,13 @@ def train_caloclouds2(
     from caloforge.models.caloclouds2 import CaloClouds2Config
 
     shape = parse_widths(widths, "--widths")
-    overrides = given(steps=steps, flow_steps=flow_steps, max_showers=max_showers, net_widths=shape)
+    overrides = given(
+        steps=steps,
+        flow_steps=flow_steps,
+        max_showers=max_showers,
+        net_widths=shape,
+        cluster_per_cell=cluster_per_cell,
+    )
     config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
     result = train_in_processes(_train, nproc, config, data, out, resume, max_minutes, threads=threads)
     if result is not None:

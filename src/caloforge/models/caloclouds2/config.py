@@ -93,6 +93,9 @@ class CaloClouds2Config(PresetConfig):
     max_showers: int | None = None
     cache_points: int = 1024
     chunk_size: int = 250
+    # Points re-clustered on a coarser grid of this many squares per cell side (a divisor of the
+    # data's 6, e.g. 2: about half the points at 50 GeV); None: the file's own clustering.
+    cluster_per_cell: int | None = None
     # Shower Flow (zuko neural spline flow).
     flow_hidden: tuple[int, ...] = (128, 128)
     flow_transforms: int = 6
@@ -133,6 +136,8 @@ class CaloClouds2Config(PresetConfig):
     def __post_init__(self) -> None:
         if self.points_per_shower < 1 or self.flow_batch_size < 1 or self.flow_steps < 0:
             raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
+        if self.cluster_per_cell is not None and self.cluster_per_cell < 1:
+            raise ValueError(f"cluster_per_cell must be at least 1, got {self.cluster_per_cell}")
         check_point_model_fields(
             self,
             at_least_one=("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size",

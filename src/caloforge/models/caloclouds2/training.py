@@ -48,7 +48,7 @@ def point_batch(
     take = keys.argsort(dim=1)[:, :points]
     pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
     mask = valid.gather(1, take)
-    pts = dequantize(pts, data.detector.fine_cell_mm, gen)
+    pts = dequantize(pts, data.point_pitch_mm, gen)
     x0 = torch.where(mask.unsqueeze(-1), scaler(pts), 0.0)
     return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
 
@@ -90,7 +90,7 @@ class _Trainer(PointRunState):
         gen = torch.Generator().manual_seed(self.config.seed + 2)
         data = self.data
         self.model.flow.fit_standardisation(self.model.flow.features_from_stats(data.stats, data.energy, gen))
-        pts = dequantize(data.points, data.detector.fine_cell_mm, gen)
+        pts = dequantize(data.points, data.point_pitch_mm, gen)
         self.model.scaler.fit(pts, data.points[..., 3] > 0)
 
     def flow_steps_before(self, step: int) -> int:
