@@ -13,10 +13,14 @@ import torch
 
 from caloforge.calibrate import (
     NPointsCalibration,
+    RadialCalibration,
     assign_layers,
     calibrate_points,
+    fit_radial_calibration,
     rescale_layer_energies,
+    ring_fractions,
     shift_cog,
+    tilt_cog,
 )
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers, ShowerWriter, read_showers, write_showers
@@ -37,6 +41,7 @@ from caloforge.models.caloclouds2 import (
 from caloforge.models.caloclouds2.data import load_training_data as _load_training_data
 from caloforge.models.caloclouds2.training import _Trainer
 from caloforge.models.nn import pointwise
+from caloforge.models.nn.couplinginverse import CouplingFlowInverse
 from caloforge.models.nn.edm import EDMDenoiser, edm_loss
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import (
@@ -402,6 +407,149 @@ def test_layer_energies_and_cog_restored():
     # The single steps are idempotent on data that already agrees.
     torch.testing.assert_close(rescale_layer_energies(out, mask, target_e), out)
     torch.testing.assert_close(shift_cog(out, mask, target_cog), out, rtol=0, atol=1e-4)
+
+
+def _layer_sums(points, mask):
+    layer = points[..., 2].floor().long().clamp(0, 29)
+    return torch.zeros(len(points), 30).scatter_add_(1, layer, points[..., 3] * mask)
+
+
+def _wide_showers(seed: int, n: int = 6, points: int = 600) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shower-like clouds: many points per layer around the axis, a few slots of padding."""
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.zeros(n, points, 4)
+    pts[..., :2] = torch.randn(n, points, 2, generator=g) * 12
+    pts[..., 2] = torch.randint(5, 20, (n, points), generator=g) + 0.5
+    pts[..., 3] = torch.rand(n, points, generator=g) + 0.05
+    mask = torch.arange(points) < torch.tensor([points - 7 * i for i in range(n)]).unsqueeze(1)
+    pts[~mask] = 0.0
+    return pts, mask
+
+
+def test_tilt_sets_the_centre_of_gravity_without_moving_points():
+    pts, mask = _wide_showers(4)
+    counts = torch.stack(
+        [torch.bincount(p[m, 2].long(), minlength=30) for p, m in zip(pts, mask, strict=True)]
+    )
+    target = torch.randn(6, 2)  # mm: the sub-cell offsets of real showers
+    out = tilt_cog(pts, mask, target, 30)
+    e = out[..., 3] * mask
+    cog = (out[..., :2] * e.unsqueeze(-1)).sum(1) / e.sum(1, keepdim=True)
+    torch.testing.assert_close(cog, target, rtol=0, atol=0.05)
+    torch.testing.assert_close(_layer_sums(out, mask), _layer_sums(pts, mask), rtol=1e-4, atol=1e-4)
+    assert torch.equal(out[..., :3], pts[..., :3]) and (out[..., 3][mask] > 0).all()
+    assert torch.equal(out[~mask], pts[~mask])
+    # A shower on a single point cannot tilt: it stays finite and keeps its energy.
+    one = torch.tensor([[[0.0, 0.0, 3.5, 2.0], [0.0, 0.0, 0.0, 0.0]]])
+    kept = tilt_cog(one, one[..., 3] > 0, torch.tensor([[4.0, -4.0]]), 30)
+    assert torch.equal(kept, one)
+    with pytest.raises(ValueError, match="unknown centre-of-gravity correction 'nudge': use shift, tilt"):
+        calibrate_points(pts, mask, counts, torch.ones(6, 30), target, cog="nudge")
+
+
+def test_radial_calibration_moves_energy_between_radii_only():
+    pts, mask = _wide_showers(6)
+    layer_e = _layer_sums(pts, mask)
+    core_heavier = RadialCalibration(5.0, (0.5, 0.2, 0.0, -0.2))
+    out = core_heavier.apply(pts, mask, layer_e)
+    torch.testing.assert_close(_layer_sums(out, mask), layer_e, rtol=1e-4, atol=1e-4)
+    r = pts[..., :2].norm(dim=-1)
+    share = lambda p: ((p[..., 3] * mask * (r < 5)).sum() / (p[..., 3] * mask).sum()).item()  # noqa: E731
+    assert share(out) > share(pts)
+    identity = RadialCalibration.identity(5.0, 4)
+    torch.testing.assert_close(identity.apply(pts, mask, layer_e), pts)
+    assert RadialCalibration.from_dict(json.loads(json.dumps(core_heavier.to_dict()))) == core_heavier
+    with pytest.raises(ValueError, match="at least two rings"):
+        RadialCalibration(5.0, (0.0,))
+
+
+def test_radial_fit_recovers_the_reference_ring_shares():
+    """Model showers twice as wide as the reference: the fit gives the reference's ring shares."""
+    rng = np.random.default_rng(3)
+
+    def showers(width: float, n: int, seed: int) -> PointShowers:
+        g = np.random.default_rng(seed)
+        pts = np.zeros((n, 400, 4), np.float32)
+        pts[..., :2] = g.normal(0, width, (n, 400, 2))
+        pts[..., 2] = g.integers(5, 15, (n, 400)) + 0.5
+        pts[..., 3] = g.exponential(2.0, (n, 400)) + 0.2
+        return PointShowers(np.full(n, 50.0), pts)
+
+    reference = ring_fractions(showers(6.0, 64, 1), ILD)[0].mean(0)
+    state = {"radial": None}
+
+    def sample(energy, gen):
+        model = showers(12.0, len(energy), int(rng.integers(1 << 30)))
+        if state["radial"] is None:
+            return model
+        pts = torch.from_numpy(model.points)
+        mask = torch.from_numpy(model.mask)
+        out = state["radial"].apply(pts, mask, _layer_sums(pts, mask))
+        return PointShowers(model.energy, out.numpy())
+
+    before = np.abs(ring_fractions(sample(torch.full((64,), 50.0), None), ILD)[0].mean(0) - reference)[
+        :4
+    ].sum()
+    fit = fit_radial_calibration(
+        sample, lambda r: state.update(radial=r), ILD, torch.full((64,), 50.0), reference, iterations=3
+    )
+    after = np.abs(ring_fractions(sample(torch.full((64,), 50.0), None), ILD)[0].mean(0) - reference)[
+        :4
+    ].sum()
+    assert after < 0.3 * before
+    assert fit.log_weights[0] > 0 > fit.log_weights[3]  # energy pulled into the core
+
+
+@pytest.mark.parametrize("hidden", [(16,), (16, 8)])
+def test_coupling_inverse_equals_the_flow(hidden):
+    flow = ShowerFlow(n_layers=30, hidden=hidden, transforms=3, max_points=50)
+    flow.fit_standardisation(flow.features(random_points(30, 50, seed=2), torch.Generator().manual_seed(0)))
+    energy = torch.tensor([10.0, 33.0, 90.0, 55.0])
+    noise = torch.randn(4, flow.n_features, generator=torch.Generator().manual_seed(1)) * 3  # tails too
+    torch.testing.assert_close(
+        CouplingFlowInverse(flow)(energy, noise),
+        flow.features_from_noise(energy, noise),
+        rtol=1e-4,
+        atol=1e-4,
+    )
+    with pytest.raises(ValueError, match="coupling transforms"):
+        CouplingFlowInverse(ShowerFlow(n_layers=3, hidden=(8,), transforms=1, passes=None))
+
+
+def test_coarser_clustering_trains_on_fewer_points(data_file, tmp_path):
+    fine = _load_training_data(data_file, TINY, None)
+    config = CaloClouds2Config.from_preset(
+        "smoke", cluster_per_cell=1, steps=4, flow_steps=2, calibration_showers=4
+    )
+    coarse = _load_training_data(data_file, config, None)
+    assert (
+        coarse.point_pitch_mm == pytest.approx(ILD.readout.cell_size_mm)
+        and fine.point_pitch_mm == ILD.fine_cell_mm
+    )
+    assert (
+        coarse.stats.n_points <= fine.stats.n_points
+    ).all() and coarse.stats.n_points.sum() < fine.stats.n_points.sum()
+    torch.testing.assert_close(coarse.stats.e_vis, fine.stats.e_vis, rtol=1e-4, atol=1e-3)
+    result = train(config, data_file, tmp_path / "run")
+    model = load_model(result.checkpoint)
+    assert model.config.cluster_per_cell == 1 and model.max_points == int(coarse.stats.n_points.max())
+    with pytest.raises(ValueError, match="cluster_per_cell must be at least 1"):
+        CaloClouds2Config(cluster_per_cell=0)
+
+
+def test_calibrate_sets_cog_correction_and_radial_weights(trained, data_file, tmp_path):
+    result, model = trained
+    assert model.cog_correction == "tilt" and model.radial_calibration is None
+    out = tmp_path / "radial.pt"
+    calibrate(result.checkpoint, data_file, out, cog="shift", radial=True, showers=8)
+    again = load_model(out)
+    assert again.cog_correction == "shift" and again.radial_calibration is not None
+    assert len(next(generate(again, [50.0]))) == 1
+    kept = tmp_path / "kept.pt"
+    save_for_inference(out, kept)
+    assert load_model(kept).radial_calibration == again.radial_calibration
+    with pytest.raises(ValueError, match="unknown centre-of-gravity correction 'nudge'"):
+        calibrate(result.checkpoint, data_file, tmp_path / "x.pt", cog="nudge")
 
 
 def test_n_points_calibration_inverts_hit_ratio():

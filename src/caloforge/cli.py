@@ -693,6 +693,19 @@ def calibrate(
     sigma_max: Annotated[
         float | None, typer.Option(help="Highest noise level of the sampler (default: the model's).")
     ] = None,
+    cog: Annotated[
+        str | None,
+        typer.Option(
+            help="CaloClouds II: how the centre of gravity is set, shift (whole cloud) or tilt (energies)."
+        ),
+    ] = None,
+    radial: Annotated[
+        bool | None,
+        typer.Option(
+            "--radial",
+            help="CaloClouds II: also fit energy weights by radius (the core/halo balance) first.",
+        ),
+    ] = None,
     showers: Annotated[
         int | None,
         typer.Option(
@@ -724,7 +737,15 @@ def calibrate(
     if out is not None:
         check_outputs({"--out": out}, {"--data": data, "--model": path})
         refuse_existing(out, overwrite)
-    options = {"sampler": sampler, "steps": steps, "sigma_max": sigma_max, "showers": showers, "bins": bins}
+    options = {
+        "sampler": sampler,
+        "steps": steps,
+        "sigma_max": sigma_max,
+        "cog": cog,
+        "radial": radial,
+        "showers": showers,
+        "bins": bins,
+    }
     with output_lock(out or path), progress_bar() as bar:
         line = family.part("calibrator")(path, data, out, seed=seed, progress=stage_progress(bar), **options)
     console.print(line)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from caloforge.calibrate import NPointsCalibration
+from caloforge.calibrate import COG_CORRECTIONS, NPointsCalibration, RadialCalibration
 from caloforge.detector import DetectorError, detector_from_dict
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
 from caloforge.models.caloclouds2.model import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CaloClouds2
@@ -38,6 +38,11 @@ def model_from_state(state: dict[str, Any], path: Path) -> CaloClouds2:
         model.calibration = NPointsCalibration.from_dict(state["calibration"])
         # Checkpoints written before the sampler was stored are EDM models sampled with Heun, 13 levels.
         model.sampler = SamplerSpec(**state.get("sampler", {}))
+        model.cog_correction = str(state.get("cog_correction", "shift"))
+        radial = state.get("radial_calibration")
+        model.radial_calibration = None if radial is None else RadialCalibration.from_dict(radial)
+        if model.cog_correction not in COG_CORRECTIONS:
+            raise ValueError(f"unknown centre-of-gravity correction '{model.cog_correction}'")
     except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
         raise CheckpointError(f"'{path}': the checkpoint does not describe a valid model: {exc}") from exc
     model.complete = bool(state["complete"])
@@ -53,7 +58,15 @@ def save_for_inference(checkpoint: str | Path, out: str | Path) -> Path:
     state = read_model_checkpoint(Path(checkpoint))
     keep = {
         k: state[k]
-        for k in ("format", "format_version", "caloforge_version", "sampler", *REQUIRED_KEYS)
+        for k in (
+            "format",
+            "format_version",
+            "caloforge_version",
+            "sampler",
+            "cog_correction",
+            "radial_calibration",
+            *REQUIRED_KEYS,
+        )
         if k in state
     }
     save_checkpoint(keep, out)

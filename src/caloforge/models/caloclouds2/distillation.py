@@ -215,6 +215,8 @@ class _Distiller:
         model.flow.load_state_dict(teacher.flow.state_dict())
         model.scaler.load_state_dict(teacher.scaler.state_dict())
         model.calibration = teacher.calibration
+        model.cog_correction = teacher.cog_correction
+        model.radial_calibration = teacher.radial_calibration
         model.net = self.ema.module
         model.sampler = SamplerSpec("consistency", 1, self.config.sigma_min, self.config.sigma_max)
         return model.eval()

@@ -50,12 +50,14 @@ import torch
 from torch import Tensor, nn
 
 from caloforge import __version__
-from caloforge.calibrate import rescale_layer_energies, shift_cog
+from caloforge.calibrate import rescale_layer_energies, shift_cog, tilt_cog
 from caloforge.io import atomic_output
 from caloforge.models.caloclouds2.checkpoint import load_model
 from caloforge.models.caloclouds2.config import SamplerSpec
-from caloforge.models.caloclouds2.generation import resolve_sampler
+from caloforge.models.caloclouds2.generation import _FlowInverse, resolve_sampler
 from caloforge.models.caloclouds2.model import CaloClouds2
+from caloforge.models.nn.couplinginverse import CouplingFlowInverse, supports_coupling_inverse
+from caloforge.models.nn.pointwise import FoldedPointWiseNet
 from caloforge.models.nn.showerflow import largest_remainder, layer_energies
 
 __all__ = ["EXPORT_FORMATS", "ExportedCaloClouds2", "OnnxGenerator", "default_max_points", "export_model"]
@@ -64,7 +66,7 @@ __all__ = ["EXPORT_FORMATS", "ExportedCaloClouds2", "OnnxGenerator", "default_ma
 EXPORT_FORMATS = ("onnx", "torchscript")
 
 INPUT_NAMES = ("energy", "flow_noise", "point_noise", "step_noise")
-OUTPUT_NAMES = ("layer_counts", "n_points", "points")
+OUTPUT_NAMES = ("layer_counts", "n_points", "points", "n_needed")
 
 
 def default_max_points(model: CaloClouds2) -> int:
@@ -118,9 +120,18 @@ class ExportedCaloClouds2(nn.Module):
         self.n_layers = model.detector.n_layers
         self.n_features = model.flow.n_features
         self.flow = model.flow
-        self.denoiser = model.denoiser
+        self.flow_inverse = (
+            CouplingFlowInverse(model.flow)
+            if supports_coupling_inverse(model.flow)
+            else _FlowInverse(model.flow)
+        )
+        # The folded net: one batched matmul per layer and shower instead of a linear map, a gate
+        # and a shift over every point.
+        self.denoiser = model.denoiser_for(FoldedPointWiseNet(model.net))
         self.scaler = model.scaler
         self.calibration = model.calibration
+        self.cog_correction = model.cog_correction
+        self.radial = model.radial_calibration
         self.eval()
 
     @property
@@ -153,25 +164,32 @@ class ExportedCaloClouds2(nn.Module):
     @torch.no_grad()
     def forward(
         self, energy: Tensor, flow_noise: Tensor, point_noise: Tensor, step_noise: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``energy`` ``(B,)`` GeV and standard normal noise -> ``(layer_counts, n_points, points)``."""
-        flow = self.flow.sample_from_noise(energy, flow_noise)
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``energy`` ``(B,)`` GeV and standard normal noise -> ``(layer_counts, n_points, points,
+        n_needed)``."""
+        flow = self.flow.decode(self.flow_inverse(energy, flow_noise), energy)
         n_flow = flow.n_points
         n = self.calibration(n_flow)
         counts = largest_remainder(flow.point_fractions, n)
         layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
-        # Showers larger than max_points keep their shallowest points.
-        kept = n.clamp(max=self.max_points)
+        # Showers larger than the noise's point axis keep their shallowest points.
+        slots = point_noise.shape[1]
+        kept = n.clamp(max=slots)
         bounds = counts.cumsum(dim=1).clamp(max=kept.unsqueeze(1))
         counts = bounds - torch.cat([torch.zeros_like(bounds[:, :1]), bounds[:, :-1]], dim=1)
-        mask = torch.arange(self.max_points, device=energy.device).unsqueeze(0) < kept.unsqueeze(1)
+        mask = torch.arange(slots, device=energy.device).unsqueeze(0) < kept.unsqueeze(1)
         x = point_noise * self.sampler.sigma_max
         z = self._sample(x, step_noise, {"energy": energy, "n_points": n_flow})
         points = _assign_layers(self.scaler.inverse(z), mask, counts)
         points = rescale_layer_energies(points, mask, layer_e)
-        points = shift_cog(points, mask, flow.cog[:, :2])
+        if self.radial is not None:
+            points = self.radial.apply(points, mask, layer_e)
+        if self.cog_correction == "tilt":
+            points = tilt_cog(points, mask, flow.cog[:, :2], self.n_layers)
+        else:
+            points = shift_cog(points, mask, flow.cog[:, :2])
         points = torch.where(mask.unsqueeze(-1), points, 0.0)
-        return counts, kept, points
+        return counts, kept, points, n
 
 
 def _sinh_symbolic(g: Any, x: Any) -> Any:
@@ -260,8 +278,9 @@ def export_model(
             torch.jit.save(traced, str(tmp), _extra_files={"caloforge.json": json.dumps(meta)})
         else:
             dynamic: dict[str, Any] = {name: {0: "batch"} for name in [*names, *OUTPUT_NAMES]}
+            dynamic["point_noise"] = dynamic["points"] = {0: "batch", 1: "slots"}
             if "step_noise" in dynamic:
-                dynamic["step_noise"] = {1: "batch"}
+                dynamic["step_noise"] = {1: "batch", 2: "slots"}
             # The TorchScript-based exporter (the dynamo one needs onnxscript) lacks aten::sinh.
             torch.onnx.register_custom_op_symbolic("aten::sinh", _sinh_symbolic, opset)
             try:
@@ -324,25 +343,42 @@ class OnnxGenerator:
         """PointWise Net evaluations per shower batch."""
         return self.sampler.network_calls
 
+    def _point_noise(self, rng: Any, b: int, width: int) -> dict[str, Any]:
+        import numpy as np
+
+        feed = {"point_noise": rng.standard_normal((b, width, 4), dtype=np.float32)}
+        if "step_noise" in self.inputs:
+            steps = self.sampler.n_steps - 1
+            feed["step_noise"] = rng.standard_normal((steps, b, width, 4), dtype=np.float32)
+        return feed
+
     def generate(self, energies_gev: Any, batch_size: int = 64, seed: int = 0) -> Any:
-        """Yield showers for ``energies_gev``, ``batch_size`` at a time."""
+        """Yield showers for ``energies_gev``, ``batch_size`` at a time.
+
+        A file with a dynamic point axis (``n_needed`` among its outputs) is run twice per
+        batch: once with one noise slot per shower, for the number of points the batch needs
+        (the Shower Flow and the N calibration; the point work is one slot), then with that many
+        slots. Older files get ``max_points`` slots per shower."""
         import numpy as np
 
         from caloforge.io import PointShowers
 
         rng = np.random.default_rng(seed)
         energies = np.asarray(energies_gev, dtype=np.float32).reshape(-1)
+        outputs = [o.name for o in self.session.get_outputs()]
         for start in range(0, len(energies), batch_size):
             energy = energies[start : start + batch_size]
             b = len(energy)
             feed = {
                 "energy": energy,
                 "flow_noise": rng.standard_normal((b, self.n_features), dtype=np.float32),
-                "point_noise": rng.standard_normal((b, self.max_points, 4), dtype=np.float32),
             }
-            if "step_noise" in self.inputs:
-                steps = self.sampler.n_steps - 1
-                feed["step_noise"] = rng.standard_normal((steps, b, self.max_points, 4), dtype=np.float32)
-            _, n_points, points = self.session.run(None, feed)
+            width = self.max_points
+            if "n_needed" in outputs:
+                (needed,) = self.session.run(["n_needed"], feed | self._point_noise(rng, b, 1))
+                width = min(max(int(needed.max()), 1), self.max_points)
+            _, n_points, points = self.session.run(
+                ["layer_counts", "n_points", "points"], feed | self._point_noise(rng, b, width)
+            )
             width = max(int(n_points.max()), 1)
             yield PointShowers(energy.astype(np.float64), points[:, :width])

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from caloforge import __version__
-from caloforge.calibrate import NPointsCalibration
+from caloforge.calibrate import NPointsCalibration, RadialCalibration
 from caloforge.detector import Detector
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
 from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
@@ -61,6 +61,11 @@ class CaloClouds2(nn.Module):
         self.scaler = PointScaler(target_std=config.sigma_data, half_size_mm=detector.half_size_mm)
         self.calibration = NPointsCalibration.identity(self.max_points)
         self.sampler = SamplerSpec()
+        # How the centre of gravity is set (caloforge.calibrate.calibrate_points): "tilt" for new
+        # models; checkpoints written before the choice existed were sampled with "shift".
+        self.cog_correction = "tilt"
+        # Energy weights by radius (caloforge.calibrate.RadialCalibration); None: none.
+        self.radial_calibration: RadialCalibration | None = None
 
     @property
     def denoiser(self) -> EDMDenoiser:
@@ -93,5 +98,9 @@ class CaloClouds2(nn.Module):
             "energy_range": list(self.energy_range),
             "calibration": self.calibration.to_dict(),
             "sampler": self.sampler.to_dict(),
+            "cog_correction": self.cog_correction,
+            "radial_calibration": None
+            if self.radial_calibration is None
+            else self.radial_calibration.to_dict(),
             "complete": self.complete,
         }

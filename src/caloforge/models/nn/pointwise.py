@@ -197,7 +197,8 @@ class FoldedPointWiseNet(nn.Module):
         layers = self.folded(self.net.context(c_noise, energy, n_points, latent))
         last, slope = len(layers) - 1, self.net.act.negative_slope
         h = x.to(self.dtype)
-        if x.device.type == "cpu" and not torch.is_grad_enabled() and fused_linear_available(self.dtype):
+        fused = x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
+        if fused and fused_linear_available(self.dtype):
             op = torch.ops.mkldnn._linear_pointwise  # no autograd formula: inference only
             out = torch.empty((*x.shape[:-1], self.net.widths[-1]), dtype=x.dtype, device=x.device)
             for b in range(x.shape[0]):
