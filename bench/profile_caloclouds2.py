@@ -67,9 +67,11 @@ def profile(
                 t = clock(f"PointWise Net, {model.sampler.network_calls} evaluation(s), {precision}", t)
                 points = model.scaler.inverse(z)
                 t = clock("inverse point scaling", t)
-                points = calibrate_points(points, mask, counts, layer_e, flow.cog[:, :2])
+                points = calibrate_points(
+                    points, mask, counts, layer_e, flow.cog[:, :2], model.cog_correction, model.radial_calibration
+                )
                 points = torch.where(mask.unsqueeze(-1), points, 0.0)
-                t = clock("point calibrations (layers, layer energies, CoG)", t)
+                t = clock("point calibrations (layers, layer energies, radial weights, CoG)", t)
                 writer.write(PointShowers(e.double().numpy(), points.numpy()))
                 clock(f"writing ({compression or 'uncompressed'} HDF5)", t)
             t = time.perf_counter()

@@ -300,3 +300,38 @@ def test_export_cli_writes_once(monkeypatch, tmp_path, capsys):
     (showers,) = list(gen.generate([15.0, 60.0], batch_size=2, seed=1))
     assert gen.detector.name == "ild-ecal" and gen.network_calls == 25
     assert len(showers) == 2 and (showers.n_points > 100).all()
+
+
+def test_onnx_generator_gives_every_shower_its_points(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from caloforge.models.caloclouds2.export import OnnxGenerator
+
+    model = _model(SamplerSpec("consistency", 1))
+    generator = OnnxGenerator(export_model(model, tmp_path / "cm.onnx", "onnx"), threads=1)
+    runs = []
+    run = generator.session.run
+
+    def recording(fetch, feed):
+        out = run(fetch, feed)
+        runs.append((feed["point_noise"].shape[1], dict(zip(fetch, out, strict=True))))
+        return out
+
+    generator.session.run = recording
+    energies = [12.0, 12.0, 90.0, 88.0, 50.0, 60.0]  # the second batch needs more points than the first
+    batches = list(generator.generate(energies, batch_size=2, seed=3))
+    assert runs[0][0] == 1 and list(runs[0][1]) == ["n_needed"]  # the first batch learns the width
+    full = [out for _, out in runs if "points" in out]
+    assert len(full) > len(batches)  # the second batch's guess was too narrow: run again, wider
+    # Each batch's last run gave every shower all its points.
+    last_of_batch = []
+    for width, out in runs:
+        if "points" in out and (out["n_needed"] <= width).all():
+            last_of_batch.append(out)
+    assert len(last_of_batch) == len(batches)
+    for batch, out in zip(batches, last_of_batch, strict=True):
+        assert np.array_equal(out["n_points"], out["n_needed"]) and np.array_equal(
+            batch.n_points, out["n_points"]
+        )
+    again = list(generator.generate(energies, batch_size=2, seed=3))
+    for a, b in zip(batches, again, strict=True):
+        np.testing.assert_array_equal(a.points, b.points)  # reproducible from the seed

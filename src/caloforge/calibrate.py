@@ -99,19 +99,20 @@ def assign_layers(points: Tensor, mask: Tensor, layer_counts: Tensor) -> Tensor:
     return out
 
 
-def _layer_index(points: Tensor, n_layers: int) -> Tensor:
-    return points[..., 2].floor().long().clamp(0, n_layers - 1)
+def _with_energy(points: Tensor, energy: Tensor) -> Tensor:
+    """``points`` with the energy column replaced (a concatenation: cheaper than an indexed
+    copy in an exported graph)."""
+    return torch.cat([points[..., :3], energy.unsqueeze(-1)], dim=-1)
 
 
 def rescale_layer_energies(points: Tensor, mask: Tensor, layer_energy: Tensor) -> Tensor:
     """Scale energies so each layer sums to ``layer_energy`` ``(B, L)`` (layers without points stay empty)."""
-    layer = _layer_index(points, layer_energy.shape[1])
-    e = points[..., 3] * mask
+    _, _, depth, energy = points.unbind(-1)
+    layer = depth.floor().long().clamp(0, layer_energy.shape[1] - 1)
+    e = energy * mask
     current = torch.zeros_like(layer_energy, dtype=e.dtype).scatter_add_(1, layer, e)
     factor = torch.where(current > 0, layer_energy.to(e.dtype) / current.clamp_min(1e-30), 0.0)
-    out = points.clone()
-    out[..., 3] = torch.where(mask, e * factor.gather(1, layer), points[..., 3])
-    return out
+    return _with_energy(points, torch.where(mask, e * factor.gather(1, layer), energy))
 
 
 def shift_cog(points: Tensor, mask: Tensor, cog_xy: Tensor) -> Tensor:
@@ -119,11 +120,8 @@ def shift_cog(points: Tensor, mask: Tensor, cog_xy: Tensor) -> Tensor:
     w = points[..., 3] * mask
     total = w.sum(dim=1, keepdim=True).clamp_min(1e-30)
     current = (points[..., :2] * w.unsqueeze(-1)).sum(dim=1) / total
-    out = points.clone()
-    out[..., :2] = torch.where(
-        mask.unsqueeze(-1), points[..., :2] + (cog_xy - current).unsqueeze(1), points[..., :2]
-    )
-    return out
+    xy = torch.where(mask.unsqueeze(-1), points[..., :2] + (cog_xy - current).unsqueeze(1), points[..., :2])
+    return torch.cat([xy, points[..., 2:]], dim=-1)
 
 
 _TILT_FLOOR = 1e-3
@@ -150,33 +148,34 @@ def tilt_cog(points: Tensor, mask: Tensor, cog_xy: Tensor, n_layers: int) -> Ten
     >>> out[..., :3].equal(pts[..., :3])
     True
     """
-    e = points[..., 3] * mask
-    layer = _layer_index(points, n_layers)
-    xy = points[..., :2]
-    weighted = torch.cat([e.unsqueeze(-1), xy * e.unsqueeze(-1)], dim=-1)  # (B, P, 3)
-    sums = torch.zeros_like(weighted[:, :1]).expand(-1, n_layers, -1).contiguous()  # (B, L, 3), traceable
-    sums.scatter_add_(1, layer.unsqueeze(-1).expand(-1, -1, 3), weighted)
-    mean_l = sums[..., 1:] / sums[..., :1].clamp_min(1e-30)  # (B, L, 2)
-    d = (xy - mean_l.gather(1, layer.unsqueeze(-1).expand(-1, -1, 2))) * mask.unsqueeze(-1)
+    x, y, _, energy = points.unbind(-1)
+    e = energy * mask
+    layer = points[..., 2].floor().long().clamp(0, n_layers - 1)
+    zeros = torch.zeros_like(e[:, :1]).expand(-1, n_layers)  # (B, L), traceable
+
+    def per_layer(values: Tensor) -> Tensor:
+        return zeros.scatter_add(1, layer, values)
+
+    e_l = per_layer(e)
+    safe = e_l.clamp_min(1e-30)
+    dx = (x - (per_layer(e * x) / safe).gather(1, layer)) * mask
+    dy = (y - (per_layer(e * y) / safe).gather(1, layer)) * mask
     total = e.sum(dim=1).clamp_min(1e-30)
-    shift = cog_xy.to(e.dtype) - (xy * e.unsqueeze(-1)).sum(dim=1) / total.unsqueeze(-1)
+    shift_x = cog_xy[:, 0].to(e.dtype) - (e * x).sum(dim=1) / total
+    shift_y = cog_xy[:, 1].to(e.dtype) - (e * y).sum(dim=1) / total
     # The 2 x 2 covariance, solved in closed form (exportable; 0.25 mm^2, nothing beside a real
     # shower's spread, keeps a shower on one line or point solvable).
-    dx, dy = d.unbind(-1)
     cxx = (e * dx * dx).sum(dim=1) / total + 0.25
     cyy = (e * dy * dy).sum(dim=1) / total + 0.25
     cxy = (e * dx * dy).sum(dim=1) / total
     det = cxx * cyy - cxy * cxy
-    wx = (cyy * shift[:, 0] - cxy * shift[:, 1]) / det
-    wy = (cxx * shift[:, 1] - cxy * shift[:, 0]) / det
-    factor = (1 + dx * wx.unsqueeze(1) + dy * wy.unsqueeze(1)).clamp_min(_TILT_FLOOR)
-    tilted = e * factor
+    wx = (cyy * shift_x - cxy * shift_y) / det
+    wy = (cxx * shift_y - cxy * shift_x) / det
+    tilted = e * (1 + dx * wx.unsqueeze(1) + dy * wy.unsqueeze(1)).clamp_min(_TILT_FLOOR)
     # Clipped factors add energy: give every layer its energy back.
-    new = torch.zeros_like(sums[..., 0]).scatter_add_(1, layer, tilted)
-    keep = torch.where(new > 0, sums[..., 0] / new.clamp_min(1e-30), 0.0)
-    out = points.clone()
-    out[..., 3] = torch.where(mask, tilted * keep.gather(1, layer), points[..., 3])
-    return out
+    new = per_layer(tilted)
+    keep = torch.where(new > 0, e_l / new.clamp_min(1e-30), 0.0)
+    return _with_energy(points, torch.where(mask, tilted * keep.gather(1, layer), energy))
 
 
 @dataclass(frozen=True)
@@ -190,6 +189,7 @@ class RadialCalibration:
     in each one-cell-wide ring is Geant4's: it corrects a point model whose core is a little
     too wide without moving any point.
 
+    >>> import math
     >>> cal = RadialCalibration(5.0, (math.log(2.0), 0.0))
     >>> pts = torch.tensor([[[0.0, 0.0, 0.5, 1.0], [0.0, 9.0, 0.5, 1.0]]])
     >>> cal.apply(pts, torch.ones(1, 2, dtype=torch.bool), torch.tensor([[3.0]]))[0, :, 3].tolist()
@@ -220,9 +220,8 @@ class RadialCalibration:
 
     def apply(self, points: Tensor, mask: Tensor, layer_energy: Tensor) -> Tensor:
         """Weighted energies, each layer rescaled to ``layer_energy`` ``(B, L)``."""
-        out = points.clone()
-        out[..., 3] = torch.where(mask, points[..., 3] * self.weights(points), points[..., 3])
-        return rescale_layer_energies(out, mask, layer_energy)
+        e = torch.where(mask, points[..., 3] * self.weights(points), points[..., 3])
+        return rescale_layer_energies(_with_energy(points, e), mask, layer_energy)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers, for a checkpoint."""

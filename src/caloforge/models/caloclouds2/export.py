@@ -84,11 +84,16 @@ def _assign_layers(points: Tensor, mask: Tensor, layer_counts: Tensor) -> Tensor
         order = torch.argsort(depth, dim=1)
     else:
         order = torch.argsort(depth, dim=1, stable=True)
-    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
+    slots = order.shape[1]
+    positions = torch.arange(slots, device=order.device).expand_as(order)
     rank = torch.zeros_like(order).scatter(1, order, positions)
-    bounds = layer_counts.cumsum(dim=1)
-    # searchsorted(bounds, rank, right=True) is the number of bounds <= rank.
-    layer = (bounds.unsqueeze(1) <= rank.unsqueeze(-1)).sum(dim=-1).clamp(max=layer_counts.shape[1] - 1)
+    # The layer of sorted position j is the number of layer bounds <= j: count the bounds at
+    # each position (a scatter-add), then a running sum.
+    bounds = layer_counts.cumsum(dim=1).clamp(max=slots)
+    at = torch.cat([torch.zeros_like(order), torch.zeros_like(order[:, :1])], dim=1)
+    at = at.scatter_add(1, bounds, torch.ones_like(bounds))
+    by_position = at[:, :slots].cumsum(dim=1).clamp(max=layer_counts.shape[1] - 1)
+    layer = by_position.gather(1, rank)
     depth_out = torch.where(mask, layer.to(points.dtype) + 0.5, points[..., 2])
     return torch.cat([points[..., :2], depth_out.unsqueeze(-1), points[..., 3:]], dim=-1)
 
@@ -355,30 +360,38 @@ class OnnxGenerator:
     def generate(self, energies_gev: Any, batch_size: int = 64, seed: int = 0) -> Any:
         """Yield showers for ``energies_gev``, ``batch_size`` at a time.
 
-        A file with a dynamic point axis (``n_needed`` among its outputs) is run twice per
-        batch: once with one noise slot per shower, for the number of points the batch needs
-        (the Shower Flow and the N calibration; the point work is one slot), then with that many
-        slots. Older files get ``max_points`` slots per shower."""
+        A file with a dynamic point axis (``n_needed`` among its outputs) gets as many noise
+        slots per shower as the batch needs: the first batch is run once with one slot (the
+        Shower Flow and N calibration; the point work is nothing) to learn that number, later
+        batches guess it from the batch before (+10 %) and are run again, wider, in the rare
+        case that was too few. Older files get ``max_points`` slots."""
         import numpy as np
 
         from caloforge.io import PointShowers
 
         rng = np.random.default_rng(seed)
         energies = np.asarray(energies_gev, dtype=np.float32).reshape(-1)
-        outputs = [o.name for o in self.session.get_outputs()]
+        dynamic = "n_needed" in [o.name for o in self.session.get_outputs()]
+        fetch = ["layer_counts", "n_points", "points", "n_needed"] if dynamic else None
+        guess = 0
         for start in range(0, len(energies), batch_size):
             energy = energies[start : start + batch_size]
             b = len(energy)
-            feed = {
-                "energy": energy,
-                "flow_noise": rng.standard_normal((b, self.n_features), dtype=np.float32),
-            }
-            width = self.max_points
-            if "n_needed" in outputs:
-                (needed,) = self.session.run(["n_needed"], feed | self._point_noise(rng, b, 1))
-                width = min(max(int(needed.max()), 1), self.max_points)
-            _, n_points, points = self.session.run(
-                ["layer_counts", "n_points", "points"], feed | self._point_noise(rng, b, width)
-            )
+            flow_noise = rng.standard_normal((b, self.n_features), dtype=np.float32)
+            feed = {"energy": energy, "flow_noise": flow_noise}
+            if not dynamic:
+                noise = self._point_noise(rng, b, self.max_points)
+                _, n_points, points = self.session.run(None, feed | noise)
+            else:
+                if guess == 0:
+                    (needed,) = self.session.run(["n_needed"], feed | self._point_noise(rng, b, 1))
+                    guess = int(needed.max())
+                while True:
+                    width = min(max(guess, 1), self.max_points)
+                    noise = self._point_noise(rng, b, width)
+                    _, n_points, points, needed = self.session.run(fetch, feed | noise)
+                    guess = -(-int(needed.max()) * 11 // 10)
+                    if int(needed.max()) <= width:
+                        break
             width = max(int(n_points.max()), 1)
             yield PointShowers(energy.astype(np.float64), points[:, :width])

@@ -197,6 +197,12 @@ class FoldedPointWiseNet(nn.Module):
         layers = self.folded(self.net.context(c_noise, energy, n_points, latent))
         last, slope = len(layers) - 1, self.net.act.negative_slope
         h = x.to(self.dtype)
+        if torch.onnx.is_in_onnx_export():
+            # Exported to ONNX: a loop over showers, one small matmul per layer and shower, so
+            # each shower's activations stay in the cache as in the fused path below. (A
+            # TorchScript file cannot hold the compiled loop: it gets the batched matmuls.)
+            flat = [t for weight, bias in layers for t in (weight.transpose(1, 2), bias)]
+            return _per_shower_layers(len(layers))(h, slope, *flat).to(x.dtype)
         fused = x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
         if fused and fused_linear_available(self.dtype):
             op = torch.ops.mkldnn._linear_pointwise  # no autograd formula: inference only
@@ -215,6 +221,26 @@ class FoldedPointWiseNet(nn.Module):
             if i < last:
                 h = F.leaky_relu(h, slope)
         return h.to(x.dtype)
+
+
+@functools.cache
+def _per_shower_layers(n_layers: int) -> torch.jit.ScriptFunction:
+    """A TorchScript function ``(h (B, P, in), slope, w0 (B, in, out), b0 (B, out), ...) -> (B,
+    P, 4)`` running ``n_layers`` per-shower linear layers (LeakyReLU between) in a loop over
+    showers: traced code keeps the loop (an ONNX ``Loop``), and the layers are unrolled in it."""
+    args = ", ".join(f"w{i}: Tensor, b{i}: Tensor" for i in range(n_layers))
+    body = []
+    for i in range(n_layers):
+        body.append(f"        x = torch.addmm(b{i}[s], {'h[s]' if i == 0 else 'x'}, w{i}[s])")
+        if i < n_layers - 1:
+            body.append("        x = torch.nn.functional.leaky_relu(x, slope)")
+    source = (
+        f"def per_shower(h: Tensor, slope: float, {args}) -> Tensor:\n"
+        "    outs: List[Tensor] = []\n"
+        "    for s in range(h.shape[0]):\n" + "\n".join(body) + "\n        outs.append(x)\n"
+        "    return torch.stack(outs)\n"
+    )
+    return torch.jit.CompilationUnit(source).per_shower
 
 
 def dequantize(points: Tensor, fine_cell_mm: float, generator: torch.Generator | None = None) -> Tensor:
@@ -288,12 +314,13 @@ class PointScaler(nn.Module):
         w = z / self.target_std * self.scale + self.loc
         limit = math.asinh(self.half_size_mm / self.xy_soft_mm)
         lo, hi = self.log_e_range[0] - self.energy_margin, self.log_e_range[1] + self.energy_margin
+        x, y, depth, log_e = w.unbind(-1)  # one split (not four gathers) in an exported graph
         return torch.stack(
             [
-                torch.sinh(w[..., 0].clamp(-limit, limit)) * self.xy_soft_mm,
-                torch.sinh(w[..., 1].clamp(-limit, limit)) * self.xy_soft_mm,
-                w[..., 2],
-                w[..., 3].clamp(lo, hi).exp(),
+                torch.sinh(x.clamp(-limit, limit)) * self.xy_soft_mm,
+                torch.sinh(y.clamp(-limit, limit)) * self.xy_soft_mm,
+                depth,
+                log_e.clamp(lo, hi).exp(),
             ],
             dim=-1,
         )
