@@ -68,7 +68,13 @@ def profile(
                 points = model.scaler.inverse(z)
                 t = clock("inverse point scaling", t)
                 points = calibrate_points(
-                    points, mask, counts, layer_e, flow.cog[:, :2], model.cog_correction, model.radial_calibration
+                    points,
+                    mask,
+                    counts,
+                    layer_e,
+                    flow.cog[:, :2],
+                    model.cog_correction,
+                    model.radial_calibration,
                 )
                 points = torch.where(mask.unsqueeze(-1), points, 0.0)
                 t = clock("point calibrations (layers, layer energies, radial weights, CoG)", t)

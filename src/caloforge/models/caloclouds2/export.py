@@ -7,8 +7,8 @@ scaling and point calibrations — with every random number an input, so that it
 deterministic and can be compared across runtimes. :func:`export_model` traces it and writes
 an ``.onnx`` or TorchScript ``.pt`` file (see ``docs/export.md``).
 
-Inputs (``B`` showers, batch axis dynamic; ``F = 2 L + 2`` flow features, ``L`` layers,
-``P = max_points``):
+Inputs (``B`` showers and ``P`` point slots, both axes dynamic — ``P`` up to ``max_points``,
+the most the model makes; ``F = 2 L + 2`` flow features, ``L`` layers):
 
 =============  ======================  ===========================================================
 name           shape, type             meaning
@@ -27,6 +27,8 @@ layer_counts   ``(B, L)`` int64        points per layer (sums to ``n_points``)
 n_points       ``(B,)`` int64          points of each shower, ``<= P``
 points         ``(B, P, 4)`` float32   ``x mm, y mm, layer coordinate l + 0.5, E MeV``; the first
                                        ``n_points`` slots are the shower, the rest are zero
+n_needed       ``(B,)`` int64          points each shower asked for (``n_points = min(n_needed,
+                                       P)``): run with ``P = 1`` to learn it cheaply
 =============  ======================  ===========================================================
 
 Given the same noise, the output equals :func:`~caloforge.models.caloclouds2.generation`'s: the
@@ -184,7 +186,8 @@ class ExportedCaloClouds2(nn.Module):
         counts = bounds - torch.cat([torch.zeros_like(bounds[:, :1]), bounds[:, :-1]], dim=1)
         mask = torch.arange(slots, device=energy.device).unsqueeze(0) < kept.unsqueeze(1)
         x = point_noise * self.sampler.sigma_max
-        z = self._sample(x, step_noise, {"energy": energy, "n_points": n_flow})
+        # `active`: the net skips each shower's padded slots (the ONNX loop; ignored otherwise).
+        z = self._sample(x, step_noise, {"energy": energy, "n_points": n_flow, "active": kept})
         points = _assign_layers(self.scaler.inverse(z), mask, counts)
         points = rescale_layer_energies(points, mask, layer_e)
         if self.radial is not None:
@@ -193,12 +196,17 @@ class ExportedCaloClouds2(nn.Module):
             points = tilt_cog(points, mask, flow.cog[:, :2], self.n_layers)
         else:
             points = shift_cog(points, mask, flow.cog[:, :2])
-        points = torch.where(mask.unsqueeze(-1), points, 0.0)
+        # A product, not a where: ONNX Runtime's Where is not vectorised (every slot is finite).
+        points = points * mask.unsqueeze(-1).to(points.dtype)
         return counts, kept, points, n
 
 
 def _sinh_symbolic(g: Any, x: Any) -> Any:
-    return g.op("Sinh", x)
+    # (e^x - e^-x) / 2 with one Exp: ONNX Runtime's Exp is vectorised, its Sinh is not (4x slower
+    # here). The inputs are clamped to |x| <= asinh(half size / soft scale), so nothing overflows.
+    e = g.op("Exp", x)
+    half = g.op("Constant", value_t=torch.tensor(0.5))
+    return g.op("Mul", g.op("Sub", e, g.op("Reciprocal", e)), half)
 
 
 def export_metadata(module: ExportedCaloClouds2, model: CaloClouds2) -> dict[str, str]:
@@ -220,15 +228,15 @@ def export_metadata(module: ExportedCaloClouds2, model: CaloClouds2) -> dict[str
         "outputs": ", ".join(OUTPUT_NAMES),
         "description": (
             f"inputs: energy (B,) float32 GeV; flow_noise (B, {module.n_features}) float32 N(0,1); "
-            f"point_noise (B, {module.max_points}, 4) float32 N(0,1)"
+            f"point_noise (B, P, 4) float32 N(0,1), P <= {module.max_points} point slots"
             + (
-                f"; step_noise ({module.step_noise_steps}, B, {module.max_points}, 4) float32 N(0,1)"
+                f"; step_noise ({module.step_noise_steps}, B, P, 4) float32 N(0,1)"
                 if module.step_noise_steps
                 else ""
             )
             + f". outputs: layer_counts (B, {module.n_layers}) int64; n_points (B,) int64; "
-            f"points (B, {module.max_points}, 4) float32 [x mm, y mm, layer + 0.5, E MeV], "
-            "zero beyond n_points"
+            "points (B, P, 4) float32 [x mm, y mm, layer + 0.5, E MeV], zero beyond n_points; "
+            "n_needed (B,) int64, the points each shower asked for"
         ),
     }
 

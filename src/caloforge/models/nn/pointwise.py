@@ -191,18 +191,28 @@ class FoldedPointWiseNet(nn.Module):
         return out
 
     def forward(
-        self, x: Tensor, c_noise: Tensor, energy: Tensor, n_points: Tensor, latent: Tensor | None = None
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        energy: Tensor,
+        n_points: Tensor,
+        latent: Tensor | None = None,
+        active: Tensor | None = None,
     ) -> Tensor:
-        """Same contract as :meth:`PointWiseNet.forward`."""
+        """Same contract as :meth:`PointWiseNet.forward`. ``active`` ``(B,)`` (ONNX export only):
+        each shower's first ``active[b]`` points are the real ones; the rest come out zero."""
         layers = self.folded(self.net.context(c_noise, energy, n_points, latent))
         last, slope = len(layers) - 1, self.net.act.negative_slope
         h = x.to(self.dtype)
         if torch.onnx.is_in_onnx_export():
-            # Exported to ONNX: a loop over showers, one small matmul per layer and shower, so
-            # each shower's activations stay in the cache as in the fused path below. (A
-            # TorchScript file cannot hold the compiled loop: it gets the batched matmuls.)
+            # Exported to ONNX: a loop over showers, one small matmul per layer and shower (only
+            # over its real points), so each shower's activations stay in the cache as in the
+            # fused path below. (A TorchScript file cannot hold the compiled loop: it gets the
+            # batched matmuls.)
             flat = [t for weight, bias in layers for t in (weight.transpose(1, 2), bias)]
-            return _per_shower_layers(len(layers))(h, slope, *flat).to(x.dtype)
+            if active is None:
+                active = torch.full((x.shape[0],), x.shape[1], dtype=torch.long)
+            return _per_shower_layers(len(layers))(h, slope, active, *flat).to(x.dtype)
         fused = x.device.type == "cpu" and not torch.is_grad_enabled() and not torch.jit.is_tracing()
         if fused and fused_linear_available(self.dtype):
             op = torch.ops.mkldnn._linear_pointwise  # no autograd formula: inference only
@@ -225,17 +235,19 @@ class FoldedPointWiseNet(nn.Module):
 
 @functools.cache
 def _per_shower_layers(n_layers: int) -> torch.jit.ScriptFunction:
-    """A TorchScript function ``(h (B, P, in), slope, w0 (B, in, out), b0 (B, out), ...) -> (B,
-    P, 4)`` running ``n_layers`` per-shower linear layers (LeakyReLU between) in a loop over
-    showers: traced code keeps the loop (an ONNX ``Loop``), and the layers are unrolled in it."""
+    """A TorchScript function ``(h (B, P, in), slope, active (B,), w0 (B, in, out), b0 (B, out),
+    ...) -> (B, P, out)`` running ``n_layers`` per-shower linear layers (LeakyReLU between) on
+    the first ``active[s]`` points of each shower (the other rows: zero) in a loop over showers:
+    traced code keeps the loop (an ONNX ``Loop``), and the layers are unrolled in it."""
     args = ", ".join(f"w{i}: Tensor, b{i}: Tensor" for i in range(n_layers))
-    body = []
+    body = ["        k = int(active[s])"]
     for i in range(n_layers):
-        body.append(f"        x = torch.addmm(b{i}[s], {'h[s]' if i == 0 else 'x'}, w{i}[s])")
+        body.append(f"        x = torch.addmm(b{i}[s], {'h[s, :k]' if i == 0 else 'x'}, w{i}[s])")
         if i < n_layers - 1:
             body.append("        x = torch.nn.functional.leaky_relu(x, slope)")
+    body.append("        x = torch.nn.functional.pad(x, [0, 0, 0, h.shape[1] - k])")
     source = (
-        f"def per_shower(h: Tensor, slope: float, {args}) -> Tensor:\n"
+        f"def per_shower(h: Tensor, slope: float, active: Tensor, {args}) -> Tensor:\n"
         "    outs: List[Tensor] = []\n"
         "    for s in range(h.shape[0]):\n" + "\n".join(body) + "\n        outs.append(x)\n"
         "    return torch.stack(outs)\n"
