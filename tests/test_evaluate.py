@@ -150,8 +150,24 @@ def test_small_candidate_is_handled_with_a_note(files, tmp_path):
 TINY = EvaluationConfig(n_draws=2, classifier_splits=2, classifier_epochs=2, plots=False)
 
 
-def _heldout_cm() -> dict:
-    return json.loads(asset_path("heldout_figures.json").read_text())["figures"]["caloclouds2-cm"]
+def _heldout_cm(weights: str = "caloclouds2_cm_cpu.pt") -> dict:
+    entries = json.loads(asset_path("heldout_figures.json").read_text())["figures"]["caloclouds2-cm"]
+    (entry,) = [e for e in entries if e["model"] == weights]
+    return entry
+
+
+@pytest.mark.parametrize("weights", ["caloclouds2_cm_cpu.pt", "caloclouds2_cm_fast_cpu.pt"])
+def test_heldout_figure_of_each_shipped_model_sharing_a_label(weights):
+    from types import SimpleNamespace
+
+    from caloforge.evaluate import _heldout, _heldout_figures
+
+    figures = _heldout_figures()
+    sample = SimpleNamespace(generator="caloclouds2-cm", attrs={"model": f"/somewhere/{weights}"})
+    assert _heldout(sample, figures) == _heldout_cm(weights)
+    assert asset_path(weights).is_file()
+    other = SimpleNamespace(generator="caloclouds2-cm", attrs={"model": "runs/mine/checkpoint.pt"})
+    assert _heldout(other, figures) is None
 
 
 @pytest.fixture(scope="module")

@@ -410,16 +410,18 @@ def _heldout_figures() -> dict[str, Any]:
 def _heldout(sample: _Sample, figures: dict[str, Any]) -> dict[str, Any] | None:
     """The held-out figures of the shipped model that made ``sample``, if any.
 
-    Matched on the generator label; where the entry names the shipped weights (``model``) and
-    the file names other weights (a model trained by the user), there is no figure to show.
+    Matched on the generator label (a label several shipped models share holds a list of
+    entries); where an entry names the shipped weights (``model``) and the file names other
+    weights (a model trained by the user), that entry is not the file's figure.
     """
-    entry = figures.get(sample.generator)
-    if entry is None:
+    entries = figures.get(sample.generator)
+    if entries is None:
         return None
     made_by = sample.attrs.get("model")
-    if "model" in entry and made_by is not None and Path(str(made_by)).name != entry["model"]:
-        return None
-    return entry
+    for entry in entries if isinstance(entries, list) else [entries]:
+        if "model" not in entry or made_by is None or Path(str(made_by)).name == entry["model"]:
+            return entry
+    return None
 
 
 def _heldout_text(heldout: dict[str, Any] | None, key: str) -> str | None:
