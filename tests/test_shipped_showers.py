@@ -20,7 +20,14 @@ import pytest
 from caloforge.models import GenerationRequest, generate_batches, registry
 
 PINS = Path(__file__).parent / "data" / "shipped_showers.json"
-MODELS = ("caloclouds2-cm", "caloclouds2", "caloclouds1", "calodream", "calodream-lavit")
+MODELS = (
+    "caloclouds2-cm",
+    "caloclouds2-cm-fast",
+    "caloclouds2",
+    "caloclouds1",
+    "calodream",
+    "calodream-lavit",
+)
 ENERGIES = [12.0, 35.0, 60.0, 88.0]
 SEED = 7
 

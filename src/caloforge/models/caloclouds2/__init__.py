@@ -69,8 +69,16 @@ FAMILY = Family(
     exporter="caloforge.models.caloclouds2.export:export_model",
     runner="caloforge.models.caloclouds2.export:OnnxGenerator",
     commands="caloforge.models.caloclouds2.cli:add_commands",
-    shipped={"caloclouds2": "caloclouds2_cpu.pt", "caloclouds2-cm": "caloclouds2_cm_cpu.pt"},
-    bench_models=(("CaloClouds II (25 NFE)", "caloclouds2"), ("CaloClouds II (CM, 1 NFE)", "caloclouds2-cm")),
+    shipped={
+        "caloclouds2": "caloclouds2_cpu.pt",
+        "caloclouds2-cm": "caloclouds2_cm_cpu.pt",
+        "caloclouds2-cm-fast": "caloclouds2_cm_fast_cpu.pt",
+    },
+    bench_models=(
+        ("CaloClouds II (25 NFE)", "caloclouds2"),
+        ("CaloClouds II (CM fast, 1 NFE)", "caloclouds2-cm-fast"),
+        ("CaloClouds II (CM, 1 NFE)", "caloclouds2-cm"),
+    ),
 )
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
