@@ -44,6 +44,7 @@ __all__ = [
     "NPointsCalibration",
     "RadialCalibration",
     "assign_layers",
+    "calibrate_energies",
     "calibrate_points",
     "count_hits",
     "fit_n_points_calibration",
@@ -300,17 +301,31 @@ def calibrate_points(
     cog: str = "shift",
     radial: RadialCalibration | None = None,
 ) -> Tensor:
-    """All the point calibrations in order: layers, layer energies, the radial weights (if
-    ``radial``), centre of gravity (``cog``: ``shift``, :func:`shift_cog`, or ``tilt``,
-    :func:`tilt_cog`)."""
+    """All the point calibrations in order: layers (:func:`assign_layers`), then
+    :func:`calibrate_energies`."""
     points = assign_layers(points, mask, layer_counts)
-    points = rescale_layer_energies(points, mask, layer_energy)
-    if radial is not None:
+    return calibrate_energies(points, mask, layer_energy, cog_xy, cog, radial)
+
+
+def calibrate_energies(
+    points: Tensor,
+    mask: Tensor,
+    layer_energy: Tensor,
+    cog_xy: Tensor,
+    cog: str = "shift",
+    radial: RadialCalibration | None = None,
+) -> Tensor:
+    """The calibrations after the layer assignment (traceable): layer energies — with the radial
+    weights if ``radial`` (:meth:`RadialCalibration.apply` rescales the layers itself) — then
+    the centre of gravity (``cog``: ``shift``, :func:`shift_cog`, or ``tilt``, :func:`tilt_cog`)."""
+    if cog not in COG_CORRECTIONS:
+        raise ValueError(f"unknown centre-of-gravity correction '{cog}': use {', '.join(COG_CORRECTIONS)}")
+    if radial is None:
+        points = rescale_layer_energies(points, mask, layer_energy)
+    else:
         points = radial.apply(points, mask, layer_energy)
     if cog == "tilt":
         return tilt_cog(points, mask, cog_xy, layer_energy.shape[1])
-    if cog != "shift":
-        raise ValueError(f"unknown centre-of-gravity correction '{cog}': use {', '.join(COG_CORRECTIONS)}")
     return shift_cog(points, mask, cog_xy)
 
 

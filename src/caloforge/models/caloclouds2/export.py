@@ -52,7 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge import __version__
-from caloforge.calibrate import rescale_layer_energies, shift_cog, tilt_cog
+from caloforge.calibrate import calibrate_energies
 from caloforge.io import atomic_output
 from caloforge.models.caloclouds2.checkpoint import load_model
 from caloforge.models.caloclouds2.config import SamplerSpec
@@ -189,13 +189,7 @@ class ExportedCaloClouds2(nn.Module):
         # `active`: the net skips each shower's padded slots (the ONNX loop; ignored otherwise).
         z = self._sample(x, step_noise, {"energy": energy, "n_points": n_flow, "active": kept})
         points = _assign_layers(self.scaler.inverse(z), mask, counts)
-        points = rescale_layer_energies(points, mask, layer_e)
-        if self.radial is not None:
-            points = self.radial.apply(points, mask, layer_e)
-        if self.cog_correction == "tilt":
-            points = tilt_cog(points, mask, flow.cog[:, :2], self.n_layers)
-        else:
-            points = shift_cog(points, mask, flow.cog[:, :2])
+        points = calibrate_energies(points, mask, layer_e, flow.cog[:, :2], self.cog_correction, self.radial)
         # A product, not a where: ONNX Runtime's Where is not vectorised (every slot is finite).
         points = points * mask.unsqueeze(-1).to(points.dtype)
         return counts, kept, points, n
