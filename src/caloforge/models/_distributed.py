@@ -38,6 +38,7 @@ __all__ = [
     "distributed",
     "from_environment",
     "launch",
+    "run_in_processes",
     "shard",
     "sync_gradients",
     "world",
@@ -284,3 +285,18 @@ def launch(
         codes = ", ".join(f"rank {r} exit code {p.exitcode}" for r, p in enumerate(procs))
         raise RuntimeError(f"the training processes ended without a result ({codes})")
     return done[0][2]
+
+
+def run_in_processes(target: Callable[..., Any], nproc: int, *args: Any, threads: int | None) -> Any:
+    """``target(*args)`` (a module-level training function) on ``nproc`` local processes
+    (``--nproc``), in the process group of a ``torchrun`` start, or here; the result of rank 0
+    (None on the other ranks, which report nothing)."""
+    if nproc > 1:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("--nproc inside a torchrun start: give the process count to torchrun only")
+        return launch(target, nproc, *args, threads=threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    with distributed() as w:
+        result = target(*args)
+    return result if w.main else None

@@ -42,6 +42,7 @@ __all__ = [
     "run_to_end",
     "save_checkpoint",
     "save_finite_checkpoint",
+    "train_run",
 ]
 
 #: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
@@ -438,6 +439,37 @@ def run_to_end(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     trainer.model.complete = trainer.step >= config.steps
+
+
+def train_run(
+    config: Any,
+    data_path: str | Path,
+    out_dir: str | Path,
+    *,
+    check_state: Callable[[dict[str, Any], Path], dict[str, Any]],
+    load: Callable[[str | Path], Any],
+    make_trainer: Callable[[Any, Any], Any],
+    resume: bool = False,
+    progress: Progress | None = None,
+    max_minutes: float | None = None,
+) -> TrainResult:
+    """One training run of a family, the shape every family's ``train`` shares: open the run in
+    ``out_dir`` (:func:`open_run`: a fresh directory, or the checked state to resume), ``load``
+    the data of ``data_path`` (progress stage ``load``), ``make_trainer(config, data)``, run it
+    to ``config.steps`` (:func:`run_to_end`), write the final checkpoint and return the
+    :class:`TrainResult` (parameters from ``trainer.model.n_parameters()``)."""
+    start = time.monotonic()
+    ckpt, state = open_run(out_dir, config, resume, check_state)
+    if progress is not None:
+        progress("load", 0, 1)
+    data = load(data_path)
+    if progress is not None:
+        progress("load", 1, 1)
+    trainer = make_trainer(config, data)
+    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
+    trainer.save(ckpt)
+    model = trainer.model
+    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
 
 
 def _check_divergence(

@@ -43,10 +43,12 @@ __all__ = [
     "Family",
     "GenerationError",
     "GenerationRequest",
+    "Option",
     "OutputKind",
     "Plan",
     "SamplerInfo",
     "ShowerGenerator",
+    "Training",
     "UnsupportedError",
     "batch_conditions",
     "batch_seed",
@@ -218,7 +220,8 @@ def batch_seed(seed: int, index: int) -> int:
     >>> batch_seed(0, 1) == batch_seed(0, 1) != batch_seed(0, 2)
     True
     """
-    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0] >> 1)
+    # Shift a Python int: numpy 1.x refuses ``np.uint64 >> int`` under its casting rules.
+    return int(np.random.SeedSequence([seed % 2**63, index]).generate_state(1, np.uint64)[0]) >> 1
 
 
 def batch_conditions(
@@ -292,6 +295,113 @@ def _resolve(reference: str) -> Any:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A setting a family takes on a command, declared once: ``caloforge train <command>`` shows
+    it as ``--name`` (typed, with ``help``), ``caloforge info`` lists it.
+
+    ``target`` says where the value goes: ``"config"`` (a field of the run's config, ``field``
+    when it is named otherwise) or ``"train"`` (a keyword of the family's train function).
+    ``parse`` names a text parser (``"widths"``: ``4,64,64,4`` → a tuple of ints); ``min`` is
+    the smallest number accepted. ``None`` (the default) means "the preset's / the function's".
+
+    >>> Option("steps", int, "Training steps.", min=1).flag
+    '--steps'
+    """
+
+    name: str
+    type: type
+    help: str
+    default: Any = None
+    min: float | None = None
+    target: Literal["config", "train"] = "config"
+    field: str | None = None
+    parse: str | None = None
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling, ``--max-showers`` for ``max_showers``."""
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def key(self) -> str:
+        """The config field or train keyword the value goes to."""
+        return self.field or self.name
+
+
+def steps_option(help: str = "Training steps (default: the preset's).", name: str = "steps") -> Option:
+    """The ``--steps`` option most trainings take."""
+    return Option(name, int, help, min=1)
+
+
+def batch_size_option(least: int = 1) -> Option:
+    """The ``--batch-size`` option, at least ``least``."""
+    return Option("batch_size", int, "Batch size (default: the preset's).", min=least)
+
+
+def max_showers_option(least: int = 20, target: Literal["config", "train"] = "train") -> Option:
+    """``--max-showers N``: train on the first N showers of the file only."""
+    return Option(
+        "max_showers", int, "Train on the first N showers of the file only.", min=least, target=target
+    )
+
+
+@dataclass(frozen=True)
+class Training:
+    """How a family trains one of its networks: the ``caloforge train <command>`` it answers.
+
+    ``config`` names a :class:`~caloforge.models._config.PresetConfig` class (its presets are
+    the ``--preset`` choices; ``config_fixed`` fields are set for this command); ``train``
+    names the function every run goes through::
+
+        train(config, data_path=..., out_dir=..., resume=..., progress=..., max_minutes=...,
+              **train_fixed, **train_options) -> TrainResult
+
+    which runs the shared loop of :mod:`caloforge.models._training` (checkpoints, resume,
+    Ctrl-C, time budget, divergence guard). ``options`` are the family's own settings;
+    ``distributed``: the training runs on several processes (``--nproc``, torchrun).
+    """
+
+    command: str
+    title: str
+    summary: str
+    config: str
+    train: str
+    data_help: str
+    preset_help: str = "cpu (2 CPU cores), paper (published sizes, for a GPU) or smoke (tests)."
+    options: tuple[Option, ...] = ()
+    config_fixed: Mapping[str, Any] = field(default_factory=dict)
+    train_fixed: Mapping[str, Any] = field(default_factory=dict)
+    distributed: bool = False
+
+    def config_class(self) -> Any:
+        """The config class (imports the family's config module)."""
+        return _resolve(self.config)
+
+    def make_config(self, preset: str, seed: int, values: Mapping[str, Any]) -> Any:
+        """The run's config: ``preset`` with ``seed``, the fixed fields and the config options
+        given (not None) in ``values``."""
+        overrides = {
+            o.key: values[o.name]
+            for o in self.options
+            if o.target == "config" and values.get(o.name) is not None
+        }
+        return self.config_class().from_preset(preset, seed=seed, **self.config_fixed, **overrides)
+
+    def train_options(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The train keywords: the fixed ones and the train options given (not None)."""
+        given = {
+            o.key: values[o.name]
+            for o in self.options
+            if o.target == "train" and values.get(o.name) is not None
+        }
+        return dict(self.train_fixed) | given
+
+    def run(self, config: Any, data: Path, out: Path, **kwargs: Any) -> Any:
+        """Train: the family's train function with the run's arguments."""
+        return _resolve(self.train)(config, data_path=data, out_dir=out, **kwargs)
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a family supports beyond generating on one CPU process.
 
@@ -326,7 +436,9 @@ class Family:
     * ``exporter(path, out, format, **options) -> Path``;
     * ``runner(path, threads)`` — runs an exported ONNX file: ``.generate(energies, batch_size)``,
       ``.detector``, ``.network_calls``;
-    * ``commands(train_app, app)`` — adds the family's ``caloforge train …`` sub-commands;
+    * ``trainings`` — how its networks train (:class:`Training`): each is a ``caloforge train``
+      command, built by the command line from the declaration;
+    * ``commands(train_app, app)`` — adds the family's other commands (``distill``, …);
     * ``shipped`` — shipped model names → asset file names;
     * ``bench_models`` — the shipped models ``caloforge bench`` times by default, ``(label, name)``;
     * ``output`` — the kind of files its models write (:data:`OutputKind`).
@@ -342,6 +454,7 @@ class Family:
     exporter: str | None = None
     runner: str | None = None
     commands: str | None = None
+    trainings: tuple[Training, ...] = ()
     shipped: Mapping[str, str] = field(default_factory=dict)
     bench_models: tuple[tuple[str, str], ...] = ()
 

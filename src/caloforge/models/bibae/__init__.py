@@ -13,7 +13,15 @@ package imports none of its modules: the names below load theirs on first use.
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Training,
+    batch_size_option,
+    lazy_exports,
+    max_showers_option,
+    steps_option,
+)
 
 _EXPORTS = {
     "BIBAEConfig": "config",
@@ -37,7 +45,21 @@ FAMILY = Family(
     loader="caloforge.models.bibae.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
-    commands="caloforge.models.bibae.cli:add_commands",
+    trainings=(
+        Training(
+            command="bibae",
+            title="BIB-AE",
+            summary=(
+                "Train BIB-AE (3-d convolutional autoencoder with critics and a post-processor) on cell "
+                "images."
+            ),
+            config="caloforge.models.bibae.config:BIBAEConfig",
+            train="caloforge.models.bibae.training:train",
+            data_help="Training cell-image file (voxels on a cell grid, e.g. ild-ecal-30).",
+            preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
+            options=(steps_option(), batch_size_option(2), max_showers_option()),
+        ),
+    ),
     shipped={"bibae": "bibae_ild30_cpu.pt"},
     bench_models=(("BIB-AE", "bibae"),),
 )

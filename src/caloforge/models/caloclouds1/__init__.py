@@ -17,7 +17,15 @@ Modules: :mod:`.config`, :mod:`.model`, :mod:`.checkpoint`, :mod:`.training`,
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Option,
+    Training,
+    lazy_exports,
+    max_showers_option,
+    steps_option,
+)
 
 _EXPORTS = {
     "CaloClouds1Config": "config",
@@ -41,7 +49,36 @@ FAMILY = Family(
     formats=("caloforge-caloclouds1",),
     loader="caloforge.models.caloclouds1.generation:load_generator",
     capabilities=Capabilities(workers=True),
-    commands="caloforge.models.caloclouds1.cli:add_commands",
+    trainings=(
+        Training(
+            command="caloclouds1",
+            title="CaloClouds (I)",
+            summary="Train CaloClouds (I) (EPiC encoder + Latent Flow + DDPM PointWise Net + calibration).",
+            config="caloforge.models.caloclouds1.config:CaloClouds1Config",
+            train="caloforge.models.caloclouds1.training:train",
+            data_help="Training point-cloud file (e.g. from `caloforge simulate`).",
+            preset_help="cpu (under an hour on 2 cores), paper or smoke.",
+            options=(
+                Option(
+                    "flow_from",
+                    str,
+                    "CaloClouds II model whose Shower Flow is used: 'caloclouds2' (shipped) or a run.",
+                    default="caloclouds2",
+                    target="train",
+                ),
+                steps_option(),
+                max_showers_option(1, target="config"),
+                Option(
+                    "widths",
+                    str,
+                    "PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's).",
+                    field="net_widths",
+                    parse="widths",
+                ),
+                Option("latent_dim", int, "Latent size (default: the preset's).", min=1),
+            ),
+        ),
+    ),
     shipped={"caloclouds1": "caloclouds1_cpu.pt"},
     bench_models=(("CaloClouds (100 NFE)", "caloclouds1"),),
 )

@@ -20,7 +20,15 @@ imports none of them: the names below load their module on first use.
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Option,
+    Training,
+    lazy_exports,
+    max_showers_option,
+    steps_option,
+)
 
 #: Public names → the module that defines them (loaded on first access).
 _EXPORTS = {
@@ -69,6 +77,38 @@ FAMILY = Family(
     exporter="caloforge.models.caloclouds2.export:export_model",
     runner="caloforge.models.caloclouds2.export:OnnxGenerator",
     commands="caloforge.models.caloclouds2.cli:add_commands",
+    trainings=(
+        Training(
+            command="caloclouds2",
+            title="CaloClouds II",
+            summary=(
+                "Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."
+            ),
+            config="caloforge.models.caloclouds2.config:CaloClouds2Config",
+            train="caloforge.models.caloclouds2.training:train",
+            data_help="Training point-cloud file (e.g. from `caloforge simulate`).",
+            preset_help="cpu (minutes on a laptop), paper (published sizes, GPU) or smoke.",
+            options=(
+                steps_option("PointWise Net steps (default: the preset's)."),
+                Option("flow_steps", int, "Shower Flow steps (default: the preset's).", min=0),
+                max_showers_option(1, target="config"),
+                Option(
+                    "widths",
+                    str,
+                    "PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's).",
+                    field="net_widths",
+                    parse="widths",
+                ),
+                Option(
+                    "cluster_per_cell",
+                    int,
+                    "Re-cluster the points on N squares per cell side (a divisor of 6; fewer points).",
+                    min=1,
+                ),
+            ),
+            distributed=True,
+        ),
+    ),
     shipped={
         "caloclouds2": "caloclouds2_cpu.pt",
         "caloclouds2-cm": "caloclouds2_cm_cpu.pt",

@@ -1,17 +1,15 @@
-"""``caloforge train caloclouds2`` and ``caloforge distill``."""
+"""``caloforge distill`` (``caloforge train caloclouds2`` is declared in the family's ``trainings``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from caloforge.cliutils import (
     MaxMinutesOption,
-    NprocOption,
     ResumeOption,
-    SeedOption,
     ThreadsOption,
     given,
     progress_bar,
@@ -19,7 +17,6 @@ from caloforge.cliutils import (
     seed_option,
     set_threads,
     stage_progress,
-    train_in_processes,
 )
 from caloforge.cliutils import (
     widths as parse_widths,
@@ -27,68 +24,8 @@ from caloforge.cliutils import (
 
 
 def add_commands(train_app: typer.Typer, app: typer.Typer) -> None:
-    """Add CaloClouds II's commands to the ``train`` group and the main app."""
-    train_app.command("caloclouds2")(train_caloclouds2)
+    """Add ``caloforge distill`` to the main app."""
     app.command("distill")(distill)
-
-
-def train_caloclouds2(
-    data: Annotated[Path, typer.Option(help="Training point-cloud file (e.g. from `caloforge simulate`).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, MODEL card data).")],
-    preset: Annotated[
-        str, typer.Option(help="cpu (minutes on a laptop) or paper (published sizes, GPU).")
-    ] = "cpu",
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="PointWise Net steps (default: the preset's).")
-    ] = None,
-    flow_steps: Annotated[
-        int | None, typer.Option(min=0, help="Shower Flow steps (default: the preset's).")
-    ] = None,
-    max_showers: Annotated[
-        int | None, typer.Option(min=1, help="Use only the first N training showers.")
-    ] = None,
-    widths: Annotated[
-        str | None,
-        typer.Option(help="PointWise Net layer widths, e.g. 4,64,128,64,4 (default: the preset's)."),
-    ] = None,
-    cluster_per_cell: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="Re-cluster the points on N squares per cell side (a divisor of 6; fewer points)."
-        ),
-    ] = None,
-    seed: SeedOption = 0,
-    resume: ResumeOption = False,
-    max_minutes: MaxMinutesOption = None,
-    threads: ThreadsOption = None,
-    nproc: NprocOption = 1,
-) -> None:
-    """Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."""
-    from caloforge.models.caloclouds2 import CaloClouds2Config
-
-    shape = parse_widths(widths, "--widths")
-    overrides = given(
-        steps=steps,
-        flow_steps=flow_steps,
-        max_showers=max_showers,
-        net_widths=shape,
-        cluster_per_cell=cluster_per_cell,
-    )
-    config = CaloClouds2Config.from_preset(preset, seed=seed, **overrides)
-    result = train_in_processes(_train, nproc, config, data, out, resume, max_minutes, threads=threads)
-    if result is not None:
-        report_run(result)
-
-
-def _train(config: Any, data: Path, out: Path, resume: bool, max_minutes: float | None) -> Any:
-    """One training process (of one or several): rank 0 shows the progress."""
-    from caloforge.models._distributed import world
-    from caloforge.models.caloclouds2 import train
-
-    if not world().main:
-        return train(config, data, out, resume=resume, max_minutes=max_minutes)
-    with progress_bar() as bar:
-        return train(config, data, out, resume=resume, progress=stage_progress(bar), max_minutes=max_minutes)
 
 
 def distill(

@@ -21,7 +21,57 @@ names below load theirs on first use.
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from pathlib import Path
+
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Option,
+    Training,
+    batch_size_option,
+    lazy_exports,
+    steps_option,
+)
+
+_DREAM_VOXELS = "Training voxel file (`caloforge simulate --voxel-out`)."
+_DREAM_PRESETS = "cpu (about an hour on 2 cores), paper (GPU) or smoke."
+_DREAM_SHAPE_OPTIONS = (
+    Option(
+        "energy_model",
+        Path,
+        "A trained energy run, embedded so that the shape model generates on its own.",
+        target="train",
+    ),
+    Option(
+        "vae",
+        Path,
+        "A trained VAE run: train the latent variant (laViT) in its latent space.",
+        target="train",
+        field="vae_model",
+    ),
+    Option(
+        "target",
+        str,
+        "What the ViT learns: logit-fraction (the paper's) or log-energy (log E/threshold, "
+        "empty voxels on a slab under it). Default: the preset's.",
+        field="shape_target",
+    ),
+)
+
+
+def _dream_training(part: str, title: str, summary: str, options: tuple[Option, ...] = ()) -> Training:
+    return Training(
+        command=f"calodream-{part}",
+        title=title,
+        summary=summary,
+        config="caloforge.models.calodream.config:CaloDreamConfig",
+        train="caloforge.models.calodream.training:train",
+        data_help=_DREAM_VOXELS,
+        preset_help=_DREAM_PRESETS,
+        options=(*options, steps_option(), batch_size_option()),
+        train_fixed={"part": part},
+    )
+
 
 _EXPORTS = {
     **dict.fromkeys(
@@ -86,6 +136,24 @@ FAMILY = Family(
     capabilities=Capabilities(calibrate=True, export=(), gpu=False, workers=True, precisions=("float32",)),
     calibrator="caloforge.models.calodream.calibration:calibrate_command",
     commands="caloforge.models.calodream.cli:add_commands",
+    trainings=(
+        _dream_training(
+            "energy",
+            "CaloDREAM energy network",
+            "Train CaloDREAM's energy network (transfusion CFM over the 45 layer-energy variables).",
+        ),
+        _dream_training(
+            "shape",
+            "CaloDREAM shape network",
+            "Train CaloDREAM's shape network (3-d ViT CFM over voxel fractions, or laViT with --vae).",
+            _DREAM_SHAPE_OPTIONS,
+        ),
+        _dream_training(
+            "vae",
+            "CaloDREAM VAE",
+            "Train the VAE whose latent space the laViT shape network works in.",
+        ),
+    ),
     shipped={"calodream": "calodream_ds2_cpu.pt", "calodream-lavit": "calodream_lavit_ds2_cpu.pt"},
     bench_models=(("CaloDREAM ViT", "calodream"), ("CaloDREAM laViT", "calodream-lavit")),
 )

@@ -12,7 +12,15 @@ imports none of its modules: the names below load theirs on first use.
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Training,
+    batch_size_option,
+    lazy_exports,
+    max_showers_option,
+    steps_option,
+)
 
 _EXPORTS = {
     "CaloINNConfig": "config",
@@ -38,7 +46,20 @@ FAMILY = Family(
     loader="caloforge.models.caloinn.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
-    commands="caloforge.models.caloinn.cli:add_commands",
+    trainings=(
+        Training(
+            command="caloinn",
+            title="CaloINN flow",
+            summary=(
+                "Train CaloINN (spline coupling flow over layer and voxel log energies) on voxel showers."
+            ),
+            config="caloforge.models.caloinn.config:CaloINNConfig",
+            train="caloforge.models.caloinn.training:train",
+            data_help="Training voxel file (`caloforge simulate --voxel-out`).",
+            preset_help="cpu (under an hour on 2 cores), paper or smoke.",
+            options=(steps_option(), batch_size_option(), max_showers_option()),
+        ),
+    ),
     shipped={"caloinn": "caloinn_ds2_cpu.pt"},
     bench_models=(("CaloINN", "caloinn"),),
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,10 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     ema_training_state,
-    open_run,
     optimizer_step,
     restore_ema_training,
-    run_to_end,
     save_finite_checkpoint,
+    train_run,
 )
 from caloforge.models.caloinn.checkpoint import check_state
 from caloforge.models.caloinn.config import CaloINNConfig
@@ -155,18 +153,17 @@ def train(
     log-likelihood per feature of the training batches, ``val``: of the EMA flow on the
     held-back validation showers).
     """
-    start = time.monotonic()
-    ckpt, state = open_run(out_dir, config, resume, check_state)
-    if progress is not None:
-        progress("load", 0, 1)
-    data = load_voxels(data_path, max_showers)
-    if progress is not None:
-        progress("load", 1, 1)
-    trainer = _Trainer(config, data)
-    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
-    trainer.save(ckpt)
-    model = trainer.model
-    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
+    return train_run(
+        config,
+        data_path,
+        out_dir,
+        check_state=check_state,
+        load=lambda path: load_voxels(path, max_showers),
+        make_trainer=_Trainer,
+        resume=resume,
+        progress=progress,
+        max_minutes=max_minutes,
+    )
 
 
 __all__ = ["STANDARDISATION_SHOWERS", "Voxels", "load_voxels", "train"]

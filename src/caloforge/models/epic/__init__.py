@@ -6,7 +6,42 @@ Their checkpoints say which variant they are (format ``caloforge-epic-gan`` / ``
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Option,
+    Training,
+    batch_size_option,
+    lazy_exports,
+    steps_option,
+)
+
+_EPIC_OPTIONS = (
+    Option(
+        "particles", int, "Leading particles per jet (30 or 150).", default=30, min=1, field="n_particles"
+    ),
+    Option(
+        "conditional", bool, "Condition on jet pT, mass and multiplicity (default: FM, JeDi yes; GAN no)."
+    ),
+    steps_option(),
+    batch_size_option(),
+    Option("max_jets", int, "Train on the first N jets only.", min=20, target="train"),
+)
+
+
+def _epic_training(variant: str, title: str) -> Training:
+    return Training(
+        command=f"epic-{variant}",
+        title=title,
+        summary=f"Train {title} (EPiC layers) on jets as particle clouds.",
+        config="caloforge.models.epic.config:EPiCConfig",
+        train="caloforge.models.epic.training:train",
+        data_help="Training jet file (`caloforge simulate-jets`, or JetNet's).",
+        preset_help="cpu (about 15 minutes on 2 cores), paper or smoke.",
+        options=_EPIC_OPTIONS,
+        config_fixed={"variant": variant},
+    )
+
 
 _EXPORTS = {
     "EPiCConfig": "config",
@@ -29,7 +64,11 @@ FAMILY = Family(
     loader="caloforge.models.epic.generation:load_generator",
     output="jets",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
-    commands="caloforge.models.epic.cli:add_commands",
+    trainings=(
+        _epic_training("gan", "EPiC-GAN"),
+        _epic_training("fm", "EPiC-FM"),
+        _epic_training("jedi", "EPiC-JeDi"),
+    ),
     shipped={
         "epic-gan": "epic_gan_t30_cpu.pt",
         "epic-fm": "epic_fm_t30_cpu.pt",

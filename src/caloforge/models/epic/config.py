@@ -89,6 +89,15 @@ class EPiCConfig(PresetConfig):
             raise ValueError("EPiC config: ema_decay must lie in [0, 1) and val_fraction in [0, 0.5)")
 
     @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> EPiCConfig:
+        """The preset ``name`` with some fields replaced; with ``variant=`` in ``overrides``, that
+        variant's own defaults first (:meth:`for_variant`)."""
+        variant = overrides.pop("variant", None)
+        if variant is None:
+            return super().from_preset(name, **overrides)
+        return cls.for_variant(variant, name, **overrides)
+
+    @classmethod
     def for_variant(cls, variant: str, preset: str = "cpu", **overrides: Any) -> EPiCConfig:
         """The preset ``preset`` with ``variant``'s own defaults, then ``overrides``."""
         if variant not in VARIANTS:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,9 @@ from caloforge.jets.io import Jets, read_jets
 from caloforge.models._training import (
     Progress,
     TrainResult,
-    open_run,
     optimizer_step,
-    run_to_end,
     save_finite_checkpoint,
+    train_run,
 )
 from caloforge.models.epic.checkpoint import check_state
 from caloforge.models.epic.config import EPiCConfig
@@ -221,15 +219,14 @@ def train(
     Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at the end; ``resume=True``
     continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
     """
-    start = time.monotonic()
-    ckpt, state = open_run(out_dir, config, resume, check_state)
-    if progress is not None:
-        progress("load", 0, 1)
-    jets = load_jets(data_path, config.n_particles, max_jets)
-    if progress is not None:
-        progress("load", 1, 1)
-    trainer = _Trainer(config, jets)
-    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
-    trainer.save(ckpt)
-    model = trainer.model
-    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
+    return train_run(
+        config,
+        data_path,
+        out_dir,
+        check_state=check_state,
+        load=lambda path: load_jets(path, config.n_particles, max_jets),
+        make_trainer=_Trainer,
+        resume=resume,
+        progress=progress,
+        max_minutes=max_minutes,
+    )

@@ -12,7 +12,15 @@ load theirs on first use.
 
 from __future__ import annotations
 
-from caloforge.models.protocol import Capabilities, Family, lazy_exports
+from caloforge.models.protocol import (
+    Capabilities,
+    Family,
+    Training,
+    batch_size_option,
+    lazy_exports,
+    max_showers_option,
+    steps_option,
+)
 
 _EXPORTS = {
     "L2LFlowsConfig": "config",
@@ -35,7 +43,22 @@ FAMILY = Family(
     loader="caloforge.models.l2lflows.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
-    commands="caloforge.models.l2lflows.cli:add_commands",
+    trainings=(
+        Training(
+            command="l2lflows",
+            title="L2LFlows flows",
+            summary=(
+                "Train L2LFlows (a layer-energy flow and one convolutional flow per layer) on cell images."
+            ),
+            config="caloforge.models.l2lflows.config:L2LFlowsConfig",
+            train="caloforge.models.l2lflows.training:train",
+            data_help=(
+                "Training image file on a cell-grid detector (`caloforge convert --detector ild-ecal-30`)."
+            ),
+            preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
+            options=(steps_option(), batch_size_option(), max_showers_option()),
+        ),
+    ),
     shipped={"l2lflows": "l2lflows_ild30_cpu.pt"},
     bench_models=(("L2LFlows", "l2lflows"),),
 )

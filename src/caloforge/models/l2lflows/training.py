@@ -3,7 +3,6 @@ flow conditioned on the true previous layers), one-cycle schedule, EMA; checkpoi
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     ema_training_state,
-    open_run,
     optimizer_step,
     restore_ema_training,
-    run_to_end,
     save_finite_checkpoint,
+    train_run,
 )
 from caloforge.models.l2lflows.checkpoint import check_state
 from caloforge.models.l2lflows.config import L2LFlowsConfig
@@ -160,18 +158,17 @@ def train(
     ``nll_cells``: negative log-likelihood per feature of the training batches, ``val``: their
     sum for the EMA flows on the held-back validation showers).
     """
-    start = time.monotonic()
-    ckpt, state = open_run(out_dir, config, resume, check_state)
-    if progress is not None:
-        progress("load", 0, 1)
-    data = load_images(data_path, max_showers)
-    if progress is not None:
-        progress("load", 1, 1)
-    trainer = _Trainer(config, data)
-    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
-    trainer.save(ckpt)
-    model = trainer.model
-    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
+    return train_run(
+        config,
+        data_path,
+        out_dir,
+        check_state=check_state,
+        load=lambda path: load_images(path, max_showers),
+        make_trainer=_Trainer,
+        resume=resume,
+        progress=progress,
+        max_minutes=max_minutes,
+    )
 
 
 __all__ = ["CONVERT_HINT", "STANDARDISATION_SHOWERS", "Images", "load_images", "train"]

@@ -1,0 +1,143 @@
+"""``caloforge train <command>``, built from what each family declares (:class:`~caloforge.
+models.protocol.Training`): one command body for every family.
+
+Every training command takes ``--data``, ``--out``, ``--preset``, the family's own options
+(typed, with their help text), ``--seed``, ``--resume``, ``--max-minutes`` and ``--threads``;
+a training that runs on several processes also takes ``--nproc``. The run goes through the
+family's train function and so through the shared loop of :mod:`caloforge.models._training`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from caloforge.cliutils import (
+    MaxMinutesOption,
+    NprocOption,
+    ResumeOption,
+    SeedOption,
+    ThreadsOption,
+    console,
+    progress_bar,
+    report_run,
+    set_threads,
+    stage_progress,
+)
+from caloforge.cliutils import widths as parse_widths
+from caloforge.models.protocol import Family, Option, Training
+
+__all__ = ["PARSERS", "add_training_commands", "option_parameter", "training_command"]
+
+#: Text parsers an :class:`Option` can name (``parse=``): ``(text, flag) -> value``.
+PARSERS: dict[str, Callable[[str, str], Any]] = {"widths": parse_widths}
+
+
+def option_parameter(option: Option) -> inspect.Parameter:
+    """The typer parameter of a family option: ``--name`` of its type (None: not given)."""
+    kind: Any = str if option.parse else option.type
+    if kind in (int, float):
+        info = typer.Option(option.flag, help=option.help, min=option.min)
+    elif kind is bool:  # --name/--no-name
+        info = typer.Option(help=option.help)
+    else:
+        info = typer.Option(option.flag, help=option.help)
+    annotation = Annotated[kind | None, info]  # type: ignore[valid-type]
+    return inspect.Parameter(
+        option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=annotation
+    )
+
+
+def _parameters(training: Training) -> list[inspect.Parameter]:
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    data = Annotated[Path, typer.Option(help=training.data_help)]
+    out = Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint.pt, train_log.jsonl).")]
+    preset = Annotated[str, typer.Option(help=training.preset_help)]
+    params = [
+        inspect.Parameter("data", keyword, annotation=data),
+        inspect.Parameter("out", keyword, annotation=out),
+        inspect.Parameter("preset", keyword, default="cpu", annotation=preset),
+        *(option_parameter(o) for o in training.options),
+        inspect.Parameter("seed", keyword, default=0, annotation=SeedOption),
+        inspect.Parameter("resume", keyword, default=False, annotation=ResumeOption),
+        inspect.Parameter("max_minutes", keyword, default=None, annotation=MaxMinutesOption),
+        inspect.Parameter("threads", keyword, default=None, annotation=ThreadsOption),
+    ]
+    if training.distributed:
+        params.append(inspect.Parameter("nproc", keyword, default=1, annotation=NprocOption))
+    return params
+
+
+def training_command(family: Family, training: Training) -> Callable[..., None]:
+    """The typer command of ``training`` (its signature built from the declaration)."""
+
+    def command(**values: Any) -> None:
+        run_training_command(family.name, training, values)
+
+    params = _parameters(training)
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = training.summary
+    command.__name__ = f"train_{training.command.replace('-', '_')}"
+    return command
+
+
+def add_training_commands(train_app: typer.Typer, family: Family) -> None:
+    """Add one ``caloforge train <command>`` per training ``family`` declares."""
+    for training in family.trainings:
+        train_app.command(training.command)(training_command(family, training))
+
+
+def run_training_command(family_name: str, training: Training, values: dict[str, Any]) -> None:
+    """The body of every ``caloforge train`` command: config from the preset and the options,
+    then the run (on ``--nproc`` processes where the training allows), then its report."""
+    from caloforge.models._distributed import run_in_processes
+
+    values = dict(values)
+    data, out, preset, seed = values.pop("data"), values.pop("out"), values.pop("preset"), values.pop("seed")
+    resume, max_minutes = values.pop("resume"), values.pop("max_minutes")
+    threads, nproc = values.pop("threads"), values.pop("nproc", 1)
+    for option in training.options:
+        if option.parse and values.get(option.name) is not None:
+            values[option.name] = PARSERS[option.parse](values[option.name], option.flag)
+    config = training.make_config(preset, seed, values)
+    kwargs = training.train_options(values)
+    args = (family_name, training.command, config, data, out, resume, max_minutes, kwargs)
+    result = run_in_processes(_train_one, nproc, *args, threads=threads) if training.distributed else None
+    if not training.distributed:
+        set_threads(threads)
+        result = _train_one(*args)
+    if result is None:  # another rank of a data-parallel run: rank 0 reports
+        return
+    if result.parameters:
+        n = sum(result.parameters.values())
+        console.print(f"{training.title}: {n:,} parameters; last losses {result.losses}")
+    report_run(result)
+
+
+def _train_one(
+    family_name: str,
+    command: str,
+    config: Any,
+    data: Path,
+    out: Path,
+    resume: bool,
+    max_minutes: float | None,
+    kwargs: dict[str, Any],
+) -> Any:
+    """One training process (of one or several; module level, so spawned processes can run
+    it): rank 0 shows the progress."""
+    from caloforge.models._distributed import world
+    from caloforge.models.registry import get_family
+
+    (training,) = [t for t in get_family(family_name).trainings if t.command == command]
+    if not world().main:
+        return training.run(config, data, out, resume=resume, max_minutes=max_minutes, **kwargs)
+    with progress_bar() as bar:
+        return training.run(
+            config, data, out, resume=resume, progress=stage_progress(bar), max_minutes=max_minutes, **kwargs
+        )
