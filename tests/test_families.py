@@ -232,3 +232,54 @@ def test_a_family_from_outside_runs_through_generate_workers_and_evaluate(
     metrics = json.loads((report / "metrics.json").read_text())
     (candidate,) = metrics["candidates"]
     assert candidate["classifier_auc"][0] > 0.9  # an analytic toy is easy to tell from Geant4
+
+
+def test_a_family_from_outside_trains_through_the_trainer_contract(gaussian, tmp_path):
+    """A plug-in family declares a Training and gets ``caloforge train <command>`` with the shared
+    loop: a fit that finds the numbers the data were made with, a time budget and --resume."""
+    data, run = tmp_path / "data.h5", tmp_path / "run"
+    truth = gaussian_family.save_model(tmp_path / "truth.pt", points_per_gev=20.0, width_mm=15.0, depth=9.0)
+    generate_file(truth, np.linspace(10.0, 90.0, 200), data, seed=1)
+    env = os.environ | {"CALOFORGE_FAMILIES": "gaussian_family:FAMILY"}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(gaussian_family.__file__), env.get("PYTHONPATH", "")]
+    )
+
+    def train(*extra):
+        args = [sys.executable, "-m", "caloforge", "train", "gaussian", "--data", data, "--out", run, *extra]
+        return subprocess.run(list(map(str, args)), env=env, capture_output=True, text=True, timeout=300)
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "caloforge", "train", "gaussian", "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "--lr" in help_text and "--steps" in help_text and "--resume" in help_text
+    first = train("--preset", "smoke", "--max-minutes", "0.0001")  # stops after its first step
+    assert first.returncode == 0, first.stderr
+    assert "stopped at step 1 of 200" in first.stdout
+    again = train("--preset", "smoke")
+    assert again.returncode == 2 and "exists: resume it" in again.stdout + again.stderr
+    done = train("--preset", "smoke", "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "complete" in done.stdout and "Gaussian test: 3 parameters" in done.stdout
+    state = read_checkpoint(run / "checkpoint.pt")
+    assert state["complete"] and state["train"]["step"] == 200
+    assert state["points_per_gev"] == pytest.approx(20.0, rel=0.15)
+    assert state["width_mm"] == pytest.approx(15.0, rel=0.15)
+    assert state["depth"] == pytest.approx(9.0, rel=0.15)
+    fitted = registry.load_generator(run)
+    assert fitted.complete and fitted.family == "gaussian"
+    assert len(registry.get_family("gaussian").trainings) == 1
+
+
+@pytest.mark.parametrize("model", ["epic-fm", "default"])
+def test_a_command_reads_its_model_once(monkeypatch, tmp_path, model):
+    registry.reload()
+    reads = []
+    real = registry.read_checkpoint
+    monkeypatch.setattr(registry, "read_checkpoint", lambda path: reads.append(path) or real(path))
+    energy = [] if model.startswith("epic") else ["--energy", 50]
+    caloforge(monkeypatch, "generate", "--model", model, "-n", 4, *energy, "--out", tmp_path / "x.h5")
+    assert len(reads) == 1

@@ -573,7 +573,7 @@ def to_markdown(result: dict[str, Any]) -> str:
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
     """``bench.json`` and ``bench.md`` in ``out_dir`` (atomically)."""
-    from caloforge.io import atomic_write_text
+    from caloforge.atomic import atomic_write_text
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

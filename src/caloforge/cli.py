@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -37,9 +37,6 @@ from caloforge.evaluate import EvaluationError
 from caloforge.io import ShowerFileError, open_showers
 from caloforge.observables import feature_names, observables_from_file
 from caloforge.simulate.fastsim import DEFAULT_MAX_ANGLE_DEG
-
-if TYPE_CHECKING:
-    from caloforge.simulate.driver import EnergySpec
 
 app = typer.Typer(
     name="caloforge",
@@ -81,15 +78,6 @@ def _main(
 ) -> None:
     """caloforge: simulate, train, sample and evaluate calorimeter showers."""
     _state["debug"] = _state["debug"] or debug
-
-
-def _energy_spec(energy: str | None, energy_log: str | None) -> EnergySpec:
-    """The incident-energy spectrum of ``--energy`` / ``--energy-log`` (default uniform 10-90 GeV)."""
-    from caloforge.simulate.driver import EnergySpec
-
-    if energy is not None and energy_log is not None:
-        raise ValueError("give either --energy or --energy-log, not both")
-    return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
 
 
 def _jet_table(path: Path) -> Table:
@@ -395,11 +383,11 @@ def simulate(
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
     from caloforge.pieces import pieces_dir
-    from caloforge.simulate.driver import SimulationConfig
+    from caloforge.simulate.driver import SimulationConfig, energy_spectrum
     from caloforge.simulate.driver import simulate as run_simulation
     from caloforge.simulate.fastsim import off_normal_warning
 
-    spec = _energy_spec(energy, energy_log)
+    spec = energy_spectrum(energy, energy_log)
     det = get_detector(detector)
     config = SimulationConfig(
         detector=detector if detector in available_detectors() else det,
@@ -606,8 +594,9 @@ def evaluate(
 
     Jet files get the JetNet metrics instead (W1m, W1p, W1efp, FPD, KPD, KL, classifier AUC).
     """
-    from caloforge.evaluate import EvaluationConfig, summary_lines
+    from caloforge.evaluate import EvaluationConfig
     from caloforge.evaluate import evaluate as run_evaluation
+    from caloforge.evaluate.report import print_summary
 
     config = EvaluationConfig(
         n_draws=draws,
@@ -625,39 +614,7 @@ def evaluate(
     with progress_bar() as bar:
         progress = stage_progress(bar)
         result = run_evaluation(reference, candidates, out, config, progress=progress, overwrite=overwrite)
-    if result.get("kind") == "jets":
-        from caloforge.jets.evaluate import table_rows
-
-        header, rows = table_rows(result)
-        jet_table = Table(title="Jet metrics (units in brackets; lower is better)", title_justify="left")
-        jet_table.add_column("metric")
-        for row in rows:
-            jet_table.add_column(row[0], justify="right")
-        for k, name in enumerate(header[1:], start=1):
-            jet_table.add_row(name, *(row[k] for row in rows))
-        console.print(jet_table)
-        for note in result["notes"]:
-            console.print(f"note: {note}", markup=False)
-        console.print(f"report: {out / 'report.md'}")
-        return
-    names = result["w1_observables"]
-    table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
-    table.add_column("observable")
-    table.add_column("floor", justify="right")
-    for c in result["candidates"]:
-        table.add_column(c["label"], justify="right")
-
-    def fmt(pair: list[float]) -> str:
-        return f"{pair[0]:.2f} ± {pair[1]:.2f}"
-
-    for k in names:
-        table.add_row(k, fmt(result["w1_floor"][k]), *(fmt(c["w1"][k]) for c in result["candidates"]))
-    console.print(table)
-    for line in summary_lines(result):
-        console.print(line, markup=False)
-    for note in result["notes"]:
-        console.print(f"note: {note}")
-    console.print(f"report: {out / 'report.md'}")
+    print_summary(result, out, console)
 
 
 train_app = typer.Typer(help="Train a generative model.", no_args_is_help=True)
@@ -667,8 +624,10 @@ app.add_typer(train_app, name="train")
 def _add_family_commands() -> None:
     """Every family's own commands (``caloforge train <family>``, …)."""
     from caloforge.models.registry import families
+    from caloforge.train_command import add_training_commands
 
     for family in families():
+        add_training_commands(train_app, family)
         if family.commands is not None:
             family.part("commands")(train_app, app)
 
@@ -828,35 +787,21 @@ def generate(
     ] = None,
 ) -> None:
     """Generate showers (or jets) with a trained model into the file kind its family writes."""
-    from caloforge.generation import generate_file, model_conditions
-    from caloforge.models.registry import family_of
+    from caloforge.generation import generate_file, run_conditions
+    from caloforge.models.registry import load_generator
     from caloforge.safety import check_outputs
-    from caloforge.simulate.driver import draw_energies
 
     set_threads(threads)
     check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
-    energies: Any
-    if family_of(model)[0].output == "jets":
-        if energies_file is not None or energy is not None or energy_log is not None:
-            raise ValueError("jet models take no incident energies: give --conditions-file (jet file) or -n")
-        energies = model_conditions(model, n, seed, conditions_file)
-    elif conditions_file is not None:
-        raise ValueError("--conditions-file is for jet models; shower models take --energies-file, --energy")
-    elif energies_file is not None:
-        if energy is not None or energy_log is not None:
-            raise ValueError("give either --energies-file or --energy/--energy-log, not both")
-        with open_showers(energies_file) as f:
-            energies = f.read_energy()
-        if len(energies) == 0:
-            raise ShowerFileError(f"--energies-file '{energies_file}' holds no showers")
-        if n is not None and n > len(energies):
-            raise ValueError(
-                f"-n {n} asks for more showers than --energies-file '{energies_file}' holds "
-                f"({len(energies)}): drop -n to use them all"
-            )
-        energies = energies[:n]
-    else:
-        energies = draw_energies(_energy_spec(energy, energy_log), n or 100, seed)
+    energies = run_conditions(
+        load_generator(model),  # loaded once: generation takes the same one
+        n,
+        seed,
+        energy=energy,
+        energy_log=energy_log,
+        energies_file=energies_file,
+        conditions_file=conditions_file,
+    )
     total = len(next(iter(energies.values()))) if isinstance(energies, dict) else len(energies)
     with progress_bar() as bar:
         task = bar.add_task("generate", total=total, rate="")

@@ -206,22 +206,6 @@ def report_run(result: Any) -> None:
         console.print("continue with the same command and --resume")
 
 
-def train_in_processes(target: Callable[..., Any], nproc: int, *args: Any, threads: int | None) -> Any:
-    """``target(*args)`` (a module-level training function) on ``nproc`` local processes
-    (``--nproc``), in the process group of a ``torchrun`` start, or here; the result of rank 0
-    (None on the other ranks, which report nothing)."""
-    from caloforge.models._distributed import distributed, launch
-
-    if nproc > 1:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("--nproc inside a torchrun start: give the process count to torchrun only")
-        return launch(target, nproc, *args, threads=threads)
-    set_threads(threads)
-    with distributed() as w:
-        result = target(*args)
-    return result if w.main else None
-
-
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         import torch

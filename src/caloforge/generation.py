@@ -55,6 +55,7 @@ __all__ = [
     "model_conditions",
     "parallel_generate",
     "resolve_model",
+    "run_conditions",
     "write_batches",
 ]
 
@@ -330,13 +331,16 @@ def _conditions_digest(conditions: Mapping[str, np.ndarray]) -> str:
 
 
 def model_conditions(
-    model: str | Path, n: int | None, seed: int, conditions_file: str | Path | None = None
+    model: str | Path | ShowerGenerator,
+    n: int | None,
+    seed: int,
+    conditions_file: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
-    """The conditions of a run of ``model`` whose generator draws its own
-    (:meth:`sample_conditions`: jet models): ``n`` (default 100) drawn with ``seed``, or those
-    of the first ``n`` entries of ``conditions_file`` (a jet file: its jet features), keeping
-    the ones the model takes."""
-    generator = load_generator(resolve_model(model))
+    """The conditions of a run of ``model`` (a model as :func:`load_generator` takes it, or a
+    loaded generator) whose generator draws its own (:meth:`sample_conditions`: jet models):
+    ``n`` (default 100) drawn with ``seed``, or those of the first ``n`` entries of
+    ``conditions_file`` (a jet file: its jet features), keeping the ones the model takes."""
+    generator = model if isinstance(model, ShowerGenerator) else load_generator(model)
     names = [c.name for c in generator.conditions]
     if conditions_file is not None:
         if generator.output != "jets":
@@ -356,6 +360,45 @@ def model_conditions(
         table = {name: jets.jet[:, i].astype(np.float64) for i, name in enumerate(JET_FEATURES)}
         return {k: table[k] for k in names}
     return drawn_conditions(generator, 100 if n is None else n, seed)
+
+
+def run_conditions(
+    generator: ShowerGenerator,
+    n: int | None,
+    seed: int,
+    *,
+    energy: str | None = None,
+    energy_log: str | None = None,
+    energies_file: str | Path | None = None,
+    conditions_file: str | Path | None = None,
+) -> np.ndarray | dict[str, np.ndarray]:
+    """The conditions of a ``caloforge generate`` run of ``generator``: a jet model's drawn from
+    its training jets or read from ``conditions_file`` (:func:`model_conditions`); a shower
+    model's incident energies from ``energies_file`` (its first ``n`` showers, default all) or
+    ``n`` (default 100) drawn with ``seed`` from ``--energy`` / ``--energy-log``."""
+    from caloforge.io import ShowerFileError, open_showers
+    from caloforge.simulate.driver import draw_energies, energy_spectrum
+
+    if hasattr(generator, "sample_conditions"):
+        if energies_file is not None or energy is not None or energy_log is not None:
+            raise ValueError("jet models take no incident energies: give --conditions-file (jet file) or -n")
+        return model_conditions(generator, n, seed, conditions_file)
+    if conditions_file is not None:
+        raise ValueError("--conditions-file is for jet models; shower models take --energies-file, --energy")
+    if energies_file is None:
+        return draw_energies(energy_spectrum(energy, energy_log), n or 100, seed)
+    if energy is not None or energy_log is not None:
+        raise ValueError("give either --energies-file or --energy/--energy-log, not both")
+    with open_showers(energies_file) as f:
+        energies = f.read_energy()
+    if len(energies) == 0:
+        raise ShowerFileError(f"--energies-file '{energies_file}' holds no showers")
+    if n is not None and n > len(energies):
+        raise ValueError(
+            f"-n {n} asks for more showers than --energies-file '{energies_file}' holds "
+            f"({len(energies)}): drop -n to use them all"
+        )
+    return energies[:n]
 
 
 def drawn_conditions(generator: ShowerGenerator, n: int, seed: int) -> dict[str, np.ndarray]:

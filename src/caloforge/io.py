@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,6 +39,7 @@ import h5py
 import numpy as np
 
 from caloforge import __version__
+from caloforge.atomic import atomic_output, atomic_write_text, publish, temporary
 from caloforge.detector import CellGrid, Detector, DetectorError, detector_from_dict, get_detector
 
 __all__ = [
@@ -53,8 +52,8 @@ __all__ = [
     "ShowerReader",
     "ShowerWriter",
     "VoxelShowers",
-    "atomic_output",
-    "atomic_write_text",
+    "atomic_output",  # re-exported from caloforge.atomic
+    "atomic_write_text",  # re-exported from caloforge.atomic
     "open_showers",
     "read_showers",
     "write_showers",
@@ -408,54 +407,6 @@ def read_showers(path: str | Path, start: int = 0, stop: int | None = None) -> S
         return reader.read(start, stop)
 
 
-def _temporary(path: Path, suffix: str) -> tuple[int, str]:
-    """A new temporary file next to ``path``, named ``.NAME.PID.XXXX<suffix>`` so that one left
-    by a killed process can be recognised and removed by the next writer."""
-    from caloforge.safety import remove_stale_partials
-
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write '{path}': it is a directory, give a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write '{path}': directory '{path.parent}' does not exist")
-    remove_stale_partials(path)
-    return tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix, dir=path.parent)
-
-
-def _publish(tmp: str | Path, path: Path) -> None:
-    """Give ``tmp`` the permissions a normally created file would have, then move it onto ``path``."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds.
-
-    >>> import tempfile, pathlib
-    >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
-    >>> with atomic_output(target) as tmp:
-    ...     _ = tmp.write_text("done")
-    >>> target.read_text()
-    'done'
-    """
-    path = Path(path)
-    fd, tmp = _temporary(path, ".partial")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        _publish(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically."""
-    with atomic_output(path) as tmp:
-        tmp.write_text(text)
-
-
 #: File compressions of :class:`ShowerWriter` (``compression``; ``none`` is ``None`` there):
 #: shuffle + gzip level 1 (readable everywhere), shuffle + lzf (2.6x faster to write, 9 % larger
 #: files, a filter h5py ships but plain HDF5 tools need as a plugin), or none.
@@ -491,7 +442,7 @@ class ShowerWriter:
         self._compression = compression
         self._pending: list[Any] = []
         self._pending_n = 0
-        fd, tmp = _temporary(self.path, ".partial.h5")
+        fd, tmp = temporary(self.path, ".partial.h5")
         os.close(fd)
         self._tmp = Path(tmp)
         try:
@@ -634,7 +585,7 @@ class ShowerWriter:
                     self._append("showers", np.zeros((0, self.detector.n_channels)), (None, None))
                     self._append("incident_energies", np.zeros((0, 1)), (None, 1))
             self._h5.close()
-            _publish(self._tmp, self.path)
+            publish(self._tmp, self.path)
             self._closed = True
         return self.path
 

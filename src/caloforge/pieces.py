@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caloforge.atomic import atomic_open
 from caloforge.io import ShowerFileError
 
 __all__ = ["PieceStore", "pieces_dir"]
@@ -108,10 +107,8 @@ class PieceStore:
         return store
 
     def _write_manifest(self) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.directory)
-        with os.fdopen(fd, "w") as f:
+        with atomic_open(self.directory / _MANIFEST, "w", prefix=".manifest.") as f:
             json.dump(self.manifest, f, indent=1)
-        os.replace(tmp, self.directory / _MANIFEST)
 
     def _tidy(self) -> None:
         """Remove half-written pieces a killed run left behind."""
@@ -126,20 +123,12 @@ class PieceStore:
     def save(self, first: int, count: int, arrays: Mapping[str, np.ndarray]) -> None:
         """Store the piece of ``count`` items starting at item ``first`` (complete on disk, or not
         at all); a piece saved before at ``first`` is replaced."""
-        fd, tmp = tempfile.mkstemp(prefix=f".piece-{first:012d}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            old = self._pieces.get(first)
-            os.replace(tmp, self._path(first, count))
-            self._pieces[first] = count
-            if old is not None and old != count:
-                self._path(first, old).unlink(missing_ok=True)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(self._path(first, count), prefix=f".piece-{first:012d}.", durable=True) as f:
+            np.savez(f, **arrays)
+        old = self._pieces.get(first)
+        self._pieces[first] = count
+        if old is not None and old != count:
+            self._path(first, old).unlink(missing_ok=True)
 
     def finished(self) -> dict[int, int]:
         """``{first item: number of items}`` of the pieces on disk, in order of ``first``."""

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from caloforge.atomic import atomic_output
 from caloforge.detector import get_detector
-from caloforge.io import atomic_output
 from caloforge.observables import ShowerObservables, radial_profile_edges
 
 if TYPE_CHECKING:

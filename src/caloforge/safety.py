@@ -27,13 +27,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 __all__ = [
     "OutputBusyError",
+    "check_output_dir",
     "check_outputs",
     "check_stop",
     "die_with_parent",
@@ -145,6 +146,30 @@ def check_outputs(
         for what, source in ins:
             if _same(path, source):
                 raise ValueError(f"{name} '{path}' is also the {what}: write the output to another file")
+
+
+def check_output_dir(
+    out: str | Path,
+    inputs: Iterable[str | Path] = (),
+    *,
+    purpose: str = "the output",
+    error: type[Exception] = NotADirectoryError,
+    option: str = "--out",
+) -> None:
+    """Refuse (one line, ``error``) an output directory that is one of the ``inputs`` or an
+    existing file: the directory outputs' side of :func:`check_outputs` (reports, training runs).
+
+    >>> check_output_dir("a.h5", ["a.h5"], purpose="the report", error=ValueError)
+    Traceback (most recent call last):
+    ...
+    ValueError: --out 'a.h5' is the input file 'a.h5': give a directory for the report
+    """
+    out = Path(out)
+    for source in inputs:
+        if _same(out, Path(source)) and Path(source).exists():
+            raise error(f"{option} '{out}' is the input file '{source}': give a directory for {purpose}")
+    if out.exists() and not out.is_dir():
+        raise error(f"{option} '{out}' is a file: give a directory for {purpose}")
 
 
 def refuse_existing(path: str | Path, overwrite: bool, option: str = "--overwrite") -> None:

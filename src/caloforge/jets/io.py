@@ -36,7 +36,8 @@ import h5py
 import numpy as np
 
 from caloforge import __version__
-from caloforge.io import ShowerFileError, _publish, _temporary
+from caloforge.atomic import publish, temporary
+from caloforge.io import ShowerFileError
 
 __all__ = [
     "JET_FEATURES",
@@ -239,7 +240,7 @@ class JetWriter:
         self.path = Path(path)
         self.n_particles = int(n_particles)
         self.jet_type = jet_type
-        fd, tmp = _temporary(self.path, ".partial.h5")
+        fd, tmp = temporary(self.path, ".partial.h5")
         os.close(fd)
         self._tmp = Path(tmp)
         self._n = 0
@@ -292,7 +293,7 @@ class JetWriter:
         self._h5.attrs["n_jets"] = self._n
         self._h5.close()
         self._closed = True
-        _publish(self._tmp, self.path)
+        publish(self._tmp, self.path)
         return self.path
 
     def abort(self) -> None:

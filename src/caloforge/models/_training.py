@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from caloforge.models._config import PresetConfig
 from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients, world
-from caloforge.models.checkpoint import read_checkpoint, save_checkpoint
+from caloforge.models.checkpoint import RUN_CHECKPOINT, read_checkpoint, save_checkpoint
 from caloforge.models.protocol import CheckpointError
+from caloforge.safety import check_output_dir
 
 __all__ = [
     "MAX_SKIPPED_IN_A_ROW",
@@ -504,9 +505,8 @@ def _loss_info(losses: dict[str, float]) -> str:
 def run_checkpoint(out_dir: str | Path) -> Path:
     """``out_dir/checkpoint.pt``, refusing an ``out_dir`` that is a file (one line)."""
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out '{out}' is a file: give a directory for the training run")
-    return out / "checkpoint.pt"
+    check_output_dir(out, purpose="the training run")
+    return out / RUN_CHECKPOINT
 
 
 def open_run(

@@ -20,6 +20,7 @@ from caloforge.io import atomic_output
 from caloforge.models.protocol import CheckpointError
 
 __all__ = [
+    "RUN_CHECKPOINT",
     "CheckpointError",
     "DetectorCheckpoints",
     "check_format",
@@ -29,10 +30,19 @@ __all__ = [
 ]
 
 
+#: The checkpoint file of a run directory.
+RUN_CHECKPOINT = "checkpoint.pt"
+
+
 def checkpoint_file(path: str | Path) -> Path:
-    """``path`` itself, or a run directory's ``checkpoint.pt``."""
+    """``path`` itself, or a run directory's ``checkpoint.pt``: the one resolver from a run
+    directory to its checkpoint (the registry, the readers and the trainers use it).
+
+    >>> checkpoint_file("no/such/file.pt").name
+    'file.pt'
+    """
     path = Path(path)
-    return path / "checkpoint.pt" if path.is_dir() else path
+    return path / RUN_CHECKPOINT if path.is_dir() else path
 
 
 def read_checkpoint(path: str | Path, require_format: bool = True) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from caloforge.models.checkpoint import read_checkpoint
+from caloforge.models.checkpoint import checkpoint_file, read_checkpoint
 from caloforge.models.protocol import CheckpointError, Family, ShowerGenerator
 
 __all__ = [
@@ -90,6 +90,7 @@ def reload() -> None:
     (after ``CALOFORGE_FAMILIES`` changed, say)."""
     _FAMILIES.clear()
     _LOADED["builtin"] = False
+    _LAST_LOADED.clear()
 
 
 def families() -> list[Family]:
@@ -128,9 +129,7 @@ def resolve_model(model: str | Path) -> Path:
         from caloforge import asset_path
 
         return asset_path(shipped[name][1])
-    path = Path(model)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = checkpoint_file(model)
     if not path.exists():
         raise FileNotFoundError(
             f"model '{model}' not found: give 'default', {', '.join(shipped)}, "
@@ -150,7 +149,23 @@ def family_of(model: str | Path) -> tuple[Family, Path, dict]:
     return family_for_format(state["format"]), path, state
 
 
+#: The generator loaded last, by its file's identity (path, size, modification time): a command
+#: that asks for the same model again (conditions, then generation) reads its checkpoint once.
+_LAST_LOADED: dict[tuple, ShowerGenerator] = {}
+
+
 def load_generator(model: str | Path) -> ShowerGenerator:
-    """The :class:`~caloforge.models.protocol.ShowerGenerator` of ``model`` (any registered family)."""
-    family, path, state = family_of(model)
-    return family.load(path, state)
+    """The :class:`~caloforge.models.protocol.ShowerGenerator` of ``model`` (any registered family).
+
+    The last one loaded is kept: asking again for the same, unchanged file returns it without
+    reading the checkpoint again (a changed file, e.g. recalibrated in place, is read anew)."""
+    path = resolve_model(model)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _LAST_LOADED:
+        return _LAST_LOADED[key]
+    family, path, state = family_of(path)
+    generator = family.load(path, state)
+    _LAST_LOADED.clear()
+    _LAST_LOADED[key] = generator
+    return generator

@@ -49,6 +49,7 @@ __all__ = [
     "SimulationResult",
     "draw_energies",
     "draw_event_energies",
+    "energy_spectrum",
     "simulate",
 ]
 
@@ -92,6 +93,17 @@ class EnergySpec:
 
     def __str__(self) -> str:
         return f"{self.lo:g} GeV" if self.kind == "fixed" else f"{self.kind} {self.lo:g}-{self.hi:g} GeV"
+
+
+def energy_spectrum(energy: str | None, energy_log: str | None) -> EnergySpec:
+    """The incident-energy spectrum of ``--energy`` / ``--energy-log`` (default uniform 10-90 GeV).
+
+    >>> energy_spectrum(None, "1:100").kind
+    'log-uniform'
+    """
+    if energy is not None and energy_log is not None:
+        raise ValueError("give either --energy or --energy-log, not both")
+    return EnergySpec.parse(energy_log, log=True) if energy_log else EnergySpec.parse(energy or "10:90")
 
 
 def draw_energies(spec: EnergySpec, n: int, seed: int, stream: int = 0) -> np.ndarray:

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from caloforge import __version__, asset_path
+from caloforge.atomic import atomic_write_text
 from caloforge.detector import CellGrid, Detector, PolarGrid, common_detector
 from caloforge.engines import make_engine
-from caloforge.io import PointShowers, Showers, VoxelShowers, atomic_write_text, open_showers
+from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.report import shower_report
+from caloforge.io import PointShowers, Showers, VoxelShowers, open_showers
 from caloforge.observables import (
     ShowerObservables,
     compute_observables,
@@ -45,11 +47,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DISTORTIONS",
+    "HELDOUT_FIGURES",
+    "HIGH_LEVEL_KEYS",
+    "MIN_CLASSIFIER_SHOWERS",
     "Distortion",
     "EvaluationConfig",
-    "EvaluationError",
     "evaluate",
-    "summary_lines",
 ]
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
@@ -88,22 +91,8 @@ DISTORTIONS = {
         "the larger of its two offsets (the axis cell and the window's edge cells keep their own)",
     ),
 }
-#: Report files: an existing one is only replaced with ``overwrite``.
-REPORT_FILES = ("report.md", "metrics.json")
 #: Generator label -> that shipped model's held-out figures (docs/results.md).
 HELDOUT_FIGURES = "heldout_figures.json"
-#: Every classifier AUC of a report: key (in a candidate entry, or its ``calochallenge``
-#: part) -> name in the report and the printed summary.
-AUC_KINDS = {
-    "classifier_auc": "SPEC 5 high-level",
-    "high_level_auc": "CaloChallenge high-level",
-    "high_level_auc_sparsity": "CaloChallenge high-level + sparsity",
-    "low_level_auc": "CaloChallenge low-level",
-}
-
-
-class EvaluationError(ValueError):
-    """The inputs cannot be compared as asked."""
 
 
 @dataclass(frozen=True)
@@ -134,17 +123,6 @@ class _Sample:
     observables: ShowerObservables | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     own_detector: str = ""
-
-
-Progress = Callable[[str, int, int], None]
-
-
-def _labels(paths: Sequence[Path], generators: Sequence[str]) -> list[str]:
-    """Readable, unique legend names: the generator, plus the file name where needed."""
-    labels = [
-        g if generators.count(g) == 1 else f"{g} ({p.name})" for p, g in zip(paths, generators, strict=True)
-    ]
-    return [lab if labels.count(lab) == 1 else f"{lab} #{i}" for i, lab in enumerate(labels)]
 
 
 def _open_samples(
@@ -188,7 +166,7 @@ def _open_samples(
                 f"outside the reference's {lo:.3g}-{hi:.3g} GeV: "
                 "evaluate against a reference with the same spectrum"
             )
-    for s, label in zip(samples, _labels(paths, [s.generator for s in samples]), strict=True):
+    for s, label in zip(samples, labels(paths, [s.generator for s in samples]), strict=True):
         s.label = label
     return common or ref_det, samples
 
@@ -424,15 +402,6 @@ def _heldout(sample: _Sample, figures: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def _heldout_text(heldout: dict[str, Any] | None, key: str) -> str | None:
-    """``held-out figure (docs/results.md, N showers): AUC x ± y`` for AUC ``key``, if known."""
-    if heldout is None or key not in heldout["auc"]:
-        return None
-    mean, std = heldout["auc"][key]
-    source = f"{heldout['source']}, {heldout['n_showers']:,} showers"
-    return f"held-out figure ({source}): AUC {mean:.3f} ± {std:.3f}"
-
-
 def _resolution(
     fit: ClassifierResult, check: dict[str, Any] | None, key: str, reference: str
 ) -> dict[str, Any]:
@@ -536,12 +505,12 @@ def evaluate(
     ``metrics.json``) is refused with :class:`FileExistsError` before any work unless
     ``overwrite``; it is then replaced file by file, atomically.
 
-    Jet files (:mod:`caloforge.jets`) go to :func:`caloforge.jets.evaluate.evaluate_jets`, with
+    Jet files (:mod:`caloforge.jets`) go to :func:`caloforge.evaluate.jets.evaluate_jets`, with
     ``n_draws``, ``draw_size``, ``classifier_splits``, ``classifier_epochs``, ``plots``,
     ``max_showers`` and ``seed`` as its batches, batch size, splits, epochs, plots, jets and seed.
     """
     if _is_jet_evaluation(Path(reference), [Path(c) for c in candidates]):
-        from caloforge.jets.evaluate import JetEvaluationConfig, evaluate_jets
+        from caloforge.evaluate.jets import JetEvaluationConfig, evaluate_jets
 
         jet_config = JetEvaluationConfig(
             n_batches=config.n_draws,
@@ -556,7 +525,7 @@ def evaluate(
     from caloforge import metrics
 
     out = Path(out_dir)
-    _check_paths([Path(reference), *map(Path, candidates)], out, overwrite)
+    check_paths([Path(reference), *map(Path, candidates)], out, overwrite)
     det, samples = _open_samples(Path(reference), [Path(c) for c in candidates], config)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / "report.md"):  # one evaluate per report directory
@@ -679,8 +648,8 @@ def evaluate(
         if config.plots:
             figures = _write_plots(out, det, ref, cands, classifier_results, progress)
         result["figures"] = figures
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=_json_default))
-        atomic_write_text(out / "report.md", _report(result))
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
+        atomic_write_text(out / "report.md", shower_report(result))
         return result
 
 
@@ -711,65 +680,6 @@ def _pairs(ref: _Sample, cands: Sequence[_Sample], size: int, config: Evaluation
             label: pair_w1(ref_obs, o, n, config.n_draws, config.seed) for label, o in cand_obs.items()
         },
     }
-
-
-def _pair_lines(pairs: dict[str, Any]) -> list[str]:
-    from caloforge.pairs import PAIR_OBSERVABLES
-
-    floor = pairs["floor"]
-    lines = [
-        "",
-        f"## Pairs ({pairs['separation_mm']:g} mm apart)",
-        "",
-        f"Events split half-way between the two entry points; W1 × 100 of the standardised per-event "
-        f"observables, {floor['draw_size']} events per side and draw (floor: reference vs reference).",
-        "",
-        "| sample | " + " | ".join(PAIR_OBSERVABLES) + " |",
-        "|---|" + "---|" * len(PAIR_OBSERVABLES),
-        "| floor | " + " | ".join(_fmt(floor[k]) for k in PAIR_OBSERVABLES) + " |",
-    ]
-    for label, w1 in pairs["candidates"].items():
-        lines.append(f"| {label} | " + " | ".join(_fmt(w1[k]) for k in PAIR_OBSERVABLES) + " |")
-    lines += [
-        "",
-        "Means: | sample | separation [mm] | energy share | E_A [MeV] | E_B [MeV] |",
-        "|---|---|---|---|---|",
-    ]
-    for label, m in pairs["means"].items():
-        lines.append(
-            f"| {label} | {m['separation']:.2f} | {m['energy share']:.3f} | {m['E_A']:.0f} | {m['E_B']:.0f} |"
-        )
-    return lines
-
-
-def _check_paths(inputs: Sequence[Path], out: Path, overwrite: bool) -> None:
-    """Refuse, before any work, inputs that are directories, an ``out`` that is an input or a
-    file, and (unless ``overwrite``) an ``out`` that already holds a report."""
-    for path in inputs:
-        if path.is_dir():
-            raise EvaluationError(f"'{path}' is a directory: give shower files to compare")
-    target = out.resolve()
-    for path in inputs:
-        if path.exists() and path.resolve() == target:
-            raise EvaluationError(
-                f"--out '{out}' is the input file '{path}': give a directory for the report"
-            )
-    if out.exists() and not out.is_dir():
-        raise EvaluationError(f"--out '{out}' is a file: give a directory for the report")
-    if not overwrite and any((out / name).exists() for name in REPORT_FILES):
-        raise FileExistsError(
-            f"'{out}' already holds a report ({'/'.join(REPORT_FILES)}): pass --overwrite to replace it"
-        )
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def _write_plots(
@@ -805,200 +715,3 @@ def _write_plots(
         if progress is not None:
             progress("plots", i + 1, len(figs))
     return written
-
-
-def _fmt(value: Sequence[float], digits: int = 2) -> str:
-    mean, std = value
-    if not math.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-#: The columns of :func:`_resolution_cells` in a report table.
-RESOLUTION_COLUMNS = "AUC | minimum detectable AUC | known distortion (resolving power) | held-out figure |"
-
-
-def _resolution_cells(candidate: dict[str, Any], key: str) -> list[str]:
-    """AUC, minimum detectable AUC, known-distortion AUC and held-out figure of AUC ``key``."""
-    res = candidate["auc_resolution"][key]
-    distortion = (
-        f"{res['distortion']}: {_fmt(res['distortion_auc'], 3)}"
-        if res["distortion_auc"] is not None
-        else "not run"
-    )
-    held = _heldout_text(candidate["heldout"], key) or "-"
-    return [_fmt(res["auc"], 3), f"{res['minimum_detectable_auc']:.3f}", distortion, held]
-
-
-def _resolving_power_text(check: dict[str, Any] | None) -> list[str]:
-    """How the minimum detectable AUC and the known-distortion check are made, and the check's AUCs."""
-    lines = [
-        "**Resolving power.** The *minimum detectable AUC* is 0.5 + 2·SE, with SE the Hanley–McNeil "
-        "standard error of an AUC of 0.5 for the n_a, n_b test showers per class the classifier used "
-        "(every test fold of the splits run): SE = √((n_a + n_b + 1) / (12 n_a n_b)). An AUC below it "
-        "cannot be told from 0.5 at that test size.",
-    ]
-    if check is None:
-        return [*lines, "", "The known-distortion check did not run (see the notes)."]
-    lines += [
-        "",
-        "The *known distortion* is what a small, known error scores at this sample size: the same "
-        "classifier (same splits, epochs and seed) trained on one half of the reference against another "
-        f"half with that error, at {check['n_per_class']:,} showers per class ({check['size_from']}, "
-        "whichever is smaller of the smallest candidate and half the reference). Its own minimum "
-        "detectable AUC decides whether the sample can detect such an error:",
-        "",
-    ]
-    for key, d in check["auc"].items():
-        found = "detected" if d["detects"] else "**not detected: too small a sample**"
-        lines.append(
-            f"- {AUC_KINDS[key]}, {d['distortion']} ({d['how']}): AUC {_fmt(d['auc'], 3)} on "
-            f"{d['n_test_per_class'][0]:,} test showers per class, minimum detectable "
-            f"{d['minimum_detectable_auc']:.3f}: {found}."
-        )
-    return lines
-
-
-def _verdicts(result: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    """One line per candidate AUC of ``keys``: what the AUC means at this sample size."""
-    lines = []
-    for c in result["candidates"]:
-        for key in keys:
-            res = c["auc_resolution"].get(key)
-            if res is not None:
-                lines.append(f"- {c['label']}, {AUC_KINDS[key]} AUC {res['auc'][0]:.3f}: {res['sentence']}.")
-    return lines
-
-
-def summary_lines(result: dict[str, Any]) -> list[str]:
-    """The printed summary of the AUCs of a :func:`evaluate` result.
-
-    One ``classifier AUC LABEL: x ± y (...)`` line per AUC (``LABEL (kind)`` for the
-    CaloChallenge ones) with the minimum detectable AUC, the AUC of the known-distortion
-    check and, for a shipped model, its held-out figure; then a ``warning:`` line per
-    classifier whose check shows the sample too small.
-    """
-    lines = []
-    for c in result["candidates"]:
-        for key, res in c["auc_resolution"].items():
-            kind = "" if key == "classifier_auc" else f" ({AUC_KINDS[key]})"
-            extra = [f"minimum detectable {res['minimum_detectable_auc']:.3f}"]
-            if res["distortion_auc"] is not None:
-                extra.append(f"{res['distortion']}: {_fmt(res['distortion_auc'], 3)}")
-            held = _heldout_text(c["heldout"], key)
-            if held is not None:
-                extra.append(held)
-            lines.append(f"classifier AUC {c['label']}{kind}: {_fmt(res['auc'], 3)} ({'; '.join(extra)})")
-    check = result["distortion_check"]
-    for key, d in (check["auc"] if check is not None else {}).items():
-        if not d["detects"]:
-            lines.append(
-                f"warning: too small a sample for the {AUC_KINDS[key]} classifier at "
-                f"{check['n_per_class']:,} showers per class: with {d['distortion']} the reference "
-                f"scores AUC {d['auc'][0]:.3f}, under its minimum detectable "
-                f"{d['minimum_detectable_auc']:.3f}, so an AUC near 0.5 does not mean indistinguishable"
-            )
-    return lines
-
-
-def _report(result: dict[str, Any]) -> str:
-    """``report.md``: tables first, then the figures."""
-    names = result["w1_observables"]
-    floor_meta = result["w1_floor"]["meta"]
-    lines = [
-        f"# Evaluation against {result['reference']['label']} ({result['reference']['path']})",
-        "",
-        f"Detector `{result['detector']}`; reference {result['reference']['n_showers']:,} showers; "
-        f"caloforge {result['caloforge_version']}.",
-        "",
-        "## W1 scores",
-        "",
-        f"1-d Wasserstein distances of standardised observables, **in units of "
-        f"{result['w1_unit']:g}** (the unit of the public CaloClouds II code and, by statistics, of "
-        f"the published table), mean ± std over {floor_meta['n_draws']} draws of "
-        f"{floor_meta['draw_size']:,} vs {floor_meta['draw_size']:,} showers. Lower is better; the first "
-        "row is the floor, two disjoint halves of the reference.",
-        "",
-        "| sample | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-        "| "
-        + f"{result['reference']['label']} vs itself (floor) | "
-        + " | ".join(_fmt(result["w1_floor"][k]) for k in names)
-        + " |",
-    ]
-    for c in result["candidates"]:
-        lines.append(f"| {c['label']} | " + " | ".join(_fmt(c["w1"][k]) for k in names) + " |")
-    lines += [
-        "",
-        "## Classifier AUC",
-        "",
-        "High-level classifier (SPEC 5: 25 observables, MLP 32-16-8) trained to separate reference "
-        "and candidate; mean ± std over the splits. 0.5 means indistinguishable, 1.0 perfectly separable "
-        "— if the sample is large enough to tell: read each AUC with its minimum detectable AUC and "
-        "the AUC of a known distortion (resolving power, below).",
-        "",
-        "| sample | showers per class | " + RESOLUTION_COLUMNS,
-        "|---|---|---|---|---|---|",
-    ]
-    for c in result["candidates"]:
-        if "classifier_auc" in c["auc_resolution"]:
-            cells = _resolution_cells(c, "classifier_auc")
-        else:
-            cells = ["not run (too few showers)", "-", "-", "-"]
-        lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
-    lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
-    lines += _verdicts(result, ["classifier_auc"])
-    if any("calochallenge" in c for c in result["candidates"]):
-        lines += [
-            "",
-            "## CaloChallenge metrics",
-            "",
-            "Separation power (0 identical, 1 disjoint; mean over layers per feature), FPD and KPD "
-            "(lower is better; value ± error). The high-level AUC and FPD/KPD use the CaloChallenge's "
-            "features (log E_inc, layer energies, centres and widths); the AUC + sparsity column adds "
-            "the per-layer sparsities and E_dep/E_inc.",
-            "",
-        ]
-        groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
-        lines.append(
-            "| sample | "
-            + " | ".join(f"SP {g}" for g in groups)
-            + " | FPD | KPD | high-level AUC | high-level AUC + sparsity | low-level AUC |"
-        )
-        lines.append("|---|" + "---|" * (len(groups) + 5))
-        for c in result["candidates"]:
-            cc = c["calochallenge"]
-            aucs = [
-                _fmt(cc[k], 3) if k in cc else "-"
-                for k in ("high_level_auc", "high_level_auc_sparsity", "low_level_auc")
-            ]
-            lines.append(
-                f"| {c['label']} | "
-                + " | ".join(f"{cc['separation_power'][g]:.4f}" for g in groups)
-                + f" | {_fmt(cc['fpd'], 4)} | {_fmt(cc['kpd'], 5)} | "
-                + " | ".join(aucs)
-                + " |"
-            )
-        cc_keys = [k for k in AUC_KINDS if k != "classifier_auc"]
-        lines += [
-            "",
-            "Resolving power of the CaloChallenge classifiers (as for the SPEC 5 classifier above):",
-            "",
-            "| sample | classifier | " + RESOLUTION_COLUMNS,
-            "|---|---|---|---|---|---|",
-        ]
-        for c in result["candidates"]:
-            for key in cc_keys:
-                if key in c["auc_resolution"]:
-                    cells = _resolution_cells(c, key)
-                    lines.append(f"| {c['label']} | {AUC_KINDS[key]} | " + " | ".join(cells) + " |")
-        lines += ["", *_verdicts(result, cc_keys)]
-    if "pairs" in result:
-        lines += _pair_lines(result["pairs"])
-    if result["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
-    if result["figures"]:
-        lines += ["", "## Figures", ""]
-        for name, path in result["figures"].items():
-            lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
-    return "\n".join(lines) + "\n"

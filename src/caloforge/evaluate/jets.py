@@ -1,0 +1,347 @@
+"""Evaluation of generated jets against a reference jet file (normally Pythia 8): report.md + metrics.json.
+
+``caloforge evaluate`` calls :func:`evaluate_jets` when its reference is a jet file. The
+reference is split at random into two disjoint halves A and B. Every candidate is compared
+with half A, and the *floor* is half A against half B, at the same sample size: ``n`` jets
+per sample, half the reference or the smallest candidate, whichever is smaller (larger
+samples are subsampled at random). Per comparison: W1m, W1p, W1efp (:mod:`caloforge.jets.metrics`,
+jetnet's batches), FPD and KPD on the 36 EFPs with d <= 4, KL divergences of the jet mass,
+the constituents' pT, τ21 and τ32, and a classifier AUC (:func:`caloforge.metrics.classifier_auc`)
+on jet-level features (:func:`classifier_features`). The text of the report (and the
+table ``caloforge evaluate`` prints) is rendered by :mod:`caloforge.evaluate.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from caloforge import __version__
+from caloforge.atomic import atomic_write_text
+from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.report import jet_report
+from caloforge.jets import metrics as jm
+from caloforge.jets.io import JetFileError, Jets, jet_file_info, read_jets
+from caloforge.jets.observables import jet_observables
+from caloforge.safety import output_lock
+
+__all__ = ["JetEvaluationConfig", "classifier_features", "evaluate_jets"]
+
+#: Fewer jets than this per sample and the classifier is skipped (with a note).
+MIN_CLASSIFIER_JETS = 50
+#: Jets per sample below which nothing is computed.
+MIN_JETS = 10
+#: EFP floor of the classifier's log features (a jet of one particle has EFPs 0).
+LOG_EFP_FLOOR = 1e-12
+REFERENCE_LABEL = "Pythia 8"
+
+
+@dataclass(frozen=True)
+class JetEvaluationConfig:
+    """Knobs of :func:`evaluate_jets`: W1/KL batches (``n_batches`` of ``batch_size`` jets,
+    default 50k or half the compared sample), classifier ``splits`` and ``epochs``, figures,
+    the first ``max_jets`` of each file, and the seed of every random choice."""
+
+    n_batches: int = 5
+    batch_size: int | None = None
+    splits: int = 5
+    epochs: int = 10
+    plots: bool = True
+    max_jets: int | None = None
+    seed: int = 0
+
+
+def classifier_features(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """``(n, 14)`` jet-level classifier inputs: relative mass, multiplicity, τ21, τ32,
+    log10 of the five W1efp EFPs (floored at 1e-12), and the five largest pt_rel."""
+    log_efps = np.log10(np.maximum(obs["efps"], LOG_EFP_FLOOR))
+    return np.column_stack(
+        [obs["mass"], obs["multiplicity"], obs["tau21"], obs["tau32"], log_efps, obs["leading_ptrel"]]
+    ).astype(np.float64)
+
+
+def _in_units(value: tuple[float, float], unit: float) -> list[float]:
+    return [value[0] / unit, value[1] / unit]
+
+
+def _scores(
+    a: Jets,
+    a_obs: dict[str, np.ndarray],
+    b: Jets,
+    b_obs: dict[str, np.ndarray],
+    size: int,
+    config: JetEvaluationConfig,
+) -> dict[str, Any]:
+    """Every metric of sample ``b`` against ``a`` (half A of the reference), in the report's units."""
+    batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": config.seed}
+    units = jm.UNITS
+    w1p = jm.w1p(a, b, **batch)
+    w1efp = jm.w1efp(a_obs["efps"], b_obs["efps"], **batch)
+    fk = jm.fpd_kpd(a_obs["fpd_efps"], b_obs["fpd_efps"], seed=config.seed)
+    out: dict[str, Any] = {
+        "w1m": _in_units(jm.w1m(a_obs["mass"], b_obs["mass"], **batch), units["w1m"]),
+        "w1p": _in_units(w1p["w1p"], units["w1p"]),
+        "w1efp": _in_units(w1efp["w1efp"], units["w1efp"]),
+        "fpd": _in_units(fk["fpd"], units["fpd"]),
+        "kpd": _in_units(fk["kpd"], units["kpd"]),
+        "kl_mass": _in_units(jm.batched_kl(a_obs["mass"], b_obs["mass"], **batch), units["kl"]),
+        "kl_ptrel": _in_units(jm.batched_kl(a, b, column=2, **batch), units["kl"]),
+        "kl_tau21": _in_units(jm.batched_kl(a_obs["tau21"], b_obs["tau21"], **batch), units["kl"]),
+        "kl_tau32": _in_units(jm.batched_kl(a_obs["tau32"], b_obs["tau32"], **batch), units["kl"]),
+    }
+    for name in ("etarel", "phirel", "ptrel"):
+        out[f"w1p_{name}"] = _in_units(w1p[name], units["w1p"])
+    for k in range(len(w1efp) - 1):
+        out[f"w1efp_{k}"] = _in_units(w1efp[f"efp_{k}"], units["w1efp"])
+    out["classifier_auc"] = None
+    out["classifier_minimum_detectable_auc"] = None
+    if min(len(a), len(b)) >= MIN_CLASSIFIER_JETS:
+        from caloforge.metrics import classifier_auc
+
+        fit = classifier_auc(
+            classifier_features(a_obs),
+            classifier_features(b_obs),
+            n_splits=config.splits,
+            epochs=config.epochs,
+            seed=config.seed,
+        )
+        out["classifier_auc"] = list(fit.as_tuple())
+        out["classifier_minimum_detectable_auc"] = fit.minimum_detectable_auc()
+        out["classifier_n_per_class"] = fit.n_per_class
+    return out
+
+
+def _generator(attrs: dict[str, Any], path: Path) -> str:
+    return str(attrs.get("generator") or path.stem)
+
+
+def _reference_label(generator: str, has_generator: bool) -> str:
+    return REFERENCE_LABEL if (not has_generator or "pythia" in generator.lower()) else generator
+
+
+def _open(reference: Path, candidates: Sequence[Path], notes: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """File infos, checked; the particle count every sample is compared at."""
+    infos = [jet_file_info(p) for p in (reference, *candidates)]
+    for path, info in zip((reference, *candidates), infos, strict=True):
+        if info["n_jets"] == 0:
+            raise JetFileError(f"'{path}' holds no jets")
+    counts = sorted({info["n_particles"] for info in infos[1:]})
+    if len(counts) > 1:
+        raise JetFileError(
+            f"the candidates hold different numbers of particles per jet ({', '.join(map(str, counts))}): "
+            "evaluate each particle count separately"
+        )
+    n_particles, n_ref = counts[0], infos[0]["n_particles"]
+    if n_particles > n_ref:
+        bad = next(p for p, i in zip(candidates, infos[1:], strict=True) if i["n_particles"] > n_ref)
+        raise JetFileError(
+            f"'{bad}' holds {n_particles} particles per jet, the reference '{reference}' only {n_ref}: "
+            f"use a reference with at least {n_particles}"
+        )
+    if n_particles < n_ref:
+        notes.append(f"the reference holds {n_ref} particles per jet; its leading {n_particles} are used.")
+    ref_type = infos[0]["jet_type"]
+    for path, info in zip(candidates, infos[1:], strict=True):
+        if info["jet_type"] != ref_type:
+            notes.append(
+                f"'{path}' holds jets of type '{info['jet_type']}', the reference of type '{ref_type}': "
+                "the metrics compare different kinds of jets."
+            )
+    return infos, n_particles
+
+
+def evaluate_jets(
+    reference: str | Path,
+    candidates: Sequence[str | Path],
+    out_dir: str | Path,
+    config: JetEvaluationConfig = JetEvaluationConfig(),
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Evaluate candidate jet files against a reference jet file; writes ``report.md``,
+    ``metrics.json`` and (with ``config.plots``) ``plots/`` into ``out_dir``.
+
+    Returns the content of ``metrics.json`` (``kind`` ``"jets"``; metric values in the units of
+    :data:`caloforge.jets.metrics.UNITS`, as ``[mean, std]`` or ``[value, error]``). A report
+    already in ``out_dir`` is refused with :class:`FileExistsError` before any work unless
+    ``overwrite``. Errors in the inputs are one-line :class:`~caloforge.jets.io.JetFileError` or
+    :class:`~caloforge.evaluate.EvaluationError`.
+    """
+    ref_path, cand_paths, out = Path(reference), [Path(c) for c in candidates], Path(out_dir)
+    if not cand_paths:
+        raise EvaluationError("give at least one candidate file to compare with the reference")
+    for path in (ref_path, *cand_paths):
+        if path.is_dir():
+            raise EvaluationError(f"'{path}' is a directory: give jet files to compare")
+    check_paths([ref_path, *cand_paths], out, overwrite)
+    notes: list[str] = []
+    infos, n_particles = _open(ref_path, cand_paths, notes)
+    out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out / "report.md"):
+        ref = read_jets(ref_path, n_particles=n_particles, stop=config.max_jets)
+        cands = [read_jets(p, stop=config.max_jets) for p in cand_paths]
+        half = len(ref) // 2
+        n = min(half, *(len(c) for c in cands))
+        if n < MIN_JETS:
+            raise EvaluationError(
+                f"too few jets to compare: {n} per sample (half the reference has {half}, the smallest "
+                f"candidate {min(len(c) for c in cands)}); at least {MIN_JETS} are needed"
+            )
+        rng = np.random.default_rng(config.seed)
+        perm = rng.permutation(len(ref))
+        half_a, half_b = ref[np.sort(perm[:n])], ref[np.sort(perm[n : 2 * n])]
+        if n < half:
+            notes.append(
+                f"every sample is cut to {n:,} jets, the smallest candidate, so that the floor (reference "
+                "vs reference) and every candidate are measured at the same size."
+            )
+        subsets = []
+        for path, c in zip(cand_paths, cands, strict=True):
+            if len(c) > n:
+                notes.append(f"'{path}': {n:,} of its {len(c):,} jets are used (a random subset).")
+                subsets.append(c[np.sort(rng.choice(len(c), n, replace=False))])
+            else:
+                subsets.append(c)
+        size = config.batch_size if config.batch_size is not None else jm.default_batch_size(n)
+        if not 1 <= size <= n:
+            raise EvaluationError(f"--draw-size {size} is larger than the {n:,} jets per compared sample")
+        if size < jm.DEFAULT_EVAL_SAMPLES:
+            notes.append(
+                f"W1 and KL batches of {size:,} jets per side (JetNet's protocol uses "
+                f"{jm.DEFAULT_EVAL_SAMPLES:,}); W1 and KL values grow as the batches shrink: compare with "
+                "the floor."
+            )
+        if n < MIN_CLASSIFIER_JETS:
+            notes.append(
+                f"classifier not run: it needs {MIN_CLASSIFIER_JETS} jets per sample, there are {n}."
+            )
+
+        samples = [half_a, half_b, *subsets]
+        observables = []
+        for i, sample in enumerate(samples):
+            if progress is not None:
+                progress("jet observables", i, len(samples))
+            observables.append(jet_observables(sample))
+        if progress is not None:
+            progress("jet observables", len(samples), len(samples))
+        a_obs, b_obs = observables[:2]
+
+        ref_generator = _generator(infos[0]["attrs"], ref_path)
+        ref_label = _reference_label(ref_generator, "generator" in infos[0]["attrs"])
+        cand_labels = labels(
+            cand_paths, [_generator(i["attrs"], p) for p, i in zip(cand_paths, infos[1:], strict=True)]
+        )
+        total = len(cands) + 1
+        if progress is not None:
+            progress("jet metrics", 0, total)
+        floor = _scores(half_a, a_obs, half_b, b_obs, size, config)
+        if progress is not None:
+            progress("jet metrics", 1, total)
+        result: dict[str, Any] = {
+            "kind": "jets",
+            "caloforge_version": __version__,
+            "reference": {
+                "path": str(ref_path),
+                "label": ref_label,
+                "generator": ref_generator,
+                "jet_type": infos[0]["jet_type"],
+                "n_jets": len(ref),
+                "n_particles_file": infos[0]["n_particles"],
+            },
+            "n_particles": n_particles,
+            "n_per_sample": n,
+            "batch_size": size,
+            "n_batches": config.n_batches,
+            "units": dict(jm.UNITS),
+            "kl": {
+                "bins_per_jet_observable": jm.kl_bins(size),
+                "epsilon": jm.KL_EPSILON,
+                "direction": "KL(reference || candidate)",
+            },
+            "floor": {"label": _floor_label(ref_label), **floor},
+            "config": asdict(config),
+            "candidates": [],
+            "notes": notes,
+        }
+        for i, (path, info, label, cand, sample) in enumerate(
+            zip(cand_paths, infos[1:], cand_labels, cands, subsets, strict=True)
+        ):
+            scores = _scores(half_a, a_obs, sample, observables[2 + i], size, config)
+            result["candidates"].append(
+                {
+                    "path": str(path),
+                    "label": label,
+                    "generator": _generator(info["attrs"], path),
+                    "jet_type": info["jet_type"],
+                    "n_jets": len(cand),
+                    "n_used": len(sample),
+                    **scores,
+                }
+            )
+            if progress is not None:
+                progress("jet metrics", i + 2, total)
+        figures: dict[str, str] = {}
+        if config.plots:
+            reference_obs = {k: np.concatenate([a_obs[k], b_obs[k]]) for k in a_obs}
+            figures = _write_plots(
+                out, reference_obs, dict(zip(cand_labels, observables[2:], strict=True)), progress
+            )
+        result["figures"] = figures
+        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
+        atomic_write_text(out / "report.md", jet_report(result))
+        return result
+
+
+def _floor_label(ref_label: str) -> str:
+    name = "Pythia" if ref_label == REFERENCE_LABEL else ref_label
+    return f"{name} vs {name} (floor)"
+
+
+#: Figures: name -> (observable key, x label, y label, log x, log y).
+FIGURES = {
+    "jet_mass": ("mass", "relative jet mass m / pT_jet", "fraction of jets", False, False),
+    "constituent_ptrel": ("ptrel", "constituent pT_rel", "fraction of particles", False, True),
+    "constituent_etarel": ("etarel", "constituent η_rel", "fraction of particles", False, False),
+    "constituent_phirel": ("phirel", "constituent φ_rel", "fraction of particles", False, False),
+    "tau21": ("tau21", "τ21", "fraction of jets", False, False),
+    "tau32": ("tau32", "τ32", "fraction of jets", False, False),
+    "multiplicity": ("multiplicity", "particles per jet", "fraction of jets", False, False),
+    "efp": ("efp_0", "EFP (n = 4, d = 4, first graph)", "fraction of jets", True, False),
+}
+
+
+def _plot_values(obs: dict[str, np.ndarray], key: str) -> np.ndarray:
+    return obs["efps"][:, 0] if key == "efp_0" else obs[key]
+
+
+def _write_plots(
+    out: Path,
+    reference: dict[str, np.ndarray],
+    candidates: dict[str, dict[str, np.ndarray]],
+    progress: Progress | None,
+) -> dict[str, str]:
+    from caloforge import plots
+
+    directory = out / "plots"
+    directory.mkdir(exist_ok=True)
+    written = {}
+    for i, (name, (key, xlabel, ylabel, logx, logy)) in enumerate(FIGURES.items()):
+        fig = plots.histogram_with_ratio(
+            _plot_values(reference, key),
+            {label: _plot_values(obs, key) for label, obs in candidates.items()},
+            xlabel,
+            reference_label=REFERENCE_LABEL,
+            logx=logx,
+            logy=logy,
+            ylabel=ylabel,
+        )
+        png, _ = plots.save_figure(fig, directory / name)
+        written[name] = str(png.relative_to(out))
+        if progress is not None:
+            progress("plots", i + 1, len(FIGURES))
+    return written

@@ -1,0 +1,418 @@
+"""What an evaluation result looks like to a reader: ``report.md`` of a shower or a jet
+evaluation, and the tables and lines ``caloforge evaluate`` prints.
+
+Every function here takes the result that :func:`caloforge.evaluate.evaluate` returns (the
+content of ``metrics.json``) and computes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = [
+    "AUC_KINDS",
+    "COLUMNS",
+    "RESOLUTION_COLUMNS",
+    "fmt",
+    "jet_report",
+    "print_summary",
+    "shower_report",
+    "summary_lines",
+    "summary_table",
+    "table_rows",
+]
+
+#: Every classifier AUC of a report: key (in a candidate entry, or its ``calochallenge``
+#: part) -> name in the report and the printed summary.
+AUC_KINDS = {
+    "classifier_auc": "SPEC 5 high-level",
+    "high_level_auc": "CaloChallenge high-level",
+    "high_level_auc_sparsity": "CaloChallenge high-level + sparsity",
+    "low_level_auc": "CaloChallenge low-level",
+}
+
+
+def fmt(value: Sequence[float] | None, digits: int = 2) -> str:
+    """``mean ± std`` (or ``value ± error``) of a result entry; ``n/a`` if not finite, ``-`` if absent.
+
+    >>> fmt([0.51234, 0.0213], 3), fmt([float("nan"), 0.0]), fmt(None)
+    ('0.512 ± 0.021', 'n/a', '-')
+    """
+    if value is None:
+        return "-"
+    mean, std = value
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _heldout_text(heldout: dict[str, Any] | None, key: str) -> str | None:
+    """``held-out figure (docs/results.md, N showers): AUC x ± y`` for AUC ``key``, if known."""
+    if heldout is None or key not in heldout["auc"]:
+        return None
+    mean, std = heldout["auc"][key]
+    source = f"{heldout['source']}, {heldout['n_showers']:,} showers"
+    return f"held-out figure ({source}): AUC {mean:.3f} ± {std:.3f}"
+
+
+#: The columns of :func:`_resolution_cells` in a report table.
+RESOLUTION_COLUMNS = "AUC | minimum detectable AUC | known distortion (resolving power) | held-out figure |"
+
+
+def _resolution_cells(candidate: dict[str, Any], key: str) -> list[str]:
+    """AUC, minimum detectable AUC, known-distortion AUC and held-out figure of AUC ``key``."""
+    res = candidate["auc_resolution"][key]
+    distortion = (
+        f"{res['distortion']}: {fmt(res['distortion_auc'], 3)}"
+        if res["distortion_auc"] is not None
+        else "not run"
+    )
+    held = _heldout_text(candidate["heldout"], key) or "-"
+    return [fmt(res["auc"], 3), f"{res['minimum_detectable_auc']:.3f}", distortion, held]
+
+
+def _resolving_power_text(check: dict[str, Any] | None) -> list[str]:
+    """How the minimum detectable AUC and the known-distortion check are made, and the check's AUCs."""
+    lines = [
+        "**Resolving power.** The *minimum detectable AUC* is 0.5 + 2·SE, with SE the Hanley–McNeil "
+        "standard error of an AUC of 0.5 for the n_a, n_b test showers per class the classifier used "
+        "(every test fold of the splits run): SE = √((n_a + n_b + 1) / (12 n_a n_b)). An AUC below it "
+        "cannot be told from 0.5 at that test size.",
+    ]
+    if check is None:
+        return [*lines, "", "The known-distortion check did not run (see the notes)."]
+    lines += [
+        "",
+        "The *known distortion* is what a small, known error scores at this sample size: the same "
+        "classifier (same splits, epochs and seed) trained on one half of the reference against another "
+        f"half with that error, at {check['n_per_class']:,} showers per class ({check['size_from']}, "
+        "whichever is smaller of the smallest candidate and half the reference). Its own minimum "
+        "detectable AUC decides whether the sample can detect such an error:",
+        "",
+    ]
+    for key, d in check["auc"].items():
+        found = "detected" if d["detects"] else "**not detected: too small a sample**"
+        lines.append(
+            f"- {AUC_KINDS[key]}, {d['distortion']} ({d['how']}): AUC {fmt(d['auc'], 3)} on "
+            f"{d['n_test_per_class'][0]:,} test showers per class, minimum detectable "
+            f"{d['minimum_detectable_auc']:.3f}: {found}."
+        )
+    return lines
+
+
+def _verdicts(result: dict[str, Any], keys: Sequence[str]) -> list[str]:
+    """One line per candidate AUC of ``keys``: what the AUC means at this sample size."""
+    lines = []
+    for c in result["candidates"]:
+        for key in keys:
+            res = c["auc_resolution"].get(key)
+            if res is not None:
+                lines.append(f"- {c['label']}, {AUC_KINDS[key]} AUC {res['auc'][0]:.3f}: {res['sentence']}.")
+    return lines
+
+
+def summary_lines(result: dict[str, Any]) -> list[str]:
+    """The printed summary of the AUCs of a :func:`~caloforge.evaluate.evaluate` result.
+
+    One ``classifier AUC LABEL: x ± y (...)`` line per AUC (``LABEL (kind)`` for the
+    CaloChallenge ones) with the minimum detectable AUC, the AUC of the known-distortion
+    check and, for a shipped model, its held-out figure; then a ``warning:`` line per
+    classifier whose check shows the sample too small.
+    """
+    lines = []
+    for c in result["candidates"]:
+        for key, res in c["auc_resolution"].items():
+            kind = "" if key == "classifier_auc" else f" ({AUC_KINDS[key]})"
+            extra = [f"minimum detectable {res['minimum_detectable_auc']:.3f}"]
+            if res["distortion_auc"] is not None:
+                extra.append(f"{res['distortion']}: {fmt(res['distortion_auc'], 3)}")
+            held = _heldout_text(c["heldout"], key)
+            if held is not None:
+                extra.append(held)
+            lines.append(f"classifier AUC {c['label']}{kind}: {fmt(res['auc'], 3)} ({'; '.join(extra)})")
+    check = result["distortion_check"]
+    for key, d in (check["auc"] if check is not None else {}).items():
+        if not d["detects"]:
+            lines.append(
+                f"warning: too small a sample for the {AUC_KINDS[key]} classifier at "
+                f"{check['n_per_class']:,} showers per class: with {d['distortion']} the reference "
+                f"scores AUC {d['auc'][0]:.3f}, under its minimum detectable "
+                f"{d['minimum_detectable_auc']:.3f}, so an AUC near 0.5 does not mean indistinguishable"
+            )
+    return lines
+
+
+def _pair_lines(pairs: dict[str, Any]) -> list[str]:
+    from caloforge.pairs import PAIR_OBSERVABLES
+
+    floor = pairs["floor"]
+    lines = [
+        "",
+        f"## Pairs ({pairs['separation_mm']:g} mm apart)",
+        "",
+        f"Events split half-way between the two entry points; W1 × 100 of the standardised per-event "
+        f"observables, {floor['draw_size']} events per side and draw (floor: reference vs reference).",
+        "",
+        "| sample | " + " | ".join(PAIR_OBSERVABLES) + " |",
+        "|---|" + "---|" * len(PAIR_OBSERVABLES),
+        "| floor | " + " | ".join(fmt(floor[k]) for k in PAIR_OBSERVABLES) + " |",
+    ]
+    for label, w1 in pairs["candidates"].items():
+        lines.append(f"| {label} | " + " | ".join(fmt(w1[k]) for k in PAIR_OBSERVABLES) + " |")
+    lines += [
+        "",
+        "Means: | sample | separation [mm] | energy share | E_A [MeV] | E_B [MeV] |",
+        "|---|---|---|---|---|",
+    ]
+    for label, m in pairs["means"].items():
+        lines.append(
+            f"| {label} | {m['separation']:.2f} | {m['energy share']:.3f} | {m['E_A']:.0f} | {m['E_B']:.0f} |"
+        )
+    return lines
+
+
+def shower_report(result: dict[str, Any]) -> str:
+    """``report.md`` of a shower evaluation: tables first, then the figures."""
+    names = result["w1_observables"]
+    floor_meta = result["w1_floor"]["meta"]
+    lines = [
+        f"# Evaluation against {result['reference']['label']} ({result['reference']['path']})",
+        "",
+        f"Detector `{result['detector']}`; reference {result['reference']['n_showers']:,} showers; "
+        f"caloforge {result['caloforge_version']}.",
+        "",
+        "## W1 scores",
+        "",
+        f"1-d Wasserstein distances of standardised observables, **in units of "
+        f"{result['w1_unit']:g}** (the unit of the public CaloClouds II code and, by statistics, of "
+        f"the published table), mean ± std over {floor_meta['n_draws']} draws of "
+        f"{floor_meta['draw_size']:,} vs {floor_meta['draw_size']:,} showers. Lower is better; the first "
+        "row is the floor, two disjoint halves of the reference.",
+        "",
+        "| sample | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        "| "
+        + f"{result['reference']['label']} vs itself (floor) | "
+        + " | ".join(fmt(result["w1_floor"][k]) for k in names)
+        + " |",
+    ]
+    for c in result["candidates"]:
+        lines.append(f"| {c['label']} | " + " | ".join(fmt(c["w1"][k]) for k in names) + " |")
+    lines += [
+        "",
+        "## Classifier AUC",
+        "",
+        "High-level classifier (SPEC 5: 25 observables, MLP 32-16-8) trained to separate reference "
+        "and candidate; mean ± std over the splits. 0.5 means indistinguishable, 1.0 perfectly separable "
+        "— if the sample is large enough to tell: read each AUC with its minimum detectable AUC and "
+        "the AUC of a known distortion (resolving power, below).",
+        "",
+        "| sample | showers per class | " + RESOLUTION_COLUMNS,
+        "|---|---|---|---|---|---|",
+    ]
+    for c in result["candidates"]:
+        if "classifier_auc" in c["auc_resolution"]:
+            cells = _resolution_cells(c, "classifier_auc")
+        else:
+            cells = ["not run (too few showers)", "-", "-", "-"]
+        lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
+    lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
+    lines += _verdicts(result, ["classifier_auc"])
+    if any("calochallenge" in c for c in result["candidates"]):
+        lines += [
+            "",
+            "## CaloChallenge metrics",
+            "",
+            "Separation power (0 identical, 1 disjoint; mean over layers per feature), FPD and KPD "
+            "(lower is better; value ± error). The high-level AUC and FPD/KPD use the CaloChallenge's "
+            "features (log E_inc, layer energies, centres and widths); the AUC + sparsity column adds "
+            "the per-layer sparsities and E_dep/E_inc.",
+            "",
+        ]
+        groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
+        lines.append(
+            "| sample | "
+            + " | ".join(f"SP {g}" for g in groups)
+            + " | FPD | KPD | high-level AUC | high-level AUC + sparsity | low-level AUC |"
+        )
+        lines.append("|---|" + "---|" * (len(groups) + 5))
+        for c in result["candidates"]:
+            cc = c["calochallenge"]
+            aucs = [
+                fmt(cc[k], 3) if k in cc else "-"
+                for k in ("high_level_auc", "high_level_auc_sparsity", "low_level_auc")
+            ]
+            lines.append(
+                f"| {c['label']} | "
+                + " | ".join(f"{cc['separation_power'][g]:.4f}" for g in groups)
+                + f" | {fmt(cc['fpd'], 4)} | {fmt(cc['kpd'], 5)} | "
+                + " | ".join(aucs)
+                + " |"
+            )
+        cc_keys = [k for k in AUC_KINDS if k != "classifier_auc"]
+        lines += [
+            "",
+            "Resolving power of the CaloChallenge classifiers (as for the SPEC 5 classifier above):",
+            "",
+            "| sample | classifier | " + RESOLUTION_COLUMNS,
+            "|---|---|---|---|---|---|",
+        ]
+        for c in result["candidates"]:
+            for key in cc_keys:
+                if key in c["auc_resolution"]:
+                    cells = _resolution_cells(c, key)
+                    lines.append(f"| {c['label']} | {AUC_KINDS[key]} | " + " | ".join(cells) + " |")
+        lines += ["", *_verdicts(result, cc_keys)]
+    if "pairs" in result:
+        lines += _pair_lines(result["pairs"])
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
+    if result["figures"]:
+        lines += ["", "## Figures", ""]
+        for name, path in result["figures"].items():
+            lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
+    return "\n".join(lines) + "\n"
+
+
+#: Report columns: result key, table header, unit key of :data:`caloforge.jets.metrics.UNITS`.
+COLUMNS = (
+    ("w1m", "W1m [10⁻³]", "w1m"),
+    ("w1p", "W1p [10⁻³]", "w1p"),
+    ("w1efp", "W1efp [10⁻⁵]", "w1efp"),
+    ("fpd", "FPD [10⁻⁴]", "fpd"),
+    ("kpd", "KPD [10⁻⁴]", "kpd"),
+    ("kl_mass", "KL m [10⁻³]", "kl"),
+    ("kl_ptrel", "KL pT const [10⁻³]", "kl"),
+    ("kl_tau21", "KL τ21 [10⁻³]", "kl"),
+    ("kl_tau32", "KL τ32 [10⁻³]", "kl"),
+)
+
+
+def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (floor first, then every candidate) of the jet metrics table of a result."""
+    header = ["sample", *(h for _, h, _ in COLUMNS), "classifier AUC"]
+    rows = []
+    for entry in (result["floor"], *result["candidates"]):
+        rows.append(
+            [entry["label"], *(fmt(entry[k]) for k, _, _ in COLUMNS), fmt(entry["classifier_auc"], 3)]
+        )
+    return header, rows
+
+
+def jet_report(result: dict[str, Any]) -> str:
+    """``report.md`` of a jet evaluation: the metrics table and how it is made, then the figures."""
+    from caloforge.jets.metrics import KL_MIN_PER_BIN
+
+    ref = result["reference"]
+    n, size = result["n_per_sample"], result["batch_size"]
+    header, rows = table_rows(result)
+    lines = [
+        f"# Jet evaluation against {ref['label']} ({ref['path']})",
+        "",
+        f"Reference: {ref['n_jets']:,} jets of type `{ref['jet_type']}` ({ref['generator']}), "
+        f"{result['n_particles']} particles per jet; caloforge {result['caloforge_version']}.",
+        "",
+        "## Metrics",
+        "",
+        f"The reference is split at random into two disjoint halves A and B; every candidate is compared "
+        f"with half A, and the first row (the floor) is half A against half B. Every sample holds {n:,} "
+        f"jets. Lower is better everywhere; read every value against the floor.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---|" * (len(header) - 1),
+        *("| " + " | ".join(row) + " |" for row in rows),
+        "",
+        "**Units.** Every value is shown divided by the unit in its header, i.e. W1m and W1p × 10³, "
+        "W1efp × 10⁵, FPD and KPD × 10⁴, KL × 10³ (the units of the JetNet and EPiC papers' tables).",
+        "",
+        f"- **W1m, W1p, W1efp** (jetnet 0.2.5's `w1m`, `w1p`, `w1efp`): 1-d Wasserstein distances of "
+        f"the relative jet mass m/pT_jet (from the constituents), of the real particles' η_rel, φ_rel, "
+        f"pT_rel (W1p: their mean) and of the five EFPs with n = 4, d = 4 (W1efp: their mean); mean ± "
+        f"std over {result['n_batches']} batches of {size:,} jets per side, drawn without replacement.",
+        "- **FPD, KPD** (jetnet's definitions) on the 36 EFPs with d ≤ 4 (jetnet's recommended set), "
+        "every feature divided by the reference's max |value|: FPD extrapolated to N → ∞ (value ± "
+        "fit error), KPD the median ± half the 16–84 % spread over batches.",
+        f"- **KL**: KL(reference ‖ sample) of histograms with bins of equal share of half A (plus "
+        f"under- and overflow; {result['kl']['bins_per_jet_observable']} bins for m, τ21, τ32 at this "
+        f"batch size: 50, fewer where a bin would expect under {KL_MIN_PER_BIN} jets), "
+        f"{result['kl']['epsilon']:g} added to every bin; same batches as W1. KL pT const uses every "
+        "real constituent of the batch's jets.",
+        "- **Classifier AUC**: an MLP (32-16-8) trained to separate half A from the sample on 14 jet "
+        "features (relative mass, multiplicity, τ21, τ32, log10 of the five EFPs, the five largest "
+        "pT_rel); mean ± std over the splits. 0.5 means indistinguishable.",
+        "",
+        "Per-feature W1p (×10³):",
+        "",
+        "| sample | η_rel | φ_rel | pT_rel | classifier minimum detectable AUC |",
+        "|---|---|---|---|---|",
+    ]
+    for entry in (result["floor"], *result["candidates"]):
+        mda = entry["classifier_minimum_detectable_auc"]
+        lines.append(
+            f"| {entry['label']} | {fmt(entry['w1p_etarel'])} | {fmt(entry['w1p_phirel'])} | "
+            f"{fmt(entry['w1p_ptrel'])} | {'-' if mda is None else f'{mda:.3f}'} |"
+        )
+    lines += ["", "Candidates:", ""]
+    for c in result["candidates"]:
+        lines.append(
+            f"- {c['label']}: `{c['path']}`, {c['n_jets']:,} jets of type `{c['jet_type']}` "
+            f"({c['n_used']:,} used), generator {c['generator']}."
+        )
+    if result["notes"]:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
+    if result["figures"]:
+        lines += ["", "## Figures", ""]
+        for name, path in result["figures"].items():
+            lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    """The table ``caloforge evaluate`` prints: for jets every metric (rows) of the floor and each
+    candidate (columns), for showers the W1 of every observable with the floor."""
+    from rich.table import Table
+
+    if result.get("kind") == "jets":
+        header, rows = table_rows(result)
+        jet_table = Table(title="Jet metrics (units in brackets; lower is better)", title_justify="left")
+        jet_table.add_column("metric")
+        for row in rows:
+            jet_table.add_column(row[0], justify="right")
+        for k, name in enumerate(header[1:], start=1):
+            jet_table.add_row(name, *(row[k] for row in rows))
+        return jet_table
+    names = result["w1_observables"]
+    table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
+    table.add_column("observable")
+    table.add_column("floor", justify="right")
+    for c in result["candidates"]:
+        table.add_column(c["label"], justify="right")
+
+    def pm(pair: list[float]) -> str:
+        return f"{pair[0]:.2f} ± {pair[1]:.2f}"
+
+    for k in names:
+        table.add_row(k, pm(result["w1_floor"][k]), *(pm(c["w1"][k]) for c in result["candidates"]))
+    return table
+
+
+def print_summary(result: dict[str, Any], out: Path, console: Console) -> None:
+    """What ``caloforge evaluate`` prints after a run into ``out``: :func:`summary_table`, for
+    showers the :func:`summary_lines`, every note, and where the report is."""
+    console.print(summary_table(result))
+    if result.get("kind") == "jets":
+        for note in result["notes"]:
+            console.print(f"note: {note}", markup=False)
+    else:
+        for line in summary_lines(result):
+            console.print(line, markup=False)
+        for note in result["notes"]:
+            console.print(f"note: {note}")
+    console.print(f"report: {out / 'report.md'}")
