@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
+from caloforge.clustering import cluster_pitch_mm, cluster_steps, coarsen_points
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers
 from caloforge.projection import project_points
-from caloforge.simulate.clustering import cluster_pitch_mm, cluster_steps, coarsen_points
 
 
 def _steps(seed: int, n: int, n_layers: int) -> np.ndarray:

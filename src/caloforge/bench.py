@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from caloforge.hardware import cpu_name
+from caloforge.kinds import GEANT4, PYTHIA8, Reference, get_kind, kinds
 
 __all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_markdown"]
 
@@ -243,14 +244,16 @@ def _simulation_row(
 
 
 #: What jet rows stand in the table as: the "detector" and "energy" of Pythia 8 + FastJet jets
-#: (the hard process's pT-hat window is centred on 1 TeV).
-JETS_DETECTOR = "pythia8"
-JET_PT_GEV = 1000.0
+#: (the hard process's pT-hat window is centred on 1 TeV): the jets kind's reference
+#: (:data:`caloforge.kinds.PYTHIA8`).
+JETS_DETECTOR: str = PYTHIA8.detector  # type: ignore[assignment]
+JET_PT_GEV: float = PYTHIA8.energy_gev  # type: ignore[assignment]
 
 
-def _pythia_worker(config: BenchConfig, threads: int, jet_type: str) -> list[dict[str, Any]]:
+def _pythia_worker(config: BenchConfig, threads: int, detector: str, jet_type: str) -> list[dict[str, Any]]:
     """ms per jet of ``caloforge simulate-jets`` (Pythia 8 + FastJet, everything included:
-    one Pythia initialisation per piece of 250 jets, clustering, writing) with ``threads`` workers."""
+    one Pythia initialisation per piece of 250 jets, clustering, writing) with ``threads`` workers
+    (``detector``: the jets kind's, :data:`JETS_DETECTOR`)."""
     from caloforge.jets.pythia import JETS_PER_PIECE, JetSimulationConfig, simulate_jets
 
     times = []
@@ -266,7 +269,7 @@ def _pythia_worker(config: BenchConfig, threads: int, jet_type: str) -> list[dic
             simulate_jets(Path(tmp) / "jets.h5", n, JetSimulationConfig(jet_type, 30), seed=config.seed + r,
                           workers=threads, overwrite=True)  # fmt: skip
             times.append(1000 * (time.perf_counter() - start) / n)
-    row = _simulation_row("Pythia 8 + FastJet", JET_PT_GEV, threads, times, n, JETS_DETECTOR, jet_type)
+    row = _simulation_row(PYTHIA8.label, JET_PT_GEV, threads, times, n, detector, jet_type)
     return [asdict(row)]
 
 
@@ -279,7 +282,7 @@ def _geant4_worker(config: BenchConfig, threads: int, detector: str, particle: s
                 _time_geant4(energy, n, threads, Path(tmp), config.seed + r, detector, particle)
                 for r in range(config.repeats)
             ]
-            rows.append(_simulation_row("Geant4", energy, threads, times, n, detector, particle))
+            rows.append(_simulation_row(GEANT4.label, energy, threads, times, n, detector, particle))
     return [asdict(r) for r in rows]
 
 
@@ -324,7 +327,7 @@ def _model_generator(
     plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision, device=device))
 
     def conditions(energies: np.ndarray) -> dict[str, np.ndarray]:
-        if generator.output == "jets":  # jets: as many conditions, drawn from the training jets
+        if hasattr(generator, "sample_conditions"):  # jets: as many, drawn from the training jets
             from caloforge.generation import drawn_conditions
 
             return drawn_conditions(generator, len(energies), 0)
@@ -351,20 +354,33 @@ def _model_generator(
     return _Timed(run, *facts)
 
 
-def _target(spec: ModelSpec) -> tuple[str, str, bool]:
-    """The detector and particle of ``spec``'s showers (what Geant4 simulates for its speed-up),
-    and whether it is timed on a GPU too (a model whose family generates there)."""
+def _target(spec: ModelSpec) -> tuple[str, str, bool, Reference]:
+    """The detector and particle of ``spec``'s showers (what its reference simulates for its
+    speed-up: Geant4 the model's own detector; a kind with a fixed reference detector, as jets'
+    Pythia 8 + FastJet, that one), whether it is timed on a GPU too (a model whose family
+    generates there) and that reference (its output kind's)."""
     if spec.kind == "onnx":
         from caloforge.export import load_exported
 
-        runner = load_exported(spec.path, threads=1)
-        return runner.detector.name, runner.particle, False
-    from caloforge.models.registry import get_family, load_generator
+        made: Any = load_exported(spec.path, threads=1)
+        gpu = False
+    else:
+        from caloforge.models.registry import get_family, load_generator
 
-    generator = load_generator(spec.path)
-    if generator.output == "jets":
-        return JETS_DETECTOR, generator.particle, False
-    return generator.detector.name, generator.particle, get_family(generator.family).capabilities.gpu
+        made = load_generator(spec.path)
+        gpu = get_family(made.family).capabilities.gpu
+    reference = get_kind(made.output).reference
+    if reference.detector is not None:
+        return reference.detector, made.particle, False, reference
+    return made.detector.name, made.particle, gpu, reference
+
+
+def _row_energies(reference: Reference, config: BenchConfig) -> list[tuple[float, int]]:
+    """``(energy, count)`` of every row of a model whose reference is ``reference``: the bench's
+    energies and shower counts, or the reference's one energy with ``config.jets`` (jets)."""
+    if reference.energy_gev is not None:
+        return [(reference.energy_gev, config.jets)]
+    return [(energy, config.n_showers(energy)) for energy in config.energies]
 
 
 def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: str) -> list[dict[str, Any]]:
@@ -377,9 +393,8 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         timed = _model_generator(spec, device, stack, threads)
         run = timed.run
-        jets = timed.output == "jets"
-        for energy in (JET_PT_GEV,) if jets else config.energies:
-            n = config.jets if jets else config.n_showers(energy)
+        kind = get_kind(timed.output)
+        for energy, n in _row_energies(kind.reference, config):
             energies = np.full(n, energy)
             for batch in config.batch_sizes:
                 for _ in run(energies[: min(batch * threads, n)], batch):  # warm-up (every worker)
@@ -390,7 +405,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                     if device.startswith("cuda"):
                         torch.cuda.synchronize()
                     start = time.perf_counter()
-                    write_batches(out, timed.output, timed.detector, spec.label, iter(run(energies, batch)))
+                    write_batches(out, kind, timed.detector, spec.label, iter(run(energies, batch)))
                     times.append(1000 * (time.perf_counter() - start) / n)
                     out.unlink()
                 rows.append(
@@ -406,7 +421,7 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
                         max(_peak_rss_mb(), _live_peak_rss_mb()),  # the largest process
                         network_calls=timed.network_calls,
                         precision=timed.precision,
-                        detector=JETS_DETECTOR if jets else timed.detector.name,
+                        detector=kind.reference.detector or timed.detector.name,
                         particle=timed.particle,
                     )
                 )
@@ -471,27 +486,24 @@ def run_bench(
     if fast_sim is not None:
         from caloforge.models.registry import load_generator
 
-        if load_generator(fast_sim).output != "points":
+        if not get_kind(load_generator(fast_sim).output).positions:
             raise ValueError(f"--fast-sim {fast_sim}: fast simulation needs a point-cloud shower model")
-    if geant4 and any(t[0] == JETS_DETECTOR for t in targets.values()):
-        from caloforge.jets.pythia import require_generators
-
-        require_generators()  # Pythia 8 + FastJet are the jet models' reference: refuse now, not late
-    # Geant4 for every detector and particle a model makes (at least the ILD photons).
-    references = list(dict.fromkeys(t[:2] for t in targets.values())) or [("ild-ecal", "gamma")]
+    if geant4:
+        for simulator in dict.fromkeys(t[3] for t in targets.values()):
+            simulator.check()  # e.g. Pythia 8 + FastJet for jet models: refuse now, not late
+    # The reference of every detector and particle a model makes (at least Geant4's ILD photons).
+    references = list(dict.fromkeys((t[0], t[1], t[3]) for t in targets.values())) or [
+        ("ild-ecal", "gamma", GEANT4)
+    ]
     for threads in config.threads:
         if geant4:
-            for detector, particle in references:
-                if detector == JETS_DETECTOR:  # jets: Pythia 8 + FastJet is the reference
-                    if progress is not None:
-                        progress(f"Pythia 8 + FastJet ({particle} jets), {threads} worker(s)")
-                    rows += _in_fresh_process(_pythia_worker, config, threads, particle)
-                    continue
-                if detector not in available_detectors():
+            for detector, particle, simulator in references:
+                if simulator.detector is None and detector not in available_detectors():
                     continue  # a user-defined detector: simulate it yourself for the reference
                 if progress is not None:
-                    progress(f"Geant4 ({detector}, {particle}), {threads} worker(s)")
-                rows += _in_fresh_process(_geant4_worker, config, threads, detector, particle)
+                    what = simulator.what.format(detector=detector, particle=particle)
+                    progress(f"{simulator.label} ({what}), {threads} worker(s)")
+                rows += _in_fresh_process(simulator.timer(), config, threads, detector, particle)
         for spec in models:
             if progress is not None:
                 progress(f"{spec.label}, {threads} thread(s)")
@@ -511,7 +523,7 @@ def run_bench(
     reference = {
         (r["detector"], r["particle"], r["energy_gev"], r["threads"]): r["ms_per_shower"]
         for r in rows
-        if r["generator"] in ("Geant4", "Pythia 8 + FastJet")
+        if r["generator"] in {kind.reference.label for kind in kinds()}
     }
     for r in rows:
         g4 = reference.get((r["detector"], r["particle"], r["energy_gev"], r["threads"]))

@@ -28,8 +28,9 @@ Geant4's do).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -532,3 +533,32 @@ def fit_n_points_calibration(
         previous_run = current_run
     set_calibration(current)
     return current
+
+
+def calibrate_model(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path | None,
+    *,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: Callable[..., None] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> str:
+    """``caloforge calibrate``: refit the calibration of ``model`` (in place, or into ``out``)
+    against the Geant4 file ``data`` with its family's calibrator, after checking the request in
+    full (a shipped model needs ``out``; the options are the family's declared ones; ``out``
+    is neither an input nor, without ``overwrite``, an existing file). Returns the line to print."""
+    from caloforge.models.registry import family_of, shipped_models
+    from caloforge.safety import check_outputs, output_lock, refuse_existing
+
+    if (str(model) == "default" or str(model) in shipped_models()) and out is None:
+        raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
+    family, path, _ = family_of(model)
+    family.require("calibrate")
+    given = family.check_options("calibrate", options or {})
+    if out is not None:
+        check_outputs({"--out": out}, {"--data": data, "--model": path})
+        refuse_existing(out, overwrite)
+    with output_lock(out or path):
+        return family.part("calibrator")(path, data, out, seed=seed, progress=progress, **given)

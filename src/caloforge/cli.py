@@ -80,58 +80,15 @@ def _main(
     _state["debug"] = _state["debug"] or debug
 
 
-def _jet_table(path: Path) -> Table:
-    """What ``caloforge info`` shows of a jet file."""
-    from caloforge.jets.io import read_jets
-
-    jets = read_jets(path)
-    if len(jets) == 0:
-        raise ShowerFileError(f"'{path}' holds no jets")
-    table = Table(title=str(path), show_header=False, title_justify="left")
-    table.add_row("kind", f"jets ({jets.jet_type})")
-    table.add_row("jets", f"{len(jets):,}")
-    table.add_row("particles stored", f"{jets.n_particles} per jet")
-    table.add_row("generator", str(jets.attrs.get("generator", "unknown (a JetNet file?)")))
-    for key in ("seed", "process", "jet_algorithm", "generator_versions"):
-        if key in jets.attrs:
-            table.add_row(key, str(jets.attrs[key]))
-    for i, (name, unit) in enumerate((("jet pT", " GeV"), ("jet eta", ""), ("jet mass", " GeV"))):
-        v = jets.jet[:, i]
-        table.add_row(name, f"{v.min():.4g} – {v.max():.4g}{unit} (mean {v.mean():.4g})")
-    m = jets.multiplicity
-    table.add_row("particles/jet", f"mean {m.mean():.1f}, std {m.std():.1f}, min {m.min()}, max {m.max()}")
-    return table
-
-
 def _file_table(path: Path, detector: str | None) -> Table:
-    from caloforge.jets.io import is_jet_file
+    """What ``caloforge info`` shows of a file: the rows of its kind (:mod:`caloforge.kinds`;
+    a file no kind recognises gets the shower reader's one-line reason)."""
+    from caloforge.kinds import file_kind
 
-    if is_jet_file(path):
-        return _jet_table(path)
-    with open_showers(path, detector) as reader:
-        energy = reader.read_energy()
-        table = Table(title=str(path), show_header=False, title_justify="left")
-        table.add_row("kind", reader.kind)
-        table.add_row("showers", f"{len(reader):,}")
-        table.add_row("detector", reader.detector.name)
-        table.add_row("generator", reader.generator)
-        for key in ("seed", "physics", "particle", "format_version"):
-            if key in reader.attrs:
-                table.add_row(key, str(reader.attrs[key]))
-        if len(energy):
-            table.add_row(
-                "incident energy",
-                f"{energy.min():.2f} – {energy.max():.2f} GeV (mean {energy.mean():.2f})",
-            )
-        counts: list[np.ndarray] = []
-        for chunk in reader.iter_chunks(5000):
-            counts.append(chunk.n_points if reader.kind == "points" else (chunk.voxels > 0).sum(axis=1))
-        if counts:
-            c = np.concatenate(counts)
-            label = "points/shower" if reader.kind == "points" else "non-zero voxels/shower"
-            table.add_row(label, f"mean {c.mean():.1f}, std {c.std():.1f}, min {c.min()}, max {c.max()}")
-        if reader.kind == "points":
-            table.add_row("point slots on disk", str(reader.max_points))
+    rows = file_kind(path).info_rows(path, detector)
+    table = Table(title=str(path), show_header=False, title_justify="left")
+    for key, value in rows:
+        table.add_row(key, value)
     return table
 
 
@@ -145,6 +102,7 @@ def _is_model(path: Path) -> bool:
 
 def _model_table(model: Path) -> Table:
     """What ``caloforge info`` shows of a model: family, detector, output, conditions, capabilities."""
+    from caloforge.kinds import get_kind
     from caloforge.models.registry import family_of
 
     family, path, state = family_of(model)
@@ -152,12 +110,7 @@ def _model_table(model: Path) -> Table:
     caps = family.capabilities
     table = Table(title=f"{model} ({path.name})", show_header=False, title_justify="left")
     table.add_row("family", f"{family.name} ({family.description}); checkpoint format {state['format']}")
-    if generator.output == "jets":
-        table.add_row("generates", f"{generator.particle} jets as particle clouds")
-    else:
-        table.add_row(
-            "generates", f"{generator.output} of {generator.particle} showers in {generator.detector.name}"
-        )
+    table.add_row("generates", get_kind(generator.output).describe_generator(generator))
     table.add_row("generator label", generator.label)
     for cond in generator.conditions:
         table.add_row(
@@ -175,6 +128,11 @@ def _model_table(model: Path) -> Table:
         supported.append(f"export ({', '.join(caps.export)})")
     table.add_row("supports", ", ".join(supported) or "generation only")
     table.add_row("precisions", ", ".join(caps.precisions))
+    for command, spell in (("generate", "--option {}=…"), ("calibrate", "{}"), ("train", "{}")):
+        options = family.options(command)
+        names = dict.fromkeys(spell.format(o.name if command == "generate" else o.flag) for o in options)
+        if names:
+            table.add_row(f"{command} options", ", ".join(names))
     return table
 
 
@@ -623,8 +581,8 @@ app.add_typer(train_app, name="train")
 
 def _add_family_commands() -> None:
     """Every family's own commands (``caloforge train <family>``, …)."""
+    from caloforge.family_cli import add_training_commands
     from caloforge.models.registry import families
-    from caloforge.train_command import add_training_commands
 
     for family in families():
         add_training_commands(train_app, family)
@@ -635,79 +593,46 @@ def _add_family_commands() -> None:
 _add_family_commands()
 
 
-@app.command()
-def calibrate(
-    model: Annotated[str, typer.Option(help="A run directory or checkpoint ('default' needs --out).")],
-    data: Annotated[
-        Path,
-        typer.Option(help="Geant4 training file to calibrate against (points; voxels for CaloDREAM)."),
-    ],
-    out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Write here instead of updating the checkpoint.")
-    ] = None,
-    sampler: Annotated[
-        str | None, typer.Option(help="Make this the model's sampler (heun, euler; consistency).")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Sampler steps (default: the model's).")] = None,
-    sigma_max: Annotated[
-        float | None, typer.Option(help="Highest noise level of the sampler (default: the model's).")
-    ] = None,
-    cog: Annotated[
-        str | None,
-        typer.Option(
-            help="CaloClouds II: how the centre of gravity is set, shift (whole cloud) or tilt (energies)."
-        ),
-    ] = None,
-    radial: Annotated[
-        bool | None,
-        typer.Option(
-            "--radial",
-            help="CaloClouds II: also fit energy weights by radius (the core/halo balance) first.",
-        ),
-    ] = None,
-    showers: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Model showers per fit pass (default: the model config's; CaloDREAM: 4000).",
-        ),
-    ] = None,
-    bins: Annotated[
-        int | None,
-        typer.Option(min=1, help="CaloDREAM: incident-energy bins of the hit-energy calibration (8)."),
-    ] = None,
-    seed: Annotated[int, seed_option("Seed of the energies and noise used.")] = 0,
-    threads: ThreadsOption = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+def _calibrate(
+    model: str, data: Path, out: Path | None, seed: int, threads: int | None, overwrite: bool, **options: Any
 ) -> None:
     """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
-    sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy)."""
-    from caloforge.models.registry import family_of, shipped_models
-
-    if sigma_max is not None and not (np.isfinite(sigma_max) and sigma_max > 0):
-        raise ValueError(f"--sigma-max must be a positive number, got {sigma_max}")
-    if (model == "default" or model in shipped_models()) and out is None:
-        raise ValueError("the shipped model is read-only: give --out FILE for the recalibrated copy")
-    from caloforge.safety import check_outputs, output_lock, refuse_existing
+    sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy); the
+    options are the families' own (caloforge info MODEL lists a model's)."""
+    from caloforge.calibrate import calibrate_model
 
     set_threads(threads)
-    family, path, _ = family_of(model)
-    family.require("calibrate")
-    if out is not None:
-        check_outputs({"--out": out}, {"--data": data, "--model": path})
-        refuse_existing(out, overwrite)
-    options = {
-        "sampler": sampler,
-        "steps": steps,
-        "sigma_max": sigma_max,
-        "cog": cog,
-        "radial": radial,
-        "showers": showers,
-        "bins": bins,
-    }
-    with output_lock(out or path), progress_bar() as bar:
-        line = family.part("calibrator")(path, data, out, seed=seed, progress=stage_progress(bar), **options)
+    with progress_bar() as bar:
+        line = calibrate_model(
+            model, data, out, overwrite=overwrite, seed=seed, progress=stage_progress(bar), options=options
+        )
     console.print(line)
+
+
+def _add_calibrate_command() -> None:
+    """``caloforge calibrate``, with every family's calibration options."""
+    from caloforge.family_cli import command_with_options
+    from caloforge.models.registry import families
+
+    base = {
+        "model": Annotated[str, typer.Option(help="A run directory or checkpoint ('default' needs --out).")],
+        "data": Annotated[
+            Path,
+            typer.Option(help="Geant4 training file to calibrate against (points; voxels for CaloDREAM)."),
+        ],
+        "out": Annotated[
+            Path | None, typer.Option("--out", "-o", help="Write here instead of updating the checkpoint.")
+        ],
+        "seed": Annotated[int, seed_option("Seed of the energies and noise used.")],
+        "threads": ThreadsOption,
+        "overwrite": Annotated[bool, typer.Option(help="Replace an existing --out file.")],
+    }
+    defaults = {"out": None, "seed": 0, "threads": None, "overwrite": False}
+    declared = {f.description: f.calibrate_options for f in families() if f.calibrate_options}
+    app.command("calibrate")(command_with_options(_calibrate, base, defaults, declared))
+
+
+_add_calibrate_command()
 
 
 @app.command()
@@ -782,19 +707,21 @@ def generate(
         typer.Option(
             "--option",
             help="A family's own generation option KEY=VALUE, repeatable (e.g. CaloINN temperature=0.9, "
-            "CaloClouds points_per_call=20000).",
+            "CaloClouds points_per_call=20000); caloforge info MODEL lists a model's.",
         ),
     ] = None,
 ) -> None:
     """Generate showers (or jets) with a trained model into the file kind its family writes."""
     from caloforge.generation import generate_file, run_conditions
+    from caloforge.kinds import get_kind
     from caloforge.models.registry import load_generator
     from caloforge.safety import check_outputs
 
     set_threads(threads)
     check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
+    generator = load_generator(model)  # loaded once: generation takes the same one
     energies = run_conditions(
-        load_generator(model),  # loaded once: generation takes the same one
+        generator,
         n,
         seed,
         energy=energy,
@@ -824,10 +751,10 @@ def generate(
             resume=resume,
             options=_generation_options(option or []),
         )
-    what = "jets" if isinstance(energies, dict) else "showers"
+    kind = get_kind(generator.output)
     console.print(
-        f"wrote {result.n_showers} {what} to {out} in {result.seconds:.1f} s "
-        f"({result.ms_per_shower:.1f} ms/{what[:-1]})"
+        f"wrote {result.n_showers} {kind.noun} to {out} in {result.seconds:.1f} s "
+        f"({result.ms_per_shower:.1f} ms/{kind.noun_one})"
     )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from caloforge.detector import CellGrid, Detector, get_detector
 from caloforge.io import PointShowers, ShowerFileError, ShowerWriter, open_showers
+from caloforge.kinds import get_kind
 from caloforge.projection import voxelise_with_loss
 from caloforge.safety import check_outputs, output_lock, refuse_existing
 
@@ -85,7 +86,7 @@ def convert_showers(
     check_outputs({"--out": out}, {"SOURCE": source})
     refuse_existing(out, overwrite)  # before reading anything; again under the lock below
     with open_showers(source) as reader:
-        if reader.kind != "points":
+        if not get_kind(reader.kind).positions:
             raise ShowerFileError(
                 f"'{source}' already holds voxels ({reader.detector.name}): convert reads point-cloud files"
             )

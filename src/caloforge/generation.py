@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from caloforge.engines import ENGINES
-from caloforge.io import COMPRESSIONS, ShowerWriter
+from caloforge.io import COMPRESSIONS
+from caloforge.kinds import Kind, get_kind, register_kind
 from caloforge.models.protocol import (
     Family,
     GenerationError,
@@ -277,7 +278,8 @@ def generate_file(
         raise FileExistsError(f"'{out}' is complete (no unfinished pieces to resume): nothing to do")
     path = resolve_model(model)
     check_outputs({"--out": out}, {"--model": path})
-    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", dict(options or {}))
+    options = get_family(load_generator(path).family).check_options("generate", options or {})
+    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", options)
     with output_lock(out), stop_signals(deferred=True):
         if engine == "dask":
             return _generate_on_dask(
@@ -341,24 +343,13 @@ def model_conditions(
     ``n`` (default 100) drawn with ``seed``, or those of the first ``n`` entries of
     ``conditions_file`` (a jet file: its jet features), keeping the ones the model takes."""
     generator = model if isinstance(model, ShowerGenerator) else load_generator(model)
-    names = [c.name for c in generator.conditions]
     if conditions_file is not None:
-        if generator.output != "jets":
+        kind = get_kind(generator.output)
+        if kind.conditions_file is None:  # the kind's files hold no conditions (showers)
             raise GenerationError(
                 f"--conditions-file is for jet models; this model writes {generator.output}"
             )
-        from caloforge.jets.io import JET_FEATURES, jet_file_info, read_jets
-
-        # the model's particle count: a 150-particle file gives conditions for 30-particle jets
-        cap = next((int(c.high) for c in generator.conditions if c.name == "num_particles"), None)
-        stored = jet_file_info(conditions_file)["n_particles"]
-        jets = read_jets(conditions_file, n_particles=min(cap or stored, stored), stop=n)
-        if n is not None and n > len(jets):
-            raise ValueError(
-                f"-n {n} asks for more jets than --conditions-file '{conditions_file}' holds ({len(jets)})"
-            )
-        table = {name: jets.jet[:, i].astype(np.float64) for i, name in enumerate(JET_FEATURES)}
-        return {k: table[k] for k in names}
+        return kind.part("conditions_file")(conditions_file, generator.conditions, n)
     return drawn_conditions(generator, 100 if n is None else n, seed)
 
 
@@ -470,7 +461,7 @@ def _attrs(
 
 def write_batches(
     out: Path,
-    kind: str,
+    kind: str | Kind,
     detector: Any,
     label: str,
     batches: Iterator[Any],
@@ -480,30 +471,17 @@ def write_batches(
     compression: str | None = "gzip",
     on_batch: Callable[[int], None] | None = None,
 ) -> int:
-    """Write ``batches`` atomically into ``out`` with the writer of the file kind ``kind``
-    (points, voxels, jets; a jet file's particle count and type come from the first batch);
-    ``on_batch(done)`` after every batch. A stop signal between batches leaves no output.
-    Returns the number written."""
+    """Write ``batches`` atomically into ``out`` with the writer of the output kind ``kind``
+    (a :class:`~caloforge.kinds.Kind` or its name: points, voxels, jets; a jet file's particle
+    count and type come from the first batch); ``on_batch(done)`` after every batch. A stop
+    signal between batches leaves no output. Returns the number written."""
+    kind = get_kind(kind)
     first = next(batches, None)
     if first is None:
         raise GenerationError("nothing to generate: no conditions were given")
-    if kind == "jets":
-        from caloforge.jets.io import JetWriter
-
-        writer: Any = JetWriter(
-            out, first.n_particles, first.jet_type, generator=label, seed=seed, attrs=attrs,
-            compression=compression,
-        )  # fmt: skip
-    else:
-        writer = ShowerWriter(
-            out,
-            kind,
-            detector,
-            generator=label,
-            seed=seed,
-            attrs=attrs,
-            compression=compression,  # type: ignore[arg-type]
-        )
+    writer = kind.open_writer(
+        out, detector, first, generator=label, seed=seed, attrs=attrs, compression=compression
+    )
     done = 0
     with writer:
         for batch in itertools.chain([first], batches):
@@ -547,53 +525,28 @@ BATCHES_PER_PIECE = 8
 _DASK: dict[str, ShowerGenerator] = {}
 
 
-def _dask_start(path: str, family: Family) -> None:
-    """Once per Dask worker process: one thread for torch, the family known, the model loaded."""
+def _dask_start(path: str, family: Family, kind: Kind) -> None:
+    """Once per Dask worker process: one thread for torch, the family and its output kind
+    known, the model loaded."""
     import torch
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the client has warned already
     register(family)
+    register_kind(kind)
     _DASK[path] = load_generator(path)
 
 
 def _dask_piece(job: tuple[str, Plan, int, list[tuple[int, dict[str, np.ndarray]]]]) -> dict[str, np.ndarray]:
-    """One piece on a Dask worker: its batches, each from its own random stream."""
+    """One piece on a Dask worker: its batches, each from its own random stream, as the plain
+    arrays of its output kind (:meth:`~caloforge.kinds.Kind.encode_piece`) with ``first`` (its
+    first batch index) and ``count`` (its entries)."""
     path, plan, seed, batches = job
     generator = _DASK[path]
     made = [generator.generate_batch(conditions, plan, seed, index) for index, conditions in batches]
     showers = type(made[0]).concatenate(made)
-    first = np.asarray(batches[0][0])
-    if showers.kind == "jets":
-        return {
-            "first": first,
-            "particles": showers.particles,
-            "jet": showers.jet,
-            "type": np.asarray(showers.jet_type),
-        }
-    if showers.kind == "voxels":
-        return {"first": first, "energy": showers.energy, "data": showers.voxels}
-    # Points without their padding (a third of the bytes to send and store), in slot order.
-    mask = showers.mask
-    return {
-        "first": first, "energy": showers.energy, "data": showers.points[mask],
-        "slots": np.nonzero(mask)[1].astype(np.int32), "counts": mask.sum(axis=1),
-    }  # fmt: skip
-
-
-def _piece_showers(kind: str, arrays: Mapping[str, np.ndarray]) -> Any:
-    from caloforge.io import PointShowers, VoxelShowers
-
-    if kind == "jets":
-        from caloforge.jets.io import Jets
-
-        return Jets(arrays["particles"], arrays["jet"], str(arrays["type"]))
-    if kind == "voxels":
-        return VoxelShowers(arrays["energy"], arrays["data"])
-    counts, slots = arrays["counts"], arrays["slots"]
-    points = np.zeros((len(counts), int(slots.max()) + 1 if len(slots) else 1, 4), np.float32)
-    points[np.repeat(np.arange(len(counts)), counts), slots] = arrays["data"]
-    return PointShowers(arrays["energy"], points)
+    arrays = get_kind(generator.output).encode_piece(showers)
+    return {"first": np.asarray(batches[0][0]), "count": np.asarray(len(showers))} | arrays
 
 
 def _generate_on_dask(
@@ -616,6 +569,7 @@ def _generate_on_dask(
     (workers, scheduler), (resume, overwrite) = engine, modes
     generator = load_generator(path)
     family = get_family(generator.family)
+    kind = get_kind(generator.output)
     plan = generator.plan(request)
     batches = list(batch_conditions(generator, conditions, plan, batch_size))
     _warn_incomplete(generator)
@@ -639,17 +593,16 @@ def _generate_on_dask(
     done = sum(c for first, c in counts.items() if finished.get(first) == c)
     start = time.perf_counter()
     if todo:
-        with DaskEngine(workers, scheduler, _dask_start, (str(path), family)) as cluster:
+        with DaskEngine(workers, scheduler, _dask_start, (str(path), family, kind)) as cluster:
             for arrays in cluster.imap_unordered(_dask_piece, todo):
                 check_stop()
-                first = int(arrays.pop("first"))
-                count = len(arrays["jet" if "jet" in arrays else "energy"])
+                first, count = int(arrays.pop("first")), int(arrays.pop("count"))
                 store.save(first, count, arrays)
                 done += count
                 if progress is not None:
                     progress(done, _n_of(conditions))
     attrs = _attrs(model, path, conditions, generator, plan)
-    stored = (_piece_showers(generator.output, store.load(first)) for first in counts)
+    stored = (kind.decode_piece(store.load(first)) for first in counts)
     written = _stream(out, generator, seed, attrs, stored, _n_of(conditions), compression, None)
     store.remove()
     return GenerationResult(out, written.n_showers, time.perf_counter() - start)

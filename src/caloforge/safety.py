@@ -159,10 +159,12 @@ def check_output_dir(
     """Refuse (one line, ``error``) an output directory that is one of the ``inputs`` or an
     existing file: the directory outputs' side of :func:`check_outputs` (reports, training runs).
 
-    >>> check_output_dir("a.h5", ["a.h5"], purpose="the report", error=ValueError)
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile(suffix=".h5") as f:
+    ...     check_output_dir(f.name, [f.name], purpose="the report", error=ValueError)
     Traceback (most recent call last):
     ...
-    ValueError: --out 'a.h5' is the input file 'a.h5': give a directory for the report
+    ValueError: --out '...' is the input file '...': give a directory for the report
     """
     out = Path(out)
     for source in inputs:

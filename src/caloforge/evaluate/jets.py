@@ -30,7 +30,7 @@ from caloforge.jets.io import JetFileError, Jets, jet_file_info, read_jets
 from caloforge.jets.observables import jet_observables
 from caloforge.safety import output_lock
 
-__all__ = ["JetEvaluationConfig", "classifier_features", "evaluate_jets"]
+__all__ = ["JetEvaluationConfig", "classifier_features", "evaluate_jet_files", "evaluate_jets"]
 
 #: Fewer jets than this per sample and the classifier is skipped (with a note).
 MIN_CLASSIFIER_JETS = 50
@@ -153,6 +153,30 @@ def _open(reference: Path, candidates: Sequence[Path], notes: list[str]) -> tupl
                 "the metrics compare different kinds of jets."
             )
     return infos, n_particles
+
+
+def evaluate_jet_files(
+    reference: str | Path,
+    candidates: Sequence[str | Path],
+    out_dir: str | Path,
+    config: Any,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """The jets kind's evaluator (:mod:`caloforge.kinds`): :func:`evaluate_jets` with the
+    settings of an :class:`~caloforge.evaluate.EvaluationConfig` ``config`` (``n_draws``,
+    ``draw_size``, ``classifier_splits``, ``classifier_epochs``, ``plots``, ``max_showers``,
+    ``seed`` as its batches, batch size, splits, epochs, plots, jets and seed)."""
+    jet_config = JetEvaluationConfig(
+        n_batches=config.n_draws,
+        batch_size=config.draw_size,
+        splits=config.classifier_splits,
+        epochs=config.classifier_epochs,
+        plots=config.plots,
+        max_jets=config.max_showers,
+        seed=config.seed,
+    )
+    return evaluate_jets(reference, candidates, out_dir, jet_config, progress, overwrite)
 
 
 def evaluate_jets(

@@ -22,8 +22,10 @@ __all__ = [
     "RESOLUTION_COLUMNS",
     "fmt",
     "jet_report",
+    "jet_summary",
     "print_summary",
     "shower_report",
+    "shower_summary",
     "summary_lines",
     "summary_table",
     "table_rows",
@@ -374,20 +376,45 @@ def jet_report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What :func:`print_summary` prints after the table: ``(line, markup)``, ``markup`` as
+#: :meth:`rich.console.Console.print` takes it (``None``: the console's own setting).
+SummaryLines = list[tuple[str, "bool | None"]]
+
+
 def summary_table(result: dict[str, Any]) -> Table:
-    """The table ``caloforge evaluate`` prints: for jets every metric (rows) of the floor and each
-    candidate (columns), for showers the W1 of every observable with the floor."""
+    """The table ``caloforge evaluate`` prints (the ``summary`` of the result's kind,
+    :mod:`caloforge.kinds`): for jets every metric (rows) of the floor and each candidate
+    (columns), for showers the W1 of every observable with the floor."""
+    from caloforge.kinds import kind_of_result
+
+    return kind_of_result(result).part("summary")(result)[0]
+
+
+def jet_summary(result: dict[str, Any]) -> tuple[Table, SummaryLines]:
+    """The jets kind's summary: the metrics table (rows: metrics; columns: the floor and each
+    candidate), then every note."""
     from rich.table import Table
 
-    if result.get("kind") == "jets":
-        header, rows = table_rows(result)
-        jet_table = Table(title="Jet metrics (units in brackets; lower is better)", title_justify="left")
-        jet_table.add_column("metric")
-        for row in rows:
-            jet_table.add_column(row[0], justify="right")
-        for k, name in enumerate(header[1:], start=1):
-            jet_table.add_row(name, *(row[k] for row in rows))
-        return jet_table
+    header, rows = table_rows(result)
+    jet_table = Table(title="Jet metrics (units in brackets; lower is better)", title_justify="left")
+    jet_table.add_column("metric")
+    for row in rows:
+        jet_table.add_column(row[0], justify="right")
+    for k, name in enumerate(header[1:], start=1):
+        jet_table.add_row(name, *(row[k] for row in rows))
+    return jet_table, [(f"note: {note}", False) for note in result["notes"]]
+
+
+def shower_summary(result: dict[str, Any]) -> tuple[Table, SummaryLines]:
+    """The shower kinds' summary: the W1 table, the :func:`summary_lines`, then every note."""
+    lines: SummaryLines = [(line, False) for line in summary_lines(result)]
+    return _w1_table(result), lines + [(f"note: {note}", None) for note in result["notes"]]
+
+
+def _w1_table(result: dict[str, Any]) -> Table:
+    """The W1 of every observable with the floor, for every candidate."""
+    from rich.table import Table
+
     names = result["w1_observables"]
     table = Table(title=f"W1 in units of {result['w1_unit']:g} (lower is better)", title_justify="left")
     table.add_column("observable")
@@ -406,13 +433,10 @@ def summary_table(result: dict[str, Any]) -> Table:
 def print_summary(result: dict[str, Any], out: Path, console: Console) -> None:
     """What ``caloforge evaluate`` prints after a run into ``out``: :func:`summary_table`, for
     showers the :func:`summary_lines`, every note, and where the report is."""
-    console.print(summary_table(result))
-    if result.get("kind") == "jets":
-        for note in result["notes"]:
-            console.print(f"note: {note}", markup=False)
-    else:
-        for line in summary_lines(result):
-            console.print(line, markup=False)
-        for note in result["notes"]:
-            console.print(f"note: {note}")
+    from caloforge.kinds import kind_of_result
+
+    table, lines = kind_of_result(result).part("summary")(result)
+    console.print(table)
+    for line, markup in lines:
+        console.print(line, markup=markup)
     console.print(f"report: {out / 'report.md'}")

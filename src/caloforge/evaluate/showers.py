@@ -34,6 +34,7 @@ from caloforge.engines import make_engine
 from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
 from caloforge.evaluate.report import shower_report
 from caloforge.io import PointShowers, Showers, VoxelShowers, open_showers
+from caloforge.kinds import Kind, fallback_kind, file_kind, get_kind, kind_of_file
 from caloforge.observables import (
     ShowerObservables,
     compute_observables,
@@ -53,6 +54,7 @@ __all__ = [
     "Distortion",
     "EvaluationConfig",
     "evaluate",
+    "evaluate_showers",
 ]
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
@@ -151,7 +153,7 @@ def _open_samples(
             )
     for s, det, kind in zip(samples, detectors, kinds, strict=True):
         s.own_detector = det.name
-        if common is not None and kind != "points" and det.n_channels != common.n_channels:
+        if common is not None and not get_kind(kind).positions and det.n_channels != common.n_channels:
             raise EvaluationError(
                 f"'{s.path}' holds voxels on '{det.name}', a larger grid than the other files' "
                 f"'{common.name}': only point files are projected onto a window; convert its point "
@@ -184,8 +186,9 @@ def _voxels(path: Path, det: Detector, max_showers: int | None) -> VoxelShowers:
 
 
 def _distortion_kind(kind: str, det: Detector) -> str:
-    """The :data:`DISTORTIONS` key of a file of ``kind`` on ``det``: points, polar voxels or images."""
-    return "images" if kind == "voxels" and isinstance(det.readout, CellGrid) else kind
+    """The :data:`DISTORTIONS` key of a file of ``kind`` on ``det``: its kind (points, polar
+    voxels), or ``images`` for fixed-grid showers (not positions) on a cell grid."""
+    return "images" if not get_kind(kind).positions and isinstance(det.readout, CellGrid) else kind
 
 
 def _outward_cells(grid: CellGrid) -> np.ndarray:
@@ -461,33 +464,33 @@ def _resolution(
     }
 
 
-def _is_jet_evaluation(reference: Path, candidates: Sequence[Path]) -> bool:
-    """Whether the inputs are jet files; a mix of jet and shower files is refused in one line."""
-    from caloforge.jets.io import is_jet_file
-
-    ref_is_jets = is_jet_file(reference)
-    kinds = [is_jet_file(c) for c in candidates]
-    if not ref_is_jets and not any(kinds):
-        return False
-    if ref_is_jets:
-        for cand, is_jets in zip(candidates, kinds, strict=True):
-            if is_jets:
-                continue
+def _evaluation_kind(reference: Path, candidates: Sequence[Path]) -> Kind:
+    """The kind whose evaluator compares the inputs (:func:`~caloforge.kinds.file_kind` of the
+    reference: files no kind recognises go to the shower evaluator, which says why); candidates
+    of a kind another evaluator compares (jets and showers) are refused in one line."""
+    ref = file_kind(reference)
+    default = fallback_kind()
+    for cand in candidates:
+        kind = file_kind(cand)
+        if kind.evaluator == ref.evaluator:
+            continue
+        if ref.evaluator != default.evaluator:  # e.g. a jet reference: the candidate is wrong
             if not cand.exists():
                 raise EvaluationError(f"candidate '{cand}' does not exist")
             if cand.is_dir():
-                raise EvaluationError(f"'{cand}' is a directory: give jet files to compare")
+                raise EvaluationError(f"'{cand}' is a directory: give {ref.noun_one} files to compare")
             raise EvaluationError(
-                f"'{cand}' is not a jet file but the reference '{reference}' is: compare jets with jets"
+                f"'{cand}' is not a {ref.noun_one} file but the reference '{reference}' is: compare "
+                f"{ref.noun} with {ref.noun}"
             )
-        return True
-    if not reference.exists():
-        raise EvaluationError(f"reference '{reference}' does not exist")
-    jet_file = next(c for c, is_jets in zip(candidates, kinds, strict=True) if is_jets)
-    raise EvaluationError(
-        f"'{jet_file}' is a jet file but the reference '{reference}' is not: compare jets with a jet "
-        "reference and showers with a shower reference"
-    )
+        if not reference.exists():
+            raise EvaluationError(f"reference '{reference}' does not exist")
+        own = kind_of_file(reference) or default
+        raise EvaluationError(
+            f"'{cand}' is a {kind.noun_one} file but the reference '{reference}' is not: compare "
+            f"{kind.noun} with a {kind.noun_one} reference and {own.noun} with a {own.noun_one} reference"
+        )
+    return ref
 
 
 def evaluate(
@@ -505,23 +508,26 @@ def evaluate(
     ``metrics.json``) is refused with :class:`FileExistsError` before any work unless
     ``overwrite``; it is then replaced file by file, atomically.
 
-    Jet files (:mod:`caloforge.jets`) go to :func:`caloforge.evaluate.jets.evaluate_jets`, with
-    ``n_draws``, ``draw_size``, ``classifier_splits``, ``classifier_epochs``, ``plots``,
-    ``max_showers`` and ``seed`` as its batches, batch size, splits, epochs, plots, jets and seed.
+    The reference's output kind (:mod:`caloforge.kinds`) says which evaluator runs: shower
+    files (points, voxels, cell images) :func:`evaluate_showers`; jet files
+    :func:`caloforge.evaluate.jets.evaluate_jet_files`, with ``n_draws``, ``draw_size``,
+    ``classifier_splits``, ``classifier_epochs``, ``plots``, ``max_showers`` and ``seed`` as its
+    batches, batch size, splits, epochs, plots, jets and seed.
     """
-    if _is_jet_evaluation(Path(reference), [Path(c) for c in candidates]):
-        from caloforge.evaluate.jets import JetEvaluationConfig, evaluate_jets
+    kind = _evaluation_kind(Path(reference), [Path(c) for c in candidates])
+    return kind.evaluate(reference, candidates, out_dir, config, progress, overwrite)
 
-        jet_config = JetEvaluationConfig(
-            n_batches=config.n_draws,
-            batch_size=config.draw_size,
-            splits=config.classifier_splits,
-            epochs=config.classifier_epochs,
-            plots=config.plots,
-            max_jets=config.max_showers,
-            seed=config.seed,
-        )
-        return evaluate_jets(reference, candidates, out_dir, jet_config, progress, overwrite)
+
+def evaluate_showers(
+    reference: str | Path,
+    candidates: Sequence[str | Path],
+    out_dir: str | Path,
+    config: EvaluationConfig = EvaluationConfig(),
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """:func:`evaluate` of shower files (points, polar voxels, cell images), the evaluator of
+    the shower kinds."""
     from caloforge import metrics
 
     out = Path(out_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, fields, replace
 from typing import Any, ClassVar, TypeVar
 
@@ -15,7 +15,8 @@ class PresetConfig:
 
     Subclasses set ``KIND`` (for messages), ``PRESETS`` (name → instance, assigned after the
     presets are built) and ``LEGACY`` (fields added later, with the value that files written
-    before them were made with).
+    before them were made with), and validate their fields in ``__post_init__`` with
+    :meth:`check`.
     """
 
     KIND: ClassVar[str] = "config"
@@ -43,26 +44,57 @@ class PresetConfig:
         data = cls.LEGACY | data
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
+    def check(
+        self,
+        *,
+        at_least_one: Iterable[str] = (),
+        at_least_zero: Iterable[str] = (),
+        odd: Iterable[str] = (),
+        positive: Iterable[str] = (),
+        above_zero: Iterable[str] = (),
+        non_negative: Iterable[str] = (),
+        fractions: Mapping[str, tuple[float, float]] | None = None,
+        choices: Mapping[str, Collection[str]] | None = None,
+        point_widths: Iterable[str] = (),
+        widths: Iterable[str] = (),
+        optional: Collection[str] = (),
+    ) -> None:
+        """Refuse out-of-range fields with a one-line ``ValueError`` "<KIND> config: <field> must ...".
 
-def check_point_model_fields(
-    config: object, at_least_one: Iterable[str], positive: Iterable[str], widths: Iterable[str]
-) -> None:
-    """The checks the point-cloud configs share (``ValueError`` naming the field): ``at_least_one``
-    fields >= 1, ``positive`` fields finite and > 0, ``checkpoint_minutes`` finite and >= 0,
-    ``net_widths`` from 4 to 4 (x, y, layer, E), and every one of ``widths`` positive integers."""
-    for name in at_least_one:
-        if getattr(config, name) < 1:
-            raise ValueError(f"config field '{name}' must be at least 1, got {getattr(config, name)}")
-    for name in positive:
-        value = getattr(config, name)
-        if not 0 < value < math.inf:  # NaN fails too
-            raise ValueError(f"config field '{name}' must be a positive finite number, got {value}")
-    minutes = getattr(config, "checkpoint_minutes")  # noqa: B009 - a field every caller has
-    if not 0 <= minutes < math.inf:
-        raise ValueError(f"checkpoint_minutes must be finite and >= 0, got {minutes}")
-    net = getattr(config, "net_widths")  # noqa: B009
-    if len(net) < 2 or net[0] != 4 or net[-1] != 4:
-        raise ValueError(f"net_widths must start and end with 4 (x, y, layer, E), got {net}")
-    for name in widths:
-        if any(w < 1 for w in getattr(config, name)):
-            raise ValueError(f"{name} must be positive integers, got {getattr(config, name)}")
+        ``at_least_one`` / ``at_least_zero``: counts >= 1 / >= 0; ``odd``: positive odd integers;
+        ``positive``: finite and > 0 (NaN fails); ``above_zero``: > 0, infinity allowed (NaN
+        fails); ``non_negative``: finite and >= 0 (``checkpoint_minutes`` too, wherever the config
+        has it); ``fractions``: field → ``(lo, hi)``, in ``[lo, hi)``;
+        ``choices``: field → allowed strings; ``point_widths``: PointWise Net widths, starting
+        and ending with 4 (x, y, layer, E), and positive integers like every one of ``widths``.
+        A field named in ``optional`` may also be ``None``. The checks run in that order.
+        """
+        if hasattr(self, "checkpoint_minutes"):
+            non_negative = (*non_negative, "checkpoint_minutes")
+        point_widths = tuple(point_widths)
+        rules: list[tuple[Iterable[str], Callable[[Any], bool], str]] = [
+            (at_least_one, lambda v: v < 1, "must be at least 1"),
+            (at_least_zero, lambda v: v < 0, "must be >= 0"),
+            (odd, lambda v: v < 1 or v % 2 == 0, "must be a positive odd number"),
+            (positive, lambda v: not 0 < v < math.inf, "must be a positive finite number"),
+            (above_zero, lambda v: not v > 0, "must be positive"),
+            (non_negative, lambda v: not 0 <= v < math.inf, "must be finite and >= 0"),
+        ]
+        for name, (lo, hi) in (fractions or {}).items():
+            rules.append(((name,), lambda v, lo=lo, hi=hi: not lo <= v < hi, f"must be in [{lo}, {hi})"))
+        for name, options in (choices or {}).items():
+            rules.append(((name,), lambda v, o=options: v not in o, f"must be one of {', '.join(options)}"))
+        rules += [
+            (
+                point_widths,
+                lambda v: len(v) < 2 or v[0] != 4 or v[-1] != 4,
+                "must start and end with 4 (x, y, layer, E)",
+            ),
+            ((*point_widths, *widths), lambda v: any(w < 1 for w in v), "must be positive integers"),
+        ]
+        for names, fails, what in rules:
+            for name in names:
+                value = getattr(self, name)
+                if not (value is None and name in optional) and fails(value):
+                    got = repr(value) if isinstance(value, str) else value
+                    raise ValueError(f"{self.KIND} config: {name} {what}, got {got}")

@@ -13,12 +13,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
 
 import torch
 from torch import Tensor, nn
 
 from caloforge.models._config import PresetConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients, world
 from caloforge.models.checkpoint import RUN_CHECKPOINT, read_checkpoint, save_checkpoint
 from caloforge.models.protocol import CheckpointError
@@ -29,7 +32,9 @@ __all__ = [
     "MAX_SKIPPED_SHARE",
     "SKIPPED_SHARE_MIN_STEPS",
     "CheckpointError",
+    "EMATrainer",
     "Progress",
+    "RunOptions",
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
@@ -111,6 +116,16 @@ class TrainResult:
             part,
             trainer.skipped,
         )
+
+
+class RunOptions(TypedDict, total=False):
+    """How a training run goes, the keywords every family's ``train`` takes: ``resume`` (continue
+    the checkpoint in the run directory exactly), ``progress`` (``progress(stage, done, total,
+    info=...)``) and ``max_minutes`` (stop with a resumable checkpoint after that long)."""
+
+    resume: bool
+    progress: Progress | None
+    max_minutes: float | None
 
 
 class Trainer(Protocol):
@@ -258,6 +273,72 @@ def restore_ema_training(
     trainer.gen.set_state(tr["gen"])
     trainer.step, trainer.skipped = int(tr["step"]), int(tr["skipped"])
     trainer.elapsed_s = float(tr["elapsed_s"])
+
+
+class EMATrainer:
+    """What the trainers that keep an EMA of their network share (CaloINN, L2LFlows, BIB-AE,
+    CaloDREAM): the batch generator, the validation split, the counters :func:`run_loop`
+    reads, an optimiser update that feeds the EMA, and the checkpoint state
+    (:func:`ema_training_state`). A subclass builds its model and optimisers, calls
+    :meth:`start`, and says which network is averaged (:meth:`averaged`), under which
+    checkpoint key its live weights go (``live_key``) and which parts (optimisers, schedulers,
+    critics) the checkpoint holds (:meth:`parts`)."""
+
+    live_key = "net"
+    #: What the refusal of a checkpoint trained on other data tells the user to do.
+    same_data = "resume with the same data (and --max-showers)"
+    config: Any
+    data: Any
+    model: Any
+    ema: Any
+
+    def start(self, config: Any, data: Any, n_val: int | None = None) -> None:
+        """The run's generator (``config.seed``), its validation split (``config.val_fraction``
+        of ``data.energy``'s showers unless ``n_val``; drawn with ``config.seed + 1``) and zeroed
+        counters."""
+        self.config, self.data = config, data
+        self.gen = torch.Generator().manual_seed(config.seed)
+        n = len(data.energy)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
+        n_val = round(config.val_fraction * n) if n_val is None else n_val
+        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
+        self.last_losses: dict[str, float] = {}
+
+    def averaged(self) -> nn.Module:
+        """The network whose weights the EMA averages (default ``model.net``)."""
+        return self.model.net
+
+    def parts(self) -> dict[str, Any]:
+        """What else the checkpoint holds (default the optimiser ``opt`` and scheduler ``sched``)."""
+        return {"opt": self.opt, "sched": self.sched}
+
+    def update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """:func:`optimizer_step` of ``module`` (``config.grad_clip``), then the EMA update; a
+        refused step counts as skipped. True when the update was made."""
+        if optimizer_step(loss, module, optimizer or self.opt, self.config.grad_clip):
+            self.ema.update(module)
+            return True
+        self.skipped += 1
+        return False
+
+    def one_cycle_step(self) -> None:
+        """Advance a one-cycle schedule, which refuses a step past its total."""
+        if self.step + 1 < self.config.steps:
+            self.sched.step()
+
+    def validation_due(self) -> bool:
+        """Whether this step ends with a validation (every ``config.val_every`` steps)."""
+        return bool(len(self.val_idx)) and (self.step + 1) % self.config.val_every == 0
+
+    def state(self) -> dict[str, Any]:
+        return ema_training_state(self, self.averaged(), self.live_key, self.parts())
+
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        restore_ema_training(self, state, path, self.averaged(), self.live_key, self.parts(), self.same_data)
+
+    def save(self, path: Path) -> None:
+        save_finite_checkpoint(self.state(), path)
 
 
 def check_resumable(ckpt: Path, saved_config: str, config: PresetConfig, verb: str = "trained") -> None:
@@ -446,21 +527,20 @@ def train_run(
     config: Any,
     data_path: str | Path,
     out_dir: str | Path,
-    *,
     check_state: Callable[[dict[str, Any], Path], dict[str, Any]],
     load: Callable[[str | Path], Any],
     make_trainer: Callable[[Any, Any], Any],
-    resume: bool = False,
-    progress: Progress | None = None,
-    max_minutes: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
     """One training run of a family, the shape every family's ``train`` shares: open the run in
     ``out_dir`` (:func:`open_run`: a fresh directory, or the checked state to resume), ``load``
     the data of ``data_path`` (progress stage ``load``), ``make_trainer(config, data)``, run it
     to ``config.steps`` (:func:`run_to_end`), write the final checkpoint and return the
-    :class:`TrainResult` (parameters from ``trainer.model.n_parameters()``)."""
+    :class:`TrainResult` (parameters from ``trainer.model.n_parameters()``). ``run``: the
+    :class:`RunOptions` ``resume``, ``progress`` and ``max_minutes``."""
     start = time.monotonic()
-    ckpt, state = open_run(out_dir, config, resume, check_state)
+    progress, max_minutes = run.get("progress"), run.get("max_minutes")
+    ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)
     if progress is not None:
         progress("load", 0, 1)
     data = load(data_path)

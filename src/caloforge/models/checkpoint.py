@@ -10,7 +10,7 @@ it runs. Every checkpoint carries a ``format`` key (which family wrote it, see
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,14 @@ from caloforge.io import atomic_output
 from caloforge.models.protocol import CheckpointError
 
 __all__ = [
+    "DETECTOR_KEYS",
     "RUN_CHECKPOINT",
     "CheckpointError",
-    "DetectorCheckpoints",
+    "Checkpoints",
     "check_format",
     "checkpoint_file",
+    "detector_checkpoints",
+    "detector_state",
     "read_checkpoint",
     "save_checkpoint",
 ]
@@ -123,55 +126,110 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 
 @dataclass(frozen=True)
-class DetectorCheckpoints:
-    """Reading and copying the checkpoints of a family whose models are built from a config, a
-    detector and an energy range (CaloINN, BIB-AE, L2LFlows): the state holds ``config`` and
-    ``detector`` (JSON), ``energy_range``, ``complete`` and the ``model`` weights.
+class Checkpoints:
+    """One family's checkpoints, the base every family reads and copies them through: the
+    ``formats`` keys it accepts (the first is the one named when another is found), its format
+    ``version``, the ``required`` keys and ``build(state)``, the family's model from a checked
+    state. Files are always read with ``weights_only=True`` (:func:`read_checkpoint`).
 
-    ``config_cls`` has ``from_dict``; ``model_cls(config, detector, energy_range)`` builds the
-    network whose ``state_dict`` the checkpoint holds.
+    ``frozen``: the loaded model's parameters need no gradients (False where a model is trained
+    further from a loaded one, e.g. a distillation's teacher and student). ``keep``: the keys an
+    inference copy keeps besides the format keys and ``required`` (None: all but ``train``).
     """
 
     description: str
-    format: str
+    formats: tuple[str, ...]
     version: int
-    config_cls: Any
-    model_cls: Any
-
-    REQUIRED_KEYS = ("config", "detector", "energy_range", "complete", "model")
+    required: tuple[str, ...]
+    build: Callable[[dict[str, Any]], Any]
+    frozen: bool = True
+    keep: tuple[str, ...] | None = None
 
     def check_state(self, state: dict[str, Any], path: str | Path) -> dict[str, Any]:
-        """``state`` if it is a complete checkpoint of this format and version (else
-        :class:`CheckpointError`)."""
-        return check_format(state, path, self.format, self.version, self.REQUIRED_KEYS, self.description)
+        """``state`` if it is a complete checkpoint of this family and version (else
+        :class:`CheckpointError` naming what is wrong)."""
+        found = state.get("format")
+        expected = found if found in self.formats else self.formats[0]
+        return check_format(state, path, expected, self.version, self.required, self.description)
+
+    def read_state(self, path: str | Path) -> dict[str, Any]:
+        """The checked contents of a checkpoint file or run directory."""
+        path = checkpoint_file(path)
+        return self.check_state(read_checkpoint(path, require_format=False), path)
 
     def model_from_state(self, state: dict[str, Any], where: str | Path) -> Any:
         """The model a checkpoint ``state`` describes, in evaluation mode."""
-        from caloforge.detector import DetectorError, detector_from_dict
+        from caloforge.detector import DetectorError
 
         self.check_state(state, where)
         try:
-            config = self.config_cls.from_dict(json.loads(state["config"]))
-            det = detector_from_dict(json.loads(state["detector"]))
-            model = self.model_cls(config, det, tuple(state["energy_range"]))
-            model.load_state_dict(state["model"])
-        except (ValueError, TypeError, KeyError, RuntimeError, DetectorError) as exc:
+            model = self.build(state)
+        except CheckpointError:
+            raise
+        except (ValueError, TypeError, KeyError, RuntimeError, AttributeError, DetectorError) as exc:
             raise CheckpointError(
                 f"'{where}': the checkpoint does not describe a valid {self.description} model: {exc}"
             ) from exc
         model.complete = bool(state["complete"])
-        return model.eval().requires_grad_(False)
+        model = model.eval()
+        return model.requires_grad_(False) if self.frozen else model
 
     def load_model(self, path: str | Path) -> Any:
         """A model from a checkpoint or run directory, ready to sample."""
         path = checkpoint_file(path)
-        return self.model_from_state(self.check_state(read_checkpoint(path), path), path)
+        return self.model_from_state(self.read_state(path), path)
 
     def save_for_inference(self, checkpoint: str | Path, out: str | Path) -> Path:
-        """Copy a run's checkpoint without its training state (optimisers, live weights, RNG)."""
+        """Copy a run's checkpoint without its training state (optimisers, live weights, RNG),
+        refusing one that would not load."""
         path = checkpoint_file(checkpoint)
-        state = self.check_state(read_checkpoint(path), path)
-        self.model_from_state(state, path)  # refuse anything that would not load
-        state.pop("train", None)
+        state = self.inference_state(self.read_state(path), path)
         save_checkpoint(state, out)
         return Path(out)
+
+    def inference_state(self, state: dict[str, Any], path: str | Path) -> dict[str, Any]:
+        """What an inference copy of the checked ``state`` holds."""
+        self.model_from_state(state, path)  # refuse anything that would not load
+        if self.keep is None:
+            return {k: v for k, v in state.items() if k != "train"}
+        names = ("format", "format_version", "caloforge_version", *self.keep, *self.required)
+        return {k: state[k] for k in names if k in state}
+
+
+def detector_state(model: Any, format: str, version: int) -> dict[str, Any]:
+    """The inference state of a :func:`detector_checkpoints` family's ``model`` (its ``config``,
+    ``detector``, ``energy_range``, ``complete`` and weights, with the format keys)."""
+    return {
+        "format": format,
+        "format_version": version,
+        "caloforge_version": __version__,
+        "config": json.dumps(model.config.to_dict()),
+        "detector": json.dumps(model.detector.to_dict()),
+        "energy_range": list(model.energy_range),
+        "complete": model.complete,
+        "model": model.state_dict(),
+    }
+
+
+#: The keys of a :func:`detector_checkpoints` family's state.
+DETECTOR_KEYS = ("config", "detector", "energy_range", "complete", "model")
+
+
+def detector_checkpoints(
+    description: str, format: str, version: int, config_cls: Any, model_cls: Any
+) -> Checkpoints:
+    """The :class:`Checkpoints` of a family whose models are built from a config, a detector and
+    an energy range (CaloINN, BIB-AE, L2LFlows): the state holds ``config`` and ``detector``
+    (JSON), ``energy_range``, ``complete`` and the ``model`` weights; ``config_cls`` has
+    ``from_dict``, ``model_cls(config, detector, energy_range)`` builds the network."""
+
+    def build(state: dict[str, Any]) -> Any:
+        from caloforge.detector import detector_from_dict
+
+        config = config_cls.from_dict(json.loads(state["config"]))
+        det = detector_from_dict(json.loads(state["detector"]))
+        model = model_cls(config, det, tuple(state["energy_range"]))
+        model.load_state_dict(state["model"])
+        return model
+
+    return Checkpoints(description, (format,), version, DETECTOR_KEYS, build)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from caloforge.calibrate import NPointsCalibration, count_hits
+from caloforge.clustering import cluster_pitch_mm, coarsen_points
 from caloforge.detector import Detector
 from caloforge.io import PointShowers, open_showers
 from caloforge.models._training import Progress
@@ -21,7 +22,6 @@ from caloforge.models.nn.showerflow import (
     shower_stats,
 )
 from caloforge.models.protocol import CheckpointError
-from caloforge.simulate.clustering import cluster_pitch_mm, coarsen_points
 
 __all__ = ["PointDataConfig", "PointRunState", "TrainingData", "load_training_data"]
 
@@ -58,7 +58,7 @@ def load_training_data(
     """Stream the file once: summaries of every shower and a point subsample (seeded).
 
     A config with ``cluster_per_cell`` (CaloClouds II) set re-clusters each shower's points on
-    that coarser grid first (:func:`~caloforge.simulate.clustering.coarsen_points`), so every
+    that coarser grid first (:func:`~caloforge.clustering.coarsen_points`), so every
     summary (numbers of points, per-layer fractions) describes the coarser clouds.
     """
     per_cell = getattr(config, "cluster_per_cell", None)

@@ -56,12 +56,14 @@ __all__ = [
     "energy_condition",
     "generate_batches",
     "lazy_exports",
-    "refuse_options",
 ]
 
-#: What a generator's showers are (the shower file kinds of :mod:`caloforge.io`, and soon more).
-OutputKind = Literal["points", "voxels", "images", "jets"]
-OUTPUT_KINDS: tuple[str, ...] = ("points", "voxels", "images", "jets")
+#: What a generator's output is: the name of a registered :class:`caloforge.kinds.Kind`, which
+#: says how its batches are written, read, evaluated and benchmarked (kinds are plug-ins, as
+#: families are). Cell images are ``voxels`` on a cell-grid detector, not a kind of their own.
+OutputKind = str
+#: The built-in kinds (``caloforge.kinds.kinds()`` lists every registered one).
+OUTPUT_KINDS: tuple[str, ...] = ("points", "voxels", "jets")
 #: Values of a request's ``precision``; a family states which of them it runs.
 PRECISIONS = ("auto", "float32", "bfloat16")
 
@@ -184,11 +186,17 @@ class Plan:
 
 @runtime_checkable
 class ShowerGenerator(Protocol):
-    """A loaded model, ready to generate (see the module docstring)."""
+    """A loaded model, ready to generate (see the module docstring).
+
+    ``output`` names its :class:`caloforge.kinds.Kind` (``points``, ``voxels``, ``jets``), which
+    says what its batches are and how they are written. ``detector`` is the calorimeter it was
+    trained for, or ``None`` for a kind without one (``Kind.calorimeter`` is False: jets, whose
+    batches are :class:`caloforge.jets.io.Jets`).
+    """
 
     family: str  # the Family's name
     label: str  # what generated files record as their generator (e.g. "caloclouds2-cm")
-    detector: Detector
+    detector: Detector | None  # None for kinds without a calorimeter (jets)
     output: OutputKind
     particle: str  # the particle it was trained on ("gamma", "e-", …)
     conditions: tuple[Condition, ...]
@@ -274,14 +282,6 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Any:
     return __getattr__
 
 
-def refuse_options(options: Mapping[str, Any], what: str, hint: str = "") -> None:
-    """Raise ``ValueError`` naming the first of ``options`` given (not None): options of other
-    families that ``what`` (e.g. "a CaloDREAM calibration") does not take."""
-    given = [k for k, v in options.items() if v is not None]
-    if given:
-        raise ValueError(f"--{given[0].replace('_', '-')} is not {what} option{hint}")
-
-
 def _resolve(reference: str) -> Any:
     """The object ``module:attribute`` names."""
     module, _, attr = reference.partition(":")
@@ -322,10 +322,34 @@ class Option:
         """The command-line spelling, ``--max-showers`` for ``max_showers``."""
         return "--" + self.name.replace("_", "-")
 
+    def convert(self, value: Any, spelling: str | None = None) -> Any:
+        """``value`` as this option's type (text ``true``/``false`` for booleans), at least
+        ``min``; a one-line ``ValueError`` naming ``spelling`` (default the flag) otherwise."""
+        where = spelling or self.flag
+        try:
+            if self.type is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError(value)
+                value = value.lower() == "true"
+            converted = self.type(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where} takes a {self.type.__name__}, got {value!r}") from None
+        if self.min is not None and not converted >= self.min:  # NaN fails too
+            raise ValueError(f"{where} must be at least {self.min:g}, got {value!r}")
+        return converted
+
     @property
     def key(self) -> str:
         """The config field or train keyword the value goes to."""
         return self.field or self.name
+
+
+def point_generation_options() -> tuple[Option, ...]:
+    """The generation options of the point-cloud families (CaloClouds II and (I))."""
+    return (
+        Option("points_per_call", int, "Padded points per network call (memory against speed).", min=1),
+        Option("fast", bool, "The folded PointWise Net (true, the default) or the plain one (false)."),
+    )
 
 
 def steps_option(help: str = "Training steps (default: the preset's).", name: str = "steps") -> Option:
@@ -439,6 +463,9 @@ class Family:
     * ``trainings`` — how its networks train (:class:`Training`): each is a ``caloforge train``
       command, built by the command line from the declaration;
     * ``commands(train_app, app)`` — adds the family's other commands (``distill``, …);
+    * ``generate_options``, ``calibrate_options`` — the :class:`Option` s its models take on
+      ``caloforge generate --option KEY=VALUE`` and ``caloforge calibrate`` (listed by
+      ``caloforge info MODEL``; :meth:`check_options` checks what a user gave);
     * ``shipped`` — shipped model names → asset file names;
     * ``bench_models`` — the shipped models ``caloforge bench`` times by default, ``(label, name)``;
     * ``output`` — the kind of files its models write (:data:`OutputKind`).
@@ -455,6 +482,8 @@ class Family:
     runner: str | None = None
     commands: str | None = None
     trainings: tuple[Training, ...] = ()
+    generate_options: tuple[Option, ...] = ()
+    calibrate_options: tuple[Option, ...] = ()
     shipped: Mapping[str, str] = field(default_factory=dict)
     bench_models: tuple[tuple[str, str], ...] = ()
 
@@ -475,6 +504,42 @@ class Family:
             raise UnsupportedError(
                 f"{self.description} models do not support {_ASKED.get(capability, capability)}"
             )
+
+    def options(self, command: str) -> tuple[Option, ...]:
+        """The options the family declares for ``command``: ``train`` (every training's),
+        ``generate`` or ``calibrate``."""
+        if command == "train":
+            return tuple(o for t in self.trainings for o in t.options)
+        return tuple(getattr(self, f"{command}_options"))
+
+    def check_options(self, command: str, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The options given (not None) for ``command`` (``generate``, ``calibrate``), checked
+        against the declared ones and converted to their types: an undeclared one or a value
+        out of range is a one-line ``ValueError``.
+
+        >>> fam = Family("x", "X", ("x",), "m:f", generate_options=(Option("temperature", float, "T."),))
+        >>> fam.check_options("generate", {"temperature": 1})
+        {'temperature': 1.0}
+        """
+        declared = {o.name: o for o in self.options(command)}
+        flag = command == "calibrate"  # calibrate options are flags; generate ones KEY=VALUE
+        takes = ", ".join((o.flag if flag else o.name) for o in declared.values()) or "none"
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if value is None:
+                continue
+            option = declared.get(key)
+            if option is None:
+                if flag:
+                    flag_name = "--" + key.replace("_", "-")
+                    raise UnsupportedError(
+                        f"{flag_name} is not a {self.description} calibration option (it takes {takes})"
+                    )
+                raise UnsupportedError(
+                    f"unknown {self.description} generation option '{key}' (it takes {takes})"
+                )
+            out[key] = option.convert(value, option.flag if flag else key)
+        return out
 
     def part(self, which: str) -> Any:
         """The object a reference field (``calibrator``, ``exporter``, ``runner``, ``commands``) names."""

@@ -6,9 +6,18 @@ energies (SPEC 6.4, 6.8)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from caloforge.detector import CellGrid, Detector, PolarGrid
+from caloforge.io import open_showers
+
+#: What to tell the owner of a file an image model cannot train on.
+CONVERT_HINT = "convert it with `caloforge convert --detector ild-ecal-30`"
 
 #: Empty voxels of the ``log-energy`` target lie uniformly in this range of ``log(E / threshold)``;
 #: generated values under :data:`EMPTY_CUT` are empty, the rest hits (which start at 0).
@@ -103,3 +112,65 @@ def log_energy_condition(e_inc_gev: Tensor, energy_range: tuple[float, float]) -
     lo, hi = (math.log(e) for e in energy_range)
     mid, half = (lo + hi) / 2, max((hi - lo) / 2, 1e-6)
     return ((torch.log(e_inc_gev.double()) - mid) / half).float().unsqueeze(-1)
+
+
+@dataclass
+class VoxelData:
+    """A voxel or cell-image file in memory: detector, incident energies (GeV), voxels (MeV,
+    flattened) and the energy range the file says it was simulated over."""
+
+    detector: Detector
+    energy: Tensor
+    voxels: Tensor
+    energy_range: tuple[float, float]
+
+
+def load_voxel_file(
+    path: str | Path,
+    readout: str,
+    model: str,
+    max_showers: int | None = None,
+    min_showers: int = 20,
+) -> VoxelData:
+    """The first ``max_showers`` showers of a voxel file whose readout is ``readout``
+    (``"polar"``: CaloChallenge-like voxels, ``"cells"``: cell images), read in chunks into one
+    preallocated array; a file of another kind or readout, an empty file or one with fewer
+    than ``min_showers`` showers is refused in one line naming ``model`` (the reader refuses
+    non-finite values itself)."""
+    path = Path(path)
+    with open_showers(path) as f:
+        det = f.detector
+        polar = isinstance(det.readout, PolarGrid)
+        if readout == "polar" and (f.kind != "voxels" or not polar):
+            what = (
+                f"{f.kind}"
+                if f.kind != "voxels"
+                else f"voxels of detector '{det.name}' without a polar readout"
+            )
+            raise ValueError(f"'{path}' holds {what}: {model} trains on voxel files (simulate --voxel-out)")
+        if readout == "cells" and (f.kind != "voxels" or not isinstance(det.readout, CellGrid)):
+            what = (
+                f"{f.kind} showers"
+                if f.kind != "voxels"
+                else f"{det.readout.kind} voxels of detector '{det.name}'"
+            )
+            raise ValueError(
+                f"'{path}' holds {what}, not cell images; {model} trains on images: {CONVERT_HINT}"
+            )
+        attrs = dict(f.attrs)
+        n = len(f) if max_showers is None else min(len(f), max_showers)
+        energy = np.empty(n, np.float32)
+        voxels = np.empty((n, det.n_channels), np.float32)  # filled in place: no second copy
+        at = 0
+        for chunk in f.iter_chunks(1000, stop=n):
+            k = len(chunk.energy)
+            energy[at : at + k] = chunk.energy
+            voxels[at : at + k] = chunk.voxels
+            at += k
+    if n == 0:
+        raise ValueError(f"'{path}' holds no showers")
+    if n < min_showers:
+        raise ValueError(f"'{path}' holds {n} showers: at least {min_showers} are needed")
+    lo = float(attrs.get("energy_min_gev", energy.min()))
+    hi = float(attrs.get("energy_max_gev", energy.max()))
+    return VoxelData(det, torch.from_numpy(energy), torch.from_numpy(voxels), (lo, hi))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from caloforge.clustering import cluster_steps
 from caloforge.detector import Detector, get_detector
 from caloforge.engines import ENGINES, make_engine
 from caloforge.io import (
@@ -37,7 +38,6 @@ from caloforge.pieces import PieceStore
 from caloforge.projection import voxelise
 from caloforge.safety import check_outputs, check_stop, output_lock, stop_signals, worker_setup
 from caloforge.simulate._config import Trigger
-from caloforge.simulate.clustering import cluster_steps
 from caloforge.simulate.fastsim import DEFAULT_MAX_ANGLE_DEG
 from caloforge.simulate.geometry import Geometry
 from caloforge.simulate.gun import Gun, primaries

@@ -110,11 +110,12 @@ class FastSim:
         precision: str = "auto",
         max_angle_deg: float = DEFAULT_MAX_ANGLE_DEG,
     ) -> None:
+        from caloforge.kinds import get_kind
         from caloforge.models.protocol import GenerationRequest
         from caloforge.models.registry import load_generator
 
         generator = load_generator(model)
-        if generator.output != "points":
+        if not get_kind(generator.output).positions:
             raise FastSimError(
                 f"model '{model}' generates {generator.output}: fast simulation places point-cloud "
                 "showers as hits (use a point-cloud model such as 'default')"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from caloforge.models.protocol import (
     Capabilities,
     Family,
+    Option,
     Training,
     batch_size_option,
     lazy_exports,
@@ -45,6 +46,7 @@ FAMILY = Family(
     loader="caloforge.models.bibae.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
+    generate_options=(Option("latent_scale", float, "Width of the latent draws (1: the trained prior)."),),
     trainings=(
         Training(
             command="bibae",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -76,21 +75,15 @@ class BIBAEConfig(PresetConfig):
         return self.steps - self.post_steps
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "val_every",
-            "log_every",
-            "latent",
-            "hidden",
-            "post_hidden",
-            "post_layers",
-            "hit_mmd_cells",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BIB-AE config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.noise_dims < 0:
-            raise ValueError(f"BIB-AE config: noise_dims must be >= 0, got {self.noise_dims}")
+        self.check(
+            at_least_one=("steps", "batch_size", "val_every", "log_every", "latent", "hidden", "post_hidden",
+                          "post_layers", "hit_mmd_cells"),
+            at_least_zero=("noise_dims",),
+            positive=("lr", "lr_critic", "grad_clip", "log_scale_mev", "energy_scale_gev", "latent_scale"),
+            non_negative=("beta_kl", "w_mmd", "w_critic", "w_recon_critic", "w_pixel", "gp_lambda",
+                          "w_hit_mmd", "w_post_pixel", "w_post_energy"),
+            fractions={"val_fraction": (0, 0.5), "ema_decay": (0, 1)},
+        )  # fmt: skip
         if not 0 <= self.post_steps < self.steps:
             raise ValueError(
                 f"BIB-AE config: post_steps must be in [0, steps), got {self.post_steps} of {self.steps}"
@@ -101,32 +94,6 @@ class BIBAEConfig(PresetConfig):
             widths = getattr(self, name)
             if len(widths) != 3 or any(int(w) != w or w < 1 for w in widths):
                 raise ValueError(f"BIB-AE config: {name} must be 3 positive integers, got {widths}")
-        for name in ("lr", "lr_critic", "grad_clip", "log_scale_mev", "energy_scale_gev", "latent_scale"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(f"BIB-AE config: {name} must be a positive finite number, got {value}")
-        for name in (
-            "beta_kl",
-            "w_mmd",
-            "w_critic",
-            "w_recon_critic",
-            "w_pixel",
-            "gp_lambda",
-            "w_hit_mmd",
-            "w_post_pixel",
-            "w_post_energy",
-        ):
-            value = getattr(self, name)
-            if not 0 <= value < math.inf:
-                raise ValueError(f"BIB-AE config: {name} must be finite and >= 0, got {value}")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(
-                f"BIB-AE config: checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}"
-            )
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"BIB-AE config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"BIB-AE config: ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 PRESETS: dict[str, BIBAEConfig] = {

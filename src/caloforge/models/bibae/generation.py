@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from caloforge.models.bibae.checkpoint import model_from_state
+from caloforge.models.bibae.checkpoint import CHECKPOINTS
 from caloforge.models.bibae.model import BIBAE
 from caloforge.models.onepass import OnePassGenerator
 
@@ -44,4 +44,4 @@ class BIBAEGenerator(OnePassGenerator):
 
 def load_generator(path: Path, state: dict[str, Any]) -> BIBAEGenerator:
     """The family loader: a checked checkpoint's contents as a generator."""
-    return BIBAEGenerator(model_from_state(state, path), path)
+    return BIBAEGenerator(CHECKPOINTS.model_from_state(state, path), path)

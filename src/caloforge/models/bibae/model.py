@@ -10,7 +10,6 @@ convolutions and as an extra input of the dense layers.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -18,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from caloforge import __version__
 from caloforge.detector import CellGrid, Detector
 from caloforge.models.bibae.config import BIBAEConfig
+from caloforge.models.checkpoint import detector_state
 
 CHECKPOINT_FORMAT = "caloforge-bibae"
 CHECKPOINT_VERSION = 1
@@ -234,13 +233,4 @@ class BIBAE(nn.Module):
     # ---- checkpoint form
     def inference_state(self) -> dict[str, Any]:
         """Everything :func:`~caloforge.models.bibae.checkpoint.load_model` needs."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "caloforge_version": __version__,
-            "config": json.dumps(self.config.to_dict()),
-            "detector": json.dumps(self.detector.to_dict()),
-            "energy_range": list(self.energy_range),
-            "complete": self.complete,
-            "model": self.state_dict(),
-        }
+        return detector_state(self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)

@@ -24,75 +24,40 @@ alone doubled the showers' energy in the first CPU run). EMA of the whole model 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.detector import CellGrid, Detector
-from caloforge.io import open_showers
 from caloforge.models._training import (
-    Progress,
+    EMATrainer,
+    RunOptions,
     TrainResult,
-    ema_training_state,
     optimizer_step,
-    restore_ema_training,
-    save_finite_checkpoint,
     train_run,
 )
-from caloforge.models.bibae.checkpoint import check_state
+from caloforge.models.bibae.checkpoint import CHECKPOINTS
 from caloforge.models.bibae.config import BIBAEConfig
 from caloforge.models.bibae.model import BIBAE, Critic, gradient_penalty, mmd
 from caloforge.models.nn.ema import EMA
+from caloforge.models.voxel_features import VoxelData, load_voxel_file
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["Images", "load_images", "train"]
 
-_CONVERT = "convert it with `caloforge convert --detector ild-ecal-30`"
+
+#: A cell-image file in memory (the name BIB-AE's API has used).
+Images = VoxelData
 
 
-@dataclass
-class Images:
-    """A cell-image file in memory: detector, incident energies (GeV), cells (MeV), energy range."""
-
-    detector: Detector
-    energy: Tensor
-    voxels: Tensor
-    energy_range: tuple[float, float]
-
-
-def load_images(path: str | Path, max_showers: int | None = None, min_showers: int = 20) -> Images:
+def load_images(path: str | Path, max_showers: int | None = None, min_showers: int = 20) -> VoxelData:
     """The showers of a cell-image file (its first ``max_showers``), refusing point files and
-    polar-voxel files in one line (the reader refuses non-finite values itself)."""
-    path = Path(path)
-    with open_showers(path) as f:
-        det = f.detector
-        if f.kind != "voxels":
-            raise ValueError(f"'{path}' holds {f.kind} showers, not cell images; {_CONVERT}")
-        if not isinstance(det.readout, CellGrid):
-            raise ValueError(
-                f"'{path}' holds {det.readout.kind} voxels of detector '{det.name}', not cell images "
-                f"on a cell grid; BIB-AE trains on images: {_CONVERT}"
-            )
-        attrs = dict(f.attrs)
-        n = len(f) if max_showers is None else min(len(f), max_showers)
-        energy = np.empty(n, np.float32)
-        voxels = np.empty((n, det.n_channels), np.float32)  # filled in place: no second copy
-        at = 0
-        for chunk in f.iter_chunks(1000, stop=n):
-            k = len(chunk.energy)
-            energy[at : at + k] = chunk.energy
-            voxels[at : at + k] = chunk.voxels
-            at += k
-    if n == 0:
-        raise ValueError(f"'{path}' holds no showers")
-    if n < min_showers:
-        raise ValueError(f"'{path}' holds {n} showers: at least {min_showers} are needed")
-    lo = float(attrs.get("energy_min_gev", energy.min()))
-    hi = float(attrs.get("energy_max_gev", energy.max()))
-    return Images(det, torch.from_numpy(energy), torch.from_numpy(voxels), (lo, hi))
+    polar-voxel files in one line."""
+    return load_voxel_file(path, "cells", "BIB-AE", max_showers, min_showers)
 
 
 def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -100,11 +65,12 @@ def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
     return (-0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)).mean()
 
 
-class _Trainer:
+class _Trainer(EMATrainer):
     """Mutable state of one BIB-AE training run, and one step of it."""
 
+    live_key = "model"
+
     def __init__(self, config: BIBAEConfig, data: Images) -> None:
-        self.config, self.data = config, data
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = BIBAE(config, data.detector, data.energy_range)
@@ -115,19 +81,13 @@ class _Trainer:
                     "pair": Critic(shape, config.critic_channels, config.hidden, 2),
                 }
             )
-        self.gen = torch.Generator().manual_seed(config.seed)
-        n = len(data.energy)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-        n_val = round(config.val_fraction * n)
-        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.start(config, data)
         self.ae = nn.ModuleList([self.model.encoder, self.model.decoder])
         self.ema = EMA(self.model, config.ema_decay)
         betas = (0.5, 0.9)
         self.opt_ae = torch.optim.Adam(self.ae.parameters(), lr=config.lr, betas=betas)
         self.opt_post = torch.optim.Adam(self.model.post.parameters(), lr=config.lr)
         self.opt_critic = torch.optim.Adam(self.critics.parameters(), lr=config.lr_critic, betas=betas)
-        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
-        self.last_losses: dict[str, float] = {}
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
         m = self.model
@@ -258,22 +218,16 @@ class _Trainer:
             total += (avg.post(avg.decode(mu, e, gen), e) - x).square().mean().item() * len(x)
         return total / len(idx)
 
-    def _parts(self) -> dict[str, Any]:
+    def averaged(self) -> nn.Module:
+        return self.model
+
+    def parts(self) -> dict[str, Any]:
         return {
             "critics": self.critics,
             "opt_ae": self.opt_ae,
             "opt_post": self.opt_post,
             "opt_critic": self.opt_critic,
         }
-
-    def state(self) -> dict[str, Any]:
-        return ema_training_state(self, self.model, "model", self._parts())
-
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        restore_ema_training(self, state, path, self.model, "model", self._parts())
-
-    def save(self, path: Path) -> None:
-        save_finite_checkpoint(self.state(), path)
 
 
 def train(
@@ -282,9 +236,7 @@ def train(
     out_dir: str | Path,
     *,
     max_showers: int | None = None,
-    resume: bool = False,
-    progress: Progress | None = None,
-    max_minutes: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
     """Train BIB-AE on the cell-image file ``data_path`` (its first ``max_showers``);
     checkpoint in ``out_dir``.
@@ -294,14 +246,5 @@ def train(
     ``kl``, ``mmd``, ``pixel``; stage 2: ``post``, ``hit_mmd``, ``post_pixel``; both: ``val``,
     the EMA model's reconstruction error on the held-back showers).
     """
-    return train_run(
-        config,
-        data_path,
-        out_dir,
-        check_state=check_state,
-        load=lambda path: load_images(path, max_showers),
-        make_trainer=_Trainer,
-        resume=resume,
-        progress=progress,
-        max_minutes=max_minutes,
-    )
+    load = partial(load_images, max_showers=max_showers)
+    return train_run(config, data_path, out_dir, CHECKPOINTS.check_state, load, _Trainer, **run)

@@ -24,6 +24,7 @@ from caloforge.models.protocol import (
     Training,
     lazy_exports,
     max_showers_option,
+    point_generation_options,
     steps_option,
 )
 
@@ -49,6 +50,7 @@ FAMILY = Family(
     formats=("caloforge-caloclouds1",),
     loader="caloforge.models.caloclouds1.generation:load_generator",
     capabilities=Capabilities(workers=True),
+    generate_options=point_generation_options(),
     trainings=(
         Training(
             command="caloclouds1",

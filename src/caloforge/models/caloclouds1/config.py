@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from caloforge.models._config import PresetConfig, check_point_model_fields
+from caloforge.models._config import PresetConfig
 from caloforge.models.nn.ddpm import SCHEDULES
 from caloforge.models.nn.pointwise import CPU_WIDTHS, PAPER_WIDTHS
 
@@ -61,24 +61,20 @@ class CaloClouds1Config(PresetConfig):
     KIND: ClassVar[str] = "CaloClouds"
 
     def __post_init__(self) -> None:
-        if self.encoder_layers < 0 or self.calibration_refinements < 0:
-            raise ValueError("encoder_layers and calibration_refinements must be >= 0")
-        if not 0 < self.beta_start <= self.beta_end < 1:
-            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
-        if self.beta_schedule not in SCHEDULES:
-            raise ValueError(
-                f"beta_schedule must be one of {', '.join(SCHEDULES)}, got '{self.beta_schedule}'"
-            )
-        check_point_model_fields(
-            self,
+        self.check(
             at_least_one=(
                 "cache_points", "chunk_size", "latent_dim", "encoder_local", "encoder_global",
                 "encoder_hidden", "encoder_points", "latent_flow_transforms", "ddpm_steps", "steps",
                 "batch_size", "points_per_shower", "calibration_showers", "log_every",
             ),
+            at_least_zero=("encoder_layers", "calibration_refinements"),
             positive=("lr", "latent_flow_lr", "grad_clip", "kl_weight"),
-            widths=("net_widths", "latent_flow_hidden"),
+            choices={"beta_schedule": SCHEDULES},
+            point_widths=("net_widths",),
+            widths=("latent_flow_hidden",),
         )  # fmt: skip
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
 
 
 PRESETS: dict[str, CaloClouds1Config] = {

@@ -27,6 +27,7 @@ from caloforge.models.protocol import (
     Training,
     lazy_exports,
     max_showers_option,
+    point_generation_options,
     steps_option,
 )
 
@@ -77,6 +78,15 @@ FAMILY = Family(
     exporter="caloforge.models.caloclouds2.export:export_model",
     runner="caloforge.models.caloclouds2.export:OnnxGenerator",
     commands="caloforge.models.caloclouds2.cli:add_commands",
+    generate_options=point_generation_options(),
+    calibrate_options=(
+        Option("sampler", str, "Make this the model's sampler (heun, euler; consistency)."),
+        Option("steps", int, "Sampler steps (default: the model's).", min=1),
+        Option("sigma_max", float, "Highest noise level of the sampler (default: the model's)."),
+        Option("cog", str, "How the centre of gravity is set: shift (whole cloud) or tilt (energies)."),
+        Option("radial", bool, "Also fit energy weights by radius (the core/halo balance) first."),
+        Option("showers", int, "Model showers per fit pass (default: the model config's).", min=1),
+    ),
     trainings=(
         Training(
             command="caloclouds2",

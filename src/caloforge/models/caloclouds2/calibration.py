@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from caloforge.calibrate import (
     fit_radial_calibration,
     ring_fractions,
 )
+from caloforge.clustering import coarsen_points
 from caloforge.io import open_showers
 from caloforge.models._training import (
     Progress,
@@ -29,8 +30,7 @@ from caloforge.models.caloclouds2.checkpoint import (
 from caloforge.models.caloclouds2.generation import generate_batch, resolve_sampler
 from caloforge.models.caloclouds2.model import CaloClouds2
 from caloforge.models.checkpoint import save_checkpoint
-from caloforge.models.protocol import GenerationError, refuse_options
-from caloforge.simulate.clustering import coarsen_points
+from caloforge.models.protocol import GenerationError
 
 
 def fit_calibration(
@@ -211,11 +211,11 @@ def calibrate_command(
     sigma_max: float | None = None,
     cog: str | None = None,
     radial: bool | None = None,
-    **unsupported: Any,
 ) -> str:
     """``caloforge calibrate`` for CaloClouds II: refit the N calibration (:func:`calibrate`);
-    returns the line to print. Options of other families are refused by name."""
-    refuse_options(unsupported, "a CaloClouds II calibration")
+    returns the line to print."""
+    if sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0):
+        raise ValueError(f"--sigma-max must be a positive number, got {sigma_max}")
     result = calibrate(
         path,
         data,

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from caloforge.models._config import PresetConfig, check_point_model_fields
+from caloforge.models._config import PresetConfig
 from caloforge.models.nn.edm import EDMDenoiser
 from caloforge.models.nn.pointwise import (
     CPU_WIDTHS,
@@ -134,16 +134,14 @@ class CaloClouds2Config(PresetConfig):
     LEGACY: ClassVar[dict[str, Any]] = {"flow_bound": 5.0, "sampler_sigma_max": 80.0}
 
     def __post_init__(self) -> None:
-        if self.points_per_shower < 1 or self.flow_batch_size < 1 or self.flow_steps < 0:
-            raise ValueError("points_per_shower and flow_batch_size must be positive, flow_steps >= 0")
-        if self.cluster_per_cell is not None and self.cluster_per_cell < 1:
-            raise ValueError(f"cluster_per_cell must be at least 1, got {self.cluster_per_cell}")
-        check_point_model_fields(
-            self,
-            at_least_one=("cache_points", "chunk_size", "flow_transforms", "flow_bins", "steps", "batch_size",
-                          "log_every"),
+        self.check(
+            at_least_one=("cache_points", "chunk_size", "cluster_per_cell", "flow_transforms", "flow_bins",
+                          "flow_batch_size", "steps", "batch_size", "points_per_shower", "log_every"),
+            at_least_zero=("flow_steps",),
             positive=("lr", "flow_lr", "grad_clip", "sigma_data"),
-            widths=("net_widths", "flow_hidden"),
+            point_widths=("net_widths",),
+            widths=("flow_hidden",),
+            optional=("cluster_per_cell",),
         )  # fmt: skip
 
 

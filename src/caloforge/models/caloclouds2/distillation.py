@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -94,26 +93,15 @@ class DistillConfig(PresetConfig):
             raise ValueError(f"n_levels must be at least 2, got {self.n_levels}")
         if self.loss not in ("l2", "pseudo-huber"):
             raise ValueError(f"unknown consistency loss '{self.loss}': use l2 or pseudo-huber")
-        if not 0 <= self.target_decay < 1:
-            raise ValueError(f"target_decay must lie in [0, 1), got {self.target_decay}")
-        for name in ("steps", "batch_size", "points_per_shower", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"distill config field '{name}' must be at least 1")
-        for name in ("lr", "grad_clip", "sigma_min", "sigma_max", "rho"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(
-                    f"distill config field '{name}' must be a positive finite number, got {value}"
-                )
+        self.check(
+            at_least_one=("steps", "batch_size", "points_per_shower", "log_every"),
+            positive=("lr", "grad_clip", "sigma_min", "sigma_max", "rho"),
+            fractions={"target_decay": (0, 1)},
+            point_widths=("student_widths",),
+            optional=("student_widths",),
+        )
         if not self.sigma_min < self.sigma_max:
             raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(f"checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}")
-        widths = self.student_widths
-        if widths is not None and (len(widths) < 2 or widths[0] != 4 or widths[-1] != 4):
-            raise ValueError(f"student_widths must start and end with 4 (x, y, layer, E), got {widths}")
-        if widths is not None and any(w < 1 for w in widths):
-            raise ValueError(f"student_widths must be positive integers, got {widths}")
 
 
 DISTILL_PRESETS: dict[str, DistillConfig] = {

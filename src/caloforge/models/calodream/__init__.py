@@ -136,6 +136,10 @@ FAMILY = Family(
     capabilities=Capabilities(calibrate=True, export=(), gpu=False, workers=True, precisions=("float32",)),
     calibrator="caloforge.models.calodream.calibration:calibrate_command",
     commands="caloforge.models.calodream.cli:add_commands",
+    calibrate_options=(
+        Option("showers", int, "Model showers per fit pass (default 4000).", min=1),
+        Option("bins", int, "Incident-energy bins of the hit-energy calibration (default 8).", min=1),
+    ),
     trainings=(
         _dream_training(
             "energy",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,7 +25,6 @@ from caloforge.models.calodream.variables import (
 )
 from caloforge.models.checkpoint import checkpoint_file, save_checkpoint
 from caloforge.models.nn.quantile_map import QuantileMap
-from caloforge.models.protocol import refuse_options
 
 # --------------------------------------------------------------------------- calibration
 
@@ -110,16 +108,10 @@ def calibrate_command(
     progress: Progress | None = None,
     showers: int | None = None,
     bins: int | None = None,
-    **unsupported: Any,
 ) -> str:
     """``caloforge calibrate`` for CaloDREAM: fit and store the hit-energy calibration of a
-    log-energy shape model; returns the line to print. Sampler options are refused: the
+    log-energy shape model; returns the line to print. It takes no sampler options: the
     calibration belongs to the model's stored sampler."""
-    refuse_options(
-        unsupported,
-        "a CaloDREAM calibration",
-        " (CaloDREAM keeps its sampler; --sampler, --steps and --sigma-max are CaloClouds II options)",
-    )
     n_showers = 4000 if showers is None else showers
     n_bins = 8 if bins is None else bins
     model = load_model(path)

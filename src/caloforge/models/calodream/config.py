@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -71,28 +70,20 @@ class CaloDreamConfig(PresetConfig):
     shape_target: str = "logit-fraction"
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "val_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CaloDREAM config: {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(f"CaloDREAM config: {name} must be a positive finite number, got {value}")
+        self.check(
+            at_least_one=("steps", "batch_size", "val_every", "log_every"),
+            positive=("lr", "grad_clip"),
+            fractions={"val_fraction": (0, 0.5)},
+            choices={
+                "shape_target": SHAPE_TARGETS,
+                "energy_solver": FIXED_STEP_METHODS,
+                "shape_solver": FIXED_STEP_METHODS,
+            },
+        )
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"CaloDREAM config: min_lr must lie in [0, lr], got {self.min_lr}")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(
-                f"CaloDREAM config: checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}"
-            )
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"CaloDREAM config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if self.shape_target not in SHAPE_TARGETS:
-            raise ValueError(f"CaloDREAM config: shape_target must be one of {', '.join(SHAPE_TARGETS)}")
         if self.dequantize and self.shape_target != "logit-fraction":
             raise ValueError("CaloDREAM config: dequantize applies to the logit-fraction shape target")
-        for name in ("energy_solver", "shape_solver"):
-            if getattr(self, name) not in FIXED_STEP_METHODS:
-                raise ValueError(f"CaloDREAM config: {name} must be one of {', '.join(FIXED_STEP_METHODS)}")
 
 
 PRESETS: dict[str, CaloDreamConfig] = {

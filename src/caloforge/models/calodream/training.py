@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from caloforge.models._training import (
+    EMATrainer,
     Progress,
     TrainResult,
-    ema_training_state,
     open_run,
-    optimizer_step,
-    restore_ema_training,
     run_to_end,
-    save_finite_checkpoint,
 )
 from caloforge.models.calodream.checkpoint import check_state, load_model, model_from_state
 from caloforge.models.calodream.config import CaloDreamConfig
@@ -47,20 +43,18 @@ def _cfm_pair(x1: Tensor, gen: torch.Generator, per_element: bool) -> tuple[Tens
     return (1 - tb) * x0 + tb * x1, t, x1 - x0
 
 
-class _Trainer:
+class _Trainer(EMATrainer):
     """Mutable state of one CaloDREAM training run, and one step of it."""
 
+    same_data = "resume with the same data"
+
     def __init__(self, config: CaloDreamConfig, part: str, data: VoxelData, vae: CaloDream | None) -> None:
-        self.config, self.part, self.data = config, part, data
+        self.part = part
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = CaloDream(config, data.detector, part, data.energy_range, latent=vae is not None)
         self.model.vae_model = vae
-        self.gen = torch.Generator().manual_seed(config.seed)
-        n = len(data.energy)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-        n_val = round(config.val_fraction * n)
-        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.start(config, data)
         self.model.cond_standard.fit(_logit(data.u[self.train_idx]))
         if part == "shape":
             fit_gen = torch.Generator().manual_seed(config.seed + 3)
@@ -68,8 +62,6 @@ class _Trainer:
         self.ema = EMA(self.model.net, config.ema_decay)
         self.opt = torch.optim.AdamW(self.model.net.parameters(), lr=config.lr)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, config.steps, eta_min=config.min_lr)
-        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
-        self.last_losses: dict[str, float] = {}
 
     def _frac(self, idx: Tensor) -> Tensor:
         assert self.data.frac is not None
@@ -104,14 +96,11 @@ class _Trainer:
         pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
         self.model.net.train()
         loss, parts = self._loss(self.model.net, self.train_idx[pick], self.gen)
-        if optimizer_step(loss, self.model.net, self.opt, cfg.grad_clip):
-            self.ema.update(self.model.net)
-        else:
-            self.skipped += 1
+        if not self.update(loss, self.model.net):
             parts = {k: None for k in parts}  # type: ignore[misc]
         self.sched.step()
         out: list[tuple[str, float | None]] = list(parts.items())
-        if len(self.val_idx) and (self.step + 1) % cfg.val_every == 0:
+        if self.validation_due():
             out.append(("val", self.validation_loss()))
         return out
 
@@ -129,20 +118,6 @@ class _Trainer:
         """The model with the EMA weights (what is saved for inference)."""
         self.model.net.load_state_dict(self.ema.module.state_dict())
         return self.model
-
-    def _parts(self) -> dict[str, Any]:
-        return {"opt": self.opt, "sched": self.sched}
-
-    def state(self) -> dict[str, Any]:
-        return ema_training_state(self, self.model.net, "net", self._parts())
-
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        restore_ema_training(
-            self, state, path, self.model.net, "net", self._parts(), same_data="resume with the same data"
-        )
-
-    def save(self, path: Path) -> None:
-        save_finite_checkpoint(self.state(), path)
 
 
 def train(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from caloforge.models.protocol import (
     Capabilities,
     Family,
+    Option,
     Training,
     batch_size_option,
     lazy_exports,
@@ -46,6 +47,9 @@ FAMILY = Family(
     loader="caloforge.models.caloinn.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
+    generate_options=(
+        Option("temperature", float, "Width of the base distribution (1: the trained density)."),
+    ),
     trainings=(
         Training(
             command="caloinn",

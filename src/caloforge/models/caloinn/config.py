@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -52,29 +51,14 @@ class CaloINNConfig(PresetConfig):
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "val_every", "log_every", "n_blocks", "bins", "hidden", "depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CaloINN config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.kernel < 1 or self.kernel % 2 == 0:
-            raise ValueError(f"CaloINN config: kernel must be a positive odd number, got {self.kernel}")
-        for name in ("lr", "grad_clip", "bound", "min_std", "layer_min_std", "temperature"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(f"CaloINN config: {name} must be a positive finite number, got {value}")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(
-                f"CaloINN config: checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}"
-            )
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"CaloINN config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"CaloINN config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.coupling not in COUPLINGS:
-            raise ValueError(f"CaloINN config: coupling must be one of {', '.join(COUPLINGS)}")
-        if self.layer_variable not in LAYER_VARIABLES:
-            raise ValueError(f"CaloINN config: layer_variable must be one of {', '.join(LAYER_VARIABLES)}")
-        if self.conditioner not in CONDITIONERS:
-            raise ValueError(f"CaloINN config: conditioner must be one of {', '.join(CONDITIONERS)}")
+        self.check(
+            at_least_one=("steps", "batch_size", "val_every", "log_every", "n_blocks", "bins", "hidden",
+                          "depth"),
+            odd=("kernel",),
+            positive=("lr", "grad_clip", "bound", "min_std", "layer_min_std", "temperature"),
+            fractions={"val_fraction": (0, 0.5), "ema_decay": (0, 1)},
+            choices={"coupling": COUPLINGS, "layer_variable": LAYER_VARIABLES, "conditioner": CONDITIONERS},
+        )  # fmt: skip
 
 
 PRESETS: dict[str, CaloINNConfig] = {

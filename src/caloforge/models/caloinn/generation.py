@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from caloforge.io import VoxelShowers
-from caloforge.models.caloinn.checkpoint import model_from_state
+from caloforge.models.caloinn.checkpoint import CHECKPOINTS
 from caloforge.models.caloinn.model import CaloINN
 from caloforge.models.onepass import OnePassGenerator, one_pass_batch
 
@@ -55,4 +55,4 @@ class CaloINNGenerator(OnePassGenerator):
 
 def load_generator(path: Path, state: dict[str, Any]) -> CaloINNGenerator:
     """The family loader: a checked checkpoint's contents as a generator."""
-    return CaloINNGenerator(model_from_state(state, path), path)
+    return CaloINNGenerator(CHECKPOINTS.model_from_state(state, path), path)

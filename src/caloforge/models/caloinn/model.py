@@ -3,16 +3,15 @@ incident energy, and what generation needs."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from caloforge import __version__
 from caloforge.detector import Detector, PolarGrid
 from caloforge.models.caloinn.config import CaloINNConfig
 from caloforge.models.caloinn.variables import layer_features, voxels_from_layer_features
+from caloforge.models.checkpoint import detector_state
 from caloforge.models.nn.coupling import CouplingFlow
 from caloforge.models.voxel_features import log_energy_condition
 
@@ -111,16 +110,7 @@ class CaloINN(nn.Module):
     # ---- checkpoint form
     def inference_state(self) -> dict[str, Any]:
         """Everything :func:`~caloforge.models.caloinn.checkpoint.load_model` needs."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "caloforge_version": __version__,
-            "config": json.dumps(self.config.to_dict()),
-            "detector": json.dumps(self.detector.to_dict()),
-            "energy_range": list(self.energy_range),
-            "complete": self.complete,
-            "model": self.state_dict(),
-        }
+        return detector_state(self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CaloINN"]

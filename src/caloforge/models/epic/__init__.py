@@ -64,6 +64,9 @@ FAMILY = Family(
     loader="caloforge.models.epic.generation:load_generator",
     output="jets",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
+    generate_options=(
+        Option("clip", float, "EPiC-JeDi: clip the denoised particles at this many standard deviations."),
+    ),
     trainings=(
         _epic_training("gan", "EPiC-GAN"),
         _epic_training("fm", "EPiC-FM"),

@@ -70,23 +70,17 @@ class EPiCConfig(PresetConfig):
     jedi_clip: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(
-                f"EPiC config: variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"
-            )
-        for name in _POSITIVE:
-            if getattr(self, name) < 1:
-                raise ValueError(f"EPiC config: {name} must be at least 1, got {getattr(self, name)}")
+        self.check(
+            choices={"variant": VARIANTS},
+            at_least_one=_POSITIVE,
+            above_zero=("lr", "lr_disc", "grad_clip", "time_max_frequency", "jedi_clip"),
+            fractions={"ema_decay": (0, 1), "val_fraction": (0, 0.5)},
+        )
         if self.sampler not in SAMPLERS[self.variant]:
             raise ValueError(
                 f"EPiC config: sampler {self.sampler!r} is not one of the {self.variant} variant's "
                 f"({', '.join(SAMPLERS[self.variant])})"
             )
-        for name in ("lr", "lr_disc", "grad_clip", "time_max_frequency", "jedi_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"EPiC config: {name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.ema_decay < 1 or not 0 <= self.val_fraction < 0.5:
-            raise ValueError("EPiC config: ema_decay must lie in [0, 1) and val_fraction in [0, 0.5)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> EPiCConfig:

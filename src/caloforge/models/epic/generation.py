@@ -12,7 +12,7 @@ import torch
 
 from caloforge.jets.io import Jets
 from caloforge.jets.observables import jet_kinematics
-from caloforge.models.epic.checkpoint import model_from_state
+from caloforge.models.epic.checkpoint import CHECKPOINTS
 from caloforge.models.epic.config import SAMPLERS
 from caloforge.models.epic.model import EPiCJetModel
 from caloforge.models.protocol import (
@@ -168,4 +168,4 @@ class EPiCGenerator:
 
 def load_generator(path: Path, state: dict[str, Any]) -> EPiCGenerator:
     """The family loader: a checked checkpoint's contents as a generator."""
-    return EPiCGenerator(model_from_state(state, path), path)
+    return EPiCGenerator(CHECKPOINTS.model_from_state(state, path), path)

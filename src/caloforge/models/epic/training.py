@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,17 +23,20 @@ from torch import Tensor
 
 from caloforge.jets.io import Jets, read_jets
 from caloforge.models._training import (
-    Progress,
+    RunOptions,
     TrainResult,
     optimizer_step,
     save_finite_checkpoint,
     train_run,
 )
-from caloforge.models.epic.checkpoint import check_state
+from caloforge.models.epic.checkpoint import CHECKPOINTS
 from caloforge.models.epic.config import EPiCConfig
 from caloforge.models.epic.model import EPiCJetModel
 from caloforge.models.nn.ema import EMA
 from caloforge.models.protocol import CheckpointError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["CONDITION_TABLE_ROWS", "load_jets", "train"]
 
@@ -209,9 +213,7 @@ def train(
     out_dir: str | Path,
     *,
     max_jets: int | None = None,
-    resume: bool = False,
-    progress: Progress | None = None,
-    max_minutes: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
     """Train the EPiC ``config.variant`` on the jet file ``data_path`` (its first ``max_jets``,
     their ``config.n_particles`` leading particles); checkpoint in ``out_dir``.
@@ -219,14 +221,5 @@ def train(
     Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at the end; ``resume=True``
     continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
     """
-    return train_run(
-        config,
-        data_path,
-        out_dir,
-        check_state=check_state,
-        load=lambda path: load_jets(path, config.n_particles, max_jets),
-        make_trainer=_Trainer,
-        resume=resume,
-        progress=progress,
-        max_minutes=max_minutes,
-    )
+    load = partial(load_jets, n_particles=config.n_particles, max_jets=max_jets)
+    return train_run(config, data_path, out_dir, CHECKPOINTS.check_state, load, _Trainer, **run)

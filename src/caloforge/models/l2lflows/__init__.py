@@ -15,6 +15,7 @@ from __future__ import annotations
 from caloforge.models.protocol import (
     Capabilities,
     Family,
+    Option,
     Training,
     batch_size_option,
     lazy_exports,
@@ -43,6 +44,9 @@ FAMILY = Family(
     loader="caloforge.models.l2lflows.generation:load_generator",
     output="voxels",
     capabilities=Capabilities(workers=True, precisions=("float32",)),
+    generate_options=(
+        Option("temperature", float, "Width of the base distribution (1: the trained density)."),
+    ),
     trainings=(
         Training(
             command="l2lflows",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -55,37 +54,14 @@ class L2LFlowsConfig(PresetConfig):
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in (
-            "steps",
-            "batch_size",
-            "val_every",
-            "log_every",
-            "energy_transforms",
-            "energy_hidden",
-            "energy_bins",
-            "n_blocks",
-            "bins",
-            "hidden",
-            "depth",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"L2LFlows config: {name} must be at least 1, got {getattr(self, name)}")
-        if self.n_context < 0:
-            raise ValueError(f"L2LFlows config: n_context must be >= 0, got {self.n_context}")
-        for name in ("lr", "grad_clip", "bound", "min_std", "temperature"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:  # NaN fails too
-                raise ValueError(f"L2LFlows config: {name} must be a positive finite number, got {value}")
-        if not 0 <= self.checkpoint_minutes < math.inf:
-            raise ValueError(
-                f"L2LFlows config: checkpoint_minutes must be finite and >= 0, got {self.checkpoint_minutes}"
-            )
-        if not 0.0 <= self.val_fraction < 0.5:
-            raise ValueError(f"L2LFlows config: val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"L2LFlows config: ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.coupling not in LAYER_COUPLINGS:
-            raise ValueError(f"L2LFlows config: coupling must be one of {', '.join(LAYER_COUPLINGS)}")
+        self.check(
+            at_least_one=("steps", "batch_size", "val_every", "log_every", "energy_transforms",
+                          "energy_hidden", "energy_bins", "n_blocks", "bins", "hidden", "depth"),
+            at_least_zero=("n_context",),
+            positive=("lr", "grad_clip", "bound", "min_std", "temperature"),
+            fractions={"val_fraction": (0, 0.5), "ema_decay": (0, 1)},
+            choices={"coupling": LAYER_COUPLINGS},
+        )  # fmt: skip
 
 
 PRESETS: dict[str, L2LFlowsConfig] = {

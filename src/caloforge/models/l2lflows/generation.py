@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from caloforge.models.l2lflows.checkpoint import model_from_state
+from caloforge.models.l2lflows.checkpoint import CHECKPOINTS
 from caloforge.models.l2lflows.model import L2LFlows
 from caloforge.models.onepass import OnePassGenerator
 
@@ -50,7 +50,7 @@ class L2LFlowsGenerator(OnePassGenerator):
 
 def load_generator(path: Path, state: dict[str, Any]) -> L2LFlowsGenerator:
     """The family loader: a checked checkpoint's contents as a generator."""
-    return L2LFlowsGenerator(model_from_state(state, path), path)
+    return L2LFlowsGenerator(CHECKPOINTS.model_from_state(state, path), path)
 
 
 __all__ = ["SAMPLER", "L2LFlowsGenerator", "load_generator"]

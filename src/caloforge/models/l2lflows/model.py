@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from caloforge import __version__
 from caloforge.detector import CellGrid, Detector
+from caloforge.models.checkpoint import detector_state
 from caloforge.models.l2lflows.config import L2LFlowsConfig
 from caloforge.models.l2lflows.flows import EnergyFlow, LayerFlows, gaussian_log_prob
 from caloforge.models.l2lflows.variables import (
@@ -149,16 +148,7 @@ class L2LFlows(nn.Module):
     # ---- checkpoint form
     def inference_state(self) -> dict[str, Any]:
         """Everything :func:`~caloforge.models.l2lflows.checkpoint.load_model` needs."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "caloforge_version": __version__,
-            "config": json.dumps(self.config.to_dict()),
-            "detector": json.dumps(self.detector.to_dict()),
-            "energy_range": list(self.energy_range),
-            "complete": self.complete,
-            "model": self.state_dict(),
-        }
+        return detector_state(self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
 
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "L2LFlows"]

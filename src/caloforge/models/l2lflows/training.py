@@ -3,91 +3,56 @@ flow conditioned on the true previous layers), one-cycle schedule, EMA; checkpoi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.detector import CellGrid, Detector
-from caloforge.io import open_showers
 from caloforge.models._training import (
-    Progress,
+    EMATrainer,
+    RunOptions,
     TrainResult,
-    ema_training_state,
-    optimizer_step,
-    restore_ema_training,
-    save_finite_checkpoint,
     train_run,
 )
-from caloforge.models.l2lflows.checkpoint import check_state
+from caloforge.models.l2lflows.checkpoint import CHECKPOINTS
 from caloforge.models.l2lflows.config import L2LFlowsConfig
 from caloforge.models.l2lflows.model import L2LFlows
 from caloforge.models.nn.ema import EMA
+from caloforge.models.voxel_features import CONVERT_HINT, VoxelData, load_voxel_file
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 #: Showers the standardisation is fitted on (the first of the training split).
 STANDARDISATION_SHOWERS = 4000
-#: What to tell the owner of a file L2LFlows cannot train on.
-CONVERT_HINT = "convert it with `caloforge convert --detector ild-ecal-30`"
 
 
-@dataclass
-class Images:
-    """An image file in memory: detector, incident energies (GeV), cells (MeV), energy range."""
-
-    detector: Detector
-    energy: Tensor
-    voxels: Tensor
-    energy_range: tuple[float, float]
+#: A cell-image file in memory (the name L2LFlows's API has used).
+Images = VoxelData
 
 
-def load_images(path: str | Path, max_showers: int | None = None, min_showers: int = 20) -> Images:
-    """The showers of an image file on a cell-grid detector (the first ``max_showers``)."""
-    path = Path(path)
-    with open_showers(path) as f:
-        det = f.detector
-        if f.kind != "voxels":
-            raise ValueError(f"'{path}' holds {f.kind}, not cell images: {CONVERT_HINT}")
-        if not isinstance(det.readout, CellGrid):
-            raise ValueError(
-                f"'{path}' holds polar voxels of detector '{det.name}', not cell images: {CONVERT_HINT}"
-            )
-        attrs = dict(f.attrs)
-        chunks = list(f.iter_chunks(1000, stop=max_showers))
-    if not chunks:
-        raise ValueError(f"'{path}' holds no showers")
-    energy = torch.from_numpy(np.concatenate([c.energy for c in chunks]).astype(np.float32))
-    voxels = torch.from_numpy(np.concatenate([c.voxels for c in chunks]).astype(np.float32, copy=False))
-    if len(energy) < min_showers:
-        raise ValueError(f"'{path}' holds {len(energy)} showers: at least {min_showers} are needed")
-    lo = float(attrs.get("energy_min_gev", energy.min()))
-    hi = float(attrs.get("energy_max_gev", energy.max()))
-    return Images(det, energy, voxels, (lo, hi))
+def load_images(path: str | Path, max_showers: int | None = None, min_showers: int = 20) -> VoxelData:
+    """The showers of a cell-image file (its first ``max_showers``), refusing point files and
+    polar-voxel files in one line."""
+    return load_voxel_file(path, "cells", "L2LFlows", max_showers, min_showers)
 
 
-class _Trainer:
+class _Trainer(EMATrainer):
     """Mutable state of one L2LFlows training run, and one step of it."""
 
     def __init__(self, config: L2LFlowsConfig, data: Images) -> None:
-        self.config, self.data = config, data
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = L2LFlows(config, data.detector, data.energy_range)
-        self.gen = torch.Generator().manual_seed(config.seed)
-        n = len(data.energy)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed + 1))
-        n_val = round(config.val_fraction * n)
-        self.val_idx, self.train_idx = perm[:n_val], perm[n_val:]
+        self.start(config, data)
         fit = self.train_idx[:STANDARDISATION_SHOWERS]
         self.model.fit_standardisation(data.voxels[fit], torch.Generator().manual_seed(config.seed + 3))
         net = self.model.net
         self.ema = EMA(net, config.ema_decay)
         self.opt = torch.optim.AdamW(net.parameters(), lr=config.lr)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=config.steps)
-        self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
-        self.last_losses: dict[str, float] = {}
 
     def _losses(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """NLL per feature of the layer energies and of the cells, batch means."""
@@ -103,15 +68,11 @@ class _Trainer:
         net.train()
         nll_e, nll_y = self._losses(net, self.train_idx[pick], self.gen)
         values: tuple[float | None, float | None] = (nll_e.item(), nll_y.item())
-        if optimizer_step(nll_e + nll_y, net, self.opt, cfg.grad_clip):
-            self.ema.update(net)
-        else:
-            self.skipped += 1
+        if not self.update(nll_e + nll_y, net):
             values = (None, None)
-        if self.step + 1 < cfg.steps:  # OneCycleLR refuses a step past its total
-            self.sched.step()
+        self.one_cycle_step()
         out: list[tuple[str, float | None]] = [("nll_energy", values[0]), ("nll_cells", values[1])]
-        if len(self.val_idx) and (self.step + 1) % cfg.val_every == 0:
+        if self.validation_due():
             out.append(("val", self.validation_loss()))
         return out
 
@@ -127,18 +88,6 @@ class _Trainer:
             total += (nll_e + nll_y).item() * len(idx)
         return total / n
 
-    def _parts(self) -> dict[str, Any]:
-        return {"opt": self.opt, "sched": self.sched}
-
-    def state(self) -> dict[str, Any]:
-        return ema_training_state(self, self.model.net, "net", self._parts())
-
-    def restore(self, state: dict[str, Any], path: Path) -> None:
-        restore_ema_training(self, state, path, self.model.net, "net", self._parts())
-
-    def save(self, path: Path) -> None:
-        save_finite_checkpoint(self.state(), path)
-
 
 def train(
     config: L2LFlowsConfig,
@@ -146,9 +95,7 @@ def train(
     out_dir: str | Path,
     *,
     max_showers: int | None = None,
-    resume: bool = False,
-    progress: Progress | None = None,
-    max_minutes: float | None = None,
+    **run: Unpack[RunOptions],
 ) -> TrainResult:
     """Train L2LFlows on the image file ``data_path`` (its first ``max_showers``); checkpoint in
     ``out_dir``.
@@ -158,17 +105,8 @@ def train(
     ``nll_cells``: negative log-likelihood per feature of the training batches, ``val``: their
     sum for the EMA flows on the held-back validation showers).
     """
-    return train_run(
-        config,
-        data_path,
-        out_dir,
-        check_state=check_state,
-        load=lambda path: load_images(path, max_showers),
-        make_trainer=_Trainer,
-        resume=resume,
-        progress=progress,
-        max_minutes=max_minutes,
-    )
+    load = partial(load_images, max_showers=max_showers)
+    return train_run(config, data_path, out_dir, CHECKPOINTS.check_state, load, _Trainer, **run)
 
 
 __all__ = ["CONVERT_HINT", "STANDARDISATION_SHOWERS", "Images", "load_images", "train"]

@@ -1,5 +1,6 @@
-"""``caloforge train <command>``, built from what each family declares (:class:`~caloforge.
-models.protocol.Training`): one command body for every family.
+"""Commands built from what the families declare: ``caloforge train <command>`` from each
+:class:`~caloforge.models.protocol.Training` (one command body for every family), and the
+family options of ``caloforge calibrate`` from their :class:`~caloforge.models.protocol.Option` s.
 
 Every training command takes ``--data``, ``--out``, ``--preset``, the family's own options
 (typed, with their help text), ``--seed``, ``--resume``, ``--max-minutes`` and ``--threads``;
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +33,7 @@ from caloforge.cliutils import (
 from caloforge.cliutils import widths as parse_widths
 from caloforge.models.protocol import Family, Option, Training
 
-__all__ = ["PARSERS", "add_training_commands", "option_parameter", "training_command"]
+__all__ = ["PARSERS", "add_training_commands", "command_with_options", "option_parameter", "training_command"]
 
 #: Text parsers an :class:`Option` can name (``parse=``): ``(text, flag) -> value``.
 PARSERS: dict[str, Callable[[str, str], Any]] = {"widths": parse_widths}
@@ -50,6 +52,37 @@ def option_parameter(option: Option) -> inspect.Parameter:
     return inspect.Parameter(
         option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=annotation
     )
+
+
+def command_with_options(
+    body: Callable[..., None],
+    base: dict[str, Any],
+    defaults: dict[str, Any],
+    declared: dict[str, tuple[Option, ...]],
+) -> Callable[..., None]:
+    """A typer command that calls ``body(**values)``: the ``base`` parameters (name → annotated
+    type; ``defaults`` for the optional ones), then the options each family declares
+    (``declared``: family description → options; an option two families share is one flag, its
+    help naming both)."""
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter(n, keyword, default=defaults.get(n, inspect.Parameter.empty), annotation=a)
+              for n, a in base.items()]  # fmt: skip
+    merged: dict[str, tuple[Option, list[str]]] = {}
+    for description, options in declared.items():
+        for option in options:
+            first, helps = merged.setdefault(option.name, (option, []))
+            helps.append(f"{description}: {option.help}")
+    for first, helps in merged.values():
+        params.append(option_parameter(replace(first, help=" ".join(helps), default=None)))
+
+    def command(**values: Any) -> None:
+        body(**values)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = body.__doc__
+    command.__name__ = body.__name__.lstrip("_")
+    return command
 
 
 def _parameters(training: Training) -> list[inspect.Parameter]:
