@@ -40,6 +40,7 @@ import numpy as np
 
 from caloforge.hardware import cpu_name
 from caloforge.kinds import GEANT4, PYTHIA8, Reference, get_kind, kinds
+from caloforge.processes import ChildFailed, run_in_fresh_process
 
 __all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_markdown"]
 
@@ -428,32 +429,14 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
     return [asdict(r) for r in rows]
 
 
-def _child(connection: Any, fn: Callable[..., list[dict[str, Any]]], args: tuple) -> None:
-    try:
-        connection.send(("ok", fn(*args)))
-    except BaseException as exc:  # report anything, including Ctrl-C in the child
-        connection.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        connection.close()
-
-
 def _in_fresh_process(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> list[dict[str, Any]]:
     """Run ``fn(*args)`` in a spawned (non-daemonic: Geant4 starts its own workers) process,
     so it has its own threads and its own peak memory."""
-    ctx = mp.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(send, fn, args))
-    process.start()
-    send.close()
     try:
-        status, payload = receive.recv()
-    except EOFError:
-        status, payload = "error", f"the benchmark process died (exit code {process.exitcode})"
-    finally:
-        process.join()
-    if status != "ok":
-        raise RuntimeError(f"benchmark of {fn.__name__.strip('_')} failed: {payload}")
-    return payload
+        return run_in_fresh_process(fn, *args)
+    except ChildFailed as exc:
+        what = f"the benchmark process died (exit code {exc.exitcode})" if exc.died else exc.summary
+        raise RuntimeError(f"benchmark of {fn.__name__.strip('_')} failed: {what}") from None
 
 
 def _gpu() -> str | None:

@@ -5,8 +5,8 @@ the event blocks of ``simulate`` (seeded per event), the batches of ``generate``
 stream per batch), the file chunks of ``evaluate`` — and hands a pure function of each piece
 to an engine; whatever runs the pieces, the results are the same, bit for bit.
 
-* :class:`LocalEngine` — ``workers`` spawned processes on this machine
-  (``multiprocessing``; the ``--workers`` of every command).
+* :class:`LocalEngine` — ``workers`` spawned processes on this machine (the ``--workers`` of
+  every command; also the pool of ``generate --workers`` and ``simulate-jets``).
 * :class:`DaskEngine` — a ``dask.distributed`` cluster: an existing one (``--scheduler
   tcp://host:8786``, e.g. started by dask-jobqueue on Slurm or HTCondor, docs/distributed.md)
   or, by default, a ``LocalCluster`` of ``workers`` single-threaded processes. A worker that
@@ -28,9 +28,11 @@ import multiprocessing as mp
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-__all__ = ["ENGINES", "DaskEngine", "EngineError", "LocalEngine", "make_engine"]
+__all__ = ["ENGINES", "DaskEngine", "EngineError", "LocalEngine", "WorkerDied", "make_engine"]
 
 ENGINES = ("local", "dask")
 
@@ -57,26 +59,24 @@ def _call(
     return fn(item)
 
 
-def _polled(results: Any) -> Iterator[Any]:
-    """A pool's result iterator that notices a stop request (:func:`~caloforge.safety.check_stop`)
-    while it waits."""
-    from caloforge.safety import check_stop
-
-    while True:
-        try:
-            yield results.next(timeout=POLL_SECONDS)
-        except mp.TimeoutError:
-            check_stop()
-        except StopIteration:
-            return
-
-
 #: How often a wait for results looks at the stop flag.
 POLL_SECONDS = 0.2
 
 
+class WorkerDied(EngineError):
+    """A worker process stopped before it returned a piece (killed, out of memory, crashed)."""
+
+
 class LocalEngine:
-    """``workers`` spawned processes on this machine (a context manager)."""
+    """``workers`` spawned processes on this machine (a context manager): the one process pool
+    of caloforge — ``simulate``, ``generate --workers``, ``simulate-jets`` and ``evaluate``
+    run their pieces here.
+
+    At most ``2 × workers`` pieces are in flight; a wait for results notices a stop request
+    (:func:`~caloforge.safety.check_stop`, Ctrl-C) within :data:`POLL_SECONDS`; a worker that
+    dies raises :class:`WorkerDied` instead of leaving the wait hanging. :meth:`close` ends the
+    processes at once (``finish=True``: after the pieces they are running).
+    """
 
     name = "local"
 
@@ -86,20 +86,57 @@ class LocalEngine:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers
-        self._pool = mp.get_context("spawn").Pool(workers, initializer=initializer, initargs=initargs)
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=initializer, initargs=initargs
+        )
 
     def imap_unordered(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """``fn(item)`` for every item, in the order they finish."""
-        return _polled(self._pool.imap_unordered(fn, items))
+        return self._run(fn, items, ordered=False)
 
     def imap(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         """``fn(item)`` for every item, in the order of ``items``."""
-        return _polled(self._pool.imap(fn, items))
+        return self._run(fn, items, ordered=True)
 
-    def close(self) -> None:
-        """Stop the processes at once (pieces in flight are dropped)."""
-        self._pool.terminate()
-        self._pool.join()
+    def _run(self, fn: Callable[[Any], Any], items: Iterable[Any], ordered: bool) -> Iterator[Any]:
+        from caloforge.safety import check_stop
+
+        todo = iter(items)
+        pending: deque[Future[Any]] = deque()
+
+        def submit(n: int) -> None:
+            for item in itertools.islice(todo, n):
+                pending.append(self._executor.submit(fn, item))
+
+        try:
+            submit(2 * self.workers)
+            while pending:
+                waiting = [pending[0]] if ordered else list(pending)
+                done, _ = wait(waiting, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                if not done:
+                    check_stop()
+                    continue
+                for future in [f for f in pending if f in done]:
+                    pending.remove(future)
+                    submit(1)
+                    yield future.result()
+        except BrokenProcessPool:
+            raise WorkerDied(
+                "a worker process stopped unexpectedly (killed, out of memory or crashed); "
+                "try fewer --workers"
+            ) from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def close(self, finish: bool = False) -> None:
+        """Stop the processes: at once (pieces in flight are dropped), or with ``finish`` after
+        the pieces they are running (queued ones are dropped)."""
+        if not finish:
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> LocalEngine:
         return self

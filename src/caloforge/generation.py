@@ -11,20 +11,16 @@ generated file can be compared shower for shower in energy with a simulated one.
 from __future__ import annotations
 
 import itertools
-import multiprocessing as mp
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from caloforge.engines import ENGINES
+from caloforge.engines import ENGINES, LocalEngine, WorkerDied
 from caloforge.io import COMPRESSIONS
 from caloforge.kinds import Kind, get_kind, register_kind
 from caloforge.models.protocol import (
@@ -112,12 +108,7 @@ class GenerationPool:
         if workers > 1:
             self.family.require("workers")
         self.workers = workers
-        self._executor = ProcessPoolExecutor(
-            workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=_worker_start,
-            initargs=(self.path, self.family),
-        )
+        self._engine = LocalEngine(workers, _worker_start, (self.path, self.family))
 
     def plan(self, request: GenerationRequest) -> Plan:
         """The model's :meth:`~caloforge.models.protocol.ShowerGenerator.plan` of ``request``."""
@@ -143,28 +134,18 @@ class GenerationPool:
         return self._run((index, chunk, plan, seed) for index, chunk in batches)
 
     def _run(self, jobs: Iterator[tuple[int, dict[str, np.ndarray], Plan, int]]) -> Iterator[Any]:
-        """Results of ``jobs`` in order, at most two batches per worker in flight."""
-        pending: deque[Future[Any]] = deque()
+        """Results of ``jobs`` in order (the engine keeps at most two batches per worker in flight)."""
         try:
-            for job in itertools.islice(jobs, 2 * self.workers):
-                pending.append(self._executor.submit(_worker_batch, job))
-            while pending:
-                result = pending.popleft().result()
-                for job in itertools.islice(jobs, 1):
-                    pending.append(self._executor.submit(_worker_batch, job))
-                yield result
-        except BrokenProcessPool as err:
+            yield from self._engine.imap(_worker_batch, jobs)
+        except WorkerDied as err:
             raise GenerationError(
                 "a generation worker stopped unexpectedly (killed, out of memory, or the model "
                 f"'{self.path}' could not be loaded there); try fewer --workers"
             ) from err
-        finally:
-            for future in pending:
-                future.cancel()
 
     def close(self) -> None:
         """Stop the workers (batches in flight are finished first, queued ones dropped)."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._engine.close(finish=True)
 
     def __enter__(self) -> GenerationPool:
         return self

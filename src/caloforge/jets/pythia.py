@@ -15,16 +15,15 @@ interrupted run continues with ``resume`` (:mod:`caloforge.pieces`).
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from caloforge.engines import LocalEngine
 from caloforge.jets.io import JetFileError, Jets, JetWriter
 
 __all__ = [
@@ -279,13 +278,10 @@ def simulate_jets(
             for job in todo:
                 keep(*_run_piece(job))
         elif todo:
-            ctx = mp.get_context("spawn")
-            pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_start)
-            try:  # each piece is kept as soon as it is done; Ctrl-C or an error drops the queue
-                for future in as_completed([pool.submit(_run_piece, job) for job in todo]):
-                    keep(*future.result())
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            # each piece is kept as soon as it is done; Ctrl-C or an error drops the rest
+            with LocalEngine(workers, _worker_start) as pool:
+                for result in pool.imap_unordered(_run_piece, todo):
+                    keep(*result)
         attrs = config.attrs() | {"n_jets": n_jets}
         with JetWriter(out, config.n_particles, config.jet_type, generator="pythia8+fastjet", seed=seed,
                        attrs=attrs) as writer:  # fmt: skip

@@ -34,18 +34,16 @@ log file in the cache that is deleted after a successful start).
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
 import os
 import sys
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from caloforge.processes import ChildFailed, run_in_fresh_process
 from caloforge.simulate._build import cache_dir
 from caloforge.simulate._config import (
     COLLECTOR_CHOICES,
@@ -269,15 +267,10 @@ class IsolatedResult:
     stats: EngineStats = field(default_factory=EngineStats)
 
 
-def _isolated_worker(connection: Connection, args: tuple, kwargs: dict, events: bool = False) -> None:
-    try:
-        showers = list((run_events if events else run_showers)(*args, **kwargs))
-        connection.send(("ok", IsolatedResult(showers, engine_stats() or EngineStats())))
-    except BaseException:
-        connection.send(("error", traceback.format_exc()))
-    finally:
-        connection.close()
-        hard_exit(0)
+def _isolated_run(args: tuple, kwargs: dict, events: bool = False) -> IsolatedResult:
+    """The showers (or events) of one run and the engine's counters, in the fresh process."""
+    showers = list((run_events if events else run_showers)(*args, **kwargs))
+    return IsolatedResult(showers, engine_stats() or EngineStats())
 
 
 def run_showers_isolated(
@@ -316,21 +309,11 @@ def run_events_isolated(
 
 
 def _in_spawned(args: tuple, kwargs: dict, events: bool) -> IsolatedResult:
-    context = multiprocessing.get_context("spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_isolated_worker, args=(sender, args, kwargs, events), daemon=True)
-    process.start()
-    sender.close()  # so that recv() sees EOF if the child dies before sending
     try:
-        status, payload = receiver.recv()
-    except EOFError:
-        process.join()
-        raise RuntimeError(
-            f"Geant4 worker process died (exit code {process.exitcode}) before returning showers"
-        ) from None
-    finally:
-        receiver.close()
-    process.join()
-    if status != "ok":
-        raise RuntimeError(f"Geant4 worker process failed:\n{payload}")
-    return payload
+        return run_in_fresh_process(_isolated_run, args, kwargs, events, daemon=True, hard_exit=True)
+    except ChildFailed as exc:
+        if exc.died:
+            raise RuntimeError(
+                f"Geant4 worker process died (exit code {exc.exitcode}) before returning showers"
+            ) from None
+        raise RuntimeError(f"Geant4 worker process failed:\n{exc.detail}") from None
