@@ -322,6 +322,21 @@ class EMATrainer:
         self.skipped += 1
         return False
 
+    @torch.no_grad()
+    def validation_mean(
+        self, loss: Callable[[Tensor, torch.Generator], float], limit: int, chunk: int
+    ) -> float:
+        """The mean over the first ``limit`` validation showers of ``loss(indices, gen)`` (a
+        chunk's mean), ``chunk`` showers at a time, with the same noise at every validation
+        (``gen`` seeded with ``config.seed + 2``)."""
+        gen = torch.Generator().manual_seed(self.config.seed + 2)
+        n = min(len(self.val_idx), limit)
+        total = 0.0
+        for lo in range(0, n, chunk):
+            idx = self.val_idx[lo : min(lo + chunk, n)]
+            total += loss(idx, gen) * len(idx)
+        return total / n
+
     def one_cycle_step(self) -> None:
         """Advance a one-cycle schedule, which refuses a step past its total."""
         if self.step + 1 < self.config.steps:

@@ -104,15 +104,11 @@ class _Trainer(EMATrainer):
             out.append(("val", self.validation_loss()))
         return out
 
-    @torch.no_grad()
     def validation_loss(self) -> float:
         """Loss of the EMA network on the validation showers (fixed noise)."""
-        gen = torch.Generator().manual_seed(self.config.seed + 2)
-        losses = []
-        for lo in range(0, min(len(self.val_idx), 2048), 256):
-            idx = self.val_idx[lo : lo + 256]
-            losses.append(self._loss(self.ema.module, idx, gen)[0].item() * len(idx))
-        return float(sum(losses) / min(len(self.val_idx), 2048))
+        return self.validation_mean(
+            lambda idx, gen: self._loss(self.ema.module, idx, gen)[0].item(), 2048, 256
+        )
 
     def finished_model(self) -> CaloDream:
         """The model with the EMA weights (what is saved for inference)."""

@@ -76,16 +76,9 @@ class _Trainer(EMATrainer):
             out.append(("val", self.validation_loss()))
         return out
 
-    @torch.no_grad()
     def validation_loss(self) -> float:
         """NLL per feature of the EMA flow on the validation showers (fixed slab noise)."""
-        gen = torch.Generator().manual_seed(self.config.seed + 2)
-        n = min(len(self.val_idx), 2048)
-        total = 0.0
-        for lo in range(0, n, 256):
-            idx = self.val_idx[lo : min(lo + 256, n)]
-            total += self._loss(self.ema.module, idx, gen).item() * len(idx)
-        return total / n
+        return self.validation_mean(lambda idx, gen: self._loss(self.ema.module, idx, gen).item(), 2048, 256)
 
     def averaged(self) -> nn.Module:
         return self.model.flow

@@ -76,17 +76,14 @@ class _Trainer(EMATrainer):
             out.append(("val", self.validation_loss()))
         return out
 
-    @torch.no_grad()
     def validation_loss(self) -> float:
         """Summed NLL per feature (energy + cells) of the EMA flows on the validation showers."""
-        gen = torch.Generator().manual_seed(self.config.seed + 2)
-        n = min(len(self.val_idx), 512)
-        total = 0.0
-        for lo in range(0, n, 64):
-            idx = self.val_idx[lo : min(lo + 64, n)]
+
+        def loss(idx: Tensor, gen: torch.Generator) -> float:
             nll_e, nll_y = self._losses(self.ema.module, idx, gen)
-            total += (nll_e + nll_y).item() * len(idx)
-        return total / n
+            return (nll_e + nll_y).item()
+
+        return self.validation_mean(loss, 512, 64)
 
 
 def train(
