@@ -883,7 +883,7 @@ def test_generation_pool_checks_requests_and_survives_a_dead_worker(trained):
         plan = pool.plan(GenerationRequest(precision="float32"))
         batches = pool.generate(np.full(40, 40.0), plan, 2, seed=1)
         next(batches)
-        for pid in list(pool._executor._processes):
+        for pid in pool.engine.pids():
             os.kill(pid, signal.SIGKILL)
         with pytest.raises(GenerationError, match="worker stopped unexpectedly"):
             list(batches)

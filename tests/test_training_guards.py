@@ -264,3 +264,11 @@ def test_the_largest_seed_trains(monkeypatch, capsys, voxel_file, tmp_path):
     code, stdout, err = run(monkeypatch, capsys, *args, "--steps", 2, "--seed", MAX_SEED)
     assert code == 0, stdout + err
     assert "complete" in stdout and (out / "checkpoint.pt").exists()
+
+
+def test_a_misspelled_train_keyword_is_refused_before_any_work(tmp_path):
+    from caloforge.models.caloinn import CaloINNConfig, train
+
+    with pytest.raises(TypeError, match="unexpected keyword argument 'max_minute'"):
+        train(CaloINNConfig.from_preset("smoke"), tmp_path / "missing.h5", tmp_path / "run", max_minute=1)
+    assert not (tmp_path / "run").exists()

@@ -6,7 +6,7 @@ stream per batch), the file chunks of ``evaluate`` — and hands a pure function
 to an engine; whatever runs the pieces, the results are the same, bit for bit.
 
 * :class:`LocalEngine` — ``workers`` spawned processes on this machine (the ``--workers`` of
-  every command; also the pool of ``generate --workers`` and ``simulate-jets``).
+  ``simulate``, ``generate`` and ``simulate-jets``).
 * :class:`DaskEngine` — a ``dask.distributed`` cluster: an existing one (``--scheduler
   tcp://host:8786``, e.g. started by dask-jobqueue on Slurm or HTCondor, docs/distributed.md)
   or, by default, a ``LocalCluster`` of ``workers`` single-threaded processes. A worker that
@@ -69,8 +69,8 @@ class WorkerDied(EngineError):
 
 class LocalEngine:
     """``workers`` spawned processes on this machine (a context manager): the one process pool
-    of caloforge — ``simulate``, ``generate --workers``, ``simulate-jets`` and ``evaluate``
-    run their pieces here.
+    of caloforge — ``simulate``, ``generate --workers`` and ``simulate-jets`` run their pieces
+    here (a local ``evaluate`` runs in its own process).
 
     At most ``2 × workers`` pieces are in flight; a wait for results notices a stop request
     (:func:`~caloforge.safety.check_stop`, Ctrl-C) within :data:`POLL_SECONDS`; a worker that
@@ -120,21 +120,31 @@ class LocalEngine:
                     pending.remove(future)
                     submit(1)
                     yield future.result()
-        except BrokenProcessPool:
+        except BrokenProcessPool as err:
+            check_stop()  # a Ctrl-C that reached a worker before it ignored it is an interrupt
             raise WorkerDied(
                 "a worker process stopped unexpectedly (killed, out of memory or crashed); "
                 "try fewer --workers"
-            ) from None
+            ) from err
         finally:
             for future in pending:
                 future.cancel()
+
+    def pids(self) -> list[int]:
+        """The process ids of the workers started so far."""
+        return list(self._processes())
+
+    def _processes(self) -> dict[int, Any]:
+        # The executor's own table of its processes (stable since Python 3.8; 3.14 adds
+        # terminate_workers()).
+        return dict(self._executor._processes or {})  # type: ignore[attr-defined]
 
     def close(self, finish: bool = False) -> None:
         """Stop the processes: at once (pieces in flight are dropped), or with ``finish`` after
         the pieces they are running (queued ones are dropped)."""
         if not finish:
-            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
-                with contextlib.suppress(Exception):
+            for process in self._processes().values():
+                with contextlib.suppress(ProcessLookupError, ValueError):
                     process.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)
 

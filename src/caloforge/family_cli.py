@@ -109,7 +109,7 @@ def training_command(family: Family, training: Training) -> Callable[..., None]:
     """The typer command of ``training`` (its signature built from the declaration)."""
 
     def command(**values: Any) -> None:
-        run_training_command(family.name, training, values)
+        run_training_command(training, values)
 
     params = _parameters(training)
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
@@ -125,7 +125,7 @@ def add_training_commands(train_app: typer.Typer, family: Family) -> None:
         train_app.command(training.command)(training_command(family, training))
 
 
-def run_training_command(family_name: str, training: Training, values: dict[str, Any]) -> None:
+def run_training_command(training: Training, values: dict[str, Any]) -> None:
     """The body of every ``caloforge train`` command: config from the preset and the options,
     then the run (on ``--nproc`` processes where the training allows), then its report."""
     from caloforge.models._distributed import run_in_processes
@@ -139,7 +139,7 @@ def run_training_command(family_name: str, training: Training, values: dict[str,
             values[option.name] = PARSERS[option.parse](values[option.name], option.flag)
     config = training.make_config(preset, seed, values)
     kwargs = training.train_options(values)
-    args = (family_name, training.command, config, data, out, resume, max_minutes, kwargs)
+    args = (training, config, data, out, resume, max_minutes, kwargs)
     result = run_in_processes(_train_one, nproc, *args, threads=threads) if training.distributed else None
     if not training.distributed:
         set_threads(threads)
@@ -153,8 +153,7 @@ def run_training_command(family_name: str, training: Training, values: dict[str,
 
 
 def _train_one(
-    family_name: str,
-    command: str,
+    training: Training,
     config: Any,
     data: Path,
     out: Path,
@@ -163,11 +162,10 @@ def _train_one(
     kwargs: dict[str, Any],
 ) -> Any:
     """One training process (of one or several; module level, so spawned processes can run
-    it): rank 0 shows the progress."""
+    it; ``training`` travels pickled, so a family registered at run time trains there too):
+    rank 0 shows the progress."""
     from caloforge.models._distributed import world
-    from caloforge.models.registry import get_family
 
-    (training,) = [t for t in get_family(family_name).trainings if t.command == command]
     if not world().main:
         return training.run(config, data, out, resume=resume, max_minutes=max_minutes, **kwargs)
     with progress_bar() as bar:

@@ -75,10 +75,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_start(path: str, family: Family) -> None:
-    import torch
-
     # Ctrl-C reaches the whole process group: the parent handles it and stops the workers.
     worker_setup()
+    import torch
+
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # the parent has warned already
     register(family)  # a family registered at run time in the parent is known here too
@@ -108,7 +108,7 @@ class GenerationPool:
         if workers > 1:
             self.family.require("workers")
         self.workers = workers
-        self._engine = LocalEngine(workers, _worker_start, (self.path, self.family))
+        self.engine = LocalEngine(workers, _worker_start, (self.path, self.family))
 
     def plan(self, request: GenerationRequest) -> Plan:
         """The model's :meth:`~caloforge.models.protocol.ShowerGenerator.plan` of ``request``."""
@@ -136,7 +136,7 @@ class GenerationPool:
     def _run(self, jobs: Iterator[tuple[int, dict[str, np.ndarray], Plan, int]]) -> Iterator[Any]:
         """Results of ``jobs`` in order (the engine keeps at most two batches per worker in flight)."""
         try:
-            yield from self._engine.imap(_worker_batch, jobs)
+            yield from self.engine.imap(_worker_batch, jobs)
         except WorkerDied as err:
             raise GenerationError(
                 "a generation worker stopped unexpectedly (killed, out of memory, or the model "
@@ -145,7 +145,7 @@ class GenerationPool:
 
     def close(self) -> None:
         """Stop the workers (batches in flight are finished first, queued ones dropped)."""
-        self._engine.close(finish=True)
+        self.engine.close(finish=True)
 
     def __enter__(self) -> GenerationPool:
         return self

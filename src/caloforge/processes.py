@@ -70,6 +70,10 @@ def run_in_fresh_process(
         raise ChildFailed(
             f"the process died (exit code {process.exitcode})", exitcode=process.exitcode
         ) from None
+    except BaseException:  # Ctrl-C or a signal here: the child goes too
+        process.terminate()
+        process.join()
+        raise
     finally:
         receiver.close()
     process.join()

@@ -553,6 +553,9 @@ def train_run(
     to ``config.steps`` (:func:`run_to_end`), write the final checkpoint and return the
     :class:`TrainResult` (parameters from ``trainer.model.n_parameters()``). ``run``: the
     :class:`RunOptions` ``resume``, ``progress`` and ``max_minutes``."""
+    unknown = sorted(set(run) - set(RunOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"train() got an unexpected keyword argument '{unknown[0]}'")
     start = time.monotonic()
     progress, max_minutes = run.get("progress"), run.get("max_minutes")
     ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)

@@ -60,6 +60,7 @@ def register(family: Family) -> Family:
         clash = set(other.formats) & set(family.formats)
         if other.name != family.name and clash:
             raise ValueError(f"format key {sorted(clash)[0]!r} is already read by the family '{other.name}'")
+    _LAST_LOADED.clear()
     _FAMILIES[family.name] = family
     return family
 
@@ -157,11 +158,12 @@ _LAST_LOADED: dict[tuple, ShowerGenerator] = {}
 def load_generator(model: str | Path) -> ShowerGenerator:
     """The :class:`~caloforge.models.protocol.ShowerGenerator` of ``model`` (any registered family).
 
-    The last one loaded is kept: asking again for the same, unchanged file returns it without
-    reading the checkpoint again (a changed file, e.g. recalibrated in place, is read anew)."""
+    The last one loaded is kept: asking again for the same, unchanged file returns the same
+    object without reading the checkpoint again (a changed file, e.g. recalibrated in place, is
+    read anew; :func:`register` and :func:`reload` forget it). Callers must not change it."""
     path = resolve_model(model)
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     if key in _LAST_LOADED:
         return _LAST_LOADED[key]
     family, path, state = family_of(path)
