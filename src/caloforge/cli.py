@@ -128,9 +128,11 @@ def _model_table(model: Path) -> Table:
         supported.append(f"export ({', '.join(caps.export)})")
     table.add_row("supports", ", ".join(supported) or "generation only")
     table.add_row("precisions", ", ".join(caps.precisions))
-    for command, spell in (("generate", "--option {}=…"), ("calibrate", "{}"), ("train", "{}")):
-        options = family.options(command)
-        names = dict.fromkeys(spell.format(o.name if command == "generate" else o.flag) for o in options)
+    for command in ("generate", "calibrate", "train"):
+        spelled = (
+            f"--option {o.name}=…" if command == "generate" else o.flag for o in family.options(command)
+        )
+        names = dict.fromkeys(spelled)  # trainings of one family share options: each once
         if names:
             table.add_row(f"{command} options", ", ".join(names))
     return table

@@ -140,8 +140,9 @@ def run_training_command(training: Training, values: dict[str, Any]) -> None:
     config = training.make_config(preset, seed, values)
     kwargs = training.train_options(values)
     args = (training, config, data, out, resume, max_minutes, kwargs)
-    result = run_in_processes(_train_one, nproc, *args, threads=threads) if training.distributed else None
-    if not training.distributed:
+    if training.distributed:
+        result = run_in_processes(_train_one, nproc, *args, threads=threads)
+    else:
         set_threads(threads)
         result = _train_one(*args)
     if result is None:  # another rank of a data-parallel run: rank 0 reports

@@ -27,13 +27,12 @@ ValueError: unknown output kind 'images': use one of points, voxels, jets
 
 from __future__ import annotations
 
-import importlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
+
+from caloforge.plugins import plugins, resolve
 
 __all__ = [
     "GEANT4",
@@ -52,12 +51,6 @@ __all__ = [
     "register_kind",
     "reload",
 ]
-
-
-def _resolve(reference: str) -> Any:
-    """The object ``module:attribute`` names."""
-    module, _, attr = reference.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
@@ -84,11 +77,11 @@ class Reference:
     def check(self) -> None:
         """Raise (one line) when the simulator cannot run here."""
         if self.require is not None:
-            _resolve(self.require)()
+            resolve(self.require)()
 
     def timer(self) -> Callable[..., list[dict[str, Any]]]:
         """The bench worker that times this simulator."""
-        return _resolve(self.worker)
+        return resolve(self.worker)
 
 
 #: Geant4 simulating the generator's own detector (``caloforge simulate``).
@@ -157,7 +150,7 @@ class Kind:
         reference = getattr(self, which)
         if reference is None:
             raise ValueError(f"{self.name} files have no {which.replace('_', ' ')}")
-        return _resolve(reference)
+        return resolve(reference)
 
     def batch_type(self) -> type:
         """The batch class."""
@@ -265,20 +258,7 @@ def _load() -> None:
     if _LOADED["builtin"]:
         return
     _LOADED["builtin"] = True
-    for kind in BUILTIN:
-        _KINDS[kind.name] = kind
-    for entry in entry_points(group="caloforge.kinds"):
-        kind = entry.load()
-        if isinstance(kind, Kind):
-            _KINDS[kind.name] = kind
-    for reference in filter(None, os.environ.get("CALOFORGE_KINDS", "").split(",")):
-        module, _, attr = reference.strip().partition(":")
-        try:
-            kind = getattr(importlib.import_module(module), attr or "KIND")
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"CALOFORGE_KINDS names '{reference}', which cannot load: {exc}") from None
-        if not isinstance(kind, Kind):
-            raise ValueError(f"CALOFORGE_KINDS: '{reference}' is not a caloforge.kinds.Kind")
+    for kind in (*BUILTIN, *plugins("caloforge.kinds", "CALOFORGE_KINDS", "KIND", Kind)):
         _KINDS[kind.name] = kind
 
 

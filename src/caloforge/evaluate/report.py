@@ -274,13 +274,7 @@ def shower_report(result: dict[str, Any]) -> str:
         lines += ["", *_verdicts(result, cc_keys)]
     if "pairs" in result:
         lines += _pair_lines(result["pairs"])
-    if result["notes"]:
-        lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
-    if result["figures"]:
-        lines += ["", "## Figures", ""]
-        for name, path in result["figures"].items():
-            lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _notes_and_figures(result)) + "\n"
 
 
 #: Report columns: result key, table header, unit key of :data:`caloforge.jets.metrics.UNITS`.
@@ -367,13 +361,19 @@ def jet_report(result: dict[str, Any]) -> str:
             f"- {c['label']}: `{c['path']}`, {c['n_jets']:,} jets of type `{c['jet_type']}` "
             f"({c['n_used']:,} used), generator {c['generator']}."
         )
+    return "\n".join(lines + _notes_and_figures(result)) + "\n"
+
+
+def _notes_and_figures(result: dict[str, Any]) -> list[str]:
+    """The report's closing sections, shower and jet reports alike: its notes and its figures."""
+    lines: list[str] = []
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     if result["figures"]:
         lines += ["", "## Figures", ""]
         for name, path in result["figures"].items():
             lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 #: What :func:`print_summary` prints after the table: ``(line, markup)``, ``markup`` as

@@ -26,6 +26,7 @@ __all__ = [
     "Checkpoints",
     "check_format",
     "checkpoint_file",
+    "checkpoint_header",
     "detector_checkpoints",
     "detector_state",
     "read_checkpoint",
@@ -196,15 +197,22 @@ class Checkpoints:
         return {k: state[k] for k in names if k in state}
 
 
-def detector_state(model: Any, format: str, version: int) -> dict[str, Any]:
-    """The inference state of a :func:`detector_checkpoints` family's ``model`` (its ``config``,
-    ``detector``, ``energy_range``, ``complete`` and weights, with the format keys)."""
+def checkpoint_header(model: Any, format: str, version: int) -> dict[str, Any]:
+    """The keys every checkpoint of a model built from a config and a detector begins with: the
+    format keys, the caloforge version, and ``config`` and ``detector`` as JSON."""
     return {
         "format": format,
         "format_version": version,
         "caloforge_version": __version__,
         "config": json.dumps(model.config.to_dict()),
         "detector": json.dumps(model.detector.to_dict()),
+    }
+
+
+def detector_state(model: Any, format: str, version: int) -> dict[str, Any]:
+    """The inference state of a :func:`detector_checkpoints` family's ``model`` (its
+    :func:`checkpoint_header`, ``energy_range``, ``complete`` and weights)."""
+    return checkpoint_header(model, format, version) | {
         "energy_range": list(model.energy_range),
         "complete": model.complete,
         "model": model.state_dict(),

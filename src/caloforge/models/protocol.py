@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from caloforge.plugins import resolve
+
 if TYPE_CHECKING:
     from caloforge.detector import Detector
 
@@ -284,14 +286,13 @@ def lazy_exports(package: str, exports: Mapping[str, str]) -> Any:
 
 def _resolve(reference: str) -> Any:
     """The object ``module:attribute`` names."""
-    module, _, attr = reference.partition(":")
     try:
-        mod = importlib.import_module(module)
+        return resolve(reference)
     except ImportError as exc:
+        module = reference.partition(":")[0]
         raise ImportError(
             f"{module} needs a missing package ({exc}); install the model extra: pip install 'caloforge[ml]'"
         ) from exc
-    return getattr(mod, attr)
 
 
 @dataclass(frozen=True)
@@ -352,9 +353,9 @@ def point_generation_options() -> tuple[Option, ...]:
     )
 
 
-def steps_option(help: str = "Training steps (default: the preset's).", name: str = "steps") -> Option:
+def steps_option(help: str = "Training steps (default: the preset's).") -> Option:
     """The ``--steps`` option most trainings take."""
-    return Option(name, int, help, min=1)
+    return Option("steps", int, help, min=1)
 
 
 def batch_size_option(least: int = 1) -> Option:

@@ -17,12 +17,11 @@ at run time with :func:`register`.
 from __future__ import annotations
 
 import importlib
-import os
-from importlib.metadata import entry_points
 from pathlib import Path
 
 from caloforge.models.checkpoint import checkpoint_file, read_checkpoint
 from caloforge.models.protocol import CheckpointError, Family, ShowerGenerator
+from caloforge.plugins import plugins
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -71,18 +70,7 @@ def _load_builtin() -> None:
     _LOADED["builtin"] = True
     for module in BUILTIN:
         register(importlib.import_module(module).FAMILY)
-    for entry in entry_points(group="caloforge.families"):
-        family = entry.load()
-        if isinstance(family, Family):
-            register(family)
-    for reference in filter(None, os.environ.get("CALOFORGE_FAMILIES", "").split(",")):
-        module, _, attr = reference.strip().partition(":")
-        try:
-            family = getattr(importlib.import_module(module), attr or "FAMILY")
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"CALOFORGE_FAMILIES names '{reference}', which cannot load: {exc}") from None
-        if not isinstance(family, Family):
-            raise ValueError(f"CALOFORGE_FAMILIES: '{reference}' is not a caloforge.models.protocol.Family")
+    for family in plugins("caloforge.families", "CALOFORGE_FAMILIES", "FAMILY", Family):
         register(family)
 
 

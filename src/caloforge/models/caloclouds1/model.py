@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from caloforge import __version__
 from caloforge.calibrate import NPointsCalibration
 from caloforge.detector import Detector
 from caloforge.models.caloclouds1.config import CaloClouds1Config
+from caloforge.models.checkpoint import checkpoint_header
 from caloforge.models.nn.ddpm import DDPMSchedule
 from caloforge.models.nn.epic import EPiCEncoder
 from caloforge.models.nn.pointwise import PointScaler, PointWiseNet
@@ -99,12 +99,7 @@ class CaloClouds1(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """The plain-data part of a checkpoint (JSON strings and numbers)."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "caloforge_version": __version__,
-            "config": json.dumps(self.config.to_dict()),
-            "detector": json.dumps(self.detector.to_dict()),
+        return checkpoint_header(self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION) | {
             "flow_config": json.dumps(self.flow.settings),
             "max_points": self.max_points,
             "energy_range": list(self.energy_range),

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from torch import nn
 
-from caloforge import __version__
 from caloforge.calibrate import NPointsCalibration, RadialCalibration
 from caloforge.detector import Detector
 from caloforge.models.caloclouds2.config import CaloClouds2Config, SamplerSpec
+from caloforge.models.checkpoint import checkpoint_header
 from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.nn.pointwise import (
     PointScaler,
@@ -88,12 +87,7 @@ class CaloClouds2(nn.Module):
 
     def metadata(self) -> dict[str, Any]:
         """The plain-data part of a checkpoint (JSON strings and numbers)."""
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "caloforge_version": __version__,
-            "config": json.dumps(self.config.to_dict()),
-            "detector": json.dumps(self.detector.to_dict()),
+        return checkpoint_header(self, CHECKPOINT_FORMAT, CHECKPOINT_VERSION) | {
             "max_points": self.max_points,
             "energy_range": list(self.energy_range),
             "calibration": self.calibration.to_dict(),
