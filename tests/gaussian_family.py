@@ -23,7 +23,7 @@ import numpy as np
 
 from caloforge.detector import get_detector
 from caloforge.io import PointShowers, open_showers, read_showers
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import LoopConfig
 from caloforge.models.checkpoint import check_format, save_checkpoint
 from caloforge.models.protocol import (
     Capabilities,
@@ -63,17 +63,16 @@ FAMILY = Family(
 
 
 @dataclass(frozen=True)
-class GaussianConfig(PresetConfig):
-    """Settings of a Gaussian fit: Adam steps over batches of showers."""
+class GaussianConfig(LoopConfig):
+    """Settings of a Gaussian fit: Adam steps over batches of showers (the loop's fields only,
+    with this family's defaults)."""
 
     KIND: ClassVar[str] = "Gaussian"
 
-    seed: int = 0
     steps: int = 300
     batch_size: int = 16
     lr: float = 0.05
     log_every: int = 20
-    checkpoint_minutes: float = 5.0
 
 
 GaussianConfig.PRESETS = {"cpu": GaussianConfig(), "smoke": GaussianConfig(steps=200, lr=0.1, log_every=10)}

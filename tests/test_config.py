@@ -186,3 +186,55 @@ def test_above_zero_allows_infinity_but_not_nan():
     for bad in (0.0, -1.0, math.nan):
         with pytest.raises(ValueError, match=r"^Loose config: rate must be positive, got"):
             Loose(rate=bad)
+
+
+@pytest.mark.parametrize(("family", "name"), CONFIGS, ids=IDS)
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [("steps", 0), ("batch_size", 0), ("log_every", 0), ("lr", math.inf), ("grad_clip", 0.0)],
+)
+def test_every_config_checks_the_loop_fields(family, name, field, bad):
+    cls = config_class(family, name)
+    with pytest.raises(ValueError, match=f"^{cls.KIND} config: {field} must"):
+        cls.from_preset("smoke", **{field: bad})
+
+
+@pytest.mark.parametrize(
+    ("family", "name"), [c for c in CONFIGS if c[0] in ("bibae", "calodream", "caloinn", "l2lflows")]
+)
+@pytest.mark.parametrize(("field", "bad"), [("val_every", 0), ("val_fraction", 0.5), ("ema_decay", 1.0)])
+def test_ema_configs_check_averaging_and_validation(family, name, field, bad):
+    cls = config_class(family, name)
+    with pytest.raises(ValueError, match=f"^{cls.KIND} config: {field} must"):
+        cls.from_preset("smoke", **{field: bad})
+
+
+@dataclass(frozen=True)
+class Named(PresetConfig):
+    KIND: ClassVar[str] = "Named"
+
+    name: str = "cpu"
+    sizes: tuple[int, ...] = (1, 2)
+    rate: float = 1.0
+
+
+def test_read_presets_from_a_package_file(tmp_path, monkeypatch):
+    pkg = tmp_path / "presetpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "presets.toml").write_text("[cpu]\n\n[big]\nsizes = [3, 4, 5]\nrate = 2.5\n")
+    (pkg / "bad.toml").write_text("[odd]\nspeed = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    presets = Named.read_presets("presetpkg")
+    assert Named.PRESETS is presets
+    assert presets["cpu"] == Named()
+    assert presets["big"] == Named(name="big", sizes=(3, 4, 5), rate=2.5)  # arrays become tuples
+    assert Named.from_preset("big", rate=1.0).sizes == (3, 4, 5)
+    with pytest.raises(ValueError, match="unknown Named config field"):
+        Named.read_presets("presetpkg", "bad.toml")
+
+
+@pytest.mark.parametrize(("family", "name"), CONFIGS, ids=IDS)
+def test_cpu_preset_is_the_defaults(family, name):
+    cls = config_class(family, name)
+    assert cls.PRESETS["cpu"] == cls()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients, world
 from caloforge.models.checkpoint import RUN_CHECKPOINT, read_checkpoint, save_checkpoint
+from caloforge.models.nn.ema import EMA
 from caloforge.models.protocol import CheckpointError
 from caloforge.safety import check_output_dir
 
@@ -48,8 +49,11 @@ __all__ = [
     "run_to_end",
     "save_checkpoint",
     "save_finite_checkpoint",
+    "seeded",
     "train_run",
 ]
+
+T = TypeVar("T")
 
 #: ``progress(stage, done, total)``; training stages add ``info=`` (the running losses).
 Progress = Callable[..., None]
@@ -275,6 +279,14 @@ def restore_ema_training(
     trainer.elapsed_s = float(tr["elapsed_s"])
 
 
+def seeded(seed: int, make: Callable[[], T]) -> T:
+    """``make()`` with torch's global generator seeded with ``seed`` (reproducible initial
+    weights), the global generator's state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return make()
+
+
 class EMATrainer:
     """What the trainers that keep an EMA of their network share (CaloINN, L2LFlows, BIB-AE,
     CaloDREAM): the batch generator, the validation split, the counters :func:`run_loop`
@@ -336,6 +348,15 @@ class EMATrainer:
             idx = self.val_idx[lo : min(lo + chunk, n)]
             total += loss(idx, gen) * len(idx)
         return total / n
+
+    def adamw_one_cycle(self, net: nn.Module) -> None:
+        """Average ``net`` (``config.ema_decay``) and train it with AdamW under a one-cycle
+        schedule peaking at ``config.lr`` over ``config.steps``: ``ema``, ``opt``, ``sched``."""
+        self.ema = EMA(net, self.config.ema_decay)
+        self.opt = torch.optim.AdamW(net.parameters(), lr=self.config.lr)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=self.config.lr, total_steps=self.config.steps
+        )
 
     def one_cycle_step(self) -> None:
         """Advance a one-cycle schedule, which refuses a step past its total."""

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from caloforge.detector import Detector
 
 __all__ = [
+    "CHECKPOINT_EXPORTS",
     "OUTPUT_KINDS",
     "PRECISIONS",
     "Capabilities",
@@ -56,8 +57,10 @@ __all__ = [
     "batch_seed",
     "check_conditions",
     "energy_condition",
+    "exports_of",
     "generate_batches",
     "lazy_exports",
+    "loop_options",
 ]
 
 #: What a generator's output is: the name of a registered :class:`caloforge.kinds.Kind`, which
@@ -272,6 +275,31 @@ def generate_batches(
     return (generator.generate_batch(chunk, plan, seed, index) for index, chunk in batches)
 
 
+#: The checkpoint names a family package exports through :func:`lazy_exports`: the format key
+#: and version from its ``model`` module, ``load_model`` / ``save_for_inference`` from its
+#: ``checkpoint`` module.
+CHECKPOINT_EXPORTS: Mapping[str, str] = {
+    "CHECKPOINT_FORMAT": "model",
+    "CHECKPOINT_VERSION": "model",
+    "load_model": "checkpoint",
+    "save_for_inference": "checkpoint",
+}
+
+
+def exports_of(**modules: str | tuple[str, ...]) -> dict[str, str]:
+    """The ``name → module`` mapping :func:`lazy_exports` takes, from each module of a package
+    and the public name (or names) it defines.
+
+    >>> exports_of(config=("XConfig", "PRESETS"), training="train")
+    {'XConfig': 'config', 'PRESETS': 'config', 'train': 'training'}
+    """
+    return {
+        name: module
+        for module, names in modules.items()
+        for name in ((names,) if isinstance(names, str) else names)
+    }
+
+
 def lazy_exports(package: str, exports: Mapping[str, str]) -> Any:
     """A module ``__getattr__`` for ``package`` that imports ``package.<exports[name]>`` on the
     first access of ``name``: how a family's package stays free of heavy imports."""
@@ -370,6 +398,16 @@ def max_showers_option(least: int = 20, target: Literal["config", "train"] = "tr
     )
 
 
+def loop_options(least_batch: int = 1) -> tuple[Option, ...]:
+    """``--steps``, ``--batch-size`` (at least ``least_batch``) and ``--max-showers``: the
+    options of a training whose loop is all its family needs changed from the command line."""
+    return (steps_option(), batch_size_option(least_batch), max_showers_option())
+
+
+def _package_name(package: str) -> str:
+    return package.rsplit(".", 1)[-1]
+
+
 @dataclass(frozen=True)
 class Training:
     """How a family trains one of its networks: the ``caloforge train <command>`` it answers.
@@ -397,6 +435,28 @@ class Training:
     config_fixed: Mapping[str, Any] = field(default_factory=dict)
     train_fixed: Mapping[str, Any] = field(default_factory=dict)
     distributed: bool = False
+
+    @classmethod
+    def of_package(
+        cls, package: str, config_class: str, *, title: str, summary: str, data_help: str, **fields: Any
+    ) -> Training:
+        """The training laid out the usual way in the family ``package``: the command is the
+        package's name (unless ``command`` is given), the config ``<package>.config:<config_class>``
+        and the entry point ``<package>.training:train``; ``fields`` as :class:`Training`'s.
+
+        >>> t = Training.of_package("caloforge.models.x", "XConfig", title="X", summary="S.", data_help="D.")
+        >>> t.command, t.train
+        ('x', 'caloforge.models.x.training:train')
+        """
+        return cls(
+            command=fields.pop("command", _package_name(package)),
+            title=title,
+            summary=summary,
+            config=f"{package}.config:{config_class}",
+            train=f"{package}.training:train",
+            data_help=data_help,
+            **fields,
+        )
 
     def config_class(self) -> Any:
         """The config class (imports the family's config module)."""
@@ -487,6 +547,19 @@ class Family:
     calibrate_options: tuple[Option, ...] = ()
     shipped: Mapping[str, str] = field(default_factory=dict)
     bench_models: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of_package(cls, package: str, description: str, **fields: Any) -> Family:
+        """The family laid out the usual way in ``package``: named after the package, reading
+        the ``caloforge-<name>`` checkpoint format (unless ``formats`` is given) with the loader
+        ``<package>.generation:load_generator``; ``fields`` as :class:`Family`'s.
+
+        >>> Family.of_package("caloforge.models.x", "X").formats
+        ('caloforge-x',)
+        """
+        name = _package_name(package)
+        layout = {"formats": (f"caloforge-{name}",), "loader": f"{package}.generation:load_generator"}
+        return cls(name=name, description=description, **(layout | fields))
 
     def load(self, path: Path, state: dict[str, Any]) -> ShowerGenerator:
         """The generator of the checkpoint ``path`` whose contents are ``state``."""

@@ -14,52 +14,44 @@ package imports none of its modules: the names below load theirs on first use.
 from __future__ import annotations
 
 from caloforge.models.protocol import (
-    Capabilities,
+    CHECKPOINT_EXPORTS,
     Family,
     Option,
     Training,
-    batch_size_option,
+    exports_of,
     lazy_exports,
-    max_showers_option,
-    steps_option,
+    loop_options,
 )
 
 _EXPORTS = {
-    "BIBAEConfig": "config",
-    "PRESETS": "config",
-    "BIBAE": "model",
-    "PostProcessor": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "BIBAEGenerator": "generation",
-    "train": "training",
+    **exports_of(
+        config=("BIBAEConfig", "PRESETS"),
+        model=("BIBAE", "PostProcessor"),
+        generation="BIBAEGenerator",
+        training="train",
+    ),
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="bibae",
-    description="BIB-AE",
-    formats=("caloforge-bibae",),
-    loader="caloforge.models.bibae.generation:load_generator",
+FAMILY = Family.of_package(
+    __name__,
+    "BIB-AE",
     output="voxels",
-    capabilities=Capabilities(workers=True, precisions=("float32",)),
     generate_options=(Option("latent_scale", float, "Width of the latent draws (1: the trained prior)."),),
     trainings=(
-        Training(
-            command="bibae",
+        Training.of_package(
+            __name__,
+            "BIBAEConfig",
             title="BIB-AE",
             summary=(
                 "Train BIB-AE (3-d convolutional autoencoder with critics and a post-processor) on cell "
                 "images."
             ),
-            config="caloforge.models.bibae.config:BIBAEConfig",
-            train="caloforge.models.bibae.training:train",
             data_help="Training cell-image file (voxels on a cell grid, e.g. ild-ecal-30).",
             preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
-            options=(steps_option(), batch_size_option(2), max_showers_option()),
+            options=loop_options(2),
         ),
     ),
     shipped={"bibae": "bibae_ild30_cpu.pt"},

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import EMALoopConfig
 
 
 @dataclass(frozen=True)
-class BIBAEConfig(PresetConfig):
+class BIBAEConfig(EMALoopConfig):
     """Settings of one BIB-AE training run.
 
     ``steps`` counts both stages: the first ``steps - post_steps`` train the autoencoder
@@ -26,18 +26,12 @@ class BIBAEConfig(PresetConfig):
 
     KIND: ClassVar[str] = "BIB-AE"
 
-    seed: int = 0
     steps: int = 1600
     post_steps: int = 400
     batch_size: int = 32
     lr: float = 5e-4  # encoder, decoder and post-processor (Adam)
     lr_critic: float = 5e-4
-    grad_clip: float = 10.0
-    ema_decay: float = 0.999
-    val_fraction: float = 0.05
-    val_every: int = 250
     log_every: int = 50
-    checkpoint_minutes: float = 5.0
     # networks: 3-d convolution widths of the encoder (the decoder mirrors them), the latent,
     # the dense width at the bottleneck, the critics' widths, the post-processor's 1x1x1 stack
     channels: tuple[int, ...] = (8, 16, 32)
@@ -76,10 +70,9 @@ class BIBAEConfig(PresetConfig):
 
     def __post_init__(self) -> None:
         self.check(
-            at_least_one=("steps", "batch_size", "val_every", "log_every", "latent", "hidden", "post_hidden",
-                          "post_layers", "hit_mmd_cells"),
+            at_least_one=("latent", "hidden", "post_hidden", "post_layers", "hit_mmd_cells"),
             at_least_zero=("noise_dims",),
-            positive=("lr", "lr_critic", "grad_clip", "log_scale_mev", "energy_scale_gev", "latent_scale"),
+            positive=("lr_critic", "log_scale_mev", "energy_scale_gev", "latent_scale"),
             non_negative=("beta_kl", "w_mmd", "w_critic", "w_recon_critic", "w_pixel", "gp_lambda",
                           "w_hit_mmd", "w_post_pixel", "w_post_energy"),
             fractions={"val_fraction": (0, 0.5), "ema_decay": (0, 1)},
@@ -96,45 +89,5 @@ class BIBAEConfig(PresetConfig):
                 raise ValueError(f"BIB-AE config: {name} must be 3 positive integers, got {widths}")
 
 
-PRESETS: dict[str, BIBAEConfig] = {
-    "cpu": BIBAEConfig(),
-    # Paper scale (arXiv:2005.05334, 2303.18150): convolutions 64-256 wide, a 24-dim latent
-    # (the photon BIB-AE), batch 32-ish, Adam at 5e-4 with critics at 1e-4 ... as best the
-    # papers state them; many more iterations, the post-processor trained after the main net.
-    "paper": BIBAEConfig(
-        steps=200_000,
-        post_steps=50_000,
-        batch_size=64,
-        lr=5e-4,
-        lr_critic=1e-4,
-        channels=(64, 128, 256),
-        latent=24,
-        noise_dims=500,
-        hidden=512,
-        critic_channels=(64, 128, 256),
-        post_hidden=128,
-        post_layers=5,
-        w_pixel=0.0,
-        hit_mmd_cells=2000,
-        val_every=2000,
-        log_every=200,
-        checkpoint_minutes=15.0,
-    ),
-    "smoke": BIBAEConfig(
-        steps=8,
-        post_steps=3,
-        batch_size=8,
-        val_every=4,
-        log_every=4,
-        channels=(2, 4, 4),
-        latent=4,
-        noise_dims=3,
-        hidden=8,
-        critic_channels=(2, 4, 4),
-        post_hidden=4,
-        post_layers=2,
-        hit_mmd_cells=50,
-        ema_decay=0.9,
-    ),
-}
-BIBAEConfig.PRESETS = PRESETS
+#: The presets (presets.toml beside this module: the fields that differ from the defaults).
+PRESETS: dict[str, BIBAEConfig] = BIBAEConfig.read_presets(__package__)

@@ -18,10 +18,11 @@ Modules: :mod:`.config`, :mod:`.model`, :mod:`.checkpoint`, :mod:`.training`,
 from __future__ import annotations
 
 from caloforge.models.protocol import (
-    Capabilities,
+    CHECKPOINT_EXPORTS,
     Family,
     Option,
     Training,
+    exports_of,
     lazy_exports,
     max_showers_option,
     point_generation_options,
@@ -29,35 +30,27 @@ from caloforge.models.protocol import (
 )
 
 _EXPORTS = {
-    "CaloClouds1Config": "config",
-    "PRESETS": "config",
-    "CaloClouds1": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "train": "training",
-    "borrow_flow": "training",
-    "generate": "generation",
-    "CaloClouds1Generator": "generation",
+    **exports_of(
+        config=("CaloClouds1Config", "PRESETS"),
+        model="CaloClouds1",
+        training=("train", "borrow_flow"),
+        generation=("generate", "CaloClouds1Generator"),
+    ),
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="caloclouds1",
-    description="CaloClouds (I)",
-    formats=("caloforge-caloclouds1",),
-    loader="caloforge.models.caloclouds1.generation:load_generator",
-    capabilities=Capabilities(workers=True),
+FAMILY = Family.of_package(
+    __name__,
+    "CaloClouds (I)",
     generate_options=point_generation_options(),
     trainings=(
-        Training(
-            command="caloclouds1",
+        Training.of_package(
+            __name__,
+            "CaloClouds1Config",
             title="CaloClouds (I)",
             summary="Train CaloClouds (I) (EPiC encoder + Latent Flow + DDPM PointWise Net + calibration).",
-            config="caloforge.models.caloclouds1.config:CaloClouds1Config",
-            train="caloforge.models.caloclouds1.training:train",
             data_help="Training point-cloud file (e.g. from `caloforge simulate`).",
             preset_help="cpu (under an hour on 2 cores), paper or smoke.",
             options=(

@@ -21,6 +21,7 @@ from caloforge.models._training import (
     open_run,
     run_to_end,
     save_finite_checkpoint,
+    seeded,
 )
 from caloforge.models.caloclouds1.checkpoint import check_state
 from caloforge.models.caloclouds1.config import CaloClouds1Config
@@ -91,11 +92,12 @@ class _Trainer(PointRunState):
         flow_source: str = "",
     ) -> None:
         self.config, self.data, self.flow_source = config, data, flow_source
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
-            self.model = CaloClouds1(
+        self.model = seeded(
+            config.seed,
+            lambda: CaloClouds1(
                 config, data.detector, int(data.stats.n_points.max()), data.energy_range, flow_config
-            )
+            ),
+        )
         if flow_state is not None:
             self.model.flow.load_state_dict(flow_state)
         self.model.flow.requires_grad_(False)

@@ -21,10 +21,12 @@ imports none of them: the names below load their module on first use.
 from __future__ import annotations
 
 from caloforge.models.protocol import (
+    CHECKPOINT_EXPORTS,
     Capabilities,
     Family,
     Option,
     Training,
+    exports_of,
     lazy_exports,
     max_showers_option,
     point_generation_options,
@@ -33,40 +35,33 @@ from caloforge.models.protocol import (
 
 #: Public names → the module that defines them (loaded on first access).
 _EXPORTS = {
-    "CaloClouds2Config": "config",
-    "PRESETS": "config",
-    "SamplerSpec": "config",
-    "CaloClouds2": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "train": "training",
-    "point_batch": "training",
-    "fit_calibration": "calibration",
-    "calibrate": "calibration",
-    "generate": "generation",
-    "resolve_sampler": "generation",
-    "resolve_precision": "generation",
-    "native_bfloat16": "generation",
-    "faster_bfloat16": "generation",
-    "CaloClouds2Generator": "generation",
-    "POINTS_PER_CALL": "generation",
-    "POINTS_PAD": "generation",
-    "PRECISIONS": "generation",
-    "DistillConfig": "distillation",
-    "distill": "distillation",
-    "export_model": "export",
-    "OnnxGenerator": "export",
+    **exports_of(
+        config=("CaloClouds2Config", "PRESETS", "SamplerSpec"),
+        model="CaloClouds2",
+        training=("train", "point_batch"),
+        calibration=("fit_calibration", "calibrate"),
+        generation=(
+            "generate",
+            "resolve_sampler",
+            "resolve_precision",
+            "native_bfloat16",
+            "faster_bfloat16",
+            "CaloClouds2Generator",
+            "POINTS_PER_CALL",
+            "POINTS_PAD",
+            "PRECISIONS",
+        ),
+        distillation=("DistillConfig", "distill"),
+        export=("export_model", "OnnxGenerator"),
+    ),
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="caloclouds2",
-    description="CaloClouds II",
-    formats=("caloforge-caloclouds2",),
-    loader="caloforge.models.caloclouds2.generation:load_generator",
+FAMILY = Family.of_package(
+    __name__,
+    "CaloClouds II",
     capabilities=Capabilities(
         calibrate=True,
         export=("onnx", "torchscript"),
@@ -88,14 +83,13 @@ FAMILY = Family(
         Option("showers", int, "Model showers per fit pass (default: the model config's).", min=1),
     ),
     trainings=(
-        Training(
-            command="caloclouds2",
+        Training.of_package(
+            __name__,
+            "CaloClouds2Config",
             title="CaloClouds II",
             summary=(
                 "Train CaloClouds II (Shower Flow + EDM PointWise Net + calibration) on a point-cloud file."
             ),
-            config="caloforge.models.caloclouds2.config:CaloClouds2Config",
-            train="caloforge.models.caloclouds2.training:train",
             data_help="Training point-cloud file (e.g. from `caloforge simulate`).",
             preset_help="cpu (minutes on a laptop), paper (published sizes, GPU) or smoke.",
             options=(

@@ -9,11 +9,10 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import LoopConfig
 from caloforge.models.nn.edm import EDMDenoiser
 from caloforge.models.nn.pointwise import (
     CPU_WIDTHS,
-    PAPER_WIDTHS,
 )
 from caloforge.sampling import (
     consistency_sigmas,
@@ -81,7 +80,7 @@ _SAMPLERS: dict[str, Callable[..., Tensor]] = {
 
 
 @dataclass(frozen=True)
-class CaloClouds2Config(PresetConfig):
+class CaloClouds2Config(LoopConfig):
     """Everything that defines a CaloClouds II training run; presets in :data:`PRESETS`.
 
     >>> CaloClouds2Config.from_preset("cpu", steps=10).steps
@@ -111,10 +110,8 @@ class CaloClouds2Config(PresetConfig):
     p_mean: float = -1.2
     p_std: float = 1.2
     steps: int = 20000
-    batch_size: int = 64
     points_per_shower: int = 256
     lr: float = 5e-4
-    grad_clip: float = 10.0
     ema_max_decay: float = 0.9999
     # Calibration of the number of points: model showers generated after training with the
     # default sampler of the model, Heun with `calibration_sampler_steps` noise levels.
@@ -124,10 +121,6 @@ class CaloClouds2Config(PresetConfig):
     # Heun steps from 80 the outer radial rings come out with +60 % energy (+25 % from 10).
     sampler_sigma_max: float = 10.0
     calibration_refinements: int = 1
-    # Bookkeeping.
-    seed: int = 0
-    checkpoint_minutes: float = 5.0
-    log_every: int = 100
 
     KIND: ClassVar[str] = "CaloClouds II"
     # Fields added later, with the value that checkpoints written before them were trained with.
@@ -136,54 +129,14 @@ class CaloClouds2Config(PresetConfig):
     def __post_init__(self) -> None:
         self.check(
             at_least_one=("cache_points", "chunk_size", "cluster_per_cell", "flow_transforms", "flow_bins",
-                          "flow_batch_size", "steps", "batch_size", "points_per_shower", "log_every"),
+                          "flow_batch_size", "points_per_shower"),
             at_least_zero=("flow_steps",),
-            positive=("lr", "flow_lr", "grad_clip", "sigma_data"),
+            positive=("flow_lr", "sigma_data"),
             point_widths=("net_widths",),
             widths=("flow_hidden",),
             optional=("cluster_per_cell",),
         )  # fmt: skip
 
 
-PRESETS: dict[str, CaloClouds2Config] = {
-    # Half an hour on one CPU core for a 20k-shower file (30.6 min measured, docs/results.md).
-    "cpu": CaloClouds2Config(),
-    # The published sizes: PointWise Net 4-128-256-512-256-128-4 (≈ 505k parameters), RAdam
-    # lr 1e-4, batch 128 whole showers, 2M iterations; a large Shower Flow. GPU territory.
-    "paper": CaloClouds2Config(
-        name="paper",
-        sampler_sigma_max=80.0,
-        cache_points=6000,
-        flow_hidden=(512, 512, 512),
-        flow_transforms=10,
-        flow_steps=100_000,
-        flow_batch_size=2048,
-        flow_lr=5e-4,
-        net_widths=PAPER_WIDTHS,
-        steps=2_000_000,
-        batch_size=128,
-        points_per_shower=6000,
-        lr=1e-4,
-        calibration_showers=2000,
-        log_every=1000,
-    ),
-    # Seconds: checks that the whole pipeline runs (tests, first try of a new data file).
-    # Its showers are not meant to be good.
-    "smoke": CaloClouds2Config(
-        name="smoke",
-        cache_points=64,
-        chunk_size=50,
-        flow_hidden=(32,),
-        flow_transforms=2,
-        flow_steps=40,
-        flow_batch_size=32,
-        net_widths=(4, 32, 32, 4),
-        steps=40,
-        batch_size=8,
-        points_per_shower=64,
-        calibration_showers=16,
-        calibration_sampler_steps=4,
-        log_every=10,
-    ),
-}
-CaloClouds2Config.PRESETS = PRESETS
+#: The presets (presets.toml beside this module: the fields that differ from the defaults).
+PRESETS: dict[str, CaloClouds2Config] = CaloClouds2Config.read_presets(__package__)

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import LoopConfig
 from caloforge.models._training import (
     Progress,
     TrainResult,
@@ -61,7 +61,7 @@ __all__ = ["DISTILL_PRESETS", "DistillConfig", "consistency_distillation_loss", 
 
 
 @dataclass(frozen=True)
-class DistillConfig(PresetConfig):
+class DistillConfig(LoopConfig):
     """A consistency-distillation run; presets in :data:`DISTILL_PRESETS`.
 
     >>> DistillConfig.from_preset("cpu", steps=10).n_levels
@@ -77,14 +77,9 @@ class DistillConfig(PresetConfig):
     loss: str = "l2"  # or "pseudo-huber"
     student_widths: tuple[int, ...] | None = None  # None: the teacher's, initialised from it
     steps: int = 6000
-    batch_size: int = 64
     points_per_shower: int = 256
     lr: float = 1e-4
-    grad_clip: float = 10.0
     ema_max_decay: float = 0.999
-    seed: int = 0
-    checkpoint_minutes: float = 5.0
-    log_every: int = 100
 
     KIND: ClassVar[str] = "distillation"
 
@@ -94,8 +89,8 @@ class DistillConfig(PresetConfig):
         if self.loss not in ("l2", "pseudo-huber"):
             raise ValueError(f"unknown consistency loss '{self.loss}': use l2 or pseudo-huber")
         self.check(
-            at_least_one=("steps", "batch_size", "points_per_shower", "log_every"),
-            positive=("lr", "grad_clip", "sigma_min", "sigma_max", "rho"),
+            at_least_one=("points_per_shower",),
+            positive=("sigma_min", "sigma_max", "rho"),
             fractions={"target_decay": (0, 1)},
             point_widths=("student_widths",),
             optional=("student_widths",),
@@ -104,22 +99,8 @@ class DistillConfig(PresetConfig):
             raise ValueError(f"sigma_min ({self.sigma_min}) must be below sigma_max ({self.sigma_max})")
 
 
-DISTILL_PRESETS: dict[str, DistillConfig] = {
-    # Tens of minutes on one CPU core, starting from the teacher's weights.
-    "cpu": DistillConfig(),
-    # SPEC 6.2: batch 256 whole showers, 1M iterations.
-    "paper": DistillConfig(
-        name="paper",
-        sigma_max=80.0,
-        steps=1_000_000,
-        batch_size=256,
-        points_per_shower=6000,
-        ema_max_decay=0.9999,
-    ),
-    # Seconds: the pipeline runs.
-    "smoke": DistillConfig(name="smoke", steps=20, batch_size=4, points_per_shower=32, log_every=5),
-}
-DistillConfig.PRESETS = DISTILL_PRESETS
+#: The presets (distill_presets.toml beside this module: the fields that differ from the defaults).
+DISTILL_PRESETS: dict[str, DistillConfig] = DistillConfig.read_presets(__package__, "distill_presets.toml")
 
 
 def _distance(a: Tensor, b: Tensor, kind: str) -> Tensor:

@@ -18,6 +18,7 @@ from caloforge.models._training import (
     open_run,
     run_loop,
     save_finite_checkpoint,
+    seeded,
 )
 from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
 from caloforge.models.caloclouds2.checkpoint import (
@@ -67,9 +68,10 @@ class _Trainer(PointRunState):
 
     def __init__(self, config: CaloClouds2Config, data: TrainingData) -> None:
         self.config, self.data = config, data
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)  # reproducible initial weights without touching the global RNG
-            self.model = CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range)
+        self.model = seeded(
+            config.seed,
+            lambda: CaloClouds2(config, data.detector, int(data.stats.n_points.max()), data.energy_range),
+        )
         self.model.sampler = SamplerSpec(
             "heun", config.calibration_sampler_steps, sigma_max=config.sampler_sigma_max
         )

@@ -24,11 +24,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from caloforge.models.protocol import (
+    CHECKPOINT_EXPORTS,
     Capabilities,
     Family,
     Option,
     Training,
     batch_size_option,
+    exports_of,
     lazy_exports,
     steps_option,
 )
@@ -60,12 +62,12 @@ _DREAM_SHAPE_OPTIONS = (
 
 
 def _dream_training(part: str, title: str, summary: str, options: tuple[Option, ...] = ()) -> Training:
-    return Training(
+    return Training.of_package(
+        __name__,
+        "CaloDreamConfig",
         command=f"calodream-{part}",
         title=title,
         summary=summary,
-        config="caloforge.models.calodream.config:CaloDreamConfig",
-        train="caloforge.models.calodream.training:train",
         data_help=_DREAM_VOXELS,
         preset_help=_DREAM_PRESETS,
         options=(*options, steps_option(), batch_size_option()),
@@ -74,8 +76,8 @@ def _dream_training(part: str, title: str, summary: str, options: tuple[Option, 
 
 
 _EXPORTS = {
-    **dict.fromkeys(
-        (
+    **exports_of(
+        variables=(
             "EPS",
             "SHAPE_TARGETS",
             "EMPTY_SLAB",
@@ -91,21 +93,11 @@ _EXPORTS = {
             "hit_log_fractions",
             "calibrated_voxels",
         ),
-        "variables",
-    ),
-    "CaloDreamConfig": "config",
-    "PRESETS": "config",
-    "SolverSpec": "solver",
-    "resolve_solver": "solver",
-    "CaloDream": "model",
-    "PARTS": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "load_voxel_data": "data",
-    **dict.fromkeys(
-        (
+        config=("CaloDreamConfig", "PRESETS"),
+        solver=("SolverSpec", "resolve_solver"),
+        model=("CaloDream", "PARTS"),
+        data="load_voxel_data",
+        generation=(
             "generate",
             "sample_u",
             "sample_voxels",
@@ -116,24 +108,20 @@ _EXPORTS = {
             "uses_calibration",
             "CaloDreamGenerator",
         ),
-        "generation",
+        training="train",
+        calibration=("fit_calibration", "save_calibration"),
+        bns=("train_solver", "save_solver"),
     ),
-    "train": "training",
-    "fit_calibration": "calibration",
-    "save_calibration": "calibration",
-    "train_solver": "bns",
-    "save_solver": "bns",
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="calodream",
-    description="CaloDREAM",
-    formats=("caloforge-calodream",),
-    loader="caloforge.models.calodream.generation:load_generator",
+FAMILY = Family.of_package(
+    __name__,
+    "CaloDREAM",
     output="voxels",
-    capabilities=Capabilities(calibrate=True, export=(), gpu=False, workers=True, precisions=("float32",)),
+    capabilities=Capabilities(calibrate=True),
     calibrator="caloforge.models.calodream.calibration:calibrate_command",
     commands="caloforge.models.calodream.cli:add_commands",
     calibrate_options=(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import EMALoopConfig
 from caloforge.models.calodream.variables import (
     SHAPE_TARGETS,
 )
@@ -17,7 +17,7 @@ from caloforge.odesolvers import (
 
 
 @dataclass(frozen=True)
-class CaloDreamConfig(PresetConfig):
+class CaloDreamConfig(EMALoopConfig):
     """Settings of one CaloDREAM training run (the ``part`` chosen at training time).
 
     Presets: ``cpu`` (2 CPU cores, about an hour per part), ``paper`` (published sizes, for a
@@ -27,17 +27,12 @@ class CaloDreamConfig(PresetConfig):
     KIND: ClassVar[str] = "CaloDREAM"
     LEGACY: ClassVar[dict[str, Any]] = {"dequantize": False, "shape_target": "logit-fraction"}
 
-    seed: int = 0
     steps: int = 6000
     batch_size: int = 128
-    lr: float = 1e-3
     min_lr: float = 1e-5
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    val_fraction: float = 0.05
     val_every: int = 200
     log_every: int = 50
-    checkpoint_minutes: float = 5.0
     # energy network (transfusion)
     energy_d_model: int = 64
     energy_heads: int = 4
@@ -71,9 +66,6 @@ class CaloDreamConfig(PresetConfig):
 
     def __post_init__(self) -> None:
         self.check(
-            at_least_one=("steps", "batch_size", "val_every", "log_every"),
-            positive=("lr", "grad_clip"),
-            fractions={"val_fraction": (0, 0.5)},
             choices={
                 "shape_target": SHAPE_TARGETS,
                 "energy_solver": FIXED_STEP_METHODS,
@@ -86,36 +78,5 @@ class CaloDreamConfig(PresetConfig):
             raise ValueError("CaloDREAM config: dequantize applies to the logit-fraction shape target")
 
 
-PRESETS: dict[str, CaloDreamConfig] = {
-    "cpu": CaloDreamConfig(),
-    "paper": CaloDreamConfig(
-        steps=200_000,
-        batch_size=256,
-        lr=1e-3,
-        patch=(3, 4, 1),
-        vit_dim=96,
-        vit_depth=6,
-        vit_heads=6,
-        energy_decoder_layers=4,
-        vae_channels=64,
-        latent_patch=(1, 2, 1),
-        checkpoint_minutes=15.0,
-    ),
-    "smoke": CaloDreamConfig(
-        steps=30,
-        batch_size=16,
-        val_every=10,
-        log_every=10,
-        energy_d_model=16,
-        energy_heads=2,
-        energy_decoder_layers=1,
-        energy_head_hidden=16,
-        vit_dim=16,
-        vit_depth=1,
-        vit_heads=2,
-        vae_channels=4,
-        energy_solver_steps=2,
-        shape_solver_steps=2,
-    ),
-}
-CaloDreamConfig.PRESETS = PRESETS
+#: The presets (presets.toml beside this module: the fields that differ from the defaults).
+PRESETS: dict[str, CaloDreamConfig] = CaloDreamConfig.read_presets(__package__)

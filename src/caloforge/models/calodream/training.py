@@ -14,6 +14,7 @@ from caloforge.models._training import (
     TrainResult,
     open_run,
     run_to_end,
+    seeded,
 )
 from caloforge.models.calodream.checkpoint import check_state, load_model, model_from_state
 from caloforge.models.calodream.config import CaloDreamConfig
@@ -50,9 +51,10 @@ class _Trainer(EMATrainer):
 
     def __init__(self, config: CaloDreamConfig, part: str, data: VoxelData, vae: CaloDream | None) -> None:
         self.part = part
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = CaloDream(config, data.detector, part, data.energy_range, latent=vae is not None)
+        self.model = seeded(
+            config.seed,
+            lambda: CaloDream(config, data.detector, part, data.energy_range, latent=vae is not None),
+        )
         self.model.vae_model = vae
         self.start(config, data)
         self.model.cond_standard.fit(_logit(data.u[self.train_idx]))

@@ -13,55 +13,46 @@ imports none of its modules: the names below load theirs on first use.
 from __future__ import annotations
 
 from caloforge.models.protocol import (
-    Capabilities,
+    CHECKPOINT_EXPORTS,
     Family,
     Option,
     Training,
-    batch_size_option,
+    exports_of,
     lazy_exports,
-    max_showers_option,
-    steps_option,
+    loop_options,
 )
 
 _EXPORTS = {
-    "CaloINNConfig": "config",
-    "PRESETS": "config",
-    "layer_features": "variables",
-    "voxels_from_layer_features": "variables",
-    "CaloINN": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "CaloINNGenerator": "generation",
-    "voxel_batch": "generation",
-    "train": "training",
+    **exports_of(
+        config=("CaloINNConfig", "PRESETS"),
+        variables=("layer_features", "voxels_from_layer_features"),
+        model="CaloINN",
+        generation=("CaloINNGenerator", "voxel_batch"),
+        training="train",
+    ),
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="caloinn",
-    description="CaloINN",
-    formats=("caloforge-caloinn",),
-    loader="caloforge.models.caloinn.generation:load_generator",
+FAMILY = Family.of_package(
+    __name__,
+    "CaloINN",
     output="voxels",
-    capabilities=Capabilities(workers=True, precisions=("float32",)),
     generate_options=(
         Option("temperature", float, "Width of the base distribution (1: the trained density)."),
     ),
     trainings=(
-        Training(
-            command="caloinn",
+        Training.of_package(
+            __name__,
+            "CaloINNConfig",
             title="CaloINN flow",
             summary=(
                 "Train CaloINN (spline coupling flow over layer and voxel log energies) on voxel showers."
             ),
-            config="caloforge.models.caloinn.config:CaloINNConfig",
-            train="caloforge.models.caloinn.training:train",
             data_help="Training voxel file (`caloforge simulate --voxel-out`).",
             preset_help="cpu (under an hour on 2 cores), paper or smoke.",
-            options=(steps_option(), batch_size_option(), max_showers_option()),
+            options=loop_options(),
         ),
     ),
     shipped={"caloinn": "caloinn_ds2_cpu.pt"},

@@ -13,13 +13,13 @@ from caloforge.models._training import (
     EMATrainer,
     RunOptions,
     TrainResult,
+    seeded,
     train_run,
 )
 from caloforge.models.caloinn.checkpoint import CHECKPOINTS
 from caloforge.models.caloinn.config import CaloINNConfig
 from caloforge.models.caloinn.model import CaloINN
 from caloforge.models.nn.coupling import gaussian_log_prob
-from caloforge.models.nn.ema import EMA
 from caloforge.models.voxel_features import VoxelData, load_voxel_file
 
 if TYPE_CHECKING:
@@ -44,16 +44,12 @@ class _Trainer(EMATrainer):
     live_key = "flow"
 
     def __init__(self, config: CaloINNConfig, data: Voxels) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = CaloINN(config, data.detector, data.energy_range)
+        self.model = seeded(config.seed, lambda: CaloINN(config, data.detector, data.energy_range))
         self.start(config, data)
         fit = self.train_idx[:STANDARDISATION_SHOWERS]
         fit_gen = torch.Generator().manual_seed(config.seed + 3)
         self.model.fit_standardisation(data.voxels[fit], data.energy[fit], fit_gen)
-        self.ema = EMA(self.model.flow, config.ema_decay)
-        self.opt = torch.optim.AdamW(self.model.flow.parameters(), lr=config.lr)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=config.steps)
+        self.adamw_one_cycle(self.model.flow)
 
     def _loss(self, flow: nn.Module, idx: Tensor, gen: torch.Generator) -> Tensor:
         m = self.model

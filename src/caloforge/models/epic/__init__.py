@@ -7,11 +7,11 @@ Their checkpoints say which variant they are (format ``caloforge-epic-gan`` / ``
 from __future__ import annotations
 
 from caloforge.models.protocol import (
-    Capabilities,
     Family,
     Option,
     Training,
     batch_size_option,
+    exports_of,
     lazy_exports,
     steps_option,
 )
@@ -30,12 +30,12 @@ _EPIC_OPTIONS = (
 
 
 def _epic_training(variant: str, title: str) -> Training:
-    return Training(
+    return Training.of_package(
+        __name__,
+        "EPiCConfig",
         command=f"epic-{variant}",
         title=title,
         summary=f"Train {title} (EPiC layers) on jets as particle clouds.",
-        config="caloforge.models.epic.config:EPiCConfig",
-        train="caloforge.models.epic.training:train",
         data_help="Training jet file (`caloforge simulate-jets`, or JetNet's).",
         preset_help="cpu (about 15 minutes on 2 cores), paper or smoke.",
         options=_EPIC_OPTIONS,
@@ -44,26 +44,22 @@ def _epic_training(variant: str, title: str) -> Training:
 
 
 _EXPORTS = {
-    "EPiCConfig": "config",
-    "VARIANTS": "config",
-    "EPiCJetModel": "model",
-    "EPiCNet": "model",
-    "EPiCDiscriminator": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "EPiCGenerator": "generation",
-    "train": "training",
+    **exports_of(
+        config=("EPiCConfig", "VARIANTS"),
+        model=("EPiCJetModel", "EPiCNet", "EPiCDiscriminator"),
+        checkpoint=("load_model", "save_for_inference"),
+        generation="EPiCGenerator",
+        training="train",
+    ),
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="epic",
-    description="EPiC",
+FAMILY = Family.of_package(
+    __name__,
+    "EPiC",
     formats=("caloforge-epic-gan", "caloforge-epic-fm", "caloforge-epic-jedi"),
-    loader="caloforge.models.epic.generation:load_generator",
     output="jets",
-    capabilities=Capabilities(workers=True, precisions=("float32",)),
     generate_options=(
         Option("clip", float, "EPiC-JeDi: clip the denoised particles at this many standard deviations."),
     ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from caloforge.models._config import PresetConfig
+from caloforge.models._config import LoopConfig
 from caloforge.odesolvers import FIXED_STEP_METHODS
 
 #: The three models that share the EPiC backbone.
@@ -22,7 +22,7 @@ _POSITIVE = (
 
 
 @dataclass(frozen=True)
-class EPiCConfig(PresetConfig):
+class EPiCConfig(LoopConfig):
     """Settings of one EPiC training run (``variant``: gan, fm or jedi).
 
     Presets: ``cpu`` (2 CPU cores: 9-15 minutes; the published widths — 128 hidden, 6
@@ -39,16 +39,12 @@ class EPiCConfig(PresetConfig):
     variant: str = "fm"
     conditional: bool = True  # on jet pT, mass and multiplicity (else multiplicity only)
     n_particles: int = 30
-    seed: int = 0
     steps: int = 5000
     batch_size: int = 128
-    lr: float = 1e-3
     lr_disc: float = 1e-4
     grad_clip: float = 5.0
     ema_decay: float = 0.999
     val_fraction: float = 0.05
-    log_every: int = 100
-    checkpoint_minutes: float = 5.0
     # the EPiC backbone
     dim_local: int = 128
     dim_global: int = 10
@@ -73,7 +69,7 @@ class EPiCConfig(PresetConfig):
         self.check(
             choices={"variant": VARIANTS},
             at_least_one=_POSITIVE,
-            above_zero=("lr", "lr_disc", "grad_clip", "time_max_frequency", "jedi_clip"),
+            above_zero=("lr", "lr_disc", "time_max_frequency", "jedi_clip"),
             fractions={"ema_decay": (0, 1), "val_fraction": (0, 0.5)},
         )
         if self.sampler not in SAMPLERS[self.variant]:
@@ -126,19 +122,7 @@ _PRESET_VARIANT: dict[tuple[str, str], dict[str, Any]] = {
     ("smoke", "gan"): {"lr": 1e-3, "steps": 30},
 }
 
-EPiCConfig.PRESETS = {
-    "cpu": EPiCConfig(),
-    "paper": EPiCConfig(steps=300_000, batch_size=128, log_every=500, checkpoint_minutes=15.0),
-    "smoke": EPiCConfig(
-        dim_local=16,
-        hidden=16,
-        n_layers=2,
-        disc_layers=1,
-        steps=30,
-        batch_size=32,
-        log_every=10,
-        sample_steps=4,
-    ),
-}
+#: The presets (presets.toml beside this module: the fields that differ from the defaults).
+PRESETS: dict[str, EPiCConfig] = EPiCConfig.read_presets(__package__)
 
 __all__ = ["SAMPLERS", "VARIANTS", "EPiCConfig"]

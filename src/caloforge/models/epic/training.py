@@ -27,6 +27,7 @@ from caloforge.models._training import (
     TrainResult,
     optimizer_step,
     save_finite_checkpoint,
+    seeded,
     train_run,
 )
 from caloforge.models.epic.checkpoint import CHECKPOINTS
@@ -71,9 +72,7 @@ class _Trainer:
         self.particles = torch.from_numpy(jets.particles)
         self.jet = torch.from_numpy(jets.jet)
         rows = self.train_idx[:CONDITION_TABLE_ROWS].numpy()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = EPiCJetModel(config, jets.jet_type, jets.jet[np.sort(rows)])
+        self.model = seeded(config.seed, lambda: EPiCJetModel(config, jets.jet_type, jets.jet[np.sort(rows)]))
         self.model.fit_standardisation(self.particles[self.train_idx], self.jet[self.train_idx])
         self.n_jets = n
         self.gen = torch.Generator().manual_seed(config.seed)

@@ -13,54 +13,47 @@ load theirs on first use.
 from __future__ import annotations
 
 from caloforge.models.protocol import (
-    Capabilities,
+    CHECKPOINT_EXPORTS,
     Family,
     Option,
     Training,
-    batch_size_option,
+    exports_of,
     lazy_exports,
-    max_showers_option,
-    steps_option,
+    loop_options,
 )
 
 _EXPORTS = {
-    "L2LFlowsConfig": "config",
-    "PRESETS": "config",
-    "L2LFlows": "model",
-    "CHECKPOINT_FORMAT": "model",
-    "CHECKPOINT_VERSION": "model",
-    "load_model": "checkpoint",
-    "save_for_inference": "checkpoint",
-    "L2LFlowsGenerator": "generation",
-    "train": "training",
+    **exports_of(
+        config=("L2LFlowsConfig", "PRESETS"),
+        model="L2LFlows",
+        generation="L2LFlowsGenerator",
+        training="train",
+    ),
+    **CHECKPOINT_EXPORTS,
 }
 
 __all__ = ["FAMILY", *_EXPORTS]
 
-FAMILY = Family(
-    name="l2lflows",
-    description="L2LFlows",
-    formats=("caloforge-l2lflows",),
-    loader="caloforge.models.l2lflows.generation:load_generator",
+FAMILY = Family.of_package(
+    __name__,
+    "L2LFlows",
     output="voxels",
-    capabilities=Capabilities(workers=True, precisions=("float32",)),
     generate_options=(
         Option("temperature", float, "Width of the base distribution (1: the trained density)."),
     ),
     trainings=(
-        Training(
-            command="l2lflows",
+        Training.of_package(
+            __name__,
+            "L2LFlowsConfig",
             title="L2LFlows flows",
             summary=(
                 "Train L2LFlows (a layer-energy flow and one convolutional flow per layer) on cell images."
             ),
-            config="caloforge.models.l2lflows.config:L2LFlowsConfig",
-            train="caloforge.models.l2lflows.training:train",
             data_help=(
                 "Training image file on a cell-grid detector (`caloforge convert --detector ild-ecal-30`)."
             ),
             preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
-            options=(steps_option(), batch_size_option(), max_showers_option()),
+            options=loop_options(),
         ),
     ),
     shipped={"l2lflows": "l2lflows_ild30_cpu.pt"},

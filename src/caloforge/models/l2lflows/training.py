@@ -14,12 +14,12 @@ from caloforge.models._training import (
     EMATrainer,
     RunOptions,
     TrainResult,
+    seeded,
     train_run,
 )
 from caloforge.models.l2lflows.checkpoint import CHECKPOINTS
 from caloforge.models.l2lflows.config import L2LFlowsConfig
 from caloforge.models.l2lflows.model import L2LFlows
-from caloforge.models.nn.ema import EMA
 from caloforge.models.voxel_features import CONVERT_HINT, VoxelData, load_voxel_file
 
 if TYPE_CHECKING:
@@ -43,16 +43,11 @@ class _Trainer(EMATrainer):
     """Mutable state of one L2LFlows training run, and one step of it."""
 
     def __init__(self, config: L2LFlowsConfig, data: Images) -> None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.model = L2LFlows(config, data.detector, data.energy_range)
+        self.model = seeded(config.seed, lambda: L2LFlows(config, data.detector, data.energy_range))
         self.start(config, data)
         fit = self.train_idx[:STANDARDISATION_SHOWERS]
         self.model.fit_standardisation(data.voxels[fit], torch.Generator().manual_seed(config.seed + 3))
-        net = self.model.net
-        self.ema = EMA(net, config.ema_decay)
-        self.opt = torch.optim.AdamW(net.parameters(), lr=config.lr)
-        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=config.lr, total_steps=config.steps)
+        self.adamw_one_cycle(self.model.net)
 
     def _losses(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """NLL per feature of the layer energies and of the cells, batch means."""
