@@ -439,13 +439,12 @@ def _in_fresh_process(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> li
         raise RuntimeError(f"benchmark of {fn.__name__.strip('_')} failed: {what}") from None
 
 
-def _gpu() -> str | None:
-    try:
-        import torch
+def _gpu(device: str = "auto") -> str | None:
+    """The CUDA device the GPU rows run on for ``--device device`` (None: no GPU rows)."""
+    from caloforge.devices import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover - torch is a dependency of the models
-        return None
+    on = resolve_device(device)
+    return None if on == "cpu" else on
 
 
 def run_bench(
@@ -454,8 +453,12 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
     geant4: bool = True,
     fast_sim: str | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Time Geant4 and ``models``; returns ``{"machine": ..., "rows": [...]}`` (JSON-able).
+
+    ``device`` (``--device``): ``auto`` adds GPU rows (one thread, the families that generate
+    on a GPU) where torch sees a CUDA device, ``cuda:N`` on that one, ``cpu`` none.
 
     Speed-ups are filled in against the Geant4 row at the same energy and thread count. With
     ``fast_sim`` (a point-cloud model), full-chain rows too: ms per event of full Geant4 and of
@@ -464,6 +467,7 @@ def run_bench(
     from caloforge.detector import available_detectors
 
     config = config or BenchConfig()
+    gpu = _gpu(device)  # a CUDA device torch does not see: refused before anything runs
     rows: list[dict[str, Any]] = []
     targets = {spec.label: _target(spec) for spec in models}
     if fast_sim is not None:
@@ -496,7 +500,6 @@ def run_bench(
             if progress is not None:
                 progress(f"full chain with {fast_sim}, {threads} worker(s)")
             rows += _in_fresh_process(_chain_worker, config, fast_sim, threads)
-    gpu = _gpu()
     if gpu is not None:
         for spec in models:
             if targets[spec.label][2]:
@@ -518,7 +521,7 @@ def run_bench(
             "cores": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
-            "gpu": _gpu_name(),
+            "gpu": None if gpu is None else _gpu_name(gpu),
         },
         "config": {
             "energies_gev": list(config.energies),
@@ -534,12 +537,10 @@ def run_bench(
     }
 
 
-def _gpu_name() -> str | None:
-    if _gpu() is None:
-        return None
+def _gpu_name(device: str) -> str:
     import torch
 
-    return torch.cuda.get_device_name(0)
+    return torch.cuda.get_device_name(device)
 
 
 def to_markdown(result: dict[str, Any]) -> str:

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from caloforge import __version__
 from caloforge.cliutils import (
+    DeviceOption,
     EngineOption,
     SchedulerOption,
     ThreadsOption,
@@ -340,6 +341,13 @@ def simulate(
     gun_angle: Annotated[
         float, typer.Option(help="Gun angle from the detector normal, degrees (in the x-z plane).")
     ] = 0.0,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Fast sim: device of the model's networks, auto (a CUDA device where the model "
+            "generates on one, else the CPU), cpu, cuda or cuda:N."
+        ),
+    ] = "auto",
 ) -> None:
     """Simulate showers with Geant4 and write them as clustered point clouds (and voxels)."""
     from caloforge.pieces import pieces_dir
@@ -357,7 +365,7 @@ def simulate(
         seed=seed,
         physics=physics,
         gun=_gun(gun_offset, gun_angle, pair_separation),
-        fast_sim=_fast_sim_spec(fast_sim, trigger_particles, trigger_min_energy, max_angle),
+        fast_sim=_fast_sim_spec(fast_sim, trigger_particles, trigger_min_energy, max_angle, device),
     )
     what = "events of two" if pair_separation is not None else ""
     mode = f", fast simulation with '{fast_sim}'" if fast_sim else ""
@@ -507,17 +515,22 @@ def _gun(offset: str | None, angle: float, separation: float | None) -> Any:
 
 
 def _fast_sim_spec(
-    model: str | None, particles: str | None, min_energy: float | None, max_angle: float
+    model: str | None, particles: str | None, min_energy: float | None, max_angle: float, device: str
 ) -> Any:
+    from caloforge.devices import resolve_device
+    from caloforge.generation import generation_device
+    from caloforge.models.registry import load_generator
     from caloforge.simulate.driver import FastSimSpec
 
     if model is None:
         if particles is not None or min_energy is not None:
             raise typer.BadParameter("the trigger options need --fast-sim MODEL", param_hint="--trigger-*")
+        resolve_device(device, cpu_only="Geant4")  # without a fast simulation no network runs
         return None
     names = tuple(p.strip() for p in particles.split(",") if p.strip()) if particles is not None else None
+    on = generation_device(load_generator(model), device)
     try:
-        return FastSimSpec(model, names, min_energy, max_angle)
+        return FastSimSpec(model, names, min_energy, max_angle, device=on)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -549,11 +562,13 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option(help="Replace a report already in --out (refused otherwise).")
     ] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Compare candidates with a reference: W1 and its floor, classifier AUC, CaloChallenge metrics, plots.
 
     Jet files get the JetNet metrics instead (W1m, W1p, W1efp, FPD, KPD, KL, classifier AUC).
     """
+    from caloforge.devices import resolve_device
     from caloforge.evaluate import EvaluationConfig
     from caloforge.evaluate import evaluate as run_evaluation
     from caloforge.evaluate.report import print_summary
@@ -570,6 +585,7 @@ def evaluate(
         engine=engine,
         workers=workers,
         scheduler=scheduler,
+        device=resolve_device(device),
     )
     with progress_bar() as bar:
         progress = stage_progress(bar)
@@ -596,13 +612,22 @@ _add_family_commands()
 
 
 def _calibrate(
-    model: str, data: Path, out: Path | None, seed: int, threads: int | None, overwrite: bool, **options: Any
+    model: str,
+    data: Path,
+    out: Path | None,
+    seed: int,
+    threads: int | None,
+    device: str,
+    overwrite: bool,
+    **options: Any,
 ) -> None:
     """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
     sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy); the
     options are the families' own (caloforge info MODEL lists a model's)."""
     from caloforge.calibrate import calibrate_model
+    from caloforge.devices import resolve_device
 
+    resolve_device(device, cpu_only="calibration")
     set_threads(threads)
     with progress_bar() as bar:
         line = calibrate_model(
@@ -627,9 +652,10 @@ def _add_calibrate_command() -> None:
         ],
         "seed": Annotated[int, seed_option("Seed of the energies and noise used.")],
         "threads": ThreadsOption,
+        "device": DeviceOption,
         "overwrite": Annotated[bool, typer.Option(help="Replace an existing --out file.")],
     }
-    defaults = {"out": None, "seed": 0, "threads": None, "overwrite": False}
+    defaults = {"out": None, "seed": 0, "threads": None, "device": "auto", "overwrite": False}
     declared = {f.description: f.calibrate_options for f in families() if f.calibrate_options}
     app.command("calibrate")(command_with_options(_calibrate, base, defaults, declared))
 
@@ -679,6 +705,7 @@ def generate(
         ),
     ] = None,
     threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
     allow_extrapolation: Annotated[
         bool, typer.Option(help="Allow energies outside the model's training range (with a warning).")
     ] = False,
@@ -714,7 +741,7 @@ def generate(
     ] = None,
 ) -> None:
     """Generate showers (or jets) with a trained model into the file kind its family writes."""
-    from caloforge.generation import generate_file, run_conditions
+    from caloforge.generation import generate_file, generation_device, run_conditions
     from caloforge.kinds import get_kind
     from caloforge.models.registry import load_generator
     from caloforge.safety import check_outputs
@@ -722,6 +749,7 @@ def generate(
     set_threads(threads)
     check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
     generator = load_generator(model)  # loaded once: generation takes the same one
+    on = generation_device(generator, device, workers > 1 or engine != "local")
     energies = run_conditions(
         generator,
         n,
@@ -752,6 +780,7 @@ def generate(
             scheduler=scheduler,
             resume=resume,
             options=_generation_options(option or []),
+            device=on,
         )
     kind = get_kind(generator.output)
     console.print(
@@ -863,11 +892,19 @@ def bench(
             "simulation, same events (ms/event).",
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="GPU rows: auto (on the first CUDA device torch sees, if any), cuda or cuda:N (on "
+            "that one), cpu (none)."
+        ),
+    ] = "auto",
 ) -> None:
     """Time the generative models and their references (Geant4, or Pythia 8 + FastJet for jets) in one run."""
     import dataclasses
 
     from caloforge.bench import BenchConfig, default_models, run_bench, to_markdown, write_results
+    from caloforge.devices import resolve_device
     from caloforge.safety import output_lock, refuse_existing
 
     config = BenchConfig.quick() if quick else BenchConfig()
@@ -883,6 +920,7 @@ def bench(
     for name in ("bench.json", "bench.md"):
         refuse_existing(out / name, overwrite)
     config = dataclasses.replace(config, **changes)
+    resolve_device(device)  # a CUDA device torch does not see: one line, before anything is made
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / "bench.json"):
         specs = default_models(model, onnx=onnx, workdir=out, precisions=precision or ["auto"])
@@ -893,6 +931,7 @@ def bench(
                 progress=lambda what: status.update(f"timing {what}"),
                 geant4=geant4,
                 fast_sim=fast_sim,
+                device=device,
             )
         json_path, md_path = write_results(result, out)
     console.print(to_markdown(result))

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 __all__ = [
     "MAX_SEED",
+    "DeviceOption",
     "EngineOption",
     "LogProgress",
     "MaxMinutesOption",
@@ -177,6 +178,13 @@ MaxMinutesOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
+DeviceOption = Annotated[
+    str,
+    typer.Option(
+        help="Device for the networks: auto (the first CUDA device torch sees, where this step "
+        "can use one; else the CPU), cpu, cuda or cuda:N."
+    ),
+]
 NprocOption = Annotated[
     int,
     typer.Option(

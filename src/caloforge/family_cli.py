@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from caloforge.cliutils import (
+    DeviceOption,
     MaxMinutesOption,
     NprocOption,
     ResumeOption,
@@ -99,6 +100,7 @@ def _parameters(training: Training) -> list[inspect.Parameter]:
         inspect.Parameter("resume", keyword, default=False, annotation=ResumeOption),
         inspect.Parameter("max_minutes", keyword, default=None, annotation=MaxMinutesOption),
         inspect.Parameter("threads", keyword, default=None, annotation=ThreadsOption),
+        inspect.Parameter("device", keyword, default="auto", annotation=DeviceOption),
     ]
     if training.distributed:
         params.append(inspect.Parameter("nproc", keyword, default=1, annotation=NprocOption))
@@ -134,6 +136,7 @@ def run_training_command(training: Training, values: dict[str, Any]) -> None:
     data, out, preset, seed = values.pop("data"), values.pop("out"), values.pop("preset"), values.pop("seed")
     resume, max_minutes = values.pop("resume"), values.pop("max_minutes")
     threads, nproc = values.pop("threads"), values.pop("nproc", 1)
+    training.device(values.pop("device"))
     for option in training.options:
         if option.parse and values.get(option.name) is not None:
             values[option.name] = PARSERS[option.parse](values[option.name], option.flag)

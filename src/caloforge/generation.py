@@ -195,6 +195,21 @@ def _closing(pool: GenerationPool, batches: Iterator[Any]) -> Iterator[Any]:
         yield from batches
 
 
+def generation_device(generator: ShowerGenerator, spec: str, spread: bool = False) -> str:
+    """The device ``--device spec`` names for ``generator``: ``auto`` is the first CUDA device
+    where its family generates on one (``Capabilities.gpu``) and the run is not ``spread`` over
+    worker processes or a cluster, else the CPU; an explicit CUDA device it cannot use is a
+    one-line ``ValueError``."""
+    from caloforge.devices import resolve_device
+
+    family = get_family(generator.family)
+    if not family.capabilities.gpu:
+        return resolve_device(spec, cpu_only=f"{family.description} generation")
+    if spread and spec == "auto":
+        return "cpu"
+    return resolve_device(spec)
+
+
 def generate_file(
     model: str | Path,
     energies_gev: np.ndarray | Mapping[str, np.ndarray],
@@ -214,6 +229,7 @@ def generate_file(
     engine: str = "local",
     scheduler: str | None = None,
     resume: bool = False,
+    device: str = "cpu",
 ) -> GenerationResult:
     """Generate one shower per entry of ``energies_gev`` into ``out`` (the file kind the model's
     family writes: points, voxels, jets), with any registered family's model. ``energies_gev``
@@ -232,6 +248,9 @@ def generate_file(
     finished piece is kept in ``.OUT.pieces/`` (:mod:`caloforge.pieces`) until the file is
     assembled, so an interrupted run continues with ``resume``. The file is the same as with
     the local engine: every batch has its own random stream.
+
+    ``device`` (a torch device string, :func:`caloforge.devices.resolve_device`) runs the
+    networks there, in this process, where the family can (``Capabilities.gpu``).
     """
     out = Path(out)
     if compression not in COMPRESSIONS:
@@ -240,6 +259,8 @@ def generate_file(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if device != "cpu" and (workers > 1 or engine != "local"):
+        raise ValueError(f"--device {device} generates in this process: use --workers 1 and the local engine")
     conditions = _as_conditions(energies_gev)
     energies = conditions.get("energy")
     if energies is not None:
@@ -260,7 +281,7 @@ def generate_file(
     path = resolve_model(model)
     check_outputs({"--out": out}, {"--model": path})
     options = get_family(load_generator(path).family).check_options("generate", options or {})
-    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, "cpu", options)
+    request = GenerationRequest(sampler, n_steps, precision, allow_extrapolation, device, options)
     with output_lock(out), stop_signals(deferred=True):
         if engine == "dask":
             return _generate_on_dask(

@@ -456,21 +456,23 @@ def _fit_one_split(
     batch_size: int,
     lr: float,
     seed: int,
+    device: str = "cpu",
 ) -> np.ndarray:
-    """Train on ``train``, keep the epoch with the lowest loss on ``val``; sigmoid scores on ``test``."""
+    """Train on ``train``, keep the epoch with the lowest loss on ``val``; sigmoid scores on
+    ``test``. The network is initialised and the batches drawn on the CPU whatever ``device``
+    it trains on (so only rounding differs between devices)."""
     import torch
 
     mean, std = x[train].mean(axis=0), x[train].std(axis=0)
     scale = np.where(std > 0, std, 1.0)
 
-    def tensor(idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((x[idx] - mean) / scale).astype(np.float32))
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values.astype(np.float32)).to(device)
 
-    x_tr, x_val, x_te = tensor(train), tensor(val), tensor(test)
-    y_tr = torch.from_numpy(y[train].astype(np.float32))[:, None]
-    y_val = torch.from_numpy(y[val].astype(np.float32))[:, None]
+    x_tr, x_val, x_te = (tensor((x[idx] - mean) / scale) for idx in (train, val, test))
+    y_tr, y_val = tensor(y[train])[:, None], tensor(y[val])[:, None]
     torch.manual_seed(seed)
-    net = _mlp(x.shape[1], hidden)
+    net = _mlp(x.shape[1], hidden).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator().manual_seed(seed)
@@ -491,7 +493,7 @@ def _fit_one_split(
     net.load_state_dict(best_state)
     net.eval()
     with torch.no_grad():
-        return torch.sigmoid(net(x_te)).numpy().ravel().astype(np.float64)
+        return torch.sigmoid(net(x_te)).cpu().numpy().ravel().astype(np.float64)
 
 
 def classifier_auc(
@@ -504,6 +506,7 @@ def classifier_auc(
     batch_size: int = 256,
     lr: float = 1e-3,
     n_threads: int | None = None,
+    device: str = "cpu",
 ) -> ClassifierResult:
     """AUC of an MLP trained to separate ``features_a`` (label 0) from ``features_b`` (label 1).
 
@@ -520,7 +523,8 @@ def classifier_auc(
     ``hidden=LOW_LEVEL_HIDDEN``. AUC is unchanged by a monotone calibration of the scores,
     so the CaloChallenge's calibration step is not needed for it.
 
-    Runs on CPU with ``n_threads`` torch threads (default: 1 for a small MLP, where more
+    Trains on ``device`` (a torch device string, :func:`caloforge.devices.resolve_device`); the
+    CPU part runs with ``n_threads`` torch threads (default: 1 for a small MLP, where more
     threads only add overhead, else at most 4). The global torch RNG and thread setting
     are restored afterwards.
     """
@@ -568,7 +572,9 @@ def classifier_auc(
             for i in range(n_splits):
                 test, val = folds[i], folds[(i + 1) % n_folds]
                 train = np.concatenate([f for k, f in enumerate(folds) if k not in (i, (i + 1) % n_folds)])
-                s = _fit_one_split(x, y, train, val, test, tuple(hidden), epochs, batch_size, lr, seed + i)
+                s = _fit_one_split(
+                    x, y, train, val, test, tuple(hidden), epochs, batch_size, lr, seed + i, device
+                )
                 aucs.append(roc_auc_score(y[test], s))
                 scores_a.append(s[y[test] == 0])
                 scores_b.append(s[y[test] == 1])

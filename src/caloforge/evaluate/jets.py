@@ -54,6 +54,7 @@ class JetEvaluationConfig:
     plots: bool = True
     max_jets: int | None = None
     seed: int = 0
+    device: str = "cpu"  # of the classifier
 
 
 def classifier_features(obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -109,6 +110,7 @@ def _scores(
             n_splits=config.splits,
             epochs=config.epochs,
             seed=config.seed,
+            device=config.device,
         )
         out["classifier_auc"] = list(fit.as_tuple())
         out["classifier_minimum_detectable_auc"] = fit.minimum_detectable_auc()
@@ -175,6 +177,7 @@ def evaluate_jet_files(
         plots=config.plots,
         max_jets=config.max_showers,
         seed=config.seed,
+        device=config.device,
     )
     return evaluate_jets(reference, candidates, out_dir, jet_config, progress, overwrite)
 

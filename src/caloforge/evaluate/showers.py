@@ -114,6 +114,7 @@ class EvaluationConfig:
     engine: str = "local"  # "dask": observables of each file chunk on a Dask cluster
     workers: int = 1  # of the local Dask cluster
     scheduler: str | None = None  # an existing Dask scheduler
+    device: str = "cpu"  # of the classifiers (a torch device string, caloforge.devices)
 
 
 @dataclass
@@ -283,6 +284,7 @@ def _fit(a: np.ndarray, b: np.ndarray, config: EvaluationConfig, key: str) -> Cl
         epochs=config.classifier_epochs,
         seed=config.seed,
         hidden=metrics.LOW_LEVEL_HIDDEN if key == "low_level_auc" else metrics.HIGH_LEVEL_HIDDEN,
+        device=config.device,
     )
 
 

@@ -458,6 +458,13 @@ class Training:
             **fields,
         )
 
+    def device(self, spec: str) -> str:
+        """The device ``--device spec`` names for this training (:func:`caloforge.devices.resolve_device`):
+        the CPU for every family so far (``auto`` means the CPU; CUDA is refused in one line)."""
+        from caloforge.devices import resolve_device
+
+        return resolve_device(spec, cpu_only=f"{self.title} training")
+
     def config_class(self) -> Any:
         """The config class (imports the family's config module)."""
         return _resolve(self.config)

@@ -134,6 +134,7 @@ class FastSimSpec:
     min_energy_gev: float | None = None
     max_angle_deg: float = DEFAULT_MAX_ANGLE_DEG
     precision: str = "auto"
+    device: str = "cpu"  # resolved (caloforge.devices): where the model's networks run
 
     def __post_init__(self) -> None:
         if self.particles is not None:
@@ -233,7 +234,11 @@ def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
         torch.set_num_threads(1)  # one core per worker, like its Geant4
         spec = config.fast_sim
         fast = FastSim(
-            spec.model, _WORKER["detector"], precision=spec.precision, max_angle_deg=spec.max_angle_deg
+            spec.model,
+            _WORKER["detector"],
+            precision=spec.precision,
+            max_angle_deg=spec.max_angle_deg,
+            device=spec.device,
         )
         _WORKER["fast"] = fast
         _WORKER["trigger"] = spec.trigger(fast)
@@ -295,7 +300,9 @@ def _fast_attrs(config: SimulationConfig, det: Detector) -> dict[str, Any]:
         return {}
     from caloforge.simulate.fastsim import FastSim
 
-    fast = FastSim(spec.model, det, precision=spec.precision, max_angle_deg=spec.max_angle_deg)
+    fast = FastSim(
+        spec.model, det, precision=spec.precision, max_angle_deg=spec.max_angle_deg, device=spec.device
+    )
     trigger = spec.trigger(fast)
     fast.check(trigger, config.particle, (config.energy.lo, config.energy.hi), config.gun.targets_mm())
     return spec.attrs(fast.label, trigger)

@@ -109,6 +109,7 @@ class FastSim:
         *,
         precision: str = "auto",
         max_angle_deg: float = DEFAULT_MAX_ANGLE_DEG,
+        device: str = "cpu",
     ) -> None:
         from caloforge.kinds import get_kind
         from caloforge.models.protocol import GenerationRequest
@@ -128,7 +129,7 @@ class FastSim:
         self.model = str(model)
         self.generator = generator
         self.detector = detector
-        self.plan = generator.plan(GenerationRequest(precision=precision))
+        self.plan = generator.plan(GenerationRequest(precision=precision, device=device))
         self.max_angle_deg = float(max_angle_deg)
         energy = [c for c in generator.conditions if c.name == "energy"]
         if len(generator.conditions) != 1 or not energy:

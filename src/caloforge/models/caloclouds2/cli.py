@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from caloforge.cliutils import (
+    DeviceOption,
     MaxMinutesOption,
     ResumeOption,
     ThreadsOption,
@@ -51,12 +52,15 @@ def distill(
     resume: ResumeOption = False,
     max_minutes: MaxMinutesOption = None,
     threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
+    from caloforge.devices import resolve_device
     from caloforge.models.caloclouds2.distillation import DistillConfig
     from caloforge.models.caloclouds2.distillation import distill as run_distill
     from caloforge.models.registry import resolve_model
 
+    resolve_device(device, cpu_only="distillation")
     set_threads(threads)
     overrides = given(
         steps=steps,

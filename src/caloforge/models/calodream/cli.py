@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from caloforge.cliutils import (
+    DeviceOption,
     SeedOption,
     ThreadsOption,
     console,
@@ -38,11 +39,14 @@ def train_solver(
     batch_size: Annotated[int, typer.Option(min=1, help="Showers per iteration.")] = 16,
     seed: SeedOption = 0,
     threads: ThreadsOption = None,
+    device: DeviceOption = "auto",
 ) -> None:
     """Train a bespoke non-stationary (BNS) ODE solver for a frozen CaloDREAM shape network."""
+    from caloforge.devices import resolve_device
     from caloforge.models.calodream import load_model, save_solver
     from caloforge.models.calodream import train_solver as run
 
+    resolve_device(device, cpu_only="solver training")
     set_threads(threads)
     net = load_model(model)
     with progress_bar() as bar:

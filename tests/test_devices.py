@@ -1,0 +1,135 @@
+"""``--device``: what each spelling resolves to with and without CUDA devices, and the one-line
+refusals of every command that takes it (CI has no GPU: the CUDA count is simulated)."""
+
+import pytest
+
+from caloforge import devices
+from caloforge.generation import generation_device
+from caloforge.models.registry import load_generator
+from conftest import cli_run
+
+
+@pytest.fixture
+def cuda_devices(monkeypatch):
+    """Pretend torch sees ``n`` CUDA devices (``cuda_devices(n)``)."""
+
+    def pretend(n: int) -> None:
+        monkeypatch.setattr(devices, "_cuda_count", lambda: n)
+
+    return pretend
+
+
+@pytest.mark.parametrize(
+    ("spec", "count", "want"),
+    [
+        ("cpu", 0, "cpu"),
+        ("cpu", 2, "cpu"),
+        ("auto", 0, "cpu"),
+        ("auto", 2, "cuda:0"),
+        ("cuda", 2, "cuda:0"),
+        ("CUDA:1", 2, "cuda:1"),
+        (" cuda:0 ", 1, "cuda:0"),
+    ],
+)
+def test_resolve_device(cuda_devices, spec, count, want):
+    cuda_devices(count)
+    assert devices.resolve_device(spec) == want
+
+
+@pytest.mark.parametrize(
+    ("spec", "count", "message"),
+    [
+        ("gpu", 2, "unknown device 'gpu'"),
+        ("cpu:1", 2, "unknown device 'cpu:1'"),
+        ("cuda:x", 2, "unknown device 'cuda:x'"),
+        ("cuda", 0, "torch sees no CUDA device"),
+        ("cuda:0", 0, "torch sees no CUDA device"),
+        ("cuda:2", 2, "torch sees 2 CUDA device(s), cuda:0 to cuda:1"),
+    ],
+)
+def test_resolve_device_refuses(cuda_devices, spec, count, message):
+    cuda_devices(count)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        devices.resolve_device(spec)
+
+
+def test_a_cpu_only_step_takes_auto_as_the_cpu_and_refuses_cuda(cuda_devices):
+    cuda_devices(1)
+    assert devices.resolve_device("auto", cpu_only="X training") == "cpu"
+    assert devices.resolve_device("cpu", cpu_only="X training") == "cpu"
+    with pytest.raises(ValueError, match="X training runs on the CPU only so far; use --device cpu or auto"):
+        devices.resolve_device("cuda", cpu_only="X training")
+
+
+def test_generation_device_follows_the_family(cuda_devices):
+    cuda_devices(1)
+    cc2, inn = load_generator("caloclouds2-cm"), load_generator("caloinn")
+    assert generation_device(cc2, "auto") == "cuda:0"  # CaloClouds II generates on a GPU
+    assert generation_device(cc2, "auto", spread=True) == "cpu"  # --workers: CPU processes
+    assert generation_device(inn, "auto") == "cpu"
+    with pytest.raises(ValueError, match="CaloINN generation runs on the CPU only"):
+        generation_device(inn, "cuda")
+    cuda_devices(0)
+    assert generation_device(cc2, "auto") == "cpu"
+
+
+def _commands(tmp_path):
+    points = tmp_path / "points.h5"  # never read: the device is refused first
+    return {
+        "generate": ["generate", "-n", "2", "--out", tmp_path / "g.h5"],
+        "simulate --fast-sim": ["simulate", "-n", "2", "--fast-sim", "default", "--out", tmp_path / "s.h5"],
+        "bench": ["bench", "--quick", "--out", tmp_path / "bench"],
+        "evaluate": ["evaluate", points, points, "--out", tmp_path / "report"],
+        "calibrate": ["calibrate", "--model", tmp_path / "run", "--data", points],
+        "train": ["train", "caloinn", "--data", points, "--out", tmp_path / "run"],
+        "distill": ["distill", "--teacher", "caloclouds2", "--data", points, "--out", tmp_path / "cm"],
+        "train-solver": ["train-solver", "--model", tmp_path / "run", "--data", points],
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["generate", "simulate --fast-sim", "bench", "evaluate", "calibrate", "train", "distill", "train-solver"],
+)
+def test_cuda_without_cuda_is_one_line_exit_2_and_writes_nothing(
+    monkeypatch, capsys, cuda_devices, tmp_path, command
+):
+    cuda_devices(0)
+    code, _, err = cli_run(monkeypatch, capsys, *_commands(tmp_path)[command], "--device", "cuda")
+    assert code == 2, err
+    assert "torch sees no CUDA device" in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        ("train", "CaloINN flow training"),
+        ("distill", "distillation"),
+        ("train-solver", "solver training"),
+        ("calibrate", "calibration"),
+    ],
+)
+def test_steps_without_a_gpu_path_refuse_cuda_by_name(
+    monkeypatch, capsys, cuda_devices, tmp_path, command, what
+):
+    cuda_devices(1)
+    code, _, err = cli_run(monkeypatch, capsys, *_commands(tmp_path)[command], "--device", "cuda:0")
+    assert code == 2, err
+    assert f"{what} runs on the CPU only so far" in err
+
+
+def test_generate_refuses_cuda_for_a_cpu_family_and_auto_takes_the_cpu(
+    monkeypatch, capsys, cuda_devices, tmp_path
+):
+    cuda_devices(1)
+    out = tmp_path / "v.h5"
+    code, _, err = cli_run(
+        monkeypatch, capsys, "generate", "-n", "2", "--model", "caloinn", "--device", "cuda", "--out", out
+    )
+    assert code == 2 and "CaloINN generation runs on the CPU only" in err
+    assert not out.exists()
+    code, _, err = cli_run(monkeypatch, capsys, "generate", "-n", "2", "--model", "caloinn", "--out", out)
+    assert code == 0, err  # --device auto: the CPU, even where torch sees a GPU
+    assert out.exists()
