@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -235,11 +236,20 @@ def observables(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
 ) -> None:
     """Summary of the SPEC 4 observables of a shower file (projected on cells, thresholded)."""
-    from caloforge.safety import check_outputs, refuse_existing
+    from caloforge.safety import check_outputs, output_lock, refuse_existing
 
     if json_out is not None:
         check_outputs({"--json": json_out}, {"shower file": file, "--detector": detector})
         refuse_existing(json_out, overwrite)
+    with output_lock(json_out):  # a second run writing the same --json is refused
+        if json_out is not None:
+            refuse_existing(json_out, overwrite)  # another run may have written it meanwhile
+        _observables(file, detector, max_showers, chunk_size, json_out)
+
+
+def _observables(
+    file: Path, detector: str | None, max_showers: int | None, chunk_size: int, json_out: Path | None
+) -> None:
     with open_showers(file, detector) as reader:
         det = reader.detector
         total = min(len(reader), max_showers or len(reader))
@@ -958,6 +968,42 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+#: ``errno`` values of a write the machine refused (not a defect): a full disk or quota, a
+#: file-size limit, a read-only file system, missing permissions.
+_RESOURCE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
+
+
+def _user_message(exc: BaseException) -> str | None:
+    """The one line of an error that is the user's or the machine's to fix, else None."""
+    from caloforge.atomic import DiskFullError, disk_full, is_no_space
+
+    if isinstance(exc, (*USER_ERRORS, DiskFullError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        what = str(exc) or "an allocation failed"
+        return f"not enough memory: {what} (ask for fewer showers, or a smaller --batch-size)"
+    if is_no_space(exc):
+        return str(disk_full(getattr(exc, "filename", None) or "the output"))
+    if isinstance(exc, OSError) and exc.errno in _RESOURCE_ERRNOS:
+        where = f" in '{Path(exc.filename).parent}'" if exc.filename else ""
+        return f"cannot write{where}: {exc.strerror or exc} (check its permissions or write elsewhere)"
+    return None
+
+
+def _exit(code: int) -> None:
+    """``sys.exit(code)``; after an HDF5 write that failed for lack of space, ``os._exit``
+    (the message is out, no file is open for writing, and HDF5 may crash at shutdown)."""
+    from caloforge.atomic import hdf5_failed
+
+    if hdf5_failed():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: run the app, turning errors into one line and a non-zero exit code."""
     from caloforge.safety import stop_signals
@@ -975,14 +1021,13 @@ def main() -> None:
             _stopping()
             err_console.print(INTERRUPTED)
         raise
-    except USER_ERRORS as exc:
-        if _state["debug"]:
-            raise
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
     except Exception as exc:
         if _state["debug"]:
             raise
+        message = _user_message(exc)
+        if message is not None:
+            err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+            _exit(2)
         err_console.print(
             f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
             "(rerun with --debug for the traceback)",

@@ -117,6 +117,7 @@ def convert_showers(
                 generator=reader.generator,
                 seed=None if seed is None else int(seed),
                 attrs=attrs,
+                expected=n,
             ) as writer:
                 done = 0
                 for chunk in reader.iter_chunks(chunk_size):

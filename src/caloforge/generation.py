@@ -35,6 +35,7 @@ from caloforge.models.protocol import (
 from caloforge.models.registry import DEFAULT_MODEL, get_family, load_generator, register, resolve_model
 from caloforge.pieces import pieces_dir
 from caloforge.safety import (
+    check_count,
     check_outputs,
     check_stop,
     output_lock,
@@ -372,6 +373,8 @@ def run_conditions(
     from caloforge.io import ShowerFileError, open_showers
     from caloforge.simulate.driver import draw_energies, energy_spectrum
 
+    if n is not None:
+        check_count(n, 64, "-n", "the conditions of the showers")  # a few float64 per shower
     if hasattr(generator, "sample_conditions"):
         if energies_file is not None or energy is not None or energy_log is not None:
             raise ValueError("jet models take no incident energies: give --conditions-file (jet file) or -n")
@@ -472,17 +475,27 @@ def write_batches(
     attrs: dict[str, Any] | None = None,
     compression: str | None = "gzip",
     on_batch: Callable[[int], None] | None = None,
+    expected: int | None = None,
 ) -> int:
     """Write ``batches`` atomically into ``out`` with the writer of the output kind ``kind``
     (a :class:`~caloforge.kinds.Kind` or its name: points, voxels, jets; a jet file's particle
     count and type come from the first batch); ``on_batch(done)`` after every batch. A stop
-    signal between batches leaves no output. Returns the number written."""
+    signal between batches leaves no output; so does a full disk, refused as soon as the file
+    so far and the ``expected`` number of showers say it will not fit. Returns the number
+    written."""
     kind = get_kind(kind)
     first = next(batches, None)
     if first is None:
         raise GenerationError("nothing to generate: no conditions were given")
     writer = kind.open_writer(
-        out, detector, first, generator=label, seed=seed, attrs=attrs, compression=compression
+        out,
+        detector,
+        first,
+        generator=label,
+        seed=seed,
+        attrs=attrs,
+        compression=compression,
+        expected=expected,
     )
     done = 0
     with writer:
@@ -512,6 +525,7 @@ def _stream(
         done = write_batches(
             out, generator.output, generator.detector, generator.label, batches, seed=seed, attrs=attrs,
             compression=codec, on_batch=None if progress is None else (lambda done: progress(done, total)),
+            expected=total,
         )  # fmt: skip
     finally:
         close = getattr(batches, "close", None)

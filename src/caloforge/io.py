@@ -29,7 +29,6 @@ file without them is taken to contain).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ import h5py
 import numpy as np
 
 from caloforge import __version__
-from caloforge.atomic import atomic_output, atomic_write_text, publish, temporary
+from caloforge.atomic import AtomicH5, atomic_output, atomic_write_text
 from caloforge.detector import CellGrid, Detector, DetectorError, detector_from_dict, get_detector
 
 __all__ = [
@@ -418,8 +417,11 @@ class ShowerWriter:
 
     Data go to a temporary file next to ``path``, renamed onto ``path`` only by
     :meth:`commit` (called when the ``with`` block ends normally). An error discards the
-    temporary file and leaves any existing ``path`` untouched; so does Ctrl-C. With ``append``,
-    an existing file at ``path`` is copied and extended (its attributes must agree).
+    temporary file and leaves any existing ``path`` untouched; so does Ctrl-C, and so does a
+    full disk (:class:`~caloforge.atomic.DiskFullError`, checked before each write and, with
+    ``expected`` showers, for the rest of the file too: :class:`~caloforge.atomic.AtomicH5`).
+    With ``append``, an existing file at ``path`` is copied and extended (its attributes must
+    agree).
     """
 
     def __init__(
@@ -433,6 +435,7 @@ class ShowerWriter:
         attrs: Mapping[str, Any] | None = None,
         append: bool = False,
         compression: str | None = "gzip",
+        expected: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.kind = kind
@@ -442,14 +445,14 @@ class ShowerWriter:
         self._compression = compression
         self._pending: list[Any] = []
         self._pending_n = 0
-        fd, tmp = temporary(self.path, ".partial.h5")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        if append and self.path.exists():
+            self._check_append()
+            self._file = AtomicH5.copy_of(self.path, expected)
+        else:
+            self._file = AtomicH5(self.path, expected)
+        self._h5 = self._file.h5
         try:
-            if append and self.path.exists():
-                self._open_append()
-            else:
-                self._h5 = h5py.File(self._tmp, "w")
+            if not append or "format" not in self._h5.attrs:
                 meta = {
                     "format": f"caloforge-{kind}",
                     "format_version": FORMAT_VERSION,
@@ -480,11 +483,11 @@ class ShowerWriter:
                 for key, value in meta.items():
                     self._h5.attrs[key] = value
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._file.abort()
             raise
         self._closed = False
 
-    def _open_append(self) -> None:
+    def _check_append(self) -> None:
         with open_showers(self.path) as existing:
             if existing.kind != self.kind:
                 raise ShowerFileError(
@@ -492,10 +495,6 @@ class ShowerWriter:
                 )
             if existing.attrs.get("format") != f"caloforge-{self.kind}":
                 raise ShowerFileError(f"cannot append to '{self.path}': not written by caloforge")
-        with open(self.path, "rb") as src, open(self._tmp, "wb") as dst:
-            while block := src.read(1 << 24):
-                dst.write(block)
-        self._h5 = h5py.File(self._tmp, "r+")
 
     @property
     def n_written(self) -> int:
@@ -529,16 +528,18 @@ class ShowerWriter:
             return
         batches, self._pending, self._pending_n = self._pending, [], 0
         batch = batches[0] if len(batches) == 1 else type(batches[0]).concatenate(batches)  # type: ignore[arg-type]
-        if isinstance(batch, PointShowers):
-            # Memory [x, y, layer, E MeV] -> disk [x, depth, y, E GeV], (n, 4, P).
-            disk = batch.points[..., [0, 2, 1, 3]].transpose(0, 2, 1).copy()
-            disk[:, 3] /= 1000.0
-            self._append("events", disk, (None, 4, None))
-            self._append("energy", batch.energy.reshape(-1, 1), (None, 1))
-        else:
-            self._append("showers", batch.voxels, (None, batch.voxels.shape[1]))
-            self._append("incident_energies", batch.energy.reshape(-1, 1) * 1000.0, (None, 1))
-        self._h5.flush()
+        data = batch.points if isinstance(batch, PointShowers) else batch.voxels
+        with self._file.writing(data.size * 4 + len(batch) * 4, len(batch)):
+            if isinstance(batch, PointShowers):
+                # Memory [x, y, layer, E MeV] -> disk [x, depth, y, E GeV], (n, 4, P).
+                disk = batch.points[..., [0, 2, 1, 3]].transpose(0, 2, 1).copy()
+                disk[:, 3] /= 1000.0
+                self._append("events", disk, (None, 4, None))
+                self._append("energy", batch.energy.reshape(-1, 1), (None, 1))
+            else:
+                self._append("showers", batch.voxels, (None, batch.voxels.shape[1]))
+                self._append("incident_energies", batch.energy.reshape(-1, 1) * 1000.0, (None, 1))
+            self._h5.flush()
 
     def _append(self, name: str, values: np.ndarray, maxshape: tuple[int | None, ...]) -> None:
         values = values.astype(np.float32)
@@ -573,27 +574,32 @@ class ShowerWriter:
             self._h5.attrs[key] = value
 
     def commit(self) -> Path:
-        """Close the temporary file and move it onto ``path``."""
+        """Close the temporary file, check it and move it onto ``path`` (on a failure the file is
+        discarded and ``path`` left as it was)."""
         if not self._closed:
-            self._flush_pending()
-            if self.n_written == 0:
-                # An empty file still has the datasets, so readers see "0 showers", not "no data".
-                if self.kind == "points":
-                    self._append("events", np.zeros((0, 4, 1)), (None, 4, None))
-                    self._append("energy", np.zeros((0, 1)), (None, 1))
-                else:
-                    self._append("showers", np.zeros((0, self.detector.n_channels)), (None, None))
-                    self._append("incident_energies", np.zeros((0, 1)), (None, 1))
-            self._h5.close()
-            publish(self._tmp, self.path)
+            try:
+                self._flush_pending()
+                n = self.n_written
+                if n == 0:
+                    # An empty file still has the datasets, so readers see "0 showers", not "no data".
+                    if self.kind == "points":
+                        self._append("events", np.zeros((0, 4, 1)), (None, 4, None))
+                        self._append("energy", np.zeros((0, 1)), (None, 1))
+                    else:
+                        self._append("showers", np.zeros((0, self.detector.n_channels)), (None, None))
+                        self._append("incident_energies", np.zeros((0, 1)), (None, 1))
+                names = ("events", "energy") if self.kind == "points" else ("showers", "incident_energies")
+            except BaseException:
+                self.abort()
+                raise
             self._closed = True
+            self._file.commit(dict.fromkeys(names, n))
         return self.path
 
     def abort(self) -> None:
         """Discard everything written by this writer; ``path`` is left as it was."""
         if not self._closed:
-            self._h5.close()
-            self._tmp.unlink(missing_ok=True)
+            self._file.abort()
             self._closed = True
 
     def __enter__(self) -> ShowerWriter:

@@ -34,6 +34,8 @@ from typing import Any
 
 __all__ = [
     "OutputBusyError",
+    "available_memory",
+    "check_count",
     "check_output_dir",
     "check_outputs",
     "check_stop",
@@ -297,3 +299,34 @@ def die_with_parent(poll_seconds: float = 1.0) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="caloforge-parent-watch", daemon=True).start()
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine can still give a process (``MemAvailable`` on Linux, the
+    free physical pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_count(n: int, bytes_each: int, option: str, what: str) -> None:
+    """Refuse, in one line, a request of ``n`` items whose ``what`` alone (``bytes_each`` per
+    item) would not fit in the memory this machine has, naming the largest that would.
+
+    >>> check_count(10, 8, "-n", "the incident energies")
+    >>> check_count(10**15, 8, "-n", "the incident energies")
+    Traceback (most recent call last):
+    ...
+    ValueError: -n 1,000,000,000,000,000: the incident energies alone would take 8,000,000.0 GB of memory...
+    """
+    need, have = n * bytes_each, available_memory()
+    if need > have:
+        raise ValueError(
+            f"{option} {n:,}: {what} alone would take {need / 1e9:,.1f} GB of memory, this machine has "
+            f"{have / 1e9:,.1f} GB free: ask for at most {have // bytes_each:,} per run"
+        )

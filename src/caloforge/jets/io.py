@@ -25,7 +25,6 @@ name (``t.hdf5`` → ``t``), and any other file without one is refused.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ import h5py
 import numpy as np
 
 from caloforge import __version__
-from caloforge.atomic import publish, temporary
+from caloforge.atomic import AtomicH5
 from caloforge.io import ShowerFileError
 
 __all__ = [
@@ -234,18 +233,17 @@ class JetWriter:
         seed: int | None = None,
         attrs: Mapping[str, Any] | None = None,
         compression: str | None = "gzip",
+        expected: int | None = None,
     ) -> None:
         if jet_type not in JET_TYPES:
             raise JetFileError(f"unknown jet type '{jet_type}': use one of {', '.join(JET_TYPES)}")
         self.path = Path(path)
         self.n_particles = int(n_particles)
         self.jet_type = jet_type
-        fd, tmp = temporary(self.path, ".partial.h5")
-        os.close(fd)
-        self._tmp = Path(tmp)
+        self._file = AtomicH5(self.path, expected)
+        self._h5 = self._file.h5
         self._n = 0
         try:
-            self._h5 = h5py.File(self._tmp, "w")
             opts: dict[str, Any] = {"compression": compression, "shuffle": compression is not None}
             if compression == "gzip":
                 opts["compression_opts"] = 1
@@ -272,7 +270,7 @@ class JetWriter:
             for key, value in meta.items():
                 self._h5.attrs[key] = value
         except BaseException:
-            self._tmp.unlink(missing_ok=True)
+            self._file.abort()
             raise
         self._closed = False
 
@@ -283,25 +281,30 @@ class JetWriter:
                 f"cannot write {jets.n_particles}-particle jets to a {self.n_particles}-particle file"
             )
         n = len(jets)
-        for ds, data in ((self._pf, jets.particles), (self._jf, jets.jet)):
-            ds.resize(self._n + n, axis=0)
-            ds[self._n :] = data
+        with self._file.writing(jets.particles.nbytes + jets.jet.nbytes, n):
+            for ds, data in ((self._pf, jets.particles), (self._jf, jets.jet)):
+                ds.resize(self._n + n, axis=0)
+                ds[self._n :] = data
         self._n += n
 
     def commit(self) -> Path:
-        """Close the file and move it onto ``path``."""
-        self._h5.attrs["n_jets"] = self._n
-        self._h5.close()
-        self._closed = True
-        publish(self._tmp, self.path)
+        """Close the file, check it and move it onto ``path`` (on a failure the file is
+        discarded and ``path`` left as it was)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self._h5.attrs["n_jets"] = self._n
+            except BaseException:
+                self._file.abort()
+                raise
+            self._file.commit({"particle_features": self._n, "jet_features": self._n})
         return self.path
 
     def abort(self) -> None:
         """Discard everything written."""
         if not self._closed:
-            self._h5.close()
+            self._file.abort()
             self._closed = True
-        self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> JetWriter:
         return self

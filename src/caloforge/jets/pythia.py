@@ -234,12 +234,13 @@ def simulate_jets(
     spread over ``workers`` processes; ``resume`` continues an interrupted run. Returns a
     summary (jets, seconds, ms per jet)."""
     from caloforge.pieces import PieceStore, pieces_dir
-    from caloforge.safety import check_stop, output_lock, refuse_existing, stop_signals
+    from caloforge.safety import check_count, check_stop, output_lock, refuse_existing, stop_signals
 
     config = config or JetSimulationConfig()
     out = Path(out)
     if n_jets < 1:
         raise ValueError(f"-n must be at least 1, got {n_jets}")
+    check_count(n_jets, 64, "-n", "the bookkeeping of the jets")
     if workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     require_generators()
@@ -284,7 +285,7 @@ def simulate_jets(
                     keep(*result)
         attrs = config.attrs() | {"n_jets": n_jets}
         with JetWriter(out, config.n_particles, config.jet_type, generator="pythia8+fastjet", seed=seed,
-                       attrs=attrs) as writer:  # fmt: skip
+                       attrs=attrs, expected=n_jets) as writer:  # fmt: skip
             for s in starts:
                 arrays = store.load(s)
                 writer.write(Jets(arrays["particles"], arrays["jet"], config.jet_type))

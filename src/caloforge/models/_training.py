@@ -3,14 +3,17 @@ and the step loop (progress, periodic checkpoints, time budget, Ctrl-C, the dive
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
+import inspect
 import json
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
@@ -26,7 +29,7 @@ from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients,
 from caloforge.models.checkpoint import RUN_CHECKPOINT, read_checkpoint, save_checkpoint
 from caloforge.models.nn.ema import EMA
 from caloforge.models.protocol import CheckpointError
-from caloforge.safety import check_output_dir
+from caloforge.safety import check_output_dir, output_lock
 
 __all__ = [
     "MAX_SKIPPED_IN_A_ROW",
@@ -41,10 +44,12 @@ __all__ = [
     "TrainingDiverged",
     "check_resumable",
     "distributed_step",
+    "locked_run",
     "non_finite_entry",
     "open_run",
     "optimizer_step",
     "run_checkpoint",
+    "run_lock",
     "run_loop",
     "run_to_end",
     "save_checkpoint",
@@ -577,19 +582,20 @@ def train_run(
     unknown = sorted(set(run) - set(RunOptions.__annotations__))
     if unknown:
         raise TypeError(f"train() got an unexpected keyword argument '{unknown[0]}'")
-    start = time.monotonic()
-    progress, max_minutes = run.get("progress"), run.get("max_minutes")
-    ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)
-    if progress is not None:
-        progress("load", 0, 1)
-    data = load(data_path)
-    if progress is not None:
-        progress("load", 1, 1)
-    trainer = make_trainer(config, data)
-    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
-    trainer.save(ckpt)
-    model = trainer.model
-    return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
+    with run_lock(out_dir):
+        start = time.monotonic()
+        progress, max_minutes = run.get("progress"), run.get("max_minutes")
+        ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)
+        if progress is not None:
+            progress("load", 0, 1)
+        data = load(data_path)
+        if progress is not None:
+            progress("load", 1, 1)
+        trainer = make_trainer(config, data)
+        run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
+        trainer.save(ckpt)
+        model = trainer.model
+        return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
 
 
 def _check_divergence(
@@ -626,6 +632,34 @@ def run_checkpoint(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     check_output_dir(out, purpose="the training run")
     return out / RUN_CHECKPOINT
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold the lock of the run directory ``out_dir`` (``.NAME.lock`` beside it) for the block:
+    a second run into the same directory, ``--resume`` included, is refused in one line while
+    this one lives. Only the main rank of a data-parallel run takes it."""
+    if not world().main:
+        yield
+        return
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)  # the lock lives beside the run directory
+    with output_lock(out):
+        yield
+
+
+def locked_run(train: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a family's ``train(config, data_path, out_dir, ...)`` (or any function with an
+    ``out_dir`` run directory) to run under :func:`run_lock`."""
+
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with run_lock(signature.bind(*args, **kwargs).arguments["out_dir"]):
+            return train(*args, **kwargs)
+
+    return wrapper
 
 
 def open_run(

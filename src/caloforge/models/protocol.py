@@ -360,9 +360,14 @@ class Option:
                 if value.lower() not in ("true", "false"):
                     raise ValueError(value)
                 value = value.lower() == "true"
+            if self.type is int and (
+                isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())
+            ):
+                raise ValueError(value)  # int(True) and int(2.5) would pass silently
             converted = self.type(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{where} takes a {self.type.__name__}, got {value!r}") from None
+        except (TypeError, ValueError, OverflowError):
+            what = _TYPE_WORDS.get(self.type, f"a {self.type.__name__}")
+            raise ValueError(f"{where} takes {what}, got {value!r}") from None
         if self.min is not None and not converted >= self.min:  # NaN fails too
             raise ValueError(f"{where} must be at least {self.min:g}, got {value!r}")
         return converted
@@ -371,6 +376,9 @@ class Option:
     def key(self) -> str:
         """The config field or train keyword the value goes to."""
         return self.field or self.name
+
+
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "text", Path: "a path"}
 
 
 def point_generation_options() -> tuple[Option, ...]:

@@ -36,8 +36,8 @@ from caloforge.io import (
 )
 from caloforge.pieces import PieceStore
 from caloforge.projection import voxelise
-from caloforge.safety import check_outputs, check_stop, output_lock, stop_signals, worker_setup
-from caloforge.simulate._config import Trigger
+from caloforge.safety import check_count, check_outputs, check_stop, output_lock, stop_signals, worker_setup
+from caloforge.simulate._config import PHYSICS_CHOICES, Trigger
 from caloforge.simulate.fastsim import DEFAULT_MAX_ANGLE_DEG
 from caloforge.simulate.geometry import Geometry
 from caloforge.simulate.gun import Gun, primaries
@@ -173,6 +173,12 @@ class SimulationConfig:
     physics: str = "datafree"
     gun: Gun = field(default_factory=Gun)
     fast_sim: FastSimSpec | None = None
+
+    def __post_init__(self) -> None:
+        # checked here, before a run makes anything on disk (its pieces, its lock)
+        if self.physics not in PHYSICS_CHOICES:
+            raise ValueError(f"unknown physics '{self.physics}': use {' or '.join(PHYSICS_CHOICES)}")
+        check_count(self.n_showers, 64, "-n", "the energies and bookkeeping of the showers")
 
     def attrs(self) -> dict[str, Any]:
         """File attributes describing this job (the fast-simulation ones are added by the run)."""
@@ -544,6 +550,7 @@ def _assemble(
                     seed=config.seed,
                     attrs=attrs,
                     append=resume and p.exists(),
+                    expected=config.n_showers,
                 )
             )
             for p, kind in zip(paths, ["points", "voxels"], strict=False)

@@ -18,6 +18,7 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     distributed_step,
+    locked_run,
     open_run,
     run_to_end,
     save_finite_checkpoint,
@@ -195,6 +196,7 @@ def fit_calibration(
     )
 
 
+@locked_run
 def train(
     config: CaloClouds1Config,
     data_path: str | Path,

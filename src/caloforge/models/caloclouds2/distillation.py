@@ -40,6 +40,7 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     check_resumable,
+    locked_run,
     optimizer_step,
     run_checkpoint,
     run_loop,
@@ -267,6 +268,7 @@ def _teacher_from_run(state: dict[str, Any], path: Path) -> CaloClouds2:
     return model_from_state(teacher_state, path)
 
 
+@locked_run
 def distill(
     teacher_path: str | Path | None,
     data_path: str | Path,

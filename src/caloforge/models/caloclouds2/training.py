@@ -15,6 +15,7 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     distributed_step,
+    locked_run,
     open_run,
     run_loop,
     save_finite_checkpoint,
@@ -172,6 +173,7 @@ def _fit_calibration(trainer: _Trainer, progress: Progress | None) -> NPointsCal
     )
 
 
+@locked_run
 def train(
     config: CaloClouds2Config,
     data_path: str | Path,

@@ -12,6 +12,7 @@ from caloforge.models._training import (
     EMATrainer,
     Progress,
     TrainResult,
+    locked_run,
     open_run,
     run_to_end,
     seeded,
@@ -118,6 +119,7 @@ class _Trainer(EMATrainer):
         return self.model
 
 
+@locked_run
 def train(
     config: CaloDreamConfig,
     part: str,
