@@ -25,7 +25,7 @@ def cli_run(monkeypatch, capsys, *args: object) -> tuple[int, str, str]:
     """Run ``caloforge ARGS`` in-process: ``(exit code, stdout, stderr)``."""
     monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])
     monkeypatch.setitem(cli._state, "debug", False)
-    monkeypatch.setenv("COLUMNS", "250")  # usage errors in one box line
+    monkeypatch.setenv("COLUMNS", "250")  # long messages on one line
     code = 0
     try:
         cli.main()

@@ -89,7 +89,7 @@ def test_argument_validation() -> None:
 def test_standard_physics_needs_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GEANT4_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("G4LEDATA", raising=False)
-    with pytest.raises(RuntimeError, match="GEANT4_DATA_DIR"):
+    with pytest.raises(ValueError, match=r"GEANT4_DATA_DIR .* lacks the Geant4 data sets G4EMLOW"):
         prepare_environment("standard")
 
 

@@ -968,6 +968,11 @@ def _caused_by_interrupt(exc: BaseException) -> bool:
     return False
 
 
+try:  # typer >= 0.23 carries its own click
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover - older typer
+    from click.exceptions import UsageError as _UsageError
+
 #: ``errno`` values of a write the machine refused (not a defect): a full disk or quota, a
 #: file-size limit, a read-only file system, missing permissions.
 _RESOURCE_ERRNOS = frozenset(
@@ -1010,7 +1015,8 @@ def main() -> None:
 
     try:
         with stop_signals():  # SIGTERM stops every command like Ctrl-C; a second one is harmless
-            app()
+            # Not standalone: usage errors come here, to be one line like every other error.
+            code = app(standalone_mode=False)
     except KeyboardInterrupt:
         _stopping()
         err_console.print(INTERRUPTED)
@@ -1021,6 +1027,12 @@ def main() -> None:
             _stopping()
             err_console.print(INTERRUPTED)
         raise
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a command group without arguments
+            console.print(exc.format_message(), highlight=False, markup=False)
+            sys.exit(exc.exit_code)
+        err_console.print(f"[red]error:[/red] {escape(_usage_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         if _state["debug"]:
             raise
@@ -1035,6 +1047,18 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    if isinstance(code, int) and code:  # an Exit: 130 is typer's word for a Ctrl-C in a command
+        if code == 130:
+            _stopping()
+            err_console.print(INTERRUPTED)
+        sys.exit(code)
+
+
+def _usage_line(exc: Any) -> str:
+    """A usage error as one line: the message, the command and where its help is."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "caloforge"
+    return f"{exc.format_message()} (see {command} --help)"
 
 
 if __name__ == "__main__":

@@ -102,6 +102,8 @@ def convert_showers(
                 "(e.g. ild-ecal-30 for ild-ecal)"
             )
         n = len(reader)
+        if n == 0:
+            raise ShowerFileError(f"'{source}' holds no showers: nothing to convert")
         fractions = np.zeros(n)
         outside_total = 0.0
         with output_lock(out):

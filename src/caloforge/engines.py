@@ -32,7 +32,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-__all__ = ["ENGINES", "DaskEngine", "EngineError", "LocalEngine", "WorkerDied", "make_engine"]
+__all__ = ["ENGINES", "DaskEngine", "EngineError", "LocalEngine", "WorkerDied", "check_engine", "make_engine"]
 
 ENGINES = ("local", "dask")
 
@@ -181,13 +181,7 @@ class DaskEngine:
         self._key = f"{getattr(initializer, '__qualname__', '')}:{os.getpid()}:{id(self)}:{initargs!r}"[:4000]
         self._cluster = None
         if scheduler is not None:
-            try:
-                self.client = Client(scheduler, timeout=f"{timeout_s}s")
-            except (OSError, TimeoutError, ValueError) as exc:
-                raise EngineError(
-                    f"cannot reach the Dask scheduler at '{scheduler}' ({type(exc).__name__}): is it "
-                    "running and is the address right? (drop --scheduler for a local cluster)"
-                ) from None
+            self.client = _connect(Client, scheduler, timeout_s)
             self.workers = max(1, len(self.client.scheduler_info().get("workers", {})))
         else:
             import dask
@@ -303,6 +297,37 @@ class DaskEngine:
         self.close()
 
 
+def _connect(client: Any, scheduler: str, timeout_s: float) -> Any:
+    """A Dask client of ``scheduler``, or a one-line :class:`EngineError`."""
+    try:
+        return client(scheduler, timeout=f"{timeout_s}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise EngineError(
+            f"cannot reach the Dask scheduler at '{scheduler}' ({type(exc).__name__}): is it "
+            "running and is the address right? (drop --scheduler for a local cluster)"
+        ) from None
+
+
+def check_engine(engine: str, scheduler: str | None = None, timeout_s: float = 10.0) -> None:
+    """Check ``engine`` and ``scheduler`` the way a run will use them — the names, Dask being
+    installed, the scheduler answering — so that a run refuses them before it makes anything
+    on disk (its pieces, its lock)."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    if engine == "local":
+        if scheduler is not None:
+            raise ValueError("--scheduler needs --engine dask")
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise EngineError(
+            "--engine dask needs dask.distributed: pip install 'caloforge[distributed]'"
+        ) from None
+    if scheduler is not None:
+        _connect(Client, scheduler, timeout_s).close()
+
+
 def make_engine(
     engine: str,
     workers: int,
@@ -311,10 +336,9 @@ def make_engine(
     initargs: tuple = (),
 ) -> LocalEngine | DaskEngine:
     """The engine named ``engine`` (``local`` or ``dask``); ``scheduler`` only for Dask."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
     if engine == "local":
-        if scheduler is not None:
-            raise ValueError("--scheduler needs --engine dask")
+        check_engine(engine, scheduler)
         return LocalEngine(workers, initializer, initargs)
+    if engine not in ENGINES:
+        check_engine(engine, scheduler)
     return DaskEngine(workers, scheduler, initializer, initargs)

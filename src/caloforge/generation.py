@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from caloforge.engines import ENGINES, LocalEngine, WorkerDied
+from caloforge.engines import LocalEngine, WorkerDied, check_engine
 from caloforge.io import COMPRESSIONS
 from caloforge.kinds import Kind, get_kind, register_kind
 from caloforge.models.protocol import (
@@ -271,8 +271,7 @@ def generate_file(
             raise ValueError(
                 f"incident energy {i} is {energies[i]:g} GeV: energies must be finite and positive"
             )
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    check_engine(engine, scheduler)  # the names and the scheduler, before anything is made
     if resume and engine != "dask":
         raise ValueError("--resume continues the pieces of an --engine dask run; the local engine keeps none")
     if not resume:

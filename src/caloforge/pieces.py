@@ -83,9 +83,19 @@ class PieceStore:
             path = directory / _MANIFEST
             try:
                 old = json.loads(path.read_text())
-            except (OSError, ValueError):
+            except (OSError, ValueError) as exc:
+                if resume:  # its pieces may be good: say so, delete nothing
+                    raise ShowerFileError(
+                        f"cannot resume '{out}': '{path}' is unreadable ({exc}); its pieces are kept: "
+                        "restore the file, or pass --overwrite to start again"
+                    ) from None
                 old = None
-            if resume and old is not None:
+            if resume and not isinstance(old, dict):
+                raise ShowerFileError(
+                    f"cannot resume '{out}': '{path}' is not a job description; its pieces are kept: "
+                    "restore the file, or pass --overwrite to start again"
+                )
+            if resume:
                 for key, value in manifest.items():
                     if key not in ignore and not _same(old.get(key), value):
                         raise ShowerFileError(
@@ -138,8 +148,13 @@ class PieceStore:
         """The pieces in the directory (read once, when the store is opened)."""
         found = []
         for p in self.directory.glob("piece-*-*.npz"):
-            _, first, count = p.stem.split("-")
-            found.append((int(first), int(count)))
+            parts = p.stem.split("-")
+            if len(parts) != 3 or not (parts[1].isdigit() and parts[2].isdigit()):
+                raise ShowerFileError(
+                    f"'{p}' is not a piece this job wrote (piece-FIRST-COUNT.npz): move it out of "
+                    f"'{self.directory}' and rerun"
+                )
+            found.append((int(parts[1]), int(parts[2])))
         return dict(sorted(found))
 
     def drop(self, first: int) -> None:
@@ -149,14 +164,22 @@ class PieceStore:
 
     def load(self, first: int) -> dict[str, np.ndarray]:
         """The arrays of one piece."""
+        path = self._path(first)
         try:
-            with np.load(self._path(first)) as data:
-                return {k: data[k] for k in data.files}
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError) as exc:
             raise ShowerFileError(
                 f"piece {first} in '{self.directory}' is unreadable ({exc}); remove that file and "
                 "rerun with --resume to compute it again"
             ) from exc
+        for name, values in arrays.items():
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise ShowerFileError(
+                    f"piece '{path}' holds non-finite values in {name}; remove that file and rerun "
+                    "with --resume to compute it again"
+                )
+        return arrays
 
     def remove(self) -> None:
         """Delete the directory (after the output has been assembled)."""

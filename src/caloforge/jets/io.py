@@ -143,7 +143,10 @@ def is_jet_file(path: str | Path) -> bool:
 
 def _jet_type(path: Path, attrs: Mapping[str, Any]) -> str:
     if "jet_type" in attrs:
-        return str(attrs["jet_type"])
+        jet_type = str(attrs["jet_type"])
+        if jet_type not in JET_TYPES:
+            raise JetFileError(f"'{path}': unknown jet_type '{jet_type}' (one of {', '.join(JET_TYPES)})")
+        return jet_type
     match = re.fullmatch(r"([tgqwz])(150)?", path.stem)
     if match is None:
         raise JetFileError(
@@ -181,7 +184,9 @@ def jet_file_info(path: str | Path) -> dict[str, Any]:
 
 
 def _check(path: Path, jets: Jets, offset: int) -> None:
-    """NaN or infinite values, masks that are not 0/1, negative pT, empty jets: one-line errors."""
+    """One-line errors naming the jet: NaN or infinite values, masks that are not 0/1 or have
+    gaps, negative pT (of particles or jets) or jet mass, empty jets, non-zero padding, a
+    ``num_particles`` that is not the mask's count."""
     bad = ~np.isfinite(jets.particles).all(axis=(1, 2)) | ~np.isfinite(jets.jet).all(axis=1)
     if bad.any():
         raise JetFileError(f"'{path}': jet {offset + int(np.argmax(bad))} holds NaN or infinite values")
@@ -190,9 +195,19 @@ def _check(path: Path, jets: Jets, offset: int) -> None:
         raise JetFileError(f"'{path}': the mask column (particle feature 4) must be 0 or 1")
     if (jets.particles[..., 2] < 0).any():
         raise JetFileError(f"'{path}': negative pt_rel values")
-    empty = mask.sum(axis=1) == 0
-    if empty.any():
-        raise JetFileError(f"'{path}': jet {offset + int(np.argmax(empty))} has no particles")
+    count = mask.sum(axis=1)
+    padding = (jets.particles[..., :3] != 0).any(axis=2) & (mask == 0)
+    gaps = np.diff(mask, axis=1).max(axis=1, initial=0) > 0  # a real particle after padding
+    problems = (
+        (count == 0, "has no particles"),
+        ((jets.jet[:, 0] < 0) | (jets.jet[:, 2] < 0), "has a negative pT or mass"),
+        (gaps, "has gaps in its mask (real particles after padding)"),
+        (padding.any(axis=1), "has non-zero padding"),
+        (jets.jet[:, 3] != count, "has a num_particles that disagrees with its mask"),
+    )
+    for bad, what in problems:
+        if bad.any():
+            raise JetFileError(f"'{path}': jet {offset + int(np.argmax(bad))} {what}")
 
 
 def read_jets(

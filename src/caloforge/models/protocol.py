@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKPOINT_EXPORTS",
+    "MAX_SAMPLER_STEPS",
     "OUTPUT_KINDS",
     "PRECISIONS",
     "Capabilities",
@@ -158,6 +159,11 @@ class SamplerInfo:
     network_calls: int
 
 
+#: The most sampler steps a generation may ask for: far beyond any published sampler (tens to
+#: hundreds), and small enough that a sampler's noise schedule stays a few kB.
+MAX_SAMPLER_STEPS = 10_000
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """What a user asks of a generation run; ``None`` means the model's own choice.
@@ -171,6 +177,13 @@ class GenerationRequest:
     allow_extrapolation: bool = False
     device: str = "cpu"
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_steps is not None and not 1 <= self.n_steps <= MAX_SAMPLER_STEPS:
+            raise GenerationError(
+                f"--steps {self.n_steps}: a sampler takes 1 to {MAX_SAMPLER_STEPS:,} steps (the published "
+                "samplers use at most a few hundred)"
+            )
 
 
 @dataclass(frozen=True)

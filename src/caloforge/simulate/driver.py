@@ -25,7 +25,7 @@ import numpy as np
 
 from caloforge.clustering import cluster_steps
 from caloforge.detector import Detector, get_detector
-from caloforge.engines import ENGINES, make_engine
+from caloforge.engines import check_engine, make_engine
 from caloforge.io import (
     MAX_INCIDENT_GEV,
     PointShowers,
@@ -400,8 +400,15 @@ def simulate(
         )
     paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
     check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    check_engine(engine, scheduler)  # the names and the scheduler, before the pieces are made
+    from caloforge.simulate.geant4 import check_physics_data
+
+    check_physics_data(config.physics)
+    if max(map(abs, config.gun.offset_mm)) > det.half_size_mm:
+        raise ValueError(
+            f"--gun-offset {','.join(f'{v:g}' for v in config.gun.offset_mm)} mm misses the front face of "
+            f"'{det.name}' (half size {det.half_size_mm:g} mm): every shower would be empty"
+        )
     if (
         config.gun.pair_separation_mm is not None
         and config.gun.pair_separation_mm / 2 + max(map(abs, config.gun.offset_mm)) > det.half_size_mm

@@ -88,6 +88,30 @@ def _has_real_data(directory: str | None) -> bool:
     return bool(directory) and any(Path(str(directory)).glob("G4EMLOW*"))
 
 
+#: The Geant4 data sets physics="standard" (FTFP_BERT) reads, by the prefix of their folders.
+STANDARD_DATA = ("G4EMLOW", "G4ENSDFSTATE", "PhotonEvaporation", "G4PARTICLEXS", "G4SAIDDATA")
+
+
+def check_physics_data(physics: str) -> None:
+    """Refuse, in one line, a ``physics`` whose Geant4 data sets are not installed, naming the
+    missing ones (before a run makes anything on disk)."""
+    if physics != "standard":
+        return
+    data_dir = os.environ.get("GEANT4_DATA_DIR")
+    if not data_dir:
+        raise ValueError(
+            "--physics standard needs the Geant4 data sets (" + ", ".join(STANDARD_DATA) + "): set "
+            "GEANT4_DATA_DIR to the folder holding them, or use --physics datafree (EM showers of "
+            "photons, electrons and positrons need no data)"
+        )
+    missing = [name for name in STANDARD_DATA if not any(Path(data_dir).glob(f"{name}*"))]
+    if missing:
+        raise ValueError(
+            f"--physics standard: GEANT4_DATA_DIR '{data_dir}' lacks the Geant4 data sets "
+            f"{', '.join(missing)}; install them there, or use --physics datafree"
+        )
+
+
 def prepare_environment(physics: str = "datafree") -> None:
     """Set the Geant4 data variables; must run before geant4_pybind is imported.
 
@@ -100,11 +124,7 @@ def prepare_environment(physics: str = "datafree") -> None:
         raise ValueError(f"physics must be one of {PHYSICS_CHOICES}, not {physics!r}")
     data_dir = os.environ.get("GEANT4_DATA_DIR")
     if physics == "standard":
-        if not _has_real_data(data_dir):
-            raise RuntimeError(
-                'physics="standard" needs the Geant4 data sets: set GEANT4_DATA_DIR to a '
-                'directory holding them (G4EMLOW*, G4ENSDFSTATE*, ...) or use physics="datafree"'
-            )
+        check_physics_data(physics)
         return
     if _has_real_data(data_dir):
         return
