@@ -43,3 +43,16 @@ class _OneProcessTrainer:
 def single_process_loop(out: Path) -> None:
     """A trainer without ``distributed = True`` driven by ``run_loop`` on several ranks."""
     run_loop(_OneProcessTrainer(), 2, out / "checkpoint.pt", 1, 60.0, None, None, 0.0)
+
+
+def killed_on(rank: int) -> int:
+    """SIGKILL ``rank`` (after one collective): it dies without a word, as ``kill -9`` or the
+    out-of-memory killer leave it."""
+    import os
+    import signal
+
+    agree([False])
+    if world().rank == rank:
+        os.kill(os.getpid(), signal.SIGKILL)
+    agree([False])  # the peer is gone: gloo fails here
+    return world().rank

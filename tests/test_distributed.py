@@ -170,3 +170,10 @@ def test_nproc_inside_torchrun_is_refused(monkeypatch, capsys, data_file, tmp_pa
     code, _, err = cli_run(monkeypatch, capsys, *_smoke_args(data_file, tmp_path / "run", 6), "--nproc", "2")
     assert code == 2 and "give the process count to torchrun only" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_killed_rank_is_named_not_the_gloo_error_of_its_peer():
+    from caloforge.engines import WorkerDied
+
+    with pytest.raises(WorkerDied, match=r"^rank 1 of the 2-process training died \(SIGKILL"):
+        launch(tasks.killed_on, 2, 1, threads=1, grace_s=5.0)

@@ -109,3 +109,16 @@ def test_evaluate_on_dask_equals_local(tmp_path):
         remote = observables_from_file(path, chunk_size=7, engine=engine)
     assert np.array_equal(local.high_level(), remote.high_level())
     assert np.array_equal(local.cell_energy, remote.cell_energy)
+
+
+def test_dask_workers_leave_ctrl_c_to_the_process_that_started_them():
+    """The terminal's Ctrl-C reaches every process of the group: the local cluster's workers
+    ignore it (their caloforge process stops the run) instead of printing tracebacks."""
+    import signal
+
+    pytest.importorskip("distributed")
+    from caloforge.engines import DaskEngine
+
+    with DaskEngine(1) as engine:
+        handlers = engine.client.run(signal.getsignal, signal.SIGINT)
+    assert handlers and all(h == signal.SIG_IGN for h in handlers.values())

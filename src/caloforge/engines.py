@@ -199,6 +199,7 @@ class DaskEngine:
                 dashboard_address=":0",
                 silence_logs=logging.CRITICAL,
                 worker_class="distributed.Nanny",
+                preload=["caloforge._dask_worker"],  # workers leave Ctrl-C to this process
             )
             self.client = Client(self._cluster)
             self.workers = workers

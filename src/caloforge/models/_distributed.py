@@ -203,6 +203,13 @@ def _rank_main(
     os._exit(code)  # skip interpreter teardown: the group's threads may still be winding down
 
 
+def _first_failure(procs: list[Any]) -> tuple[int, int] | None:
+    """``(rank, exit code)`` of a rank that ended badly — a killed one (negative code) before
+    a peer that only lost it — or None."""
+    bad = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+    return min(bad, key=lambda rc: rc[1] >= 0) if bad else None
+
+
 def launch(
     target: Callable[..., Any],
     nproc: int,
@@ -254,11 +261,13 @@ def launch(
         for p in procs:
             p.start()
         failed_at: float | None = None
+        first_failed: tuple[int, int] | None = None  # (rank, exit code) of the first to end badly
         while any(p.exitcode is None for p in procs):
             while not results.empty():
                 messages.append(results.get())
             if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
                 failed_at = time.monotonic()  # the others notice the lost peer, or are ended
+                first_failed = _first_failure(procs)
             if failed_at is not None and time.monotonic() - failed_at > grace_s:
                 for p in procs:
                     if p.exitcode is None:
@@ -275,6 +284,17 @@ def launch(
             if p.exitcode is None:
                 p.kill()
                 p.join()
+    if first_failed is None:  # every rank ended between two polls
+        first_failed = _first_failure(procs)
+    if first_failed is not None and first_failed[1] < 0 and not stops:
+        rank, code = first_failed  # killed (kill -9, out of memory): it could not say why
+        from caloforge.engines import WorkerDied
+
+        raise WorkerDied(
+            f"rank {rank} of the {nproc}-process training died ({signal.Signals(-code).name}: killed, or "
+            "out of memory); the other ranks were stopped and any checkpoint already in the run "
+            "directory is kept (continue it with --resume)"
+        )
     errors = [m for m in messages if m[0] == "error"]
     if errors:  # the first to fail is the cause; the others lost their peer
         raise errors[0][2]
