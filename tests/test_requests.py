@@ -240,3 +240,35 @@ def test_absurd_sampler_steps_are_refused_before_any_allocation(monkeypatch, cap
     code, _, err = cli_run(monkeypatch, capsys, "generate", "-n", "2", "--steps", "1000000000", "--out", out)
     assert code == 2 and "a sampler takes 1 to 10,000 steps" in err
     assert not out.exists()
+
+
+def test_jetnet_files_counting_every_constituent_are_read(tmp_path):
+    """JetNet's num_particles counts all constituents; the clouds hold the leading 30 (or here 5):
+    read as jetnet reads them, capped, not refused."""
+    import h5py
+
+    from caloforge.jets.io import read_jets, write_jets
+
+    jets = _jets()
+    jets.particles[:, :, 3] = 1.0
+    jets.particles[:, :, 2] = np.where(jets.particles[:, :, 2] > 0, jets.particles[:, :, 2], 0.05)
+    jets.jet[:, 3] = 5
+    path = tmp_path / "t.h5"
+    write_jets(path, jets)
+    with h5py.File(path, "r+") as f:
+        f["jet_features"][:, 3] = 45.0  # the whole jet's constituents
+    assert (read_jets(path).jet[:, 3] == 5).all()
+
+
+def test_calibrating_a_run_that_is_training_is_refused(monkeypatch, capsys, tmp_path):
+    import shutil
+
+    from caloforge.models._training import run_lock
+    from caloforge.models.registry import resolve_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(resolve_model("caloclouds2"), run / "checkpoint.pt")
+    with run_lock(run):  # the training
+        code, _, err = cli_run(monkeypatch, capsys, "calibrate", "--model", run, "--data", tmp_path / "d.h5")
+    assert code == 2 and "is being written by another caloforge run" in err

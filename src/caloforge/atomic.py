@@ -245,11 +245,11 @@ class AtomicH5:
         fd, tmp = temporary(self.path, ".partial.h5")
         self.tmp = Path(tmp)
         try:
-            size = self.path.stat().st_size
-            check_space(self.path, size)
-            with open(self.path, "rb") as src, os.fdopen(fd, "wb") as dst:
-                while block := src.read(1 << 24):
-                    dst.write(block)
+            with os.fdopen(fd, "wb") as dst:  # owns (and closes) the descriptor from here on
+                check_space(self.path, self.path.stat().st_size)
+                with open(self.path, "rb") as src:
+                    while block := src.read(1 << 24):
+                        dst.write(block)
             self.h5 = h5py.File(self.tmp, "r+")
         except BaseException as exc:
             self.tmp.unlink(missing_ok=True)
@@ -332,7 +332,7 @@ class AtomicH5:
                     ds = f[name]
                     if ds.shape[0] != n:
                         raise OSError(f"dataset {name} holds {ds.shape[0]} rows, not {n}")
-                    if ds.chunks is None or n == 0:
+                    if ds.chunks is None or ds.size == 0:  # nothing stored to look for
                         continue
                     rows = ds.chunks[0]
                     zeros = (0,) * (ds.ndim - 1)
@@ -365,7 +365,7 @@ class AtomicH5:
         otherwise HDF5 retries the writes on close and can crash the process."""
         try:
             vfd = self.h5.id.get_vfd_handle()
-            null = os.open(os.devnull, os.O_WRONLY)
+            null = os.open(os.devnull, os.O_RDWR)
         except Exception:  # another file driver: free the space instead
             with contextlib.suppress(OSError):
                 os.truncate(self.tmp, 0)

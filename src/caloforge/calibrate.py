@@ -28,6 +28,7 @@ Geant4's do).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -549,6 +550,8 @@ def calibrate_model(
     against the Geant4 file ``data`` with its family's calibrator, after checking the request in
     full (a shipped model needs ``out``; the options are the family's declared ones; ``out``
     is neither an input nor, without ``overwrite``, an existing file). Returns the line to print."""
+    from caloforge.models._training import run_lock
+    from caloforge.models.checkpoint import RUN_CHECKPOINT
     from caloforge.models.registry import family_of, shipped_models
     from caloforge.safety import check_outputs, output_lock, refuse_existing
 
@@ -560,5 +563,8 @@ def calibrate_model(
     if out is not None:
         check_outputs({"--out": out}, {"--data": data, "--model": path})
         refuse_existing(out, overwrite)
-    with output_lock(out or path):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(output_lock(out or path))
+        if out is None and Path(path).name == RUN_CHECKPOINT:  # in place, in a run directory:
+            stack.enter_context(run_lock(Path(path).parent))  # not while it trains
         return family.part("calibrator")(path, data, out, seed=seed, progress=progress, **given)

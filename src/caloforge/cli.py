@@ -375,7 +375,14 @@ def simulate(
         seed=seed,
         physics=physics,
         gun=_gun(gun_offset, gun_angle, pair_separation),
-        fast_sim=_fast_sim_spec(fast_sim, trigger_particles, trigger_min_energy, max_angle, device),
+        fast_sim=_fast_sim_spec(
+            fast_sim,
+            trigger_particles,
+            trigger_min_energy,
+            max_angle,
+            device,
+            workers > 1 or engine != "local",
+        ),
     )
     what = "events of two" if pair_separation is not None else ""
     mode = f", fast simulation with '{fast_sim}'" if fast_sim else ""
@@ -413,6 +420,7 @@ def simulate(
             f"interrupted: {result.n_done} of {n} showers done{kept}; '{out}' is unchanged. "
             "Rerun the same command with --resume to finish."
         )
+        _state["interrupt_said"] = True
         raise typer.Exit(130)
     if result.n_new == 0:
         console.print(f"{out} holds {result.n_done} showers: nothing left to simulate")
@@ -525,7 +533,12 @@ def _gun(offset: str | None, angle: float, separation: float | None) -> Any:
 
 
 def _fast_sim_spec(
-    model: str | None, particles: str | None, min_energy: float | None, max_angle: float, device: str
+    model: str | None,
+    particles: str | None,
+    min_energy: float | None,
+    max_angle: float,
+    device: str,
+    spread: bool,
 ) -> Any:
     from caloforge.devices import resolve_device
     from caloforge.generation import generation_device
@@ -538,7 +551,7 @@ def _fast_sim_spec(
         resolve_device(device, cpu_only="Geant4")  # without a fast simulation no network runs
         return None
     names = tuple(p.strip() for p in particles.split(",") if p.strip()) if particles is not None else None
-    on = generation_device(load_generator(model), device)
+    on = generation_device(load_generator(model), device, spread)
     try:
         return FastSimSpec(model, names, min_energy, max_angle, device=on)
     except ValueError as exc:
@@ -1046,11 +1059,12 @@ def main() -> None:
             highlight=False,
             soft_wrap=True,
         )
-        sys.exit(1)
+        _exit(1)
     if isinstance(code, int) and code:  # an Exit: 130 is typer's word for a Ctrl-C in a command
         if code == 130:
             _stopping()
-            err_console.print(INTERRUPTED)
+            if not _state.get("interrupt_said"):  # a command may have said what it kept
+                err_console.print(INTERRUPTED)
         sys.exit(code)
 
 

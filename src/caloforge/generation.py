@@ -206,7 +206,7 @@ def generation_device(generator: ShowerGenerator, spec: str, spread: bool = Fals
     family = get_family(generator.family)
     if not family.capabilities.gpu:
         return resolve_device(spec, cpu_only=f"{family.description} generation")
-    if spread and spec == "auto":
+    if spread and spec.strip().lower() == "auto":
         return "cpu"
     return resolve_device(spec)
 

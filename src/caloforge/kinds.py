@@ -27,6 +27,7 @@ ValueError: unknown output kind 'images': use one of points, voxels, jets
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,10 @@ class Kind:
     def open_writer(self, path: str | Path, detector: Any, first: Any, **options: Any) -> Any:
         """An atomic writer of ``path`` for batches like ``first`` (``options``: generator, seed,
         attrs, compression)."""
-        return self.part("writer")(path, detector, first, **options)
+        writer = self.part("writer")
+        if "expected" in options and not _takes(writer, "expected"):
+            options = {k: v for k, v in options.items() if k != "expected"}  # an older plug-in
+        return writer(path, detector, first, **options)
 
     def encode_piece(self, batch: Any) -> dict[str, Any]:
         """``batch`` as plain arrays."""
@@ -306,3 +310,9 @@ def kind_of_result(result: Mapping[str, Any]) -> Kind:
     """The kind of an evaluation result (``metrics.json``): its ``kind``, or for a shower
     evaluation, whose results carry none, :func:`fallback_kind`."""
     return get_kind(result["kind"]) if "kind" in result else fallback_kind()
+
+
+def _takes(function: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``function`` accepts the keyword argument ``keyword``."""
+    params = inspect.signature(function).parameters.values()
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)

@@ -176,8 +176,8 @@ class PieceStore:
         for name, values in arrays.items():
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 raise ShowerFileError(
-                    f"piece '{path}' holds non-finite values in {name}; remove that file and rerun "
-                    "with --resume to compute it again"
+                    f"piece '{path}' holds non-finite values in {name} (damaged, or made so by the "
+                    "model: a rerun makes the same piece); remove that file to compute it again"
                 )
         return arrays
 

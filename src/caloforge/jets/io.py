@@ -227,8 +227,8 @@ def read_jets(
         particles = np.asarray(f["particle_features"][start:stop, :take], np.float32)
         jet = np.asarray(f["jet_features"][start:stop], np.float32)
     jets = Jets(particles, jet, info["jet_type"], info["attrs"])
-    if take < info["n_particles"]:
-        jets.jet[:, 3] = np.minimum(jets.jet[:, 3], take)
+    # JetNet's files count every constituent; the clouds hold the leading `take` (as jetnet reads them)
+    jets.jet[:, 3] = np.minimum(jets.jet[:, 3], take)
     _check(path, jets, start)
     return jets
 

@@ -203,6 +203,13 @@ def _rank_main(
     os._exit(code)  # skip interpreter teardown: the group's threads may still be winding down
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal
+        return f"signal {number}"
+
+
 def _first_failure(procs: list[Any]) -> tuple[int, int] | None:
     """``(rank, exit code)`` of a rank that ended badly — a killed one (negative code) before
     a peer that only lost it — or None."""
@@ -291,7 +298,7 @@ def launch(
         from caloforge.engines import WorkerDied
 
         raise WorkerDied(
-            f"rank {rank} of the {nproc}-process training died ({signal.Signals(-code).name}: killed, or "
+            f"rank {rank} of the {nproc}-process training died ({_signal_name(-code)}: killed, or "
             "out of memory); the other ranks were stopped and any checkpoint already in the run "
             "directory is kept (continue it with --resume)"
         )

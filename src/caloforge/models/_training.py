@@ -642,7 +642,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
     if not world().main:
         yield
         return
-    out = Path(out_dir).absolute()
+    out = Path(out_dir).resolve()  # one lock however the directory is spelled
     out.parent.mkdir(parents=True, exist_ok=True)  # the lock lives beside the run directory
     with output_lock(out):
         yield
