@@ -35,20 +35,13 @@ def generate(
     ``options``: the family's generation options (``caloforge info MODEL`` lists them);
     ``device``: ``cpu``, ``cuda:N`` or ``auto`` (:func:`caloforge.devices.resolve_device`).
     """
-    from caloforge.generation import generation_device, run_conditions
+    from caloforge.generation import _as_conditions, generation_device, run_conditions
     from caloforge.kinds import get_kind
     from caloforge.models.protocol import GenerationRequest, generate_batches
     from caloforge.models.registry import get_family, load_generator
 
     generator = load_generator(model)
-    if energies is None:
-        conditions: Any = run_conditions(generator, n, seed)
-    elif isinstance(energies, Mapping):
-        conditions = {k: np.asarray(v, np.float64) for k, v in energies.items()}
-    else:
-        conditions = {"energy": np.asarray(energies, np.float64).reshape(-1)}
-    if not isinstance(conditions, Mapping):
-        conditions = {"energy": conditions}
+    conditions = _as_conditions(run_conditions(generator, n, seed) if energies is None else energies)
     given = get_family(generator.family).check_options("generate", options)
     request = GenerationRequest(sampler, steps, device=generation_device(generator, device), options=given)
     batches = list(generate_batches(generator, conditions, generator.plan(request), seed, batch_size))

@@ -986,11 +986,10 @@ try:  # typer >= 0.23 carries its own click
 except ImportError:  # pragma: no cover - older typer
     from click.exceptions import UsageError as _UsageError
 
-#: ``errno`` values of a write the machine refused (not a defect): a full disk or quota, a
-#: file-size limit, a read-only file system, missing permissions.
-_RESOURCE_ERRNOS = frozenset(
-    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
-)
+#: ``errno`` values of a write the machine refused (not a defect) that no other rule of
+#: :func:`_user_message` takes: a full disk, quota or size limit is a DiskFullError
+#: (``atomic.is_no_space``), missing permissions a PermissionError (a user error).
+_RESOURCE_ERRNOS = frozenset({errno.EROFS})
 
 
 def _user_message(exc: BaseException) -> str | None:

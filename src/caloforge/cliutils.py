@@ -14,6 +14,8 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from caloforge.devices import DEVICE_HELP
+
 __all__ = [
     "MAX_SEED",
     "DeviceOption",
@@ -178,13 +180,7 @@ MaxMinutesOption = Annotated[
     ),
 ]
 ThreadsOption = Annotated[int | None, typer.Option(min=1, help="Torch CPU threads.")]
-DeviceOption = Annotated[
-    str,
-    typer.Option(
-        help="Device for the networks: auto (the first CUDA device torch sees, where this step "
-        "can use one; else the CPU), cpu, cuda or cuda:N."
-    ),
-]
+DeviceOption = Annotated[str, typer.Option(help=DEVICE_HELP)]
 NprocOption = Annotated[
     int,
     typer.Option(

@@ -13,7 +13,10 @@ __all__ = ["DEVICE_CHOICES", "DEVICE_HELP", "resolve_device"]
 
 #: What ``--device`` accepts (``cuda:N`` for any N).
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
-DEVICE_HELP = "Device for the networks: auto (the first CUDA device if torch sees one), cpu, cuda or cuda:N."
+DEVICE_HELP = (
+    "Device for the networks: auto (the first CUDA device torch sees, where this step can use "
+    "one; else the CPU), cpu, cuda or cuda:N."
+)
 
 _SPEC = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 

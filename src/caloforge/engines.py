@@ -309,15 +309,19 @@ def _connect(client: Any, scheduler: str, timeout_s: float) -> Any:
         ) from None
 
 
+def _check_names(engine: str, scheduler: str | None) -> None:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    if engine == "local" and scheduler is not None:
+        raise ValueError("--scheduler needs --engine dask")
+
+
 def check_engine(engine: str, scheduler: str | None = None, timeout_s: float = 10.0) -> None:
     """Check ``engine`` and ``scheduler`` the way a run will use them — the names, Dask being
     installed, the scheduler answering — so that a run refuses them before it makes anything
     on disk (its pieces, its lock)."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine '{engine}': use {' or '.join(ENGINES)}")
+    _check_names(engine, scheduler)
     if engine == "local":
-        if scheduler is not None:
-            raise ValueError("--scheduler needs --engine dask")
         return
     try:
         from distributed import Client
@@ -337,9 +341,7 @@ def make_engine(
     initargs: tuple = (),
 ) -> LocalEngine | DaskEngine:
     """The engine named ``engine`` (``local`` or ``dask``); ``scheduler`` only for Dask."""
+    _check_names(engine, scheduler)
     if engine == "local":
-        check_engine(engine, scheduler)
         return LocalEngine(workers, initializer, initargs)
-    if engine not in ENGINES:
-        check_engine(engine, scheduler)
     return DaskEngine(workers, scheduler, initializer, initargs)
