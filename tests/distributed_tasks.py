@@ -56,3 +56,8 @@ def killed_on(rank: int) -> int:
         os.kill(os.getpid(), signal.SIGKILL)
     agree([False])  # the peer is gone: gloo fails here
     return world().rank
+
+
+def train_family(training: Any, config: Any, data: Path, out: Path, kwargs: dict[str, Any]):
+    """A family's training (a :class:`~caloforge.models.protocol.Training`) as ``--nproc`` runs it."""
+    return training.run(config, data, out, **kwargs)

@@ -22,6 +22,7 @@ __all__ = [
     "EngineOption",
     "LogProgress",
     "MaxMinutesOption",
+    "PrecisionOption",
     "ResumeOption",
     "SchedulerOption",
     "SeedOption",
@@ -185,8 +186,16 @@ NprocOption = Annotated[
     int,
     typer.Option(
         min=1,
-        help="Data-parallel training processes on this machine (torch.distributed, gloo); the "
-        "global batch stays the preset's. For several machines start the command with torchrun.",
+        help="Data-parallel training processes on this machine (torch.distributed: gloo on CPUs, "
+        "NCCL and one GPU each with --device cuda); the global batch stays the preset's. For "
+        "several machines start the command with torchrun.",
+    ),
+]
+PrecisionOption = Annotated[
+    str,
+    typer.Option(
+        help="Forward-pass precision: auto (bfloat16 autocast on a GPU where the family allows "
+        "it, else float32), float32 or bfloat16.",
     ),
 ]
 SeedOption = Annotated[int, seed_option()]

@@ -3,8 +3,9 @@
 family options of ``caloforge calibrate`` from their :class:`~caloforge.models.protocol.Option` s.
 
 Every training command takes ``--data``, ``--out``, ``--preset``, the family's own options
-(typed, with their help text), ``--seed``, ``--resume``, ``--max-minutes`` and ``--threads``;
-a training that runs on several processes also takes ``--nproc``. The run goes through the
+(typed, with their help text), ``--seed``, ``--resume``, ``--max-minutes``, ``--threads`` and
+``--device``; a training that runs on GPUs also takes ``--precision``, one that runs on several
+processes ``--nproc``. The run goes through the
 family's train function and so through the shared loop of :mod:`caloforge.models._training`.
 """
 
@@ -22,6 +23,7 @@ from caloforge.cliutils import (
     DeviceOption,
     MaxMinutesOption,
     NprocOption,
+    PrecisionOption,
     ResumeOption,
     SeedOption,
     ThreadsOption,
@@ -102,6 +104,8 @@ def _parameters(training: Training) -> list[inspect.Parameter]:
         inspect.Parameter("threads", keyword, default=None, annotation=ThreadsOption),
         inspect.Parameter("device", keyword, default="auto", annotation=DeviceOption),
     ]
+    if training.gpu:
+        params.append(inspect.Parameter("precision", keyword, default="auto", annotation=PrecisionOption))
     if training.distributed:
         params.append(inspect.Parameter("nproc", keyword, default=1, annotation=NprocOption))
     return params
@@ -136,15 +140,17 @@ def run_training_command(training: Training, values: dict[str, Any]) -> None:
     data, out, preset, seed = values.pop("data"), values.pop("out"), values.pop("preset"), values.pop("seed")
     resume, max_minutes = values.pop("resume"), values.pop("max_minutes")
     threads, nproc = values.pop("threads"), values.pop("nproc", 1)
-    training.device(values.pop("device"))
+    device, precision = training.device(values.pop("device")), values.pop("precision", None)
     for option in training.options:
         if option.parse and values.get(option.name) is not None:
             values[option.name] = PARSERS[option.parse](values[option.name], option.flag)
     config = training.make_config(preset, seed, values)
     kwargs = training.train_options(values)
+    if training.gpu:
+        kwargs |= {"device": device, "precision": precision}
     args = (training, config, data, out, resume, max_minutes, kwargs)
     if training.distributed:
-        result = run_in_processes(_train_one, nproc, *args, threads=threads)
+        result = run_in_processes(_train_one, nproc, *args, threads=threads, device=device)
     else:
         set_threads(threads)
         result = _train_one(*args)

@@ -38,6 +38,7 @@ __all__ = [
     "distributed",
     "from_environment",
     "launch",
+    "rank_device",
     "run_in_processes",
     "shard",
     "sync_gradients",
@@ -82,10 +83,43 @@ def shard(n: int, of: World | None = None) -> slice:
     return slice(w.rank * n // w.size, (w.rank + 1) * n // w.size)
 
 
+def _comm_device() -> torch.device:
+    """Where the process group's collectives take their tensors: this rank's CUDA device
+    under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_reduce(value: Tensor, op: Any = None) -> Tensor:
+    """``dist.all_reduce`` of ``value`` in place, through the backend's device."""
+    op = dist.ReduceOp.SUM if op is None else op
+    comm = _comm_device()
+    if value.device == comm:
+        dist.all_reduce(value, op=op)
+    else:
+        moved = value.to(comm)
+        dist.all_reduce(moved, op=op)
+        value.copy_(moved)
+    return value
+
+
+def rank_device(device: str) -> str:
+    """The device this rank trains on when the run asked for ``device``: on several processes
+    a CUDA run uses the rank's own GPU (set when it joined the group), else ``device``.
+
+    >>> rank_device("cpu")
+    'cpu'
+    """
+    if torch.device(device).type == "cuda" and world().size > 1:
+        return f"cuda:{torch.cuda.current_device()}"
+    return device
+
+
 def all_reduce_sum(value: Tensor) -> Tensor:
     """``value`` summed over the ranks (in place; unchanged in one process)."""
     if world().size > 1:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        _all_reduce(value)
     return value
 
 
@@ -97,7 +131,7 @@ def agree(flags: Sequence[bool], from_main: Sequence[bool] = ()) -> tuple[bool, 
         return tuple(flags) + tuple(from_main)
     own = [float(f) for f in flags] + [float(f) if w.main else 0.0 for f in from_main]
     t = torch.tensor(own, dtype=torch.float64)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    _all_reduce(t, dist.ReduceOp.MAX)
     return tuple(bool(v) for v in t.tolist())
 
 
@@ -111,7 +145,7 @@ def sync_gradients(module: nn.Module) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     flat = torch.cat([p.grad.reshape(-1) for p in params])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    _all_reduce(flat)
     offset = 0
     for p in params:
         n = p.numel()
@@ -124,10 +158,14 @@ def broadcast_module(*modules: nn.Module) -> None:
     machines' arithmetic differs in the last bits)."""
     if world().size == 1:
         return
+    comm = _comm_device()
     for module in modules:
         for tensor in [*module.parameters(), *module.buffers()]:
             with torch.no_grad():
-                dist.broadcast(tensor.data, src=0)
+                moved = tensor.data.to(comm)
+                dist.broadcast(moved, src=0)
+                if moved is not tensor.data:
+                    tensor.data.copy_(moved)
 
 
 def _backend(device: str | torch.device | None = None) -> str:
@@ -171,6 +209,7 @@ def _rank_main(
     target: Callable[..., Any],
     args: tuple[Any, ...],
     results: Any,
+    device: str | None = None,
 ) -> None:
     """One rank of :func:`launch`: join the group, run ``target(*args)``, report to the parent."""
     from caloforge.safety import die_with_parent
@@ -182,7 +221,9 @@ def _rank_main(
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(size))
     code = 0
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=size, timeout=TIMEOUT)
+        if torch.device(device or "cpu").type == "cuda":
+            torch.cuda.set_device(rank % torch.cuda.device_count())  # one GPU per rank
+        dist.init_process_group(_backend(device), rank=rank, world_size=size, timeout=TIMEOUT)
         value = target(*args)
         if rank == 0:
             results.put(("ok", rank, value))
@@ -224,9 +265,11 @@ def launch(
     threads: int | None = None,
     poll_s: float = 0.2,
     grace_s: float = 20.0,
+    device: str | None = None,
 ) -> Any:
-    """Run ``target(*args)`` on ``nproc`` local processes joined in a gloo process group and
-    return rank 0's result.
+    """Run ``target(*args)`` on ``nproc`` local processes joined in a process group (gloo;
+    NCCL with one CUDA device per rank when ``device`` is a CUDA device) and return rank 0's
+    result.
 
     ``target`` must be importable (a module-level function). ``threads``: torch threads per
     process (default: the cores divided among the processes). A rank that fails stops the
@@ -246,7 +289,7 @@ def launch(
     procs = [
         ctx.Process(
             target=_rank_main,
-            args=(rank, nproc, port, threads, target, args, results),
+            args=(rank, nproc, port, threads, target, args, results, device),
             name=f"caloforge-rank-{rank}",
         )
         for rank in range(nproc)
@@ -314,16 +357,19 @@ def launch(
     return done[0][2]
 
 
-def run_in_processes(target: Callable[..., Any], nproc: int, *args: Any, threads: int | None) -> Any:
+def run_in_processes(
+    target: Callable[..., Any], nproc: int, *args: Any, threads: int | None, device: str | None = None
+) -> Any:
     """``target(*args)`` (a module-level training function) on ``nproc`` local processes
     (``--nproc``), in the process group of a ``torchrun`` start, or here; the result of rank 0
-    (None on the other ranks, which report nothing)."""
+    (None on the other ranks, which report nothing). ``device``: the device the training runs
+    on (a CUDA device: NCCL, one device per rank)."""
     if nproc > 1:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("--nproc inside a torchrun start: give the process count to torchrun only")
-        return launch(target, nproc, *args, threads=threads)
+        return launch(target, nproc, *args, threads=threads, device=device)
     if threads is not None:
         torch.set_num_threads(threads)
-    with distributed() as w:
+    with distributed(device) as w:
         result = target(*args)
     return result if w.main else None

@@ -25,7 +25,16 @@ from caloforge.models._config import PresetConfig
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-from caloforge.models._distributed import agree, all_reduce_sum, sync_gradients, world
+from caloforge.models._distributed import (
+    agree,
+    all_reduce_sum,
+    broadcast_module,
+    rank_device,
+    shard,
+    sync_gradients,
+    world,
+)
+from caloforge.models._placement import Placement, resolve_precision
 from caloforge.models.checkpoint import RUN_CHECKPOINT, read_checkpoint, save_checkpoint
 from caloforge.models.nn.ema import EMA
 from caloforge.models.protocol import CheckpointError
@@ -39,15 +48,18 @@ __all__ = [
     "EMATrainer",
     "Progress",
     "RunOptions",
+    "Term",
     "TrainResult",
     "Trainer",
     "TrainingDiverged",
     "check_resumable",
+    "combine_terms",
     "distributed_step",
     "locked_run",
     "non_finite_entry",
     "open_run",
     "optimizer_step",
+    "placement_of",
     "run_checkpoint",
     "run_lock",
     "run_loop",
@@ -130,11 +142,55 @@ class TrainResult:
 class RunOptions(TypedDict, total=False):
     """How a training run goes, the keywords every family's ``train`` takes: ``resume`` (continue
     the checkpoint in the run directory exactly), ``progress`` (``progress(stage, done, total,
-    info=...)``) and ``max_minutes`` (stop with a resumable checkpoint after that long)."""
+    info=...)``) and ``max_minutes`` (stop with a resumable checkpoint after that long); a
+    training that runs on devices (:class:`~caloforge.models.protocol.Training` ``gpu``) also
+    takes ``device`` (``cpu``, ``cuda:N``) and ``precision`` (``auto``, ``float32``,
+    ``bfloat16``; see :func:`placement_of`)."""
 
     resume: bool
     progress: Progress | None
     max_minutes: float | None
+    device: str
+    precision: str
+
+
+@dataclass
+class Term:
+    """One term of a training loss: ``value``, a mean over ``units`` (None: the showers of the
+    batch share; else a count, e.g. of non-empty layers) of this rank's share of the batch,
+    ``weight`` its factor in the loss, logged as ``name``. :func:`combine_terms` makes the loss
+    of the whole (global) batch out of the ranks' shares."""
+
+    name: str
+    value: Tensor
+    units: Tensor | float | None = None
+    weight: float = 1.0
+
+
+def combine_terms(terms: list[Term], showers: int) -> tuple[Tensor, list[tuple[str, float]]]:
+    """This rank's part of the loss of the global batch (``showers``: the showers of its
+    share), and each term's value on the global batch (logged).
+
+    Each term is weighted by this rank's share of its units, so the ranks' parts sum to the
+    loss one process computes on the whole batch (:func:`optimizer_step` sums them); in one
+    process the loss is the plain weighted sum.
+
+    >>> terms = [Term("a", torch.tensor(2.0)), Term("b", torch.tensor(1.0), weight=0.5)]
+    >>> loss, logged = combine_terms(terms, 4)
+    >>> float(loss), logged
+    (2.5, [('a', 2.0), ('b', 1.0)])
+    """
+    if world().size == 1:
+        loss = sum(t.weight * t.value for t in terms)
+        return loss, [(t.name, t.value.item()) for t in terms]  # type: ignore[return-value]
+    device = terms[0].value.device
+    units = torch.tensor(
+        [float(showers if t.units is None else t.units) for t in terms], dtype=torch.float64, device=device
+    )
+    share = units / all_reduce_sum(units.clone()).clamp_min(1.0)
+    loss = sum(t.weight * t.value * share[i].to(t.value.dtype) for i, t in enumerate(terms))
+    logged = all_reduce_sum(torch.stack([t.value.detach().double() * share[i] for i, t in enumerate(terms)]))
+    return loss, [(t.name, v) for t, v in zip(terms, logged.tolist(), strict=True)]  # type: ignore[return-value]
 
 
 class Trainer(Protocol):
@@ -295,15 +351,29 @@ def seeded(seed: int, make: Callable[[], T]) -> T:
 class EMATrainer:
     """What the trainers that keep an EMA of their network share (CaloINN, L2LFlows, BIB-AE,
     CaloDREAM): the batch generator, the validation split, the counters :func:`run_loop`
-    reads, an optimiser update that feeds the EMA, and the checkpoint state
-    (:func:`ema_training_state`). A subclass builds its model and optimisers, calls
-    :meth:`start`, and says which network is averaged (:meth:`averaged`), under which
-    checkpoint key its live weights go (``live_key``) and which parts (optimisers, schedulers,
-    critics) the checkpoint holds (:meth:`parts`)."""
+    reads, an optimiser update that feeds the EMA, the checkpoint state
+    (:func:`ema_training_state`), the device (:meth:`place_on`) and, for a trainer that
+    describes its loss as :meth:`inputs` and :meth:`terms`, the whole step on one or several
+    processes (:meth:`one_step`). A subclass builds its model and optimisers, calls
+    :meth:`start`, and says which network is averaged and trained (:meth:`averaged`), under
+    which checkpoint key its live weights go (``live_key``) and which parts (optimisers,
+    schedulers, critics) the checkpoint holds (:meth:`parts`).
+
+    Data-parallel (``distributed``): every rank draws the same global batch — rows and every
+    random number, with the run's CPU generator — and computes :meth:`inputs` for all of it;
+    its network then sees only its share, and :func:`combine_terms` weights the shares so the
+    summed gradients are those of the whole batch: the same training as one process, up to
+    rounding."""
 
     live_key = "net"
     #: What the refusal of a checkpoint trained on other data tells the user to do.
     same_data = "resume with the same data (and --max-showers)"
+    #: Whether :meth:`one_step` runs data-parallel (see the class docstring).
+    distributed = True
+    #: Validation: the first showers of the validation split, in chunks of this many.
+    validation_showers = 2048
+    validation_chunk = 256
+    place = Placement()
     config: Any
     data: Any
     model: Any
@@ -325,6 +395,60 @@ class EMATrainer:
     def averaged(self) -> nn.Module:
         """The network whose weights the EMA averages (default ``model.net``)."""
         return self.model.net
+
+    def place_on(self, place: Placement) -> None:
+        """Move the model, the EMA and :meth:`device_modules` to ``place``'s device (before
+        the first step or a restore: the optimisers hold the same parameter objects)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
+    def device_modules(self) -> list[nn.Module]:
+        """What lives on the training device (default the model and the EMA copy)."""
+        return [self.model, self.ema.module]
+
+    def inputs(self, idx: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+        """The network inputs of the showers ``idx`` on the device, per shower along the first
+        axis (rows put with ``self.place.put``, random numbers drawn with ``gen``)."""
+        raise NotImplementedError
+
+    def terms(self, net: nn.Module, inputs: dict[str, Tensor]) -> list[Term]:
+        """The loss terms of ``net`` on ``inputs`` (a share of :meth:`inputs`)."""
+        raise NotImplementedError
+
+    def after_update(self) -> None:
+        """What follows every update, made or skipped (default: the one-cycle schedule)."""
+        self.one_cycle_step()
+
+    def one_step(self) -> list[tuple[str, float | None]]:
+        """One update of :meth:`averaged` on a batch of ``config.batch_size`` training showers
+        (this rank's share of it), the terms logged, and the validation when due."""
+        cfg = self.config
+        pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
+        net = self.averaged()
+        net.train()
+        batch = self.inputs(self.train_idx[pick], self.gen)
+        mine = shard(cfg.batch_size)
+        with self.place.autocast():
+            terms = self.terms(net, {k: v[mine] for k, v in batch.items()})
+        loss, logged = combine_terms(terms, mine.stop - mine.start)
+        values: list[tuple[str, float | None]] = list(logged)
+        if not self.update(loss, net):
+            values = [(name, None) for name, _ in logged]
+        self.after_update()
+        if self.validation_due():
+            values.append(("val", self.validation_loss()))
+        return values
+
+    def validation_loss(self) -> float:
+        """The loss of the EMA network on the validation showers (the same noise every time)."""
+
+        def loss(idx: Tensor, gen: torch.Generator) -> float:
+            with self.place.autocast():
+                terms = self.terms(self.ema.module, self.inputs(idx, gen))
+            return float(sum(t.weight * t.value for t in terms).item())  # type: ignore[union-attr]
+
+        return self.validation_mean(loss, self.validation_showers, self.validation_chunk)
 
     def parts(self) -> dict[str, Any]:
         """What else the checkpoint holds (default the optimiser ``opt`` and scheduler ``sched``)."""
@@ -558,10 +682,25 @@ def run_to_end(
     ``config.checkpoint_minutes``) and mark its model complete when it got there."""
     if state is not None:
         trainer.restore(state, ckpt)
+    if world().size > 1 and hasattr(trainer, "device_modules"):
+        broadcast_module(*trainer.device_modules())  # identical replicas on every rank
     run_loop(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     trainer.model.complete = trainer.step >= config.steps
+
+
+def placement_of(trainer: Any, config: Any, device: str = "cpu", precision: str = "auto") -> Placement:
+    """Where ``trainer`` runs for ``device`` (:func:`caloforge.devices.resolve_device`; on
+    several processes the rank's own GPU) and ``precision`` (``auto``: bfloat16 autocast on a
+    CUDA device where the trainer allows it, ``amp = True``); a trainer without
+    ``place_on`` runs on the CPU in float32 only."""
+    from caloforge.devices import resolve_device
+
+    what = f"{type(config).__name__.removesuffix('Config')} training"
+    placeable = hasattr(trainer, "place_on")
+    device = rank_device(resolve_device(device, cpu_only=None if placeable else what))
+    return Placement(device, resolve_precision(precision, device, bool(getattr(trainer, "amp", False)), what))
 
 
 def train_run(
@@ -578,7 +717,8 @@ def train_run(
     the data of ``data_path`` (progress stage ``load``), ``make_trainer(config, data)``, run it
     to ``config.steps`` (:func:`run_to_end`), write the final checkpoint and return the
     :class:`TrainResult` (parameters from ``trainer.model.n_parameters()``). ``run``: the
-    :class:`RunOptions` ``resume``, ``progress`` and ``max_minutes``."""
+    :class:`RunOptions` (``device`` and ``precision``: :func:`placement_of`). On several
+    processes every rank trains its share and rank 0 writes."""
     unknown = sorted(set(run) - set(RunOptions.__annotations__))
     if unknown:
         raise TypeError(f"train() got an unexpected keyword argument '{unknown[0]}'")
@@ -592,9 +732,14 @@ def train_run(
         if progress is not None:
             progress("load", 1, 1)
         trainer = make_trainer(config, data)
+        place = placement_of(trainer, config, run.get("device", "cpu"), run.get("precision", "auto"))
+        if hasattr(trainer, "place_on"):
+            trainer.place_on(place)
         run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
-        trainer.save(ckpt)
         model = trainer.model
+        if not world().main:  # rank 0 writes
+            return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, {})
+        trainer.save(ckpt)
         return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, model.n_parameters())
 
 

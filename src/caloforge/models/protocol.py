@@ -442,7 +442,8 @@ class Training:
 
     which runs the shared loop of :mod:`caloforge.models._training` (checkpoints, resume,
     Ctrl-C, time budget, divergence guard). ``options`` are the family's own settings;
-    ``distributed``: the training runs on several processes (``--nproc``, torchrun).
+    ``distributed``: the training runs on several processes (``--nproc``, torchrun); ``gpu``:
+    it runs on a CUDA device too (its train function takes ``device`` and ``precision``).
     """
 
     command: str
@@ -456,6 +457,7 @@ class Training:
     config_fixed: Mapping[str, Any] = field(default_factory=dict)
     train_fixed: Mapping[str, Any] = field(default_factory=dict)
     distributed: bool = False
+    gpu: bool = False
 
     @classmethod
     def of_package(
@@ -481,10 +483,10 @@ class Training:
 
     def device(self, spec: str) -> str:
         """The device ``--device spec`` names for this training (:func:`caloforge.devices.resolve_device`):
-        the CPU for every family so far (``auto`` means the CPU; CUDA is refused in one line)."""
+        for a training without ``gpu`` the CPU (``auto`` means the CPU; CUDA is refused in one line)."""
         from caloforge.devices import resolve_device
 
-        return resolve_device(spec, cpu_only=f"{self.title} training")
+        return resolve_device(spec, cpu_only=None if self.gpu else f"{self.title} training")
 
     def config_class(self) -> Any:
         """The config class (imports the family's config module)."""

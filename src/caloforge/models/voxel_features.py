@@ -15,6 +15,7 @@ from torch import Tensor
 
 from caloforge.detector import CellGrid, Detector, PolarGrid
 from caloforge.io import open_showers
+from caloforge.models._placement import rand
 
 #: What to tell the owner of a file an image model cannot train on.
 CONVERT_HINT = "convert it with `caloforge convert --detector ild-ecal-30`"
@@ -44,9 +45,9 @@ def log_energy_features(voxels: Tensor, threshold: float, gen: torch.Generator |
     hit = voxels >= threshold
     lo, hi = EMPTY_SLAB
     if gen is None:
-        empty = torch.full(voxels.shape, (lo + hi) / 2)
+        empty = torch.full(voxels.shape, (lo + hi) / 2, device=voxels.device)
     else:
-        empty = lo + (hi - lo) * torch.rand(voxels.shape, generator=gen)
+        empty = lo + (hi - lo) * rand(voxels.shape, gen, voxels.device)
     return torch.where(hit, torch.log(voxels.clamp_min(threshold) / threshold), empty)
 
 

@@ -52,6 +52,7 @@ FAMILY = Family.of_package(
             data_help="Training cell-image file (voxels on a cell grid, e.g. ild-ecal-30).",
             preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
             options=loop_options(2),
+            gpu=True,
         ),
     ),
     shipped={"bibae": "bibae_ild30_cpu.pt"},

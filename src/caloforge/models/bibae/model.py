@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.detector import CellGrid, Detector
+from caloforge.models._placement import rand, randn
 from caloforge.models.bibae.config import BIBAEConfig
 from caloforge.models.checkpoint import detector_state
 
@@ -169,7 +170,7 @@ def mmd(a: Tensor, b: Tensor, bandwidths: Sequence[float] = (0.05, 0.2, 1.0, 5.0
 
 def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, e: Tensor, gen: torch.Generator) -> Tensor:
     """WGAN-GP: mean ``(|grad critic| - 1)^2`` at random points between ``real`` and ``fake``."""
-    alpha = torch.rand((len(real), 1, 1, 1, 1), generator=gen)
+    alpha = rand((len(real), 1, 1, 1, 1), gen, real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mix, e).sum(), mix, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
@@ -213,14 +214,14 @@ class BIBAE(nn.Module):
         """Scaled images (before the post-processor) of latents ``z``; the decoder's
         ``noise_dims`` extra inputs are fresh N(0, 1) draws from ``gen`` (the information the
         bottleneck does not carry: cell-level fluctuations, as the BIB-AE's noise inputs)."""
-        noise = torch.randn((len(z), self.config.noise_dims), generator=gen)
+        noise = randn((len(z), self.config.noise_dims), gen, z.device)
         return self.decoder(torch.cat([z, noise], 1), e)
 
     @torch.no_grad()
     def sample(self, e_inc_gev: Tensor, gen: torch.Generator, latent_scale: float = 1.0) -> Tensor:
         """Cell showers (MeV, thresholded) ``(B, L·N·N)`` for the incident energies (GeV)."""
         e = self.energy_condition(e_inc_gev)
-        z = torch.randn((len(e), self.config.latent), generator=gen) * latent_scale
+        z = randn((len(e), self.config.latent), gen, e.device) * latent_scale
         return self.from_scaled(self.post(self.decode(z, e, gen), e))
 
     def n_parameters(self) -> dict[str, int]:

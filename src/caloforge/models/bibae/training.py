@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from caloforge.models._placement import randn
 from caloforge.models._training import (
     EMATrainer,
     RunOptions,
@@ -66,9 +67,14 @@ def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 class _Trainer(EMATrainer):
-    """Mutable state of one BIB-AE training run, and one step of it."""
+    """Mutable state of one BIB-AE training run, and one step of it.
+
+    One process only (``distributed = False``): the latent and hit-energy MMDs compare whole
+    batches, so a rank's share of a batch does not give its share of the loss. Float32 only:
+    the critics' gradient penalties differentiate twice, which bfloat16 does not carry."""
 
     live_key = "model"
+    distributed = False
 
     def __init__(self, config: BIBAEConfig, data: Images) -> None:
         with torch.random.fork_rng(devices=[]):
@@ -90,11 +96,11 @@ class _Trainer(EMATrainer):
         self.opt_critic = torch.optim.Adam(self.critics.parameters(), lr=config.lr_critic, betas=betas)
 
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.model
-        return m.to_scaled(self.data.voxels[idx]), m.energy_condition(self.data.energy[idx])
+        m, put = self.model, self.place.put
+        return m.to_scaled(put(self.data.voxels[idx])), m.energy_condition(put(self.data.energy[idx]))
 
     def _noise(self, n: int) -> Tensor:
-        return torch.randn((n, self.config.latent), generator=self.gen)
+        return randn((n, self.config.latent), self.gen, self.place.device)
 
     def one_step(self) -> list[tuple[str, float | None]]:
         cfg = self.config
@@ -114,7 +120,7 @@ class _Trainer(EMATrainer):
         cfg, m, crit = self.config, self.model, self.critics
         m.train()
         mu, logvar = m.encode(x, e)
-        z = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=self.gen)
+        z = mu + (0.5 * logvar).exp() * randn(mu.shape, self.gen, mu.device)
         recon = m.decode(z, e, self.gen)
         fake = m.decode(self._noise(len(x)), e, self.gen)
         # the critics: Wasserstein estimates plus gradient penalties
@@ -178,9 +184,7 @@ class _Trainer(EMATrainer):
         m.eval()
         with torch.no_grad():
             mu, logvar = m.encode(x, e)
-            recon = m.decode(
-                mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=self.gen), e, self.gen
-            )
+            recon = m.decode(mu + (0.5 * logvar).exp() * randn(mu.shape, self.gen, mu.device), e, self.gen)
             prior = m.decode(self._noise(len(x)), e, self.gen)
         m.post.train()
         hit = mmd(self._hit_vectors(m.post(prior, e)), self._hit_vectors(x))
@@ -220,6 +224,9 @@ class _Trainer(EMATrainer):
 
     def averaged(self) -> nn.Module:
         return self.model
+
+    def device_modules(self) -> list[nn.Module]:
+        return [*super().device_modules(), self.critics]
 
     def parts(self) -> dict[str, Any]:
         return {

@@ -71,6 +71,8 @@ def _dream_training(part: str, title: str, summary: str, options: tuple[Option, 
         data_help=_DREAM_VOXELS,
         preset_help=_DREAM_PRESETS,
         options=(*options, steps_option(), batch_size_option()),
+        distributed=True,
+        gpu=True,
         train_fixed={"part": part},
     )
 

@@ -8,12 +8,16 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from caloforge.models._distributed import world
+from caloforge.models._placement import rand, randn
 from caloforge.models._training import (
     EMATrainer,
     Progress,
+    Term,
     TrainResult,
     locked_run,
     open_run,
+    placement_of,
     run_to_end,
     seeded,
 )
@@ -32,21 +36,25 @@ from caloforge.models.calodream.variables import (
     dequantize_fractions,
 )
 from caloforge.models.nn.ema import EMA
-from caloforge.models.nn.vae import vae_loss
+from caloforge.models.nn.vae import vae_terms
 
 # --------------------------------------------------------------------------- training
 
 
 def _cfm_pair(x1: Tensor, gen: torch.Generator, per_element: bool) -> tuple[Tensor, Tensor, Tensor]:
     """``(x_t, t, target velocity)`` of the straight path from noise to ``x1``."""
-    x0 = torch.randn(x1.shape, generator=gen)
-    t = torch.rand(x1.shape if per_element else (len(x1),), generator=gen)
+    x0 = randn(x1.shape, gen, x1.device)
+    t = rand(x1.shape if per_element else (len(x1),), gen, x1.device)
     tb = t if per_element else t.view(-1, *([1] * (x1.dim() - 1)))
     return (1 - tb) * x0 + tb * x1, t, x1 - x0
 
 
 class _Trainer(EMATrainer):
-    """Mutable state of one CaloDREAM training run, and one step of it."""
+    """Mutable state of one CaloDREAM training run, and one step of it. The flow-matching
+    networks and the VAE train under bfloat16 autocast on a GPU (``amp``): their losses are
+    mean squared errors and cross entropies, the ODE is solved in float32 at generation."""
+
+    amp = True
 
     same_data = "resume with the same data"
 
@@ -71,47 +79,42 @@ class _Trainer(EMATrainer):
         return self.data.frac[idx].reshape(-1, 1, *self.model.grid)
 
     def _shape_x(self, idx: Tensor, gen: torch.Generator, fitted: bool = True) -> Tensor:
-        frac, e_layer = self.data.frac[idx], self.data.e_layer[idx]  # type: ignore[index]
+        put = self.place.put
+        frac, e_layer = put(self.data.frac[idx]), put(self.data.e_layer[idx])  # type: ignore[index]
         if self.config.dequantize and not self.model.latent:
             frac = dequantize_fractions(frac, e_layer, self.data.detector.threshold_mev, gen)
         with torch.no_grad():  # unfitted: the standardisation itself is being fitted
             features = self.model.shape_features if fitted else self.model.raw_shape_features
             return features(frac, e_layer, gen)
 
-    def _loss(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        m, data = self.model, self.data
+    def inputs(self, idx: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+        m, data, put = self.model, self.data, self.place.put
+        e = put(data.energy[idx])
         if self.part == "energy":
-            z = m.u_features(data.u[idx])
+            z = m.u_features(put(data.u[idx]))
             x_t, t, target = _cfm_pair(z, gen, per_element=True)
-            pred = net(x_t, t, z, m.energy_condition(data.energy[idx]))
-            loss = (pred - target).pow(2).mean()
-            return loss, {"cfm": loss.item()}
+            return {"x_t": x_t, "t": t, "target": target, "z": z, "c": m.energy_condition(e)}
         if self.part == "vae":
-            ce, kl = vae_loss(net, self._frac(idx), self.config.vae_beta, gen)  # type: ignore[arg-type]
-            return ce + self.config.vae_beta * kl, {"ce": ce.item(), "kl": kl.item()}
+            frac = put(self._frac(idx))
+            return {"frac": frac, "eps": randn((len(idx), *m.net.latent_shape), gen, frac.device)}
         x1 = self._shape_x(idx, gen)
         x_t, t, target = _cfm_pair(x1, gen, per_element=False)
-        loss = (net(x_t, t, shape_condition(m, data.energy[idx], data.u[idx])) - target).pow(2).mean()
-        return loss, {"cfm": loss.item()}
+        return {"x_t": x_t, "t": t, "target": target, "c": shape_condition(m, e, put(data.u[idx]))}
 
-    def one_step(self) -> list[tuple[str, float | None]]:
-        cfg = self.config
-        pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
-        self.model.net.train()
-        loss, parts = self._loss(self.model.net, self.train_idx[pick], self.gen)
-        if not self.update(loss, self.model.net):
-            parts = {k: None for k in parts}  # type: ignore[misc]
+    def terms(self, net: nn.Module, inputs: dict[str, Tensor]) -> list[Term]:
+        """The flow-matching loss (``cfm``), or the VAE's cross entropy per non-empty layer
+        (``ce``) and KL (``kl``, weighted by ``vae_beta``)."""
+        if self.part == "vae":
+            ce, kl, filled = vae_terms(net, inputs["frac"], inputs["eps"])  # type: ignore[arg-type]
+            return [Term("ce", ce, units=filled), Term("kl", kl, weight=self.config.vae_beta)]
+        if self.part == "energy":
+            pred = net(inputs["x_t"], inputs["t"], inputs["z"], inputs["c"])
+        else:
+            pred = net(inputs["x_t"], inputs["t"], inputs["c"])
+        return [Term("cfm", (pred - inputs["target"]).pow(2).mean())]
+
+    def after_update(self) -> None:
         self.sched.step()
-        out: list[tuple[str, float | None]] = list(parts.items())
-        if self.validation_due():
-            out.append(("val", self.validation_loss()))
-        return out
-
-    def validation_loss(self) -> float:
-        """Loss of the EMA network on the validation showers (fixed noise)."""
-        return self.validation_mean(
-            lambda idx, gen: self._loss(self.ema.module, idx, gen)[0].item(), 2048, 256
-        )
 
     def finished_model(self) -> CaloDream:
         """The model with the EMA weights (what is saved for inference)."""
@@ -131,6 +134,8 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     max_minutes: float | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> TrainResult:
     """Train one CaloDREAM part on the voxel file ``data_path``; checkpoint in ``out_dir``.
 
@@ -139,6 +144,9 @@ def train(
     generates showers on its own; ``resume=True`` with ``energy_model`` on a finished run
     embeds (or replaces) it afterwards. Checkpoints every ``checkpoint_minutes``, on Ctrl-C and at
     the end; ``resume=True`` continues exactly; ``out_dir/train_log.jsonl`` gets the losses.
+    ``device``, ``precision``: where it trains (:func:`~caloforge.models._training.placement_of`;
+    every part allows bfloat16 autocast); data-parallel on several processes (``--nproc``,
+    torchrun).
     """
     start = time.monotonic()
     if part not in PARTS:
@@ -165,7 +173,10 @@ def train(
                 f"the data for '{data.detector.name}'"
             )
     trainer = _Trainer(config, part, data, vae)
+    trainer.place_on(placement_of(trainer, config, device, precision))
     run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
+    if not world().main:  # rank 0 writes
+        return TrainResult.of(trainer, ckpt, config.steps, trainer.model.complete, start, {}, part)
     if energy is None and state is not None and state.get("energy_model") is not None:
         energy = model_from_state(state["energy_model"], str(ckpt))  # keep what an earlier call embedded
     trainer.model.energy_model = energy

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from caloforge.models._placement import rand
 from caloforge.models.nn.quantile_map import QuantileMap
 from caloforge.models.voxel_features import (  # noqa: F401 - re-exported: CaloDREAM's names
     EMPTY_CUT,
@@ -86,7 +87,7 @@ def dequantize_fractions(frac: Tensor, e_layer: Tensor, threshold: float, gen: t
     n, n_layers = e_layer.shape
     f = frac.reshape(n, n_layers, -1)
     scale = (threshold / e_layer.clamp_min(1e-30)).unsqueeze(-1)
-    noise = torch.rand(f.shape, generator=gen) * scale
+    noise = rand(f.shape, gen, f.device) * scale
     f = torch.where((f == 0) & (e_layer >= threshold).unsqueeze(-1), noise, f)
     return f.reshape(frac.shape)
 

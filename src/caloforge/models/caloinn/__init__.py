@@ -53,6 +53,8 @@ FAMILY = Family.of_package(
             data_help="Training voxel file (`caloforge simulate --voxel-out`).",
             preset_help="cpu (under an hour on 2 cores), paper or smoke.",
             options=loop_options(),
+            distributed=True,
+            gpu=True,
         ),
     ),
     shipped={"caloinn": "caloinn_ds2_cpu.pt"},

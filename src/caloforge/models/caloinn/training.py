@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from caloforge.models._training import (
     EMATrainer,
     RunOptions,
+    Term,
     TrainResult,
     seeded,
     train_run,
@@ -39,7 +40,8 @@ def load_voxels(path: str | Path, max_showers: int | None = None, min_showers: i
 
 
 class _Trainer(EMATrainer):
-    """Mutable state of one CaloINN training run, and one step of it."""
+    """Mutable state of one CaloINN training run, and one step of it (float32 only: the
+    spline flow's log-determinant sums thousands of terms, beyond bfloat16's 8 bits)."""
 
     live_key = "flow"
 
@@ -51,30 +53,16 @@ class _Trainer(EMATrainer):
         self.model.fit_standardisation(data.voxels[fit], data.energy[fit], fit_gen)
         self.adamw_one_cycle(self.model.flow)
 
-    def _loss(self, flow: nn.Module, idx: Tensor, gen: torch.Generator) -> Tensor:
-        m = self.model
-        e = self.data.energy[idx]
-        x = m.features(self.data.voxels[idx], e, gen)
-        z, ladj = flow(x, m.energy_condition(e))
-        return -(gaussian_log_prob(z) + ladj).mean() / x[0].numel()
+    def inputs(self, idx: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+        m, put = self.model, self.place.put
+        e = put(self.data.energy[idx])
+        return {"x": m.features(put(self.data.voxels[idx]), e, gen), "c": m.energy_condition(e)}
 
-    def one_step(self) -> list[tuple[str, float | None]]:
-        cfg = self.config
-        pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
-        self.model.flow.train()
-        loss = self._loss(self.model.flow, self.train_idx[pick], self.gen)
-        value: float | None = loss.item()
-        if not self.update(loss, self.model.flow):
-            value = None
-        self.one_cycle_step()
-        out: list[tuple[str, float | None]] = [("nll", value)]
-        if self.validation_due():
-            out.append(("val", self.validation_loss()))
-        return out
-
-    def validation_loss(self) -> float:
-        """NLL per feature of the EMA flow on the validation showers (fixed slab noise)."""
-        return self.validation_mean(lambda idx, gen: self._loss(self.ema.module, idx, gen).item(), 2048, 256)
+    def terms(self, net: nn.Module, inputs: dict[str, Tensor]) -> list[Term]:
+        """The negative log-likelihood per feature (``nll``)."""
+        x = inputs["x"]
+        z, ladj = net(x, inputs["c"])
+        return [Term("nll", -(gaussian_log_prob(z) + ladj).mean() / x[0].numel())]
 
     def averaged(self) -> nn.Module:
         return self.model.flow

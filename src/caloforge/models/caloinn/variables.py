@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from caloforge.models._placement import rand
 from caloforge.models.voxel_features import (
     EMPTY_CUT,
     layer_energies,
@@ -51,11 +52,13 @@ SHARE_CUT = 16.0
 _EPS = 1e-7
 
 
-def _slab(shape: torch.Size, slab: tuple[float, float], gen: torch.Generator | None) -> Tensor:
+def _slab(
+    shape: torch.Size, slab: tuple[float, float], gen: torch.Generator | None, device: torch.device
+) -> Tensor:
     lo, hi = slab
     if gen is None:
-        return torch.full(shape, (lo + hi) / 2, dtype=torch.float64)
-    return lo + (hi - lo) * torch.rand(shape, generator=gen, dtype=torch.float64)
+        return torch.full(shape, (lo + hi) / 2, dtype=torch.float64, device=device)
+    return lo + (hi - lo) * rand(shape, gen, device, torch.float64)
 
 
 def share_features(e_layer: Tensor, e_inc_mev: Tensor, gen: torch.Generator | None = None) -> Tensor:
@@ -70,8 +73,8 @@ def share_features(e_layer: Tensor, e_inc_mev: Tensor, gen: torch.Generator | No
     share = torch.where(remaining[:, :-1] > 0, e[:, :-1] / remaining[:, :-1].clamp_min(1e-30), 0.0)
     p = share.clamp(_EPS, 1 - _EPS)
     y = torch.log(p) - torch.log1p(-p)
-    y = torch.where(share <= 0, _slab(y.shape, SHARE_SLABS[0], gen), y)
-    y = torch.where(share >= 1, _slab(y.shape, SHARE_SLABS[1], gen), y)
+    y = torch.where(share <= 0, _slab(y.shape, SHARE_SLABS[0], gen, y.device), y)
+    y = torch.where(share >= 1, _slab(y.shape, SHARE_SLABS[1], gen, y.device), y)
     total = torch.log(remaining[:, :1].clamp_min(1e-30) / e_inc_mev.double().unsqueeze(-1))
     return torch.cat([y, total], dim=-1).float()
 

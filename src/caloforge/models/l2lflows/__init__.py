@@ -54,6 +54,8 @@ FAMILY = Family.of_package(
             ),
             preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
             options=loop_options(),
+            distributed=True,
+            gpu=True,
         ),
     ),
     shipped={"l2lflows": "l2lflows_ild30_cpu.pt"},

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from caloforge.models._training import (
     EMATrainer,
     RunOptions,
+    Term,
     TrainResult,
     seeded,
     train_run,
@@ -40,7 +41,8 @@ def load_images(path: str | Path, max_showers: int | None = None, min_showers: i
 
 
 class _Trainer(EMATrainer):
-    """Mutable state of one L2LFlows training run, and one step of it."""
+    """Mutable state of one L2LFlows training run, and one step of it (float32 only: the
+    flows' log-determinants need more than bfloat16's 8 bits)."""
 
     def __init__(self, config: L2LFlowsConfig, data: Images) -> None:
         self.model = seeded(config.seed, lambda: L2LFlows(config, data.detector, data.energy_range))
@@ -49,36 +51,22 @@ class _Trainer(EMATrainer):
         self.model.fit_standardisation(data.voxels[fit], torch.Generator().manual_seed(config.seed + 3))
         self.adamw_one_cycle(self.model.net)
 
-    def _losses(self, net: nn.Module, idx: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-        """NLL per feature of the layer energies and of the cells, batch means."""
-        m = self.model
-        g, y = m.features(self.data.voxels[idx], gen)
-        lp_e, lp_y = m.log_prob(g, y, self.data.energy[idx], net)
-        return -lp_e.mean() / g[0].numel(), -lp_y.mean() / y[0].numel()
+    validation_showers, validation_chunk = 512, 64
 
-    def one_step(self) -> list[tuple[str, float | None]]:
-        cfg = self.config
-        pick = torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)
-        net = self.model.net
-        net.train()
-        nll_e, nll_y = self._losses(net, self.train_idx[pick], self.gen)
-        values: tuple[float | None, float | None] = (nll_e.item(), nll_y.item())
-        if not self.update(nll_e + nll_y, net):
-            values = (None, None)
-        self.one_cycle_step()
-        out: list[tuple[str, float | None]] = [("nll_energy", values[0]), ("nll_cells", values[1])]
-        if self.validation_due():
-            out.append(("val", self.validation_loss()))
-        return out
+    def inputs(self, idx: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+        put = self.place.put
+        g, y = self.model.features(put(self.data.voxels[idx]), gen)
+        return {"g": g, "y": y, "e": put(self.data.energy[idx])}
 
-    def validation_loss(self) -> float:
-        """Summed NLL per feature (energy + cells) of the EMA flows on the validation showers."""
-
-        def loss(idx: Tensor, gen: torch.Generator) -> float:
-            nll_e, nll_y = self._losses(self.ema.module, idx, gen)
-            return (nll_e + nll_y).item()
-
-        return self.validation_mean(loss, 512, 64)
+    def terms(self, net: nn.Module, inputs: dict[str, Tensor]) -> list[Term]:
+        """Negative log-likelihood per feature of the layer energies (``nll_energy``) and of
+        the cells (``nll_cells``), with teacher forcing."""
+        g, y = inputs["g"], inputs["y"]
+        lp_e, lp_y = self.model.log_prob(g, y, inputs["e"], net)
+        return [
+            Term("nll_energy", -lp_e.mean() / g[0].numel()),
+            Term("nll_cells", -lp_y.mean() / y[0].numel()),
+        ]
 
 
 def train(

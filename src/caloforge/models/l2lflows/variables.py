@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from caloforge.models._placement import rand
+
 
 def layer_energies(images: Tensor) -> Tensor:
     """``(n, L)`` layer energies of images ``(n, L, H, W)``."""
@@ -25,7 +27,7 @@ def energy_features(energies: Tensor, threshold: float, gen: torch.Generator | N
     """``g = log(E' + t)`` of layer energies ``(n, L)`` (MeV), empty layers dequantised in ``[0, t)``
     (at ``t / 2`` without ``gen``)."""
     empty = energies <= 0
-    u = torch.rand(energies.shape, generator=gen) if gen is not None else torch.full_like(energies, 0.5)
+    u = rand(energies.shape, gen, energies.device) if gen is not None else torch.full_like(energies, 0.5)
     return torch.log(torch.where(empty, u * threshold, energies) + threshold)
 
 
@@ -41,7 +43,7 @@ def cell_features(
     """``y`` ``(n, L, H, W)`` of images (MeV) with layer energies ``(n, L)``, empty cells
     dequantised in ``[0, t)`` (at ``t / 2`` without ``gen``)."""
     empty = images <= 0
-    u = torch.rand(images.shape, generator=gen) if gen is not None else torch.full_like(images, 0.5)
+    u = rand(images.shape, gen, images.device) if gen is not None else torch.full_like(images, 0.5)
     norm = energies.clamp_min(threshold)[..., None, None]
     return torch.log((torch.where(empty, u * threshold, images) + threshold) / norm)
 

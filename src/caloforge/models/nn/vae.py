@@ -21,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["LayerVAE", "vae_loss"]
+from caloforge.models._placement import randn
+
+__all__ = ["LayerVAE", "vae_loss", "vae_terms"]
 
 
 class LayerVAE(nn.Module):
@@ -80,23 +82,33 @@ class LayerVAE(nn.Module):
         return torch.softmax(logits.reshape(n, 1, layers, -1), dim=-1).reshape(logits.shape)
 
     def forward(
-        self, fractions: Tensor, generator: torch.Generator | None = None
+        self, fractions: Tensor, generator: torch.Generator | None = None, eps: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits of a reconstruction from a sampled latent, and the latent's mean and log-variance."""
+        """Logits of a reconstruction from a sampled latent (noise ``eps``, else drawn with
+        ``generator``), and the latent's mean and log-variance."""
         mu, logvar = self.encode(fractions)
-        eps = torch.randn(mu.shape, generator=generator, device=mu.device)
+        if eps is None:
+            eps = randn(mu.shape, generator, mu.device)
         return self.logits(mu + eps * torch.exp(0.5 * logvar)), mu, logvar
 
 
-def vae_loss(
-    vae: LayerVAE, fractions: Tensor, beta: float, generator: torch.Generator | None = None
-) -> tuple[Tensor, Tensor]:
-    """``(cross entropy per non-empty layer, KL per latent value)``; the loss is ``ce + beta * kl``."""
-    logits, mu, logvar = vae(fractions, generator)
+def vae_terms(vae: LayerVAE, fractions: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(cross entropy per non-empty layer, KL per latent value, non-empty layers)`` of the
+    reconstruction from the latent noise ``eps`` ``(n, *latent_shape)``."""
+    logits, mu, logvar = vae(fractions, eps=eps)
     n, _, layers = logits.shape[:3]
     logp = torch.log_softmax(logits.reshape(n, layers, -1), dim=-1)
     f = fractions.reshape(n, layers, -1)
     filled = f.sum(-1) > 0
     ce = -(f * logp).sum(-1)[filled].mean()
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+    return ce, kl, filled.sum()
+
+
+def vae_loss(
+    vae: LayerVAE, fractions: Tensor, beta: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """``(cross entropy per non-empty layer, KL per latent value)``; the loss is ``ce + beta * kl``."""
+    eps = randn((len(fractions), *vae.latent_shape), generator, fractions.device)
+    ce, kl, _ = vae_terms(vae, fractions, eps)
     return ce, kl
