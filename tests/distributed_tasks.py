@@ -61,3 +61,10 @@ def killed_on(rank: int) -> int:
 def train_family(training: Any, config: Any, data: Path, out: Path, kwargs: dict[str, Any]):
     """A family's training (a :class:`~caloforge.models.protocol.Training`) as ``--nproc`` runs it."""
     return training.run(config, data, out, **kwargs)
+
+
+def distill_run(teacher: Any, data: Path, out: Path, config: Any):
+    """CaloClouds II (CM) distillation, as ``caloforge distill --nproc`` runs it."""
+    from caloforge.models.caloclouds2.distillation import distill
+
+    return distill(teacher, data, out, config)

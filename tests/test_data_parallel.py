@@ -17,7 +17,8 @@ from caloforge.detector import get_detector
 from caloforge.io import write_showers
 from caloforge.models._distributed import launch
 from caloforge.models.registry import families
-from conftest import toy_images, toy_voxels
+from caloforge.jets.io import write_jets
+from conftest import random_points, toy_images, toy_jets, toy_voxels
 
 ATTRS = {"energy_min_gev": 1.0, "energy_max_gev": 100.0}
 
@@ -27,6 +28,20 @@ def voxel_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dp") / "voxels.h5"
     det = get_detector("calochallenge-ds2")
     write_showers(path, toy_voxels(60, seed=3), det, generator="toy", attrs=ATTRS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def point_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dp") / "points.h5"
+    write_showers(path, random_points(30, 60, seed=5), generator="test", attrs={"energy_min_gev": 10.0})
+    return path
+
+
+@pytest.fixture(scope="module")
+def jet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dp") / "jets.h5"
+    write_jets(path, toy_jets(80, 12, seed=4), generator="toy")
     return path
 
 
@@ -44,11 +59,15 @@ def _training(command: str):
 
 #: (command, data fixture, config overrides): every training that runs data-parallel.
 CASES = [
+    ("caloclouds1", "point_file", {"calibration_showers": 8}),
     ("caloinn", "voxel_file", {}),
     ("l2lflows", "image_file", {}),
     ("calodream-energy", "voxel_file", {}),
     ("calodream-vae", "voxel_file", {}),
     ("calodream-shape", "voxel_file", {}),
+    ("epic-fm", "jet_file", {"n_particles": 12}),
+    ("epic-jedi", "jet_file", {"n_particles": 12}),
+    ("epic-gan", "jet_file", {"n_particles": 12}),
 ]
 
 
@@ -90,6 +109,8 @@ def test_two_processes_follow_one(command, data, overrides, request, tmp_path):
     data_path = request.getfixturevalue(data)
     config = _config(training, overrides)
     kwargs = dict(training.train_fixed)
+    if command == "caloclouds1":
+        kwargs["flow_from"] = "caloclouds2"  # the shipped Shower Flow
     one = tmp_path / "one"
     training.run(config, data_path, one, **kwargs)
     two = tmp_path / "two"
@@ -137,3 +158,15 @@ def test_cuda_without_cuda_is_one_line(voxel_file, tmp_path):
     training = _training("caloinn")
     with pytest.raises(ValueError, match="torch sees no CUDA device"):
         training.run(_config(training, {}), voxel_file, tmp_path / "run", device="cuda")
+
+
+def test_distillation_on_two_processes_follows_one(point_file, tmp_path):
+    from caloforge.models.caloclouds2.distillation import DistillConfig, distill
+    from caloforge.models.registry import resolve_model
+
+    teacher = resolve_model("caloclouds2")
+    config = DistillConfig.from_preset("smoke", steps=4, log_every=1)
+    distill(teacher, point_file, tmp_path / "one", config)
+    result = launch(tasks.distill_run, 2, teacher, point_file, tmp_path / "two", config, threads=1)
+    assert result.complete
+    _assert_same_run(tmp_path / "one", tmp_path / "two")

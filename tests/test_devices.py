@@ -104,12 +104,7 @@ def test_cuda_without_cuda_is_one_line_exit_2_and_writes_nothing(
 
 @pytest.mark.parametrize(
     ("command", "what"),
-    [
-        ("train", "CaloINN flow training"),
-        ("distill", "distillation"),
-        ("train-solver", "solver training"),
-        ("calibrate", "calibration"),
-    ],
+    [("train-solver", "solver training"), ("calibrate", "calibration")],
 )
 def test_steps_without_a_gpu_path_refuse_cuda_by_name(
     monkeypatch, capsys, cuda_devices, tmp_path, command, what
@@ -133,3 +128,17 @@ def test_generate_refuses_cuda_for_a_cpu_family_and_auto_takes_the_cpu(
     code, _, err = cli_run(monkeypatch, capsys, "generate", "-n", "2", "--model", "caloinn", "--out", out)
     assert code == 0, err  # --device auto: the CPU, even where torch sees a GPU
     assert out.exists()
+
+
+def test_trainings_with_a_gpu_path_take_cuda(cuda_devices):
+    """Every training that declares ``gpu`` resolves ``--device cuda:N`` where torch sees the
+    device (the run itself needs a GPU; on the CPU the same path is tested in
+    tests/test_data_parallel.py)."""
+    from caloforge.models.registry import families
+
+    cuda_devices(2)
+    trainings = [t for f in families() for t in f.trainings]
+    assert all(t.gpu for t in trainings), [t.command for t in trainings if not t.gpu]
+    for t in trainings:
+        assert t.device("cuda:1") == "cuda:1"
+        assert t.device("auto") == "cuda:0"

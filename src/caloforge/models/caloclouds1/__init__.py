@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from caloforge.models.protocol import (
     CHECKPOINT_EXPORTS,
+    Capabilities,
     Family,
     Option,
     Training,
@@ -44,6 +45,7 @@ __all__ = ["FAMILY", *_EXPORTS]
 FAMILY = Family.of_package(
     __name__,
     "CaloClouds (I)",
+    capabilities=Capabilities(gpu=True),
     generate_options=point_generation_options(),
     trainings=(
         Training.of_package(
@@ -72,6 +74,8 @@ FAMILY = Family.of_package(
                 ),
                 Option("latent_dim", int, "Latent size (default: the preset's).", min=1),
             ),
+            distributed=True,
+            gpu=True,
         ),
     ),
     shipped={"caloclouds1": "caloclouds1_cpu.pt"},

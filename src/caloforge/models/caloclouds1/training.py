@@ -14,12 +14,17 @@ from torch import Tensor, nn
 
 from caloforge.calibrate import NPointsCalibration, fit_n_points_calibration
 from caloforge.detector import Detector
+from caloforge.models._distributed import shard, world
+from caloforge.models._placement import Placement, rand, randn
 from caloforge.models._training import (
     Progress,
+    Term,
     TrainResult,
+    combine_terms,
     distributed_step,
     locked_run,
     open_run,
+    placement_of,
     run_to_end,
     save_finite_checkpoint,
     seeded,
@@ -52,6 +57,10 @@ def borrow_flow(model: str | Path, detector: Detector) -> tuple[dict[str, Tensor
     return {k: v.clone() for k, v in flow.state_dict().items()}, dict(flow.settings), str(path)
 
 
+#: Where a batch is made by default: the host.
+HOST = Placement()
+
+
 def point_batch(
     data: TrainingData,
     scaler: PointScaler,
@@ -59,21 +68,23 @@ def point_batch(
     points: int,
     encoder_points: int,
     gen: torch.Generator,
+    place: Placement = HOST,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """A training batch: ``points`` random cached points of ``batch_size`` random showers for
-    the diffusion loss and an independent draw of ``encoder_points`` for the encoder, both
-    dequantised and scaled with their real-point masks; the incident energies and N."""
+    """A training batch on ``place``'s device: ``points`` random cached points of
+    ``batch_size`` random showers for the diffusion loss and an independent draw of
+    ``encoder_points`` for the encoder, both dequantised and scaled with their real-point
+    masks; the incident energies and N (random numbers drawn with ``gen`` on the host)."""
     idx = torch.randint(len(data.energy), (batch_size,), generator=gen)
-    cached = data.points[idx]
+    cached = place.put(data.points[idx])
     valid = cached[..., 3] > 0
     out = []
     for k in (points, encoder_points):
-        keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0  # padding sorts last
+        keys = rand(valid.shape, gen, cached.device) + (~valid) * 2.0  # padding sorts last
         take = keys.argsort(dim=1)[:, :k]
         pts = dequantize(cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4)), data.point_pitch_mm, gen)
         mask = valid.gather(1, take)
         out += [torch.where(mask.unsqueeze(-1), scaler(pts), 0.0), mask]
-    return (*out, data.energy[idx], data.stats.n_points[idx])  # type: ignore[return-value]
+    return (*out, place.put(data.energy[idx]), place.put(data.stats.n_points[idx]))  # type: ignore[return-value]
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -82,7 +93,16 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 class _Trainer(PointRunState):
-    """The mutable state of a training run, and one step of it."""
+    """The mutable state of a training run, and one step of it.
+
+    Data-parallel as CaloClouds II (every rank draws the global batch and its noise, the
+    terms of its share weighted by :func:`combine_terms`). On a device the encoder and the
+    PointWise Net run under bfloat16 autocast where the placement asks for it (``amp``: a
+    denoising loss; the KL term is taken in float32), the Latent Flow in float32."""
+
+    distributed = True
+    amp = True
+    place = HOST
 
     def __init__(
         self,
@@ -121,33 +141,53 @@ class _Trainer(PointRunState):
         """One update of encoder + PointWise Net (DDPM loss + KL) and one of the Latent Flow."""
         cfg, model = self.config, self.model
         x, mask, xe, mask_e, energy, n = point_batch(
-            self.data, model.scaler, cfg.batch_size, cfg.points_per_shower, cfg.encoder_points, self.gen
+            self.data,
+            model.scaler,
+            cfg.batch_size,
+            cfg.points_per_shower,
+            cfg.encoder_points,
+            self.gen,
+            self.place,
         )
-        cond = model.condition(energy, n)
-        mu, logvar = model.encoder(xe, mask_e, cond)
-        latent = mu + (0.5 * logvar).exp() * torch.randn(mu.shape, generator=self.noise_gen)
-        kl = kl_divergence(mu, logvar)
+        eps = randn((len(x), cfg.latent_dim), self.noise_gen, x.device)  # the global batch's draws
         t, noise = ddpm_noise(x, model.schedule, self.noise_gen)
-        rec = ddpm_loss(
-            self.train_net,
-            x,
-            {"energy": energy, "n_points": n, "latent": latent},
-            model.schedule,
-            t,
-            noise,
-            mask,
-        )
-        value = self._update(rec + cfg.kl_weight * kl, self.vae, self.opt)
+        mine = shard(len(x))
+        showers = mine.stop - mine.start
+        energy, n, mask = energy[mine], n[mine], mask[mine]
+        cond = model.condition(energy, n)
+        with self.place.autocast():
+            mu, logvar = model.encoder(xe[mine], mask_e[mine], cond)
+            mu, logvar = mu.float(), logvar.float()
+            latent = mu + (0.5 * logvar).exp() * eps[mine]
+            kl = kl_divergence(mu, logvar)
+            rec = ddpm_loss(
+                self.train_net,
+                x[mine],
+                {"energy": energy, "n_points": n, "latent": latent},
+                model.schedule,
+                t[mine],
+                noise[mine],
+                mask,
+            )
+        terms = [Term("ddpm_loss", rec.float(), units=mask.sum()), Term("kl", kl, weight=cfg.kl_weight)]
+        loss, logged = combine_terms(terms, showers)
+        value = self._update(loss, self.vae, self.opt)
         if value is not None:
             self.ema.update(self.train_net)
         flow_nll = -model.latent_flow(cond).log_prob(latent.detach()).mean() / cfg.latent_dim
-        flow_value = self._update(flow_nll, model.latent_flow, self.opt_latent)
+        flow_loss, _ = combine_terms([Term("latent_flow_loss", flow_nll)], showers)
+        flow_value = self._update(flow_loss, model.latent_flow, self.opt_latent)
         ok = value is not None
-        return [
-            ("ddpm_loss", rec.item() if ok else None),
-            ("kl", kl.item() if ok else None),
-            ("latent_flow_loss", flow_value),
-        ]
+        return [*((name, v if ok else None) for name, v in logged), ("latent_flow_loss", flow_value)]
+
+    def place_on(self, place: Placement) -> None:
+        """Train on ``place``'s device (the model with its averaged net, and the live net)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
+    def device_modules(self) -> list[nn.Module]:
+        return [self.model, self.train_net]
 
     def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
         value = distributed_step(loss, module, optimizer, self.config.grad_clip)
@@ -205,12 +245,15 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     max_minutes: float | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> TrainResult:
     """Train CaloClouds (I) on the point-cloud file ``data_path``; checkpoint in ``out_dir``.
 
     ``flow_from``: the CaloClouds II model whose Shower Flow is used (frozen; default the
     shipped one). Stages ``load``, ``train`` and ``calibrate`` go to ``progress``;
-    ``max_minutes``, Ctrl-C, ``resume`` and ``train_log.jsonl`` as for CaloClouds II.
+    ``max_minutes``, Ctrl-C, ``resume``, ``train_log.jsonl``, ``device``, ``precision`` and
+    data-parallel runs as for CaloClouds II; the calibration runs on the CPU.
     """
     start = time.monotonic()
     ckpt, state = open_run(out_dir, config, resume, check_state)
@@ -220,9 +263,13 @@ def train(
     else:
         flow_state, flow_config, source = None, json.loads(state["flow_config"]), state.get("flow_source", "")
     trainer = _Trainer(config, data, flow_config, flow_state, source)
+    trainer.place_on(placement_of(trainer, config, device, precision))
     run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     model = trainer.model
+    if not world().main:  # rank 0 writes and calibrates
+        return TrainResult.of(trainer, ckpt, config.steps, model.complete, start, {})
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
+    model.to("cpu")
     fit_calibration(
         model, data, config.calibration_showers, config.calibration_refinements, config.seed, progress
     )

@@ -111,6 +111,7 @@ FAMILY = Family.of_package(
                 ),
             ),
             distributed=True,
+            gpu=True,
         ),
     ),
     shipped={

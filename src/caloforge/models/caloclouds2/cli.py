@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from caloforge.cliutils import (
     DeviceOption,
     MaxMinutesOption,
+    NprocOption,
+    PrecisionOption,
     ResumeOption,
     ThreadsOption,
     given,
     progress_bar,
     report_run,
     seed_option,
-    set_threads,
     stage_progress,
 )
 from caloforge.cliutils import (
@@ -53,15 +54,16 @@ def distill(
     max_minutes: MaxMinutesOption = None,
     threads: ThreadsOption = None,
     device: DeviceOption = "auto",
+    precision: PrecisionOption = "auto",
+    nproc: NprocOption = 1,
 ) -> None:
     """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
     from caloforge.devices import resolve_device
+    from caloforge.models._distributed import run_in_processes
     from caloforge.models.caloclouds2.distillation import DistillConfig
-    from caloforge.models.caloclouds2.distillation import distill as run_distill
     from caloforge.models.registry import resolve_model
 
-    resolve_device(device, cpu_only="distillation")
-    set_threads(threads)
+    device = resolve_device(device)
     overrides = given(
         steps=steps,
         n_levels=levels,
@@ -70,8 +72,21 @@ def distill(
     )
     config = DistillConfig.from_preset(preset, seed=seed, **overrides)
     path = None if resume else resolve_model(teacher)
+    options = {"resume": resume, "max_minutes": max_minutes, "device": device, "precision": precision}
+    result = run_in_processes(
+        _distill_one, nproc, path, data, out, config, options, threads=threads, device=device
+    )
+    if result is not None:  # rank 0 reports
+        report_run(result)
+
+
+def _distill_one(path: Path | None, data: Path, out: Path, config: Any, options: dict[str, Any]) -> Any:
+    """One distillation process (of one or several; module level, so spawned processes can run
+    it): rank 0 shows the progress."""
+    from caloforge.models._distributed import world
+    from caloforge.models.caloclouds2.distillation import distill as run_distill
+
+    if not world().main:
+        return run_distill(path, data, out, config, **options)
     with progress_bar() as bar:
-        result = run_distill(
-            path, data, out, config, resume=resume, progress=stage_progress(bar), max_minutes=max_minutes
-        )
-    report_run(result)
+        return run_distill(path, data, out, config, progress=stage_progress(bar), **options)

@@ -36,12 +36,15 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models._config import LoopConfig
+from caloforge.models._distributed import broadcast_module, shard, world
+from caloforge.models._placement import Placement, randn
 from caloforge.models._training import (
     Progress,
     TrainResult,
     check_resumable,
+    distributed_step,
     locked_run,
-    optimizer_step,
+    placement_of,
     run_checkpoint,
     run_loop,
     save_finite_checkpoint,
@@ -51,7 +54,7 @@ from caloforge.models.caloclouds2.checkpoint import load_model, model_from_state
 from caloforge.models.caloclouds2.config import SamplerSpec
 from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
-from caloforge.models.caloclouds2.training import point_batch
+from caloforge.models.caloclouds2.training import HOST, point_batch
 from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import PointWiseNet
@@ -112,6 +115,16 @@ def _distance(a: Tensor, b: Tensor, kind: str) -> Tensor:
     return ((a - b).pow(2).sum(dim=-1) + c**2).sqrt() - c
 
 
+def distillation_draws(
+    x0: Tensor, n_levels: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """The random numbers of :func:`consistency_distillation_loss` for ``x0``: a level index
+    per sample (of ``n_levels`` levels) and unit Gaussian noise like ``x0``, drawn with
+    ``generator`` on the host and put on ``x0``'s device."""
+    i = torch.randint(n_levels - 1, (x0.shape[0],), generator=generator).to(x0.device)
+    return i, randn(x0.shape, generator, x0.device, x0.dtype)
+
+
 def consistency_distillation_loss(
     student: EDMDenoiser,
     target: EDMDenoiser,
@@ -122,20 +135,22 @@ def consistency_distillation_loss(
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     loss: str = "l2",
+    draws: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Consistency-distillation loss of a batch ``x0`` ``(B, ..., d)`` (one level pair per sample).
 
     ``sigmas`` are the ``N`` discretisation levels in decreasing order (no final 0). For each
     sample a pair ``t = sigmas[i] > t' = sigmas[i + 1]`` is drawn, ``x_t = x0 + t z``, the
     teacher takes one Heun step to ``x_t'``, and the loss compares ``student(x_t, t)`` with the
-    gradient-free ``target(x_t', t')``. ``mask`` ``(B, ...)`` marks real points.
+    gradient-free ``target(x_t', t')``. ``mask`` ``(B, ...)`` marks real points. ``draws``:
+    ``(i, z)`` drawn beforehand (:func:`distillation_draws`), else drawn with ``generator``.
     """
     cond = cond or {}
     batch = x0.shape[0]
-    i = torch.randint(len(sigmas) - 1, (batch,), generator=generator, device=x0.device)
+    i, noise = draws if draws is not None else distillation_draws(x0, len(sigmas), generator)
+    sigmas = sigmas.to(x0.device)
     t, t_next = sigmas[i].to(x0.dtype), sigmas[i + 1].to(x0.dtype)
     shape = (batch, *([1] * (x0.ndim - 1)))
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     x_t = x0 + noise * t.view(shape)
     with torch.no_grad():
         d = (x_t - teacher(x_t, t, **cond)) / t.view(shape)
@@ -151,7 +166,15 @@ def consistency_distillation_loss(
 
 
 class _Distiller:
-    """Mutable state of a distillation run (student, target, optimiser, RNGs) and one step of it."""
+    """Mutable state of a distillation run (student, target, optimiser, RNGs) and one step of it.
+
+    Data-parallel like CaloClouds II training (every rank draws the global batch and its noise,
+    the loss of its share is weighted by its share of the points); the student trains under
+    bfloat16 autocast on a GPU where the placement asks for it (``amp``)."""
+
+    distributed = True
+    amp = True
+    place = HOST
 
     def __init__(self, config: DistillConfig, teacher: CaloClouds2, data: TrainingData) -> None:
         self.config, self.teacher_model, self.data = config, teacher, data
@@ -191,33 +214,48 @@ class _Distiller:
         model.sampler = SamplerSpec("consistency", 1, self.config.sigma_min, self.config.sigma_max)
         return model.eval()
 
+    def device_modules(self) -> list[nn.Module]:
+        return [self.teacher_model, self.student_net, self.target_net, self.model]
+
+    def place_on(self, place: Placement) -> None:
+        """Distil on ``place``'s device (teacher, student, target and the servable model)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
     def _wrap(self, net: nn.Module) -> ConsistencyDenoiser:
         return ConsistencyDenoiser(net, self.teacher_model.config.sigma_data, self.config.sigma_min)
 
     def one_step(self) -> list[tuple[str, float | None]]:
         cfg = self.config
         x0, mask, cond = point_batch(
-            self.data, self.teacher_model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen
+            self.data, self.teacher_model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen, self.place
         )
-        loss = consistency_distillation_loss(
-            self._wrap(self.student_net),
-            self._wrap(self.target_net),
-            self.teacher,
-            x0,
-            self.sigmas,
-            cond,
-            mask,
-            self.gen,
-            cfg.loss,
-        )
-        if not optimizer_step(loss, self.student_net, self.opt, cfg.grad_clip):
+        i, noise = distillation_draws(x0, len(self.sigmas), self.gen)
+        mine = shard(len(x0))
+        with self.place.autocast():
+            loss = consistency_distillation_loss(
+                self._wrap(self.student_net),
+                self._wrap(self.target_net),
+                self.teacher,
+                x0[mine],
+                self.sigmas,
+                {k: v[mine] for k, v in cond.items()},
+                mask[mine],
+                loss=cfg.loss,
+                draws=(i[mine], noise[mine]),
+            )
+        if world().size > 1:  # this share's part of the mean over the global batch's points
+            loss = loss * (mask[mine].sum() / mask.sum().clamp_min(1))
+        value = distributed_step(loss, self.student_net, self.opt, cfg.grad_clip)
+        if value is None:
             self.skipped += 1
             return [("cd_loss", None)]
         with torch.no_grad():
             for tgt, new in zip(self.target_net.parameters(), self.student_net.parameters(), strict=True):
                 tgt.lerp_(new, 1 - cfg.target_decay)
         self.ema.update(self.student_net)
-        return [("cd_loss", loss.item())]
+        return [("cd_loss", value)]
 
     def state(self) -> dict[str, Any]:
         return self.model.metadata() | {
@@ -277,6 +315,8 @@ def distill(
     resume: bool = False,
     progress: Progress | None = None,
     max_minutes: float | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> TrainResult:
     """Distil the CaloClouds II checkpoint ``teacher_path`` into a one-step consistency model.
 
@@ -285,6 +325,8 @@ def distill(
     (``out_dir/checkpoint.pt``, a loadable CaloClouds II model) every ``checkpoint_minutes``,
     on Ctrl-C and at the end; ``resume=True`` continues exactly and needs only the checkpoint
     and the data (``teacher_path`` may then be None). Progress stages: ``load``, ``train``, ``calibrate``.
+    ``device``, ``precision``: where it runs (:func:`~caloforge.models._training.placement_of`);
+    data-parallel on several processes (``--nproc``, torchrun), rank 0 writes and calibrates.
     """
     config = config or DistillConfig()
     start = time.monotonic()
@@ -310,13 +352,20 @@ def distill(
             f"'{data_path}' is for detector '{data.detector.name}', the teacher for '{teacher.detector.name}'"
         )
     run = _Distiller(config, teacher, data)
+    run.place_on(placement_of(run, config, device, precision))
     if state is not None:
         run.restore(state, ckpt)
+    broadcast_module(*run.device_modules())  # identical replicas on every rank
     run_loop(
         run, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
     run.model.complete = run.step >= config.steps
+    if not world().main:  # rank 0 writes and calibrates
+        return TrainResult.of(run, ckpt, config.steps, run.model.complete, start, {})
     run.save(ckpt)
+    # Generation runs the PointWise Net on the device and the rest on the CPU.
+    run.model.to("cpu")
+    run.model.net.to(run.place.device)
     tcfg = teacher.config
     energies = calibration_energies(data.energy, tcfg.calibration_showers, tcfg.seed)
     fit_calibration(

@@ -11,12 +11,14 @@ from torch import Tensor, nn
 
 from caloforge.calibrate import NPointsCalibration
 from caloforge.models._distributed import broadcast_module, shard, world
+from caloforge.models._placement import Placement, rand
 from caloforge.models._training import (
     Progress,
     TrainResult,
     distributed_step,
     locked_run,
     open_run,
+    placement_of,
     run_loop,
     save_finite_checkpoint,
     seeded,
@@ -37,22 +39,31 @@ from caloforge.models.pointdata import PointRunState, TrainingData, load_trainin
 
 # --------------------------------------------------------------------------- training
 
+#: Where a batch is made by default: the host.
+HOST = Placement()
+
 
 def point_batch(
-    data: TrainingData, scaler: PointScaler, batch_size: int, points: int, gen: torch.Generator
+    data: TrainingData,
+    scaler: PointScaler,
+    batch_size: int,
+    points: int,
+    gen: torch.Generator,
+    place: Placement = HOST,
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """A training batch: ``points`` random cached points of ``batch_size`` random showers,
-    dequantised and scaled, ``(B, points, 4)``; the real-point mask; the conditioning."""
+    """A training batch on ``place``'s device: ``points`` random cached points of ``batch_size``
+    random showers, dequantised and scaled, ``(B, points, 4)``; the real-point mask; the
+    conditioning (random numbers drawn with ``gen`` on the host)."""
     idx = torch.randint(len(data.energy), (batch_size,), generator=gen)
-    cached = data.points[idx]
+    cached = place.put(data.points[idx])
     valid = cached[..., 3] > 0
-    keys = torch.rand(valid.shape, generator=gen) + (~valid) * 2.0
+    keys = rand(valid.shape, gen, cached.device) + (~valid) * 2.0
     take = keys.argsort(dim=1)[:, :points]
     pts = cached.gather(1, take.unsqueeze(-1).expand(-1, -1, 4))
     mask = valid.gather(1, take)
     pts = dequantize(pts, data.point_pitch_mm, gen)
     x0 = torch.where(mask.unsqueeze(-1), scaler(pts), 0.0)
-    return x0, mask, {"energy": data.energy[idx], "n_points": data.stats.n_points[idx]}
+    return x0, mask, place.put({"energy": data.energy[idx], "n_points": data.stats.n_points[idx]})
 
 
 class _Trainer(PointRunState):
@@ -63,9 +74,15 @@ class _Trainer(PointRunState):
     (:func:`caloforge.models._distributed.shard`), weighted so the shares sum to the global
     loss; the gradients are summed (:func:`distributed_step`). One process is the case of one
     share, bit for bit the same as before.
+
+    On a device (:meth:`place_on`) the PointWise Net trains under bfloat16 autocast where the
+    placement asks for it (``amp``: a mean-squared denoising loss); the Shower Flow always
+    trains in float32 (its log-determinants need the precision).
     """
 
     distributed = True
+    amp = True
+    place = HOST
 
     def __init__(self, config: CaloClouds2Config, data: TrainingData) -> None:
         self.config, self.data = config, data
@@ -96,6 +113,15 @@ class _Trainer(PointRunState):
         pts = dequantize(data.points, data.point_pitch_mm, gen)
         self.model.scaler.fit(pts, data.points[..., 3] > 0)
 
+    def place_on(self, place: Placement) -> None:
+        """Train on ``place``'s device (the model with its averaged net, and the live net)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
+    def device_modules(self) -> list[nn.Module]:
+        return [self.model, self.train_net]
+
     def flow_steps_before(self, step: int) -> int:
         """Flow updates done in the first ``step`` iterations (spread evenly over the loop)."""
         return step * self.config.flow_steps // self.config.steps
@@ -110,17 +136,18 @@ class _Trainer(PointRunState):
     def net_step(self) -> float | None:
         cfg = self.config
         x0, mask, cond = point_batch(
-            self.data, self.model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen
+            self.data, self.model.scaler, cfg.batch_size, cfg.points_per_shower, self.gen, self.place
         )
         sigma, noise = edm_noise(x0, cfg.p_mean, cfg.p_std, self.noise_gen)
         mine = shard(len(x0))
-        loss = edm_loss(
-            EDMDenoiser(self.train_net, cfg.sigma_data),
-            x0[mine],
-            {k: v[mine] for k, v in cond.items()},
-            mask=mask[mine],
-            noise=(sigma[mine], noise[mine]),
-        )
+        with self.place.autocast():
+            loss = edm_loss(
+                EDMDenoiser(self.train_net, cfg.sigma_data),
+                x0[mine],
+                {k: v[mine] for k, v in cond.items()},
+                mask=mask[mine],
+                noise=(sigma[mine], noise[mine]),
+            )
         if world().size > 1:  # this share's part of the mean over the global batch's points
             loss = loss * (mask[mine].sum() / mask.sum().clamp_min(1))
         value = self._update(loss, self.train_net, self.opt_net)
@@ -144,9 +171,10 @@ class _Trainer(PointRunState):
             group["lr"] = cfg.flow_lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
         idx = torch.randint(len(data.energy), (cfg.flow_batch_size,), generator=self.gen)
         flow = self.model.flow
-        feats = flow.features_from_stats(data.stats[idx], data.energy[idx], self.gen)
+        feats = self.place.put(flow.features_from_stats(data.stats[idx], data.energy[idx], self.gen))
         mine = shard(len(idx))
-        loss = -flow.log_prob(feats[mine], data.energy[idx][mine]).mean() / flow.n_features
+        energy = self.place.put(data.energy[idx][mine])
+        loss = -flow.log_prob(feats[mine], energy).mean() / flow.n_features
         if world().size > 1:
             loss = loss * ((mine.stop - mine.start) / len(idx))
         return self._update(loss, flow, self.opt_flow)
@@ -181,6 +209,8 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     max_minutes: float | None = None,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> TrainResult:
     """Train CaloClouds II on the point-cloud file ``data_path``; checkpoint in ``out_dir``.
 
@@ -190,7 +220,8 @@ def train(
     Ctrl-C writes a checkpoint after the current step and re-raises ``KeyboardInterrupt``.
     ``out_dir/train_log.jsonl`` receives running losses every ``log_every`` steps.
     ``resume=True`` continues ``out_dir/checkpoint.pt`` exactly (same data and config needed);
-    without it an existing checkpoint is an error rather than overwritten.
+    without it an existing checkpoint is an error rather than overwritten. ``device``,
+    ``precision``: where it trains (:func:`~caloforge.models._training.placement_of`).
     """
     start = time.monotonic()
     ckpt, state = open_run(out_dir, config, resume, check_state)
@@ -203,9 +234,10 @@ def train(
         )
     data = load_training_data(Path(data_path), config, progress)
     trainer = _Trainer(config, data)
+    trainer.place_on(placement_of(trainer, config, device, precision))
     if state is not None:
         trainer.restore(state, ckpt)
-    broadcast_module(trainer.model, trainer.train_net)  # identical replicas on every rank
+    broadcast_module(*trainer.device_modules())  # identical replicas on every rank
     run_loop(
         trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
     )
@@ -213,6 +245,9 @@ def train(
     if not world().main:  # rank 0 writes and calibrates
         return TrainResult.of(trainer, ckpt, config.steps, trainer.model.complete, start, {})
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
+    # Generation runs the PointWise Net on the training device and the rest on the CPU.
+    trainer.model.to("cpu")
+    trainer.model.net.to(trainer.place.device)
     trainer.model.calibration = _fit_calibration(trainer, progress)
     trainer.save(ckpt)
     model = trainer.model

@@ -7,6 +7,7 @@ Their checkpoints say which variant they are (format ``caloforge-epic-gan`` / ``
 from __future__ import annotations
 
 from caloforge.models.protocol import (
+    Capabilities,
     Family,
     Option,
     Training,
@@ -40,6 +41,8 @@ def _epic_training(variant: str, title: str) -> Training:
         preset_help="cpu (about 15 minutes on 2 cores), paper or smoke.",
         options=_EPIC_OPTIONS,
         config_fixed={"variant": variant},
+        distributed=True,
+        gpu=True,
     )
 
 
@@ -60,6 +63,7 @@ FAMILY = Family.of_package(
     "EPiC",
     formats=("caloforge-epic-gan", "caloforge-epic-fm", "caloforge-epic-jedi"),
     output="jets",
+    capabilities=Capabilities(gpu=True),
     generate_options=(
         Option("clip", float, "EPiC-JeDi: clip the denoised particles at this many standard deviations."),
     ),

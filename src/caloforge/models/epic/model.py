@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from caloforge.models._placement import rand, randn
 from caloforge.models.epic.config import EPiCConfig
 from caloforge.models.nn.epic import EPiCLayer, masked_pool
 from caloforge.odesolvers import evaluations_per_step, solve_fixed
@@ -61,7 +62,7 @@ def time_features(t: Tensor, dim: int, max_frequency: float = 20.0) -> Tensor:
     torch.Size([2, 4])
     """
     half = max(dim // 2, 1)
-    freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), half, dtype=t.dtype))
+    freqs = torch.exp(torch.linspace(0.0, math.log(max_frequency), half, dtype=t.dtype, device=t.device))
     angles = t.unsqueeze(-1) * freqs * 2 * math.pi
     out = torch.cat([angles.sin(), angles.cos()], dim=-1)
     return out[:, :dim] if out.shape[1] >= dim else torch.cat([out, t.unsqueeze(-1)], dim=-1)
@@ -185,7 +186,8 @@ class EPiCJetModel(nn.Module):
     @staticmethod
     def mask_for(multiplicity: Tensor, n_particles: int) -> Tensor:
         """``(B, P)`` mask whose first ``multiplicity`` slots are set."""
-        return torch.arange(n_particles).unsqueeze(0) < multiplicity.unsqueeze(1)
+        slots = torch.arange(n_particles, device=multiplicity.device)
+        return slots.unsqueeze(0) < multiplicity.unsqueeze(1)
 
     def to_particles(self, x: Tensor, mask: Tensor) -> Tensor:
         """Jet-file particles ``(B, P, 4)`` from standardised features: pT from the log, the
@@ -202,24 +204,51 @@ class EPiCJetModel(nn.Module):
         cfg = self.config
         return torch.cat([time_features(t, cfg.time_dim, cfg.time_max_frequency), jet_cond], dim=-1)
 
-    def fm_loss(self, x1: Tensor, mask: Tensor, jet_cond: Tensor, gen: torch.Generator) -> Tensor:
+    def loss_draws(self, x: Tensor, mask: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The random numbers of the variant's loss for the batch ``x`` (``mask``), drawn with
+        ``gen`` on the host and put on ``x``'s device: ``(t, eps)`` for FM and JeDi, the local
+        and global latent noise ``(z, zg)`` for the GAN's generator."""
+        cfg = self.config
+        if cfg.variant == "gan":
+            z = randn((*mask.shape, cfg.latent_local), gen, x.device) * mask.unsqueeze(-1)
+            return z, randn((len(mask), cfg.latent_global), gen, x.device)
+        t = rand((len(x),), gen, x.device)
+        if cfg.variant == "jedi":
+            t = t * 0.998 + 1e-3
+        return t, randn(x.shape, gen, x.device)
+
+    def fm_loss(
+        self,
+        x1: Tensor,
+        mask: Tensor,
+        jet_cond: Tensor,
+        gen: torch.Generator | None = None,
+        draws: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """Conditional flow matching (noise at t = 0, data at t = 1): masked squared error of
-        the velocity against ``x1 - (1 - sigma_min) eps``."""
+        the velocity against ``x1 - (1 - sigma_min) eps`` (``draws``: :meth:`loss_draws`,
+        else drawn with ``gen``)."""
         s = self.config.sigma_min
-        t = torch.rand(len(x1), generator=gen)
-        eps = torch.randn(x1.shape, generator=gen)
+        t, eps = draws if draws is not None else self.loss_draws(x1, mask, gen)  # type: ignore[arg-type]
         tt = t.view(-1, 1, 1)
         xt = ((1 - (1 - s) * tt) * eps + tt * x1) * mask.unsqueeze(-1)
         target = x1 - (1 - s) * eps
         v = self.net(xt, mask, self._time_cond(t, jet_cond))
         return _masked_mse(v, target, mask)
 
-    def jedi_loss(self, x0: Tensor, mask: Tensor, jet_cond: Tensor, gen: torch.Generator) -> Tensor:
+    def jedi_loss(
+        self,
+        x0: Tensor,
+        mask: Tensor,
+        jet_cond: Tensor,
+        gen: torch.Generator | None = None,
+        draws: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """JeDi's denoising loss on the cosine schedule: weighted masked squared error of the
-        predicted noise, weight ``1 - jedi_alpha * beta(t) / sigma(t)^2`` (floored at 0)."""
-        t = torch.rand(len(x0), generator=gen) * 0.998 + 1e-3
+        predicted noise, weight ``1 - jedi_alpha * beta(t) / sigma(t)^2`` (floored at 0)
+        (``draws``: :meth:`loss_draws`, else drawn with ``gen``)."""
+        t, eps = draws if draws is not None else self.loss_draws(x0, mask, gen)  # type: ignore[arg-type]
         alpha, sigma = cosine_schedule(t)
-        eps = torch.randn(x0.shape, generator=gen)
         xt = (alpha.view(-1, 1, 1) * x0 + sigma.view(-1, 1, 1) * eps) * mask.unsqueeze(-1)
         pred = self.net(xt, mask, self._time_cond(t, jet_cond))
         beta = math.pi * torch.tan(0.5 * math.pi * t)  # -d log(alpha^2)/dt
@@ -228,11 +257,16 @@ class EPiCJetModel(nn.Module):
         per_jet = (((pred - eps) ** 2) * m).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) * 3).clamp_min(1)
         return (weight * per_jet).mean()
 
-    def gan_generate(self, mask: Tensor, jet_cond: Tensor, gen: torch.Generator) -> Tensor:
-        """The generator's standardised particles for ``mask`` (noise from ``gen``)."""
-        cfg = self.config
-        z = torch.randn((*mask.shape, cfg.latent_local), generator=gen) * mask.unsqueeze(-1)
-        zg = torch.randn((len(mask), cfg.latent_global), generator=gen)
+    def gan_generate(
+        self,
+        mask: Tensor,
+        jet_cond: Tensor,
+        gen: torch.Generator | None = None,
+        draws: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """The generator's standardised particles for ``mask`` (noise ``draws``, else drawn
+        with ``gen``: :meth:`loss_draws`)."""
+        z, zg = draws if draws is not None else self.loss_draws(jet_cond, mask, gen)  # type: ignore[arg-type]
         return self.net(z, mask, torch.cat([jet_cond, zg], dim=-1))
 
     # -- sampling -------------------------------------------------------------------------
@@ -250,7 +284,8 @@ class EPiCJetModel(nn.Module):
     ) -> Tensor:
         """Jet-file particles ``(B, P, 4)`` for jet features ``jet`` ``(B, 4)`` (pT, mass used
         by conditional models; the multiplicity by all); ``clip``: JeDi's DDIM clipping
-        (default ``config.jedi_clip``)."""
+        (default ``config.jedi_clip``). Runs on the device of ``jet``; the noise is drawn on the
+        host with ``gen``."""
         n_particles = self.config.n_particles
         multiplicity = jet[:, 3].round().long().clamp(1, n_particles)
         mask = self.mask_for(multiplicity, n_particles)
@@ -259,18 +294,18 @@ class EPiCJetModel(nn.Module):
         if self.config.variant == "gan":
             x = self.gan_generate(mask, jet_cond, gen)
         elif self.config.variant == "fm":
-            x0 = torch.randn((*mask.shape, 3), generator=gen) * m
+            x0 = randn((*mask.shape, 3), gen, mask.device) * m
 
             def velocity(t: Tensor, x: Tensor) -> Tensor:
                 return self.net(x, mask, self._time_cond(t.expand(len(x)), jet_cond))
 
             x = solve_fixed(velocity, x0, sampler, steps)
         else:
-            x = torch.randn((*mask.shape, 3), generator=gen) * m
+            x = randn((*mask.shape, 3), gen, mask.device) * m
             limit = self.config.jedi_clip if clip is None else clip
             # DDIM (deterministic): from t = 1 to 0 in ``steps`` network calls, the last one
             # returning its (clipped) prediction of the clean particles.
-            times = torch.linspace(1.0 - 1e-3, 0.0, steps + 1)
+            times = torch.linspace(1.0 - 1e-3, 0.0, steps + 1, device=mask.device)
             for t_now, t_next in itertools.pairwise(times):
                 a, s = cosine_schedule(t_now)
                 a2, s2 = cosine_schedule(t_next)

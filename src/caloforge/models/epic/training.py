@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from caloforge.jets.io import Jets, read_jets
+from caloforge.models._distributed import shard
+from caloforge.models._placement import Placement
 from caloforge.models._training import (
     RunOptions,
+    Term,
     TrainResult,
+    combine_terms,
     optimizer_step,
     save_finite_checkpoint,
     seeded,
@@ -61,7 +65,15 @@ def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -
 
 
 class _Trainer:
-    """Mutable state of one EPiC training run, and one step of it."""
+    """Mutable state of one EPiC training run, and one step of it.
+
+    Data-parallel (every rank draws the global batch and its noise; :func:`combine_terms`
+    weights its share), and on a device under bfloat16 autocast where the placement asks for
+    it (``amp``: squared-error losses, for the GAN least-squares ones)."""
+
+    distributed = True
+    amp = True
+    place = Placement()
 
     def __init__(self, config: EPiCConfig, jets: Jets) -> None:
         self.config = config
@@ -95,9 +107,18 @@ class _Trainer:
         self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
         self.last_losses: dict[str, float] = {}
 
+    def place_on(self, place: Placement) -> None:
+        """Train on ``place``'s device (the model with its critic, and the EMA copy)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
+    def device_modules(self) -> list[nn.Module]:
+        return [self.model, self.ema.module]
+
     def _batch(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        x, mask = self.model.features(self.particles[idx])
-        return x, mask, self.model.conditions(self.jet[idx])
+        x, mask = self.model.features(self.place.put(self.particles[idx]))
+        return x, mask, self.model.conditions(self.place.put(self.jet[idx]))
 
     def _loss(self, net_model: EPiCJetModel, idx: Tensor, gen: torch.Generator) -> Tensor:
         x, mask, cond = self._batch(idx)
@@ -106,15 +127,25 @@ class _Trainer:
         return net_model.jedi_loss(x, mask, cond, gen)
 
     def one_step(self) -> list[tuple[str, float | None]]:
-        cfg = self.config
+        cfg, model = self.config, self.model
         pick = self.train_idx[torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)]
-        self.model.train()
+        model.train()
+        x, mask, cond = self._batch(pick)
+        draws = model.loss_draws(x, mask, self.gen)  # the global batch's, then this rank's share
+        mine = shard(len(x))
+        x, mask, cond = x[mine], mask[mine], cond[mine]
+        draws = (draws[0][mine], draws[1][mine])
         if cfg.variant == "gan":
-            return self._gan_step(pick)
-        loss = self._loss(self.model, pick, self.gen)
-        value: float | None = loss.item()
-        if optimizer_step(loss, self.model.net, self.opt, cfg.grad_clip):
-            self.ema.update(self.model.net)
+            return self._gan_step(x, mask, cond, draws)
+        with self.place.autocast():
+            if cfg.variant == "fm":  # a mean over the real particles
+                term = Term("loss", model.fm_loss(x, mask, cond, draws=draws).float(), units=mask.sum())
+            else:  # a mean over the jets
+                term = Term("loss", model.jedi_loss(x, mask, cond, draws=draws).float())
+        loss, logged = combine_terms([term], len(x))
+        value: float | None = logged[0][1]
+        if optimizer_step(loss, model.net, self.opt, cfg.grad_clip):
+            self.ema.update(model.net)
         else:
             self.skipped += 1
             value = None
@@ -125,20 +156,24 @@ class _Trainer:
             out.append(("val", self.validation_loss()))
         return out
 
-    def _gan_step(self, pick: Tensor) -> list[tuple[str, float | None]]:
+    def _gan_step(
+        self, x: Tensor, mask: Tensor, cond: Tensor, draws: tuple[Tensor, Tensor]
+    ) -> list[tuple[str, float | None]]:
         cfg, model = self.config, self.model
         assert model.disc is not None and self.opt_d is not None
-        x, mask, cond = self._batch(pick)
-        fake = model.gan_generate(mask, cond, self.gen)
-        d_loss = ((model.disc(x, mask, cond) - 1) ** 2).mean() + (
-            model.disc(fake.detach(), mask, cond) ** 2
-        ).mean()
-        d_value: float | None = d_loss.item()
+        with self.place.autocast():
+            fake = model.gan_generate(mask, cond, draws=draws)
+            real = ((model.disc(x, mask, cond) - 1) ** 2).mean()
+            d_term = Term("critic", (real + (model.disc(fake.detach(), mask, cond) ** 2).mean()).float())
+        d_loss, d_logged = combine_terms([d_term], len(x))
+        d_value: float | None = d_logged[0][1]
         if not optimizer_step(d_loss, model.disc, self.opt_d, cfg.grad_clip):
             self.skipped += 1
             d_value = None
-        g_loss = ((model.disc(fake, mask, cond) - 1) ** 2).mean()
-        g_value: float | None = g_loss.item()
+        with self.place.autocast():
+            g_term = Term("generator", ((model.disc(fake, mask, cond) - 1) ** 2).mean().float())
+        g_loss, g_logged = combine_terms([g_term], len(x))
+        g_value: float | None = g_logged[0][1]
         if optimizer_step(g_loss, model.net, self.opt, cfg.grad_clip):
             self.ema.update(model.net)
         else:

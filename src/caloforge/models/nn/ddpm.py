@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from caloforge.models._placement import randn
+
 __all__ = ["SCHEDULES", "DDPMSchedule", "ddpm_loss", "ddpm_noise", "sample_ddpm"]
 
 #: ``linear``: betas evenly spaced; ``quadratic``: their square roots evenly spaced (the
@@ -54,8 +56,8 @@ def ddpm_noise(
     x0: Tensor, schedule: DDPMSchedule, generator: torch.Generator | None = None
 ) -> tuple[Tensor, Tensor]:
     """A random step ``t`` ``(B,)`` per sample and unit Gaussian noise shaped like ``x0``."""
-    t = torch.randint(schedule.n_steps, (x0.shape[0],), generator=generator, device=x0.device)
-    return t, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    t = torch.randint(schedule.n_steps, (x0.shape[0],), generator=generator).to(x0.device)
+    return t, randn(x0.shape, generator, x0.device, x0.dtype)
 
 
 def ddpm_loss(

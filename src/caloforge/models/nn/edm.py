@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from caloforge.models._placement import randn
+
 __all__ = ["ConsistencyDenoiser", "EDMDenoiser", "edm_loss", "edm_noise"]
 
 
@@ -93,8 +95,8 @@ def edm_noise(
     """The noise :func:`edm_loss` draws for the batch ``x0``: one level ``sigma`` ``(B,)`` per
     shower, ``ln sigma ~ N(P_mean, P_std^2)``, and unit Gaussian noise shaped like ``x0``."""
     shape = (x0.shape[0],)
-    ln_sigma = P_mean + P_std * torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    ln_sigma = P_mean + P_std * randn(shape, generator, x0.device, x0.dtype)
+    noise = randn(x0.shape, generator, x0.device, x0.dtype)
     return ln_sigma.exp(), noise
 
 

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from caloforge.models._placement import rand
+
 __all__ = [
     "CPU_WIDTHS",
     "PAPER_WIDTHS",
@@ -261,7 +263,7 @@ def dequantize(points: Tensor, fine_cell_mm: float, generator: torch.Generator |
     Geant4 points sit at fine-square centres and at ``l + 0.5``; a model trained on those
     exact values would have to learn a comb. ``points`` ``(..., 4)``: x, y mm, layer, E.
     """
-    u = torch.rand((*points.shape[:-1], 3), generator=generator, dtype=points.dtype)
+    u = rand((*points.shape[:-1], 3), generator, points.device, points.dtype)
     out = points.clone()
     out[..., :2] += (u[..., :2] - 0.5) * fine_cell_mm
     out[..., 2] = points[..., 2].floor() + u[..., 2]
