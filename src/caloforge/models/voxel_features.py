@@ -6,6 +6,7 @@ energies (SPEC 6.4, 6.8)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import Tensor
 from caloforge.detector import CellGrid, Detector, PolarGrid
 from caloforge.io import open_showers
 from caloforge.models._placement import rand
+from caloforge.models.rows import DiskRows, shower_rows
 
 #: What to tell the owner of a file an image model cannot train on.
 CONVERT_HINT = "convert it with `caloforge convert --detector ild-ecal-30`"
@@ -72,7 +74,9 @@ def voxels_from_log_energy(x: Tensor, e_layer: Tensor, threshold: float, iterati
     # at most floor(units) hits: keep the largest
     keep = torch.minimum(hit.sum(-1, keepdim=True), units.floor().long())
     order = torch.argsort(torch.where(hit, y, -1.0), dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(x.shape[-1]).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(x.shape[-1], device=x.device).expand_as(order)
+    )
     hit = hit & (rank < keep)
 
     y_hits = torch.where(hit, y, -math.inf)  # exp(α · -inf) = 0: only hits count (α > 0)
@@ -122,7 +126,7 @@ class VoxelData:
 
     detector: Detector
     energy: Tensor
-    voxels: Tensor
+    voxels: Tensor | DiskRows  # rows[idx] either way
     energy_range: tuple[float, float]
 
 
@@ -132,12 +136,14 @@ def load_voxel_file(
     model: str,
     max_showers: int | None = None,
     min_showers: int = 20,
+    in_memory: bool | None = None,
 ) -> VoxelData:
     """The first ``max_showers`` showers of a voxel file whose readout is ``readout``
-    (``"polar"``: CaloChallenge-like voxels, ``"cells"``: cell images), read in chunks into one
-    preallocated array; a file of another kind or readout, an empty file or one with fewer
-    than ``min_showers`` showers is refused in one line naming ``model`` (the reader refuses
-    non-finite values itself)."""
+    (``"polar"``: CaloChallenge-like voxels, ``"cells"``: cell images), read in chunks: into
+    memory, or for a file too large for it (``in_memory`` None) into rows read from disk a
+    batch at a time (:func:`~caloforge.models.rows.shower_rows`); a file of another kind or
+    readout, an empty file or one with fewer than ``min_showers`` showers is refused in one
+    line naming ``model`` (the reader refuses non-finite values itself)."""
     path = Path(path)
     with open_showers(path) as f:
         det = f.detector
@@ -160,18 +166,18 @@ def load_voxel_file(
             )
         attrs = dict(f.attrs)
         n = len(f) if max_showers is None else min(len(f), max_showers)
-        energy = np.empty(n, np.float32)
-        voxels = np.empty((n, det.n_channels), np.float32)  # filled in place: no second copy
-        at = 0
-        for chunk in f.iter_chunks(1000, stop=n):
-            k = len(chunk.energy)
-            energy[at : at + k] = chunk.energy
-            voxels[at : at + k] = chunk.voxels
-            at += k
+        energy = np.asarray(f.read_energy()[:n], np.float32)
     if n == 0:
         raise ValueError(f"'{path}' holds no showers")
     if n < min_showers:
         raise ValueError(f"'{path}' holds {n} showers: at least {min_showers} are needed")
+
+    def chunks() -> Iterator[np.ndarray]:
+        with open_showers(path) as f:
+            for chunk in f.iter_chunks(1000, stop=n):
+                yield chunk.voxels
+
+    voxels = shower_rows(path, "voxels", n, det.n_channels, chunks, in_memory)
     lo = float(attrs.get("energy_min_gev", energy.min()))
     hi = float(attrs.get("energy_max_gev", energy.max()))
-    return VoxelData(det, torch.from_numpy(energy), torch.from_numpy(voxels), (lo, hi))
+    return VoxelData(det, torch.from_numpy(energy), voxels, (lo, hi))  # type: ignore[arg-type]
