@@ -4,6 +4,7 @@ summaries of a whole file and a random subsample of each shower's points, in mem
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,13 +18,15 @@ from caloforge.clustering import cluster_pitch_mm, coarsen_points
 from caloforge.detector import Detector
 from caloforge.io import PointShowers, open_showers
 from caloforge.models._training import Progress
+from caloforge.models.nn.pointwise import PointScaler, dequantize
 from caloforge.models.nn.showerflow import (
     ShowerStats,
     shower_stats,
 )
 from caloforge.models.protocol import CheckpointError
+from caloforge.models.rows import DiskRows, RowsWriter
 
-__all__ = ["PointDataConfig", "PointRunState", "TrainingData", "load_training_data"]
+__all__ = ["PointDataConfig", "PointRunState", "TrainingData", "fit_point_scaler", "load_training_data"]
 
 
 class PointDataConfig(Protocol):
@@ -41,7 +44,9 @@ class TrainingData:
     energy: Tensor  # (n,) GeV
     stats: ShowerStats
     hits: np.ndarray  # (n,) cell hits above threshold (Geant4), for the N calibration
-    points: Tensor  # (n, cache_points, 4) random subset of each shower's points, zero-padded
+    # (n, cache_points, 4) random subset of each shower's points, zero-padded; on disk
+    # (rows[idx]) for a file too large for memory (caloforge.models.rows)
+    points: Tensor | DiskRows
     path: str
     energy_range: tuple[float, float]  # GeV
     pitch_mm: float = 0.0  # clustering grid of the points (0: the detector's fine grid)
@@ -63,8 +68,8 @@ def load_training_data(
     """
     per_cell = getattr(config, "cluster_per_cell", None)
     rng = np.random.default_rng(config.seed)
-    energies, stats, hits, points = [], [], [], []
-    with open_showers(data_path) as reader:
+    energies, stats, hits = [], [], []
+    with open_showers(data_path) as reader, contextlib.ExitStack() as stack:
         if reader.kind != "points":
             raise ValueError(f"'{data_path}' holds {reader.kind}; {model} trains on point clouds")
         detector = reader.detector
@@ -72,6 +77,8 @@ def load_training_data(
         # The generated spectrum (caloforge files record it) can be a little wider than the sample.
         spectrum = (reader.attrs.get("energy_min_gev"), reader.attrs.get("energy_max_gev"))
         total = len(reader) if config.max_showers is None else min(len(reader), config.max_showers)
+        what = f"points|{config.seed}|{per_cell}|{config.chunk_size}"  # what the subsample depends on
+        points = stack.enter_context(RowsWriter(data_path, what, (config.cache_points, 4), total))
         done = 0
         for chunk in reader.iter_chunks(config.chunk_size, stop=total):
             done += len(chunk)
@@ -85,8 +92,9 @@ def load_training_data(
                 points.append(_subsample(chunk, config.cache_points, rng))
             if progress is not None:
                 progress("load", done, total)
-    if not energies:
-        raise ValueError(f"'{data_path}' holds no showers with points to train on")
+        if not energies:
+            raise ValueError(f"'{data_path}' holds no showers with points to train on")
+        cached = points.finish()
     energy = np.concatenate(energies)
     lo, hi = float(energy.min()), float(energy.max())
     if isinstance(spectrum[0], (int, float)) and isinstance(spectrum[1], (int, float)):
@@ -96,10 +104,21 @@ def load_training_data(
         energy=torch.from_numpy(energy.astype(np.float32)),
         stats=ShowerStats.concatenate(stats),
         hits=np.concatenate(hits),
-        points=torch.from_numpy(np.concatenate(points)),
+        points=cached,
         path=str(data_path),
         energy_range=(lo, hi),
         pitch_mm=pitch,
+    )
+
+
+def fit_point_scaler(scaler: PointScaler, data: TrainingData, gen: torch.Generator) -> None:
+    """Fit ``scaler`` to the dequantised cached points of ``data`` (noise from ``gen``): at once
+    in memory, block by block when they are on disk."""
+    if isinstance(data.points, Tensor):
+        scaler.fit(dequantize(data.points, data.point_pitch_mm, gen), data.points[..., 3] > 0)
+        return
+    scaler.fit_blocks(
+        (dequantize(block, data.point_pitch_mm, gen), block[..., 3] > 0) for block in data.points.blocks()
     )
 
 

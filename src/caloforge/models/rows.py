@@ -34,7 +34,7 @@ from torch import Tensor
 
 from caloforge.atomic import check_space, publish, temporary
 
-__all__ = ["DiskRows", "in_memory_bytes", "shower_rows"]
+__all__ = ["DiskRows", "RowsWriter", "in_memory_bytes", "shower_rows"]
 
 _ITEM = 4  # float32
 _FORMAT = 1  # bump when the scratch layout changes
@@ -47,26 +47,27 @@ def in_memory_bytes() -> int:
 
 
 class DiskRows:
-    """A float32 ``(n, width)`` array in a raw file: ``rows[idx]`` (indices, a slice or one
-    index) reads those rows into a new tensor, in the order asked."""
+    """A float32 array of ``n`` rows of ``row_shape`` in a raw file: ``rows[idx]`` (indices, a
+    slice or one index) reads those rows into a new tensor, in the order asked."""
 
-    def __init__(self, path: Path, n: int, width: int) -> None:
-        self.path, self.n, self.width = Path(path), n, width
+    def __init__(self, path: Path, n: int, row_shape: int | tuple[int, ...]) -> None:
+        self.path, self.n = Path(path), n
+        self.row_shape = (row_shape,) if isinstance(row_shape, int) else tuple(row_shape)
         self._fd: int | None = None
 
     def __len__(self) -> int:
         return self.n
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.n, self.width)
+    def shape(self) -> tuple[int, ...]:
+        return (self.n, *self.row_shape)
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "n": self.n, "width": self.width, "_fd": None}
+        return {"path": self.path, "n": self.n, "row_shape": self.row_shape, "_fd": None}
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -82,22 +83,98 @@ class DiskRows:
         rows = np.where(rows < 0, rows + self.n, rows)
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)
-        out = np.empty((len(rows), self.width), np.float32)
-        order = np.argsort(rows, kind="stable")
-        size = self.width * _ITEM
-        for k in order:  # ascending offsets: sequential where the batch allows
+        out = np.empty((len(rows), *self.row_shape), np.float32)
+        size = out[0].nbytes if len(rows) else 0
+        for k in np.argsort(rows, kind="stable"):  # ascending offsets: sequential where it can
             view = memoryview(out[k]).cast("B")
             if os.preadv(self._fd, [view], int(rows[k]) * size) != size:
                 raise OSError(f"'{self.path}' is shorter than {self.n} rows: delete it to rebuild it")
         tensor = torch.from_numpy(out)
         return tensor[0] if one else tensor
 
+    def blocks(self, size: int = 1000) -> Iterator[Tensor]:
+        """The rows in order, ``size`` at a time."""
+        for lo in range(0, self.n, size):
+            yield self[lo : min(lo + size, self.n)]
 
-def _scratch_path(source: Path, what: str, n: int, width: int, cache: Path) -> Path:
-    st = source.stat()
-    key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{what}|{n}|{width}|{_FORMAT}"
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return cache / f"{source.stem}.{what}.{digest}.f32"
+
+class RowsWriter:
+    """Rows written block by block (:meth:`append`), then :meth:`finish` ed into a tensor (when
+    ``n_max`` rows of ``row_shape`` fit :func:`in_memory_bytes`, or ``in_memory``) or into
+    :class:`DiskRows` over a scratch file named by ``source``'s identity and ``what`` (which
+    must name everything the rows depend on). A scratch file already there is reused, not
+    rewritten; a new one is written to a temporary file and published atomically, after a
+    check that the disk holds it. Use as a context manager: a failed pass leaves nothing."""
+
+    def __init__(
+        self,
+        source: str | Path,
+        what: str,
+        row_shape: int | tuple[int, ...],
+        n_max: int,
+        in_memory: bool | None = None,
+        cache: str | Path | None = None,
+    ) -> None:
+        self.row_shape = (row_shape,) if isinstance(row_shape, int) else tuple(row_shape)
+        self.row_bytes = int(np.prod(self.row_shape)) * _ITEM
+        self.memory = bool(in_memory or (in_memory is None and n_max * self.row_bytes <= in_memory_bytes()))
+        self.blocks: list[np.ndarray] = []
+        self.n = 0
+        self._file: Any = None
+        self._tmp: str | None = None
+        self.path: Path | None = None
+        if self.memory:
+            return
+        if cache is None:
+            from caloforge.simulate._build import cache_dir
+
+            cache = cache_dir() / "rows"
+        cache = Path(cache)
+        cache.mkdir(parents=True, exist_ok=True)
+        st = Path(source).stat()
+        identity = f"{Path(source).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+        key = f"{identity}|{what}|{self.row_shape}|{n_max}|{_FORMAT}".encode()
+        name = f"{Path(source).stem}.{what.split('|')[0]}.{hashlib.sha1(key).hexdigest()[:16]}.f32"
+        self.path = cache / name
+        if not self.path.exists():
+            check_space(self.path, n_max * self.row_bytes)
+            fd, self._tmp = temporary(self.path, ".partial")
+            self._file = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> RowsWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tmp is not None:
+            Path(self._tmp).unlink(missing_ok=True)
+
+    def append(self, block: np.ndarray) -> None:
+        """The next rows, ``(k, *row_shape)``."""
+        self.n += len(block)
+        if self.memory:
+            self.blocks.append(np.asarray(block, np.float32))
+        elif self._file is not None:
+            self._file.write(np.ascontiguousarray(block, np.float32).tobytes())
+
+    def finish(self) -> Tensor | DiskRows:
+        """The rows written: a tensor, or :class:`DiskRows` over the published scratch file."""
+        if self.memory:
+            if not self.blocks:
+                return torch.empty((0, *self.row_shape))
+            return torch.from_numpy(np.concatenate(self.blocks) if len(self.blocks) > 1 else self.blocks[0])
+        assert self.path is not None
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            publish(self._tmp, self.path)  # type: ignore[arg-type]
+            self._tmp = None
+        elif self.path.stat().st_size != self.n * self.row_bytes:
+            raise OSError(f"'{self.path}' does not hold the {self.n} rows expected: delete it to rebuild it")
+        return DiskRows(self.path, self.n, self.row_shape)
 
 
 def shower_rows(
@@ -112,37 +189,14 @@ def shower_rows(
     """The ``(n, width)`` float32 array ``what`` of the showers of ``source``, whose rows
     ``chunks()`` yields in order (blocks of rows): in memory when ``in_memory`` (None: when it
     takes at most :func:`in_memory_bytes`), else :class:`DiskRows` over a scratch file in
-    ``cache`` (default ``<cache dir>/rows``), written once, atomically, after checking that the
-    disk holds it (:class:`~caloforge.atomic.DiskFullError` in one line otherwise)."""
-    size = n * width * _ITEM
-    if in_memory or (in_memory is None and size <= in_memory_bytes()):
-        out = np.empty((n, width), np.float32)  # filled in place: no second copy
-        at = 0
-        for block in chunks():
-            out[at : at + len(block)] = block
-            at += len(block)
-        return torch.from_numpy(out)
-    if cache is None:
-        from caloforge.simulate._build import cache_dir
-
-        cache = cache_dir() / "rows"
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = _scratch_path(Path(source), what, n, width, cache)
-    if not path.exists() or path.stat().st_size != size:
-        check_space(path, size)
-        fd, tmp = temporary(path, ".partial")
-        try:
-            written = 0
-            with os.fdopen(fd, "wb") as f:
-                for block in chunks():
-                    f.write(np.ascontiguousarray(block, np.float32).tobytes())
-                    written += len(block)
-                f.flush()
-                os.fsync(f.fileno())
-            if written != n:
-                raise ValueError(f"'{source}' gave {written} rows of {what}, {n} were expected")
-            publish(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return DiskRows(path, n, width)
+    ``cache`` (default ``<cache dir>/rows``), written once (:class:`RowsWriter`; a disk that
+    cannot hold it is a one-line :class:`~caloforge.atomic.DiskFullError`)."""
+    with RowsWriter(source, what, width, n, in_memory, cache) as writer:
+        if writer.memory or writer._file is not None:
+            for block in chunks():
+                writer.append(block)
+            if writer.n != n:
+                raise ValueError(f"'{source}' gave {writer.n} rows of {what}, {n} were expected")
+        else:
+            writer.n = n
+        return writer.finish()

@@ -36,7 +36,7 @@ from caloforge.models.nn.ddpm import ddpm_loss, ddpm_noise
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import PointScaler, dequantize
 from caloforge.models.nn.showerflow import ShowerFlow
-from caloforge.models.pointdata import PointRunState, TrainingData, load_training_data
+from caloforge.models.pointdata import PointRunState, TrainingData, fit_point_scaler, load_training_data
 
 
 def borrow_flow(model: str | Path, detector: Detector) -> tuple[dict[str, Tensor], dict[str, Any], str]:
@@ -124,8 +124,7 @@ class _Trainer(PointRunState):
         self.model.flow.requires_grad_(False)
         self.gen = torch.Generator().manual_seed(config.seed)
         self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
-        pts = dequantize(data.points, data.point_pitch_mm, torch.Generator().manual_seed(config.seed + 2))
-        self.model.scaler.fit(pts, data.points[..., 3] > 0)
+        fit_point_scaler(self.model.scaler, data, torch.Generator().manual_seed(config.seed + 2))
         self.train_net = self.model.net
         self.ema = EMA(self.train_net, config.ema_max_decay)
         self.model.net = self.ema.module  # the container samples with the averaged weights

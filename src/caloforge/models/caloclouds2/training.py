@@ -35,7 +35,7 @@ from caloforge.models.nn.pointwise import (
     PointScaler,
     dequantize,
 )
-from caloforge.models.pointdata import PointRunState, TrainingData, load_training_data
+from caloforge.models.pointdata import PointRunState, TrainingData, fit_point_scaler, load_training_data
 
 # --------------------------------------------------------------------------- training
 
@@ -110,8 +110,7 @@ class _Trainer(PointRunState):
         gen = torch.Generator().manual_seed(self.config.seed + 2)
         data = self.data
         self.model.flow.fit_standardisation(self.model.flow.features_from_stats(data.stats, data.energy, gen))
-        pts = dequantize(data.points, data.point_pitch_mm, gen)
-        self.model.scaler.fit(pts, data.points[..., 3] > 0)
+        fit_point_scaler(self.model.scaler, data, gen)
 
     def place_on(self, place: Placement) -> None:
         """Train on ``place``'s device (the model with its averaged net, and the live net)."""

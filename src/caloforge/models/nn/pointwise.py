@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -317,6 +317,31 @@ class PointScaler(nn.Module):
         std = torch.stack([xy_std, xy_std, w[:, 2].std(), w[:, 3].std()])
         self.scale.copy_(std.nan_to_num(1.0).clamp_min(1e-3))
         self.log_e_range.copy_(torch.stack([w[:, 3].min(), w[:, 3].max()]))
+        return self
+
+    @torch.no_grad()
+    def fit_blocks(self, blocks: Iterable[tuple[Tensor, Tensor]]) -> PointScaler:
+        """:meth:`fit` over ``(points, mask)`` blocks of a set too large to hold at once (the
+        same statistics, summed block by block in float64)."""
+        n, sums, squares = 0, torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)
+        lo, hi = math.inf, -math.inf
+        for points, mask in blocks:
+            w = self._warp(points[mask].double())
+            if not len(w):
+                continue
+            n += len(w)
+            sums += w.sum(0)
+            squares += w.pow(2).sum(0)
+            lo, hi = min(lo, float(w[:, 3].min())), max(hi, float(w[:, 3].max()))
+        if n == 0:
+            raise ValueError("no real points to fit the point standardisation on")
+        mean = sums / n
+        var = ((squares - n * mean.pow(2)) / max(n - 1, 1)).clamp_min(0.0)
+        xy_std = ((squares[0] + squares[1]) / (2 * n)).sqrt()
+        self.loc.copy_(torch.stack([mean.new_zeros(()), mean.new_zeros(()), mean[2], mean[3]]))
+        std = torch.stack([xy_std, xy_std, var[2].sqrt(), var[3].sqrt()])
+        self.scale.copy_(std.nan_to_num(1.0).clamp_min(1e-3))
+        self.log_e_range.copy_(torch.tensor([lo, hi]))
         return self
 
     def forward(self, points: Tensor) -> Tensor:
