@@ -62,6 +62,7 @@ CASES = [
     ("caloclouds1", "point_file", {"calibration_showers": 8}),
     ("caloinn", "voxel_file", {}),
     ("l2lflows", "image_file", {}),
+    ("bibae", "image_file", {"post_steps": 3}),
     ("calodream-energy", "voxel_file", {}),
     ("calodream-vae", "voxel_file", {}),
     ("calodream-shape", "voxel_file", {}),

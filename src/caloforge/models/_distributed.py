@@ -37,6 +37,7 @@ __all__ = [
     "broadcast_module",
     "distributed",
     "from_environment",
+    "gather_shares",
     "launch",
     "rank_device",
     "run_in_processes",
@@ -121,6 +122,44 @@ def all_reduce_sum(value: Tensor) -> Tensor:
     if world().size > 1:
         _all_reduce(value)
     return value
+
+
+class _GatherShares(torch.autograd.Function):
+    """All ranks' shares of a batch, concatenated in rank order; the backward sums the incoming
+    gradient over the ranks (each rank's loss is a function of every share) and hands each
+    rank the rows of its own share."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        w, comm = world(), _comm_device()
+        sizes = torch.zeros(w.size, dtype=torch.int64, device=comm)
+        sizes[w.rank] = len(x)
+        _all_reduce(sizes)
+        counts = [int(n) for n in sizes.tolist()]
+        width = max(counts)
+        padded = torch.zeros((width, *x.shape[1:]), dtype=x.dtype, device=comm)
+        padded[: len(x)] = x.detach().to(comm)
+        parts = [torch.empty_like(padded) for _ in counts]
+        dist.all_gather(parts, padded)
+        ctx.counts, ctx.rank = counts, w.rank
+        return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]).to(x.device)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        total = _all_reduce(grad.contiguous().clone())
+        lo = sum(ctx.counts[: ctx.rank])
+        return total[lo : lo + ctx.counts[ctx.rank]]
+
+
+def gather_shares(x: Tensor) -> Tensor:
+    """The global batch whose share on this rank is ``x`` (rows in rank order, as
+    :func:`shard` splits it), differentiable: a loss of the whole batch (an MMD, which does not
+    split into per-shower terms) computed on every rank and weighted ``1 / size`` there gives,
+    once the gradients are summed (:func:`sync_gradients`), the gradient one process computes.
+    ``x`` itself in one process."""
+    if world().size == 1:
+        return x
+    return _GatherShares.apply(x)
 
 
 def agree(flags: Sequence[bool], from_main: Sequence[bool] = ()) -> tuple[bool, ...]:

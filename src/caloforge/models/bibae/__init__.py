@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from caloforge.models.protocol import (
     CHECKPOINT_EXPORTS,
+    Capabilities,
     Family,
     Option,
     Training,
@@ -39,6 +40,7 @@ FAMILY = Family.of_package(
     __name__,
     "BIB-AE",
     output="voxels",
+    capabilities=Capabilities(gpu=True),
     generate_options=(Option("latent_scale", float, "Width of the latent draws (1: the trained prior)."),),
     trainings=(
         Training.of_package(
@@ -52,6 +54,7 @@ FAMILY = Family.of_package(
             data_help="Training cell-image file (voxels on a cell grid, e.g. ild-ecal-30).",
             preset_help="cpu (15-20 minutes on 2 cores), paper or smoke.",
             options=loop_options(2),
+            distributed=True,
             gpu=True,
         ),
     ),

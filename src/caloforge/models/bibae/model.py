@@ -168,9 +168,18 @@ def mmd(a: Tensor, b: Tensor, bandwidths: Sequence[float] = (0.05, 0.2, 1.0, 5.0
     return k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean()
 
 
-def gradient_penalty(critic: Critic, real: Tensor, fake: Tensor, e: Tensor, gen: torch.Generator) -> Tensor:
-    """WGAN-GP: mean ``(|grad critic| - 1)^2`` at random points between ``real`` and ``fake``."""
-    alpha = rand((len(real), 1, 1, 1, 1), gen, real.device)
+def gradient_penalty(
+    critic: Critic,
+    real: Tensor,
+    fake: Tensor,
+    e: Tensor,
+    gen: torch.Generator | None = None,
+    alpha: Tensor | None = None,
+) -> Tensor:
+    """WGAN-GP: mean ``(|grad critic| - 1)^2`` at random points between ``real`` and ``fake``
+    (``alpha`` ``(B, 1, 1, 1, 1)``, else drawn with ``gen``)."""
+    if alpha is None:
+        alpha = rand((len(real), 1, 1, 1, 1), gen, real.device)
     mix = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mix, e).sum(), mix, create_graph=True)
     return (grad.flatten(1).norm(dim=1) - 1).square().mean()
@@ -210,11 +219,15 @@ class BIBAE(nn.Module):
         """Latent mean and log-variance of scaled images ``x`` with scaled energies ``e``."""
         return self.encoder(x, e)
 
-    def decode(self, z: Tensor, e: Tensor, gen: torch.Generator | None = None) -> Tensor:
+    def decode(
+        self, z: Tensor, e: Tensor, gen: torch.Generator | None = None, noise: Tensor | None = None
+    ) -> Tensor:
         """Scaled images (before the post-processor) of latents ``z``; the decoder's
-        ``noise_dims`` extra inputs are fresh N(0, 1) draws from ``gen`` (the information the
-        bottleneck does not carry: cell-level fluctuations, as the BIB-AE's noise inputs)."""
-        noise = randn((len(z), self.config.noise_dims), gen, z.device)
+        ``noise_dims`` extra inputs are ``noise``, else fresh N(0, 1) draws from ``gen`` (the
+        information the bottleneck does not carry: cell-level fluctuations, as the BIB-AE's
+        noise inputs)."""
+        if noise is None:
+            noise = randn((len(z), self.config.noise_dims), gen, z.device)
         return self.decoder(torch.cat([z, noise], 1), e)
 
     @torch.no_grad()

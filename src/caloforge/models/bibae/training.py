@@ -31,12 +31,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from caloforge.models._placement import randn
+from caloforge.models._distributed import gather_shares, shard
+from caloforge.models._placement import rand, randn
 from caloforge.models._training import (
     EMATrainer,
     RunOptions,
+    Term,
     TrainResult,
-    optimizer_step,
+    combine_terms,
+    distributed_step,
     train_run,
 )
 from caloforge.models.bibae.checkpoint import CHECKPOINTS
@@ -69,12 +72,13 @@ def _kl(mu: Tensor, logvar: Tensor) -> Tensor:
 class _Trainer(EMATrainer):
     """Mutable state of one BIB-AE training run, and one step of it.
 
-    One process only (``distributed = False``): the latent and hit-energy MMDs compare whole
-    batches, so a rank's share of a batch does not give its share of the loss. Float32 only:
-    the critics' gradient penalties differentiate twice, which bfloat16 does not carry."""
+    Data-parallel: every rank draws the global batch and all its noise; the per-shower terms
+    are weighted by the rank's share, and the latent and hit-energy MMDs, which compare whole
+    batches, are computed on the gathered batch on every rank (:func:`gather_shares`) with
+    weight ``1 / size``. Float32 only: the critics' gradient penalties differentiate twice,
+    which bfloat16 does not carry."""
 
     live_key = "model"
-    distributed = False
 
     def __init__(self, config: BIBAEConfig, data: Images) -> None:
         with torch.random.fork_rng(devices=[]):
@@ -99,13 +103,10 @@ class _Trainer(EMATrainer):
         m, put = self.model, self.place.put
         return m.to_scaled(put(self.data.voxels[idx])), m.energy_condition(put(self.data.energy[idx]))
 
-    def _noise(self, n: int) -> Tensor:
-        return randn((n, self.config.latent), self.gen, self.place.device)
-
     def one_step(self) -> list[tuple[str, float | None]]:
         cfg = self.config
         idx = self.train_idx[torch.randint(len(self.train_idx), (cfg.batch_size,), generator=self.gen)]
-        x, e = self._batch(idx)
+        x, e = self._batch(idx)  # the global batch; each step takes this rank's share
         if self.step < cfg.ae_steps:
             out = self._ae_step(x, e)
         else:
@@ -116,13 +117,44 @@ class _Trainer(EMATrainer):
             out.append(("val", self.validation_loss()))
         return out
 
+    def _noise_of(self, n: int) -> tuple[Any, Any]:
+        """Drawers of the global batch's noise (``n`` showers; normal, uniform), in the order
+        they are called, each returning this rank's share on the device."""
+        mine, device = shard(n), self.place.device
+
+        def normal(*shape: int) -> Tensor:
+            return randn((n, *shape), self.gen, device)[mine]
+
+        def uniform(*shape: int) -> Tensor:
+            return rand((n, *shape), self.gen, device)[mine]
+
+        return normal, uniform
+
+    def _update(
+        self, terms: list[Term], showers: int, module: nn.Module, opt: torch.optim.Optimizer
+    ) -> tuple[dict[str, float], float | None]:
+        """One update of ``module`` with the loss of ``terms`` (this rank's share of them):
+        the logged terms and the global loss (None: skipped, and counted)."""
+        loss, logged = combine_terms(terms, showers)
+        value = distributed_step(loss, module, opt, self.config.grad_clip)
+        if value is None:
+            self.skipped += 1
+        return dict(logged), value
+
     def _ae_step(self, x: Tensor, e: Tensor) -> list[tuple[str, float | None]]:
         cfg, m, crit = self.config, self.model, self.critics
+        normal, uniform = self._noise_of(len(x))
+        eps, dec_recon = normal(cfg.latent), normal(cfg.noise_dims)
+        prior, dec_prior = normal(cfg.latent), normal(cfg.noise_dims)
+        alpha_shower, alpha_pair = uniform(1, 1, 1, 1), uniform(1, 1, 1, 1)
+        mmd_prior = randn((len(x), cfg.latent), self.gen, x.device)  # the global batch's, on every rank
+        mine = shard(len(x))
+        x, e = x[mine], e[mine]
         m.train()
         mu, logvar = m.encode(x, e)
-        z = mu + (0.5 * logvar).exp() * randn(mu.shape, self.gen, mu.device)
-        recon = m.decode(z, e, self.gen)
-        fake = m.decode(self._noise(len(x)), e, self.gen)
+        z = mu + (0.5 * logvar).exp() * eps
+        recon = m.decode(z, e, noise=dec_recon)
+        fake = m.decode(prior, e, noise=dec_prior)
         # the critics: Wasserstein estimates plus gradient penalties
         crit.requires_grad_(True)
         fake_d, recon_d = fake.detach(), recon.detach()
@@ -132,40 +164,25 @@ class _Trainer(EMATrainer):
             + (crit["pair"](recon_pair, e) - crit["pair"](real_pair, e)).mean()
             + cfg.gp_lambda
             * (
-                gradient_penalty(crit["shower"], x, fake_d, e, self.gen)
-                + gradient_penalty(crit["pair"], real_pair, recon_pair, e, self.gen)
+                gradient_penalty(crit["shower"], x, fake_d, e, alpha=alpha_shower)
+                + gradient_penalty(crit["pair"], real_pair, recon_pair, e, alpha=alpha_pair)
             )
         )
-        c_value: float | None = c_loss.item()
-        if not optimizer_step(c_loss, crit, self.opt_critic, cfg.grad_clip):
-            self.skipped += 1
-            c_value = None
-        # the autoencoder
+        _, c_value = self._update([Term("critic", c_loss)], len(x), crit, self.opt_critic)
+        # the autoencoder; the latent MMD compares whole batches: every rank takes the global one
         crit.requires_grad_(False)
-        kl = _kl(mu, logvar)
-        latent_mmd = mmd(z, self._noise(len(z)))
-        pixel = (recon - x).square().mean()
-        loss = (
-            cfg.beta_kl * kl
-            + cfg.w_mmd * latent_mmd
-            - cfg.w_critic * crit["shower"](fake, e).mean()
-            - cfg.w_recon_critic * crit["pair"](torch.cat([x, recon], 1), e).mean()
-            + cfg.w_pixel * pixel
-        )
-        value: float | None = loss.item()
-        if optimizer_step(loss, self.ae, self.opt_ae, cfg.grad_clip):
-            self.ema.update(m)
-        else:
-            self.skipped += 1
-            value = None
-        crit.requires_grad_(True)
-        return [
-            ("critic", c_value),
-            ("ae", value),
-            ("kl", kl.item()),
-            ("mmd", latent_mmd.item()),
-            ("pixel", pixel.item()),
+        terms = [
+            Term("kl", _kl(mu, logvar), weight=cfg.beta_kl),
+            Term("mmd", mmd(gather_shares(z), mmd_prior), units=1, weight=cfg.w_mmd),
+            Term("fake", crit["shower"](fake, e).mean(), weight=-cfg.w_critic),
+            Term("pair", crit["pair"](torch.cat([x, recon], 1), e).mean(), weight=-cfg.w_recon_critic),
+            Term("pixel", (recon - x).square().mean(), weight=cfg.w_pixel),
         ]
+        logged, value = self._update(terms, len(x), self.ae, self.opt_ae)
+        if value is not None:
+            self.ema.update(m)
+        crit.requires_grad_(True)
+        return [("critic", c_value), ("ae", value), *((k, logged[k]) for k in ("kl", "mmd", "pixel"))]
 
     def _freeze_autoencoder(self) -> None:
         """Give the live encoder and decoder their EMA weights (the post-processor learns on
@@ -181,32 +198,33 @@ class _Trainer(EMATrainer):
 
     def _post_step(self, x: Tensor, e: Tensor) -> list[tuple[str, float | None]]:
         cfg, m = self.config, self.model
+        normal, _ = self._noise_of(len(x))
+        eps, dec_recon = normal(cfg.latent), normal(cfg.noise_dims)
+        prior, dec_prior = normal(cfg.latent), normal(cfg.noise_dims)
+        real_hits = self._hit_vectors(x)  # the global batch's, on every rank
+        mine = shard(len(x))
+        x, e = x[mine], e[mine]
         m.eval()
         with torch.no_grad():
             mu, logvar = m.encode(x, e)
-            recon = m.decode(mu + (0.5 * logvar).exp() * randn(mu.shape, self.gen, mu.device), e, self.gen)
-            prior = m.decode(self._noise(len(x)), e, self.gen)
+            recon = m.decode(mu + (0.5 * logvar).exp() * eps, e, noise=dec_recon)
+            prior_images = m.decode(prior, e, noise=dec_prior)
         m.post.train()
-        hit = mmd(self._hit_vectors(m.post(prior, e)), self._hit_vectors(x))
         fixed = m.post(recon, e)
-        pixel = (fixed - x).square().mean()
         # each reconstruction's visible energy (MeV, above threshold) against its input's
         visible = m.from_scaled(fixed).sum(1)
         target = m.from_scaled(x).sum(1)
+        fake_hits = gather_shares(self._hit_vectors(m.post(prior_images, e)))
         energy = ((visible - target) / target.clamp_min(1.0)).square().mean()
-        loss = cfg.w_hit_mmd * hit + cfg.w_post_pixel * pixel + cfg.w_post_energy * energy
-        value: float | None = loss.item()
-        if optimizer_step(loss, m.post, self.opt_post, cfg.grad_clip):
-            self.ema.update(m)
-        else:
-            self.skipped += 1
-            value = None
-        return [
-            ("post", value),
-            ("hit_mmd", hit.item()),
-            ("post_pixel", pixel.item()),
-            ("post_energy", energy.item()),
+        terms = [
+            Term("hit_mmd", mmd(fake_hits, real_hits), units=1, weight=cfg.w_hit_mmd),
+            Term("post_pixel", (fixed - x).square().mean(), weight=cfg.w_post_pixel),
+            Term("post_energy", energy, weight=cfg.w_post_energy),
         ]
+        logged, value = self._update(terms, len(x), m.post, self.opt_post)
+        if value is not None:
+            self.ema.update(m)
+        return [("post", value), *((k, logged[k]) for k in ("hit_mmd", "post_pixel", "post_energy"))]
 
     @torch.no_grad()
     def validation_loss(self) -> float:
