@@ -3,8 +3,10 @@ refusals of every command that takes it (CI has no GPU: the CUDA count is simula
 
 import pytest
 
+import gaussian_family
 from caloforge import devices
 from caloforge.generation import generation_device
+from caloforge.models import registry
 from caloforge.models.registry import load_generator
 from conftest import cli_run
 
@@ -17,6 +19,17 @@ def cuda_devices(monkeypatch):
         monkeypatch.setattr(devices, "_cuda_count", lambda: n)
 
     return pretend
+
+
+@pytest.fixture
+def gaussian(monkeypatch, tmp_path):
+    """A model of the Gaussian test family (tests/gaussian_family.py), a plug-in that generates
+    on the CPU only (every built-in family generates on a GPU too)."""
+    monkeypatch.setenv("CALOFORGE_FAMILIES", "gaussian_family:FAMILY")
+    registry.reload()
+    yield gaussian_family.save_model(tmp_path / "gaussian.pt")
+    monkeypatch.delenv("CALOFORGE_FAMILIES")
+    registry.reload()
 
 
 @pytest.mark.parametrize(
@@ -61,14 +74,14 @@ def test_a_cpu_only_step_takes_auto_as_the_cpu_and_refuses_cuda(cuda_devices):
         devices.resolve_device("cuda", cpu_only="X training")
 
 
-def test_generation_device_follows_the_family(cuda_devices):
+def test_generation_device_follows_the_family(cuda_devices, gaussian):
     cuda_devices(1)
-    cc2, inn = load_generator("caloclouds2-cm"), load_generator("caloinn")
+    cc2, toy = load_generator("caloclouds2-cm"), load_generator(gaussian)
     assert generation_device(cc2, "auto") == "cuda:0"  # CaloClouds II generates on a GPU
     assert generation_device(cc2, "auto", spread=True) == "cpu"  # --workers: CPU processes
-    assert generation_device(inn, "auto") == "cpu"
-    with pytest.raises(ValueError, match="CaloINN generation runs on the CPU only"):
-        generation_device(inn, "cuda")
+    assert generation_device(toy, "auto") == "cpu"
+    with pytest.raises(ValueError, match="Gaussian test generation runs on the CPU only"):
+        generation_device(toy, "cuda")
     cuda_devices(0)
     assert generation_device(cc2, "auto") == "cpu"
 
@@ -116,16 +129,16 @@ def test_steps_without_a_gpu_path_refuse_cuda_by_name(
 
 
 def test_generate_refuses_cuda_for_a_cpu_family_and_auto_takes_the_cpu(
-    monkeypatch, capsys, cuda_devices, tmp_path
+    monkeypatch, capsys, cuda_devices, gaussian, tmp_path
 ):
     cuda_devices(1)
     out = tmp_path / "v.h5"
     code, _, err = cli_run(
-        monkeypatch, capsys, "generate", "-n", "2", "--model", "caloinn", "--device", "cuda", "--out", out
+        monkeypatch, capsys, "generate", "-n", "2", "--model", gaussian, "--device", "cuda", "--out", out
     )
-    assert code == 2 and "CaloINN generation runs on the CPU only" in err
+    assert code == 2 and "Gaussian test generation runs on the CPU only" in err
     assert not out.exists()
-    code, _, err = cli_run(monkeypatch, capsys, "generate", "-n", "2", "--model", "caloinn", "--out", out)
+    code, _, err = cli_run(monkeypatch, capsys, "generate", "-n", "2", "--model", gaussian, "--out", out)
     assert code == 0, err  # --device auto: the CPU, even where torch sees a GPU
     assert out.exists()
 

@@ -41,6 +41,11 @@ class _Toy:
     def __init__(self, spread: float = 1.5) -> None:
         self.config = _Config(spread)
         self.calls: list[tuple[torch.Tensor, float]] = []
+        self.devices: list[str] = []
+
+    def to(self, device: str) -> "_Toy":
+        self.devices.append(device)
+        return self
 
     def sample(self, energies: torch.Tensor, gen: torch.Generator, option: float) -> torch.Tensor:
         self.calls.append((energies, option))
@@ -72,6 +77,7 @@ def test_plan_defaults_to_the_models_option_and_takes_another():
     gen = _ToyGenerator(_Toy(spread=1.5))
     plan = gen.plan(GenerationRequest())
     assert plan.sampler == SamplerInfo("once", 1, 1) and plan.precision == "float32"
+    assert plan.device == "cpu"
     assert plan.options == {"spread": 1.5} and plan.attrs == {"spread": 1.5}
     assert not plan.allow_extrapolation
     explicit = GenerationRequest(
@@ -79,6 +85,7 @@ def test_plan_defaults_to_the_models_option_and_takes_another():
     )
     plan = gen.plan(explicit)
     assert plan.options == {"spread": 0.25} and plan.allow_extrapolation
+    assert gen.plan(GenerationRequest(device="cuda:1")).device == "cuda:1"  # checked, not run here
 
 
 @pytest.mark.parametrize(
@@ -87,7 +94,6 @@ def test_plan_defaults_to_the_models_option_and_takes_another():
         (GenerationRequest(sampler="heun"), r"unknown sampler 'heun' for Toy: it draws once \(once\)"),
         (GenerationRequest(n_steps=2), "--steps 2: Toy samples in one pass"),
         (GenerationRequest(precision="float16"), "--precision float16: Toy models run in float32"),
-        (GenerationRequest(device="cuda"), "Toy models generate on the CPU only"),
         (GenerationRequest(options={"temperature": 1.0}), r"option 'temperature' \(it takes spread\)"),
         (GenerationRequest(options={"spread": 0.0}), r"spread must lie in \(0, 10\), got 0.0"),
         (GenerationRequest(options={"spread": 10.0}), r"spread must lie in \(0, 10\), got 10.0"),
@@ -113,6 +119,7 @@ def test_batches_are_their_own_seeded_streams():
     np.testing.assert_array_equal(a.energy, ENERGY["energy"])
     energies, option = model.calls[-1]
     assert energies.dtype == torch.float32 and option == 0.5
+    assert model.devices == ["cpu"]  # the model is put on the plan's device
     torch.testing.assert_close(energies, torch.tensor([3.0, 10.0, 70.0]))
     # Batch 2 of seed 4 is the model's draw with batch_seed(4, 2), whoever asks for it.
     noise = torch.randn(3, 5, generator=torch.Generator().manual_seed(batch_seed(4, 2)))

@@ -1,11 +1,13 @@
 """The generator of the one-pass voxel and image models (CaloINN, BIB-AE, L2LFlows).
 
 They share everything but their network: one sampler of one pass (no steps to set), float32
-on the CPU, one scalar generation option that widens or narrows the noise (``temperature``,
-``latent_scale``), and batches drawn from their own random stream (:func:`batch_seed`). A
-family subclasses :class:`OnePassGenerator`, naming itself, its sampler and its option, and
-adds ``describe``; its model has ``sample(energies, generator, option) -> cells``,
-``detector``, ``energy_range``, ``complete`` and ``config.<option>``.
+on the CPU or a CUDA device, one scalar generation option that widens or narrows the noise
+(``temperature``, ``latent_scale``), and batches drawn from their own random stream
+(:func:`batch_seed`, on the host: the same draws on any device). A family subclasses
+:class:`OnePassGenerator`, naming itself, its sampler and its option, and adds ``describe``;
+its model has ``sample(energies, generator, option) -> cells`` (on the device of
+``energies``), ``to(device)``, ``detector``, ``energy_range``, ``complete`` and
+``config.<option>``.
 """
 
 from __future__ import annotations
@@ -39,16 +41,19 @@ class OnePassModel(Protocol):
 
     def sample(self, energies: Any, gen: Any, option: float) -> Any: ...
 
+    def to(self, device: Any) -> Any: ...
+
 
 def one_pass_batch(
-    model: OnePassModel, energies: np.ndarray, seed: int, index: int, option: float
+    model: OnePassModel, energies: np.ndarray, seed: int, index: int, option: float, device: str = "cpu"
 ) -> VoxelShowers:
-    """Batch ``index`` of a run with ``seed`` (its own random stream, :func:`batch_seed`)."""
+    """Batch ``index`` of a run with ``seed`` (its own random stream, :func:`batch_seed`), by
+    ``model`` on ``device`` (where the model must be); the cells come back to the host."""
     import torch
 
-    e = torch.from_numpy(np.asarray(energies, np.float64)).float()
-    gen = torch.Generator().manual_seed(batch_seed(seed, index))
-    return VoxelShowers(np.asarray(energies, np.float64), model.sample(e, gen, option).numpy())
+    e = torch.from_numpy(np.asarray(energies, np.float64)).float().to(device)
+    gen = torch.Generator().manual_seed(batch_seed(seed, index))  # on the host: the same draws anywhere
+    return VoxelShowers(np.asarray(energies, np.float64), model.sample(e, gen, option).cpu().numpy())
 
 
 class OnePassGenerator:
@@ -71,7 +76,7 @@ class OnePassGenerator:
         self.complete = model.complete
 
     def plan(self, request: GenerationRequest) -> Plan:
-        """One pass, float32, on the CPU; the option checked to lie in (0, 10)."""
+        """One pass, float32, on the request's device; the option checked to lie in (0, 10)."""
         name = self.name
         if request.sampler not in (None, self.sampler):
             raise GenerationError(
@@ -83,8 +88,6 @@ class OnePassGenerator:
             raise GenerationError(
                 f"--precision {request.precision}: {name} models run in float32 (use auto or float32)"
             )
-        if request.device != "cpu":
-            raise GenerationError(f"{name} models generate on the CPU only")
         unknown = sorted(set(request.options) - {self.option})
         if unknown:
             raise GenerationError(f"unknown {name} generation option '{unknown[0]}' (it takes {self.option})")
@@ -94,11 +97,15 @@ class OnePassGenerator:
         return Plan(
             sampler=SamplerInfo(self.sampler, 1, 1),
             precision="float32",
+            device=request.device,
             allow_extrapolation=request.allow_extrapolation,
             attrs={self.option: value},
             options={self.option: value},
         )
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
-        """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``)."""
-        return one_pass_batch(self.model, conditions["energy"], seed, index, plan.options[self.option])
+        """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``),
+        on the plan's device (the model is moved there)."""
+        self.model.to(plan.device)
+        option = plan.options[self.option]
+        return one_pass_batch(self.model, conditions["energy"], seed, index, option, plan.device)

@@ -17,8 +17,8 @@ SAMPLER = "decode"
 
 class BIBAEGenerator(OnePassGenerator):
     """A BIB-AE checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`: one decoder
-    pass, float32 on the CPU; generation option ``latent_scale`` (default: the model's, 1.0)
-    scales the latent draws."""
+    pass, float32 on the CPU or a CUDA device; generation option ``latent_scale`` (default: the
+    model's, 1.0) scales the latent draws."""
 
     family = "bibae"
     particle = "gamma"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from caloforge.models.protocol import (
     CHECKPOINT_EXPORTS,
+    Capabilities,
     Family,
     Option,
     Training,
@@ -39,6 +40,7 @@ FAMILY = Family.of_package(
     __name__,
     "CaloINN",
     output="voxels",
+    capabilities=Capabilities(gpu=True),
     generate_options=(
         Option("temperature", float, "Width of the base distribution (1: the trained density)."),
     ),

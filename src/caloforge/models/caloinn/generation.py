@@ -19,15 +19,16 @@ SAMPLER = "inverse"
 def voxel_batch(
     model: CaloINN, energies: np.ndarray, seed: int, index: int, temperature: float | None = None
 ) -> VoxelShowers:
-    """Batch ``index`` of a run with ``seed`` (its own random stream, :func:`batch_seed`)."""
+    """Batch ``index`` of a run with ``seed`` (its own random stream, :func:`batch_seed`), made
+    on the model's device."""
     t = model.config.temperature if temperature is None else temperature
-    return one_pass_batch(model, energies, seed, index, t)
+    return one_pass_batch(model, energies, seed, index, t, str(model.mean.device))
 
 
 class CaloINNGenerator(OnePassGenerator):
     """A CaloINN checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`: one
-    inverse pass, float32 on the CPU; generation option ``temperature`` (default: the model's,
-    1.0) scales the base noise."""
+    inverse pass, float32 on the CPU or a CUDA device; generation option ``temperature``
+    (default: the model's, 1.0) scales the base noise."""
 
     family = "caloinn"
     particle = "e-"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.detector import Detector, PolarGrid
+from caloforge.models._placement import randn
 from caloforge.models.caloinn.config import CaloINNConfig
 from caloforge.models.caloinn.variables import layer_features, voxels_from_layer_features
 from caloforge.models.checkpoint import detector_state
@@ -94,8 +95,9 @@ class CaloINN(nn.Module):
 
     @torch.no_grad()
     def sample_features(self, e_inc_gev: Tensor, gen: torch.Generator, temperature: float = 1.0) -> Tensor:
-        """Standardised features of ``len(e_inc_gev)`` showers from noise drawn with ``gen``."""
-        z = torch.randn((len(e_inc_gev), *self.shape), generator=gen) * temperature
+        """Standardised features of ``len(e_inc_gev)`` showers from noise drawn with ``gen`` (on
+        the host), on the device of ``e_inc_gev``."""
+        z = randn((len(e_inc_gev), *self.shape), gen, e_inc_gev.device) * temperature
         return self.flow.inverse(z, self.energy_condition(e_inc_gev))
 
     @torch.no_grad()

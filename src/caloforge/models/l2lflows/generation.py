@@ -16,8 +16,8 @@ SAMPLER = "inverse"
 
 class L2LFlowsGenerator(OnePassGenerator):
     """An L2LFlows checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`: the
-    inverted flows in one pass each, float32 on the CPU; generation option ``temperature``
-    (default: the model's, 1.0) scales the base noise."""
+    inverted flows in one pass each, float32 on the CPU or a CUDA device; generation option
+    ``temperature`` (default: the model's, 1.0) scales the base noise."""
 
     family = "l2lflows"
     particle = "gamma"

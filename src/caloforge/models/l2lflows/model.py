@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.detector import CellGrid, Detector
+from caloforge.models._placement import randn
 from caloforge.models.checkpoint import detector_state
 from caloforge.models.l2lflows.config import L2LFlowsConfig
 from caloforge.models.l2lflows.flows import EnergyFlow, LayerFlows, gaussian_log_prob
@@ -122,17 +123,19 @@ class L2LFlows(nn.Module):
         self, e_inc_gev: Tensor, gen: torch.Generator, temperature: float = 1.0
     ) -> tuple[Tensor, Tensor]:
         """Standardised ``g`` and ``y`` of ``len(e_inc_gev)`` showers: the layer energies first,
-        then the layers in order, each conditioned on the previous ones generated."""
-        n, (n_layers, h, w) = len(e_inc_gev), self.shape
+        then the layers in order, each conditioned on the previous ones generated (on the device
+        of ``e_inc_gev``; noise drawn on the host with ``gen``)."""
+        n, (n_layers, h, w), device = len(e_inc_gev), self.shape, e_inc_gev.device
         c = self.energy_condition(e_inc_gev)
-        g = self.net["energy"].inverse(torch.randn((n, n_layers), generator=gen) * temperature, c)
+        g = self.net["energy"].inverse(randn((n, n_layers), gen, device) * temperature, c)
         flows: LayerFlows = self.net["layers"]
         k, edge = flows.n_context, self.config.bound * (1 - 1e-4)
-        layers = [torch.zeros(n, 1, h, w)] * k
+        layers = [torch.zeros(n, 1, h, w, device=device)] * k
+        no_context = torch.zeros(n, 1, 0, h, w, device=device)
         for i in range(n_layers):
-            ctx = torch.stack(layers[len(layers) - k :], dim=2) if k else torch.zeros(n, 1, 0, h, w)
+            ctx = torch.stack(layers[len(layers) - k :], dim=2) if k else no_context
             s = torch.stack([c, g[:, i : i + 1]], dim=-1)
-            z = torch.randn((n, 1, h, w), generator=gen) * temperature
+            z = randn((n, 1, h, w), gen, device) * temperature
             layers.append(flows.inverse(z, ctx, s, slice(i, i + 1)).clamp(-edge, edge))
         return g, torch.cat(layers[k:], dim=1)
 
