@@ -198,7 +198,6 @@ def test_generation_refuses_what_it_cannot_do(trained):
         (GenerationRequest(sampler="heun"), "does not fit a DDPM model"),
         (GenerationRequest(n_steps=5), "steps it was trained with"),
         (GenerationRequest(precision="bfloat16"), "float32"),
-        (GenerationRequest(device="cuda"), "CPU only"),
         (GenerationRequest(options={"wide": 1}), "unknown CaloClouds generation option"),
     ]:
         with pytest.raises(GenerationError, match=match):

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from caloforge.calibrate import calibrate_points
 from caloforge.io import PointShowers
+from caloforge.models._placement import randn
 from caloforge.models.caloclouds1.checkpoint import check_state, model_from_state
 from caloforge.models.caloclouds1.model import CaloClouds1
 from caloforge.models.nn.ddpm import sample_ddpm
@@ -40,7 +41,8 @@ LATENT_TRUNCATION = 2.0
 
 
 def truncated_normal(shape: tuple[int, ...], generator: torch.Generator, bound: float) -> Tensor:
-    """Standard normal draws beyond ``±bound`` redrawn until none is (same stream, reproducible)."""
+    """Standard normal draws beyond ``±bound`` redrawn until none is (same stream, reproducible;
+    drawn on the generator's device, the host)."""
     x = torch.randn(shape, generator=generator)
     for _ in range(100):
         bad = x.abs() > bound
@@ -58,38 +60,45 @@ def generate_batch(
     points_per_call: int = POINTS_PER_CALL,
     fast: bool = True,
 ) -> tuple[PointShowers, Tensor]:
-    """One batch of showers and the flow's (uncalibrated) numbers of points.
+    """One batch of showers and the flow's (uncalibrated) numbers of points, both on the host.
 
-    ``fast`` runs the PointWise Net in its folded form on the CPU (the same showers up to
-    float rounding)."""
+    The whole pipeline (flows, sampler, calibrations) runs on the device the model is on;
+    every random number is drawn on the host from ``generator`` and moved there, so a GPU
+    draws the same numbers as the CPU. ``fast`` runs the PointWise Net in its folded form on
+    the CPU (the same showers up to float rounding); elsewhere the plain net runs."""
+    device = next(model.net.parameters()).device
+    energy = energy.to(device)
     flow = model.flow.sample(energy, generator)
     n_flow = flow.n_points
     n = model.calibration(n_flow)
     counts = largest_remainder(flow.point_fractions, n)
     layer_e = layer_energies(flow.energy_weights, counts, flow.e_vis)
     noise = truncated_normal((len(energy), model.config.latent_dim), generator, LATENT_TRUNCATION)
-    latent = model.latent_from_noise(energy, n_flow, noise)
-    net = FoldedPointWiseNet(model.net) if fast else model.net
-    out = torch.zeros(len(energy), padded_width(int(n.max())), 4)
+    latent = model.latent_from_noise(energy, n_flow, noise.to(device))
+    net = FoldedPointWiseNet(model.net) if fast and device.type == "cpu" else model.net
+    out = torch.zeros(len(energy), padded_width(int(n.max())), 4, device=device)
     for idx, w in shower_groups(n, points_per_call, POINTS_PAD):
-        x = torch.randn(len(idx), w, 4, generator=generator)
+        idx = idx.to(device)
+        x = randn((len(idx), w, 4), generator, device)
         # Conditioned on the flow's N (the density of a Geant4 shower with that many points);
         # the calibrated count only decides how many points are drawn.
         cond = {"energy": energy[idx], "n_points": n_flow[idx], "latent": latent[idx]}
         out[idx, :w] = sample_ddpm(net, x, model.schedule, generator, **cond)
-    mask = torch.arange(int(n.max())).unsqueeze(0) < n.unsqueeze(1)
+    mask = torch.arange(int(n.max()), device=device).unsqueeze(0) < n.unsqueeze(1)
     z = out[:, : int(n.max())]
     points = calibrate_points(model.scaler.inverse(z), mask, counts, layer_e, flow.cog[:, :2])
     points = torch.where(mask.unsqueeze(-1), points, 0.0)
-    return PointShowers(energy.double().numpy(), points.numpy()), n_flow
+    return PointShowers(energy.double().cpu().numpy(), points.cpu().numpy()), n_flow.cpu()
 
 
 class CaloClouds1Generator:
     """A CaloClouds (I) checkpoint as a :class:`~caloforge.models.protocol.ShowerGenerator`.
 
-    Request options: ``points_per_call`` and ``fast`` (the folded net, default on). The sampler
-    is the model's DDPM (``ddpm``, its trained number of steps): a discrete-time model has
-    no other.
+    Request options: ``points_per_call`` (padded points per network call, default
+    :data:`POINTS_PER_CALL` on the CPU, 2^20 on a GPU) and ``fast`` (the folded net on the CPU,
+    default on). The sampler is the model's DDPM (``ddpm``, its trained number of steps): a
+    discrete-time model has no other. It generates on the request's device (the CPU or a CUDA
+    device).
     """
 
     family = "caloclouds1"
@@ -105,7 +114,7 @@ class CaloClouds1Generator:
         self.label = "caloclouds1"
 
     def plan(self, request: GenerationRequest) -> Plan:
-        """The DDPM sampler of the model; float32 on the CPU."""
+        """The DDPM sampler of the model; float32 on the request's device."""
         steps = self.model.config.ddpm_steps
         extra = sorted(set(request.options) - {"points_per_call", "fast"})
         if extra:
@@ -118,22 +127,25 @@ class CaloClouds1Generator:
             raise GenerationError(
                 f"--precision {request.precision}: CaloClouds runs in float32 (auto or float32)"
             )
-        if request.device != "cpu":
-            raise GenerationError("CaloClouds generates on the CPU only")
-        per_call = int(request.options.get("points_per_call", POINTS_PER_CALL))
+        # Larger point groups per network call on a GPU, where wide batches pay.
+        default = POINTS_PER_CALL if request.device == "cpu" else 1 << 20
+        per_call = int(request.options.get("points_per_call", default))
         if per_call < 1:
             raise GenerationError(f"points_per_call must be at least 1, got {per_call}")
         return Plan(
             sampler=SamplerInfo("ddpm", steps, steps),
             precision="float32",
+            device=request.device,
             allow_extrapolation=request.allow_extrapolation,
             attrs={"precision": "float32"},
             options={"points_per_call": per_call, "fast": bool(request.options.get("fast", True))},
         )
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
-        """One batch of :class:`~caloforge.io.PointShowers` (batch ``index`` of a run with ``seed``)."""
-        energy = torch.as_tensor(np.asarray(conditions["energy"]), dtype=torch.float32)
+        """One batch of :class:`~caloforge.io.PointShowers` (batch ``index`` of a run with ``seed``),
+        on the plan's device (the model is moved there)."""
+        self.model.to(plan.device)
+        energy = torch.as_tensor(np.asarray(conditions["energy"]), dtype=torch.float32, device=plan.device)
         generator = torch.Generator().manual_seed(batch_seed(seed, index))
         showers, _ = generate_batch(
             self.model, energy, generator, plan.options["points_per_call"], plan.options["fast"]

@@ -55,6 +55,7 @@ from zuko.lazy import UnconditionalDistribution
 from zuko.transforms import MonotonicRQSTransform
 
 from caloforge.io import PointShowers
+from caloforge.models._placement import randn
 
 __all__ = [
     "FlowSample",
@@ -288,8 +289,9 @@ class ShowerFlow(nn.Module):
 
     @torch.no_grad()
     def sample_features(self, energy: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Raw features ``(n, 2 L + 2)`` for incident energies ``energy`` [GeV]."""
-        eps = torch.randn(len(energy), self.n_features, generator=generator)
+        """Raw features ``(n, 2 L + 2)`` for incident energies ``energy`` [GeV], on their device
+        (the base noise drawn on the host with ``generator``)."""
+        eps = randn((len(energy), self.n_features), generator, energy.device)
         return self.features_from_noise(energy, eps)
 
     @torch.no_grad()
