@@ -123,7 +123,7 @@ FAMILY = Family.of_package(
     __name__,
     "CaloDREAM",
     output="voxels",
-    capabilities=Capabilities(calibrate=True),
+    capabilities=Capabilities(calibrate=True, gpu=True),
     calibrator="caloforge.models.calodream.calibration:calibrate_command",
     commands="caloforge.models.calodream.cli:add_commands",
     calibrate_options=(

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from caloforge.io import VoxelShowers
+from caloforge.models._placement import randn
 from caloforge.models.calodream.checkpoint import model_from_state
 from caloforge.models.calodream.model import (
     CaloDream,
@@ -44,8 +45,10 @@ def shape_velocity(model: CaloDream, cond: Tensor) -> Callable[[Tensor, Tensor],
 
 
 def shape_noise(model: CaloDream, n: int, gen: torch.Generator) -> Tensor:
-    """Starting points ``x(t=0)`` of ``n`` showers in the shape network's variables."""
-    return torch.randn((n, *model.standard.mean.shape), generator=gen)
+    """Starting points ``x(t=0)`` of ``n`` showers in the shape network's variables, drawn on
+    the host with ``gen`` and put on the model's device."""
+    mean = model.standard.mean
+    return randn((n, *mean.shape), gen, mean.device)
 
 
 def shape_condition(model: CaloDream, e_inc: Tensor, u: Tensor) -> Tensor:
@@ -119,6 +122,15 @@ def generate(
         yield voxel_batch(model, energies[lo : lo + batch_size], shape_solver, energy_solver, seed, index, u)
 
 
+def place(model: CaloDream, device: str | torch.device) -> CaloDream:
+    """``model`` and the networks it embeds (energy, VAE), which ``model.to`` does not move,
+    on ``device`` (moved in place)."""
+    for part in (model, model.energy_model, model.vae_model):
+        if part is not None:
+            part.to(device)
+    return model
+
+
 def voxel_batch(
     model: CaloDream,
     energies: np.ndarray,
@@ -129,15 +141,19 @@ def voxel_batch(
     layer_u: np.ndarray | None = None,
 ) -> VoxelShowers:
     """Batch ``index`` of a run with ``seed``: the energy network's layer energies (or the given
-    ``layer_u``), then the shape network's voxels, all from the batch's own random stream."""
-    e = torch.from_numpy(np.asarray(energies, np.float64)).float()
+    ``layer_u``), then the shape network's voxels, all from the batch's own random stream
+    (drawn on the host). Runs on the shape network's device (its embedded networks are moved
+    there); the voxels come back to the host."""
+    device = model.standard.mean.device
+    place(model, device)  # the embedded networks beside the shape network
+    e = torch.from_numpy(np.asarray(energies, np.float64)).float().to(device)
     gen = torch.Generator().manual_seed(batch_seed(seed, index))
     if layer_u is not None:
-        u = torch.as_tensor(layer_u).float()
+        u = torch.as_tensor(layer_u).float().to(device)
     else:
         u = sample_u(model.energy_model, e, energy_solver, gen)  # type: ignore[arg-type]
     vox = sample_voxels(model, e, u, shape_solver, gen)
-    return VoxelShowers(np.asarray(energies, np.float64), vox.numpy())
+    return VoxelShowers(np.asarray(energies, np.float64), vox.cpu().numpy())
 
 
 def _check_shape_model(model: CaloDream, need_energy: bool = True) -> None:
@@ -155,7 +171,8 @@ def model_conditions(model: CaloDream) -> tuple[Condition, ...]:
 class CaloDreamGenerator:
     """A CaloDREAM shape checkpoint (with its energy network) as a
     :class:`~caloforge.models.protocol.ShowerGenerator`; ``sampler`` is the shape network's
-    ODE solver (``euler``, ``midpoint``, ``rk4`` or a trained ``bns``)."""
+    ODE solver (``euler``, ``midpoint``, ``rk4`` or a trained ``bns``). It generates on the
+    request's device (the CPU or a CUDA device): networks, solvers and calibration."""
 
     family = "calodream"
     output = "voxels"
@@ -170,14 +187,12 @@ class CaloDreamGenerator:
         self.label = "calodream-lavit" if model.latent else "calodream"
 
     def plan(self, request: GenerationRequest) -> Plan:
-        """The shape solver resolved (:func:`resolve_solver`); float32 on the CPU only."""
+        """The shape solver resolved (:func:`resolve_solver`); float32 on the request's device."""
         _check_shape_model(self.model)
         if request.precision not in ("auto", "float32"):
             raise GenerationError(
                 f"--precision {request.precision}: CaloDREAM models run in float32 (use auto or float32)"
             )
-        if request.device != "cpu":
-            raise GenerationError("CaloDREAM models generate on the CPU only")
         if request.options:
             raise GenerationError(f"unknown CaloDREAM generation option '{sorted(request.options)[0]}'")
         try:
@@ -187,14 +202,16 @@ class CaloDreamGenerator:
         return Plan(
             sampler=SamplerInfo(spec.method, spec.n_steps, spec.evaluations),
             precision="float32",
+            device=request.device,
             allow_extrapolation=request.allow_extrapolation,
             attrs={"latent": bool(self.model.latent), "calibrated": uses_calibration(self.model, spec)},
             options={"method": spec.method, "n_steps": spec.n_steps},
         )
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Any:
-        """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``)."""
-        model = self.model
+        """One batch of :class:`~caloforge.io.VoxelShowers` (batch ``index`` of a run with ``seed``),
+        on the plan's device (the networks are moved there)."""
+        model = place(self.model, plan.device)
         spec = resolve_solver(model, plan.options["method"], plan.options["n_steps"])
         energy_solver = model.energy_model.sampler["energy"]  # type: ignore[union-attr]
         return voxel_batch(model, conditions["energy"], spec, energy_solver, seed, index)

@@ -47,11 +47,12 @@ class SolverSpec:
         return self.n_steps * (1 if self.method == "bns" else evaluations_per_step(self.method))
 
     def solver(self) -> Callable[[Callable[[Tensor, Tensor], Tensor], Tensor], Tensor]:
-        """``solve(v, x0) -> x1``."""
+        """``solve(v, x0) -> x1``, on the device of ``x0`` (a BNS solver's coefficients are
+        moved there)."""
         if self.method == "bns":
             bns = BNSSolver.from_dict(self.bns)  # type: ignore[arg-type]
             bns.requires_grad_(False)
-            return lambda v, x0: bns(v, x0)
+            return lambda v, x0: bns.to(x0.device)(v, x0)
         return lambda v, x0: solve_fixed(v, x0, self.method, self.n_steps)
 
     def to_dict(self) -> dict[str, Any]:

@@ -135,14 +135,15 @@ class QuantileMap:
         )
 
     def _at(self, table: Tensor, log_e: Tensor) -> Tensor:
-        """``table`` ``(bins, ...)`` at each shower's log energy (linear between centres)."""
-        c = self.log_e_centres.double()
+        """``table`` ``(bins, ...)`` at each shower's log energy (linear between centres), on the
+        device of ``log_e``."""
+        c = self.log_e_centres.double().to(log_e.device)
         x = log_e.double().clamp(c[0], c[-1])
         k = torch.searchsorted(c, x, right=True).clamp(1, max(len(c) - 1, 1)) - 1
         k1 = (k + 1).clamp_max(len(c) - 1)
         w = torch.where(k1 > k, (x - c[k]) / (c[k1] - c[k]).clamp_min(1e-12), torch.zeros_like(x))
         w = w.view(-1, *([1] * (table.dim() - 1)))
-        table = table.double()
+        table = table.double().to(log_e.device)
         return (1 - w) * table[k] + w * table[k1]
 
     @staticmethod
@@ -158,7 +159,8 @@ class QuantileMap:
 
     def __call__(self, values: Tensor, log_e: Tensor) -> Tensor:
         """Map ``values`` ``(n, groups, m)`` of showers with log energies ``log_e`` ``(n,)``;
-        dropped values come back as NaN."""
+        dropped values come back as NaN. The tables stay where they are (the host) and are
+        copied to the device of ``values`` and ``log_e``."""
         if values.dim() != 3 or values.shape[1] != self.n_groups:
             raise ValueError(f"values must be (n, {self.n_groups}, m), got {tuple(values.shape)}")
         src, dst = self._at(self.source, log_e), self._at(self.target, log_e)
@@ -167,7 +169,7 @@ class QuantileMap:
         overshoot = x - torch.minimum(torch.maximum(x, src[..., :1]), src[..., -1:])
         if self.rates is None:
             return (self._interp(x, src, dst) + overshoot).to(values.dtype)
-        levels = torch.linspace(0.0, 1.0, src.shape[-1], dtype=torch.float64).expand_as(src)
+        levels = torch.linspace(0.0, 1.0, src.shape[-1], dtype=src.dtype, device=src.device).expand_as(src)
         q = self._interp(x, src, levels)
         r_src = self._at(self.rates[0], log_e).unsqueeze(-1)
         r_dst = self._at(self.rates[1], log_e).unsqueeze(-1)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from caloforge.models._placement import randn
+
 __all__ = ["Transfusion", "time_embedding"]
 
 
@@ -159,11 +161,12 @@ class Transfusion(nn.Module):
         """Generate ``(n, n_dims)`` dimension by dimension; ``solve(v, x0)`` integrates t = 0 → 1.
 
         The decoder runs once per dimension on the new position only (cached keys and values).
+        Runs on the device of ``cond``; the noise is drawn on the host with ``generator``.
         """
         self._check_incremental()
         n = len(cond)
         z = torch.zeros(n, self.n_dims, device=cond.device)
-        noise = torch.randn(n, self.n_dims, generator=generator, device=cond.device)
+        noise = randn((n, self.n_dims), generator, cond.device)
         memory_kv = self._memory_kv(self.encoder(self.cond_embed(cond).unsqueeze(1)))
         cache: list[list[Tensor]] = [[z.new_empty(0), z.new_empty(0)] for _ in self.decoder.layers]
         for i in range(self.n_dims):
