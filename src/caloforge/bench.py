@@ -371,9 +371,7 @@ def _target(spec: ModelSpec) -> tuple[str, str, bool, Reference]:
         made = load_generator(spec.path)
         gpu = get_family(made.family).capabilities.gpu
     reference = get_kind(made.output).reference
-    if reference.detector is not None:
-        return reference.detector, made.particle, False, reference
-    return made.detector.name, made.particle, gpu, reference
+    return reference.detector or made.detector.name, made.particle, gpu, reference
 
 
 def _row_energies(reference: Reference, config: BenchConfig) -> list[tuple[float, int]]:

@@ -42,7 +42,8 @@ def jet_batch(
     ``num_particles`` and, for conditional models, ``mass``).
 
     The file's jet features are ``pt`` (the condition), ``eta``, the mass of the generated
-    constituents (relative mass × pt) and the multiplicity.
+    constituents (relative mass × pt) and the multiplicity. The jets are made on the model's
+    device (noise drawn on the host) and come back to the host.
     """
     n = np.asarray(conditions["num_particles"], np.float64)
     pt = np.asarray(conditions["pt"], np.float64)
@@ -50,7 +51,7 @@ def jet_batch(
     eta = np.asarray(conditions["eta"], np.float64)
     jet = torch.from_numpy(np.stack([pt, eta, mass, n], axis=1).astype(np.float32))
     gen = torch.Generator().manual_seed(batch_seed(seed, index))
-    particles = model.sample(jet, sampler, steps, gen, clip).numpy()
+    particles = model.sample(jet.to(model.particle_mean.device), sampler, steps, gen, clip).cpu().numpy()
     kin = jet_kinematics(particles)
     features = np.stack([pt, eta, kin["mass"] * pt, (particles[..., 3] > 0.5).sum(1)], axis=1)
     return Jets(particles, features.astype(np.float32), model.jet_type)
@@ -63,7 +64,7 @@ class EPiCGenerator:
     (GeV); an unconditional model only records ``pt`` and ``eta`` in the file (its relative
     particles do not depend on them). :meth:`sample_conditions` draws them from the training
     jets' table stored in the checkpoint (what ``caloforge generate`` uses without a
-    conditions file).
+    conditions file). It generates on the request's device (the CPU or a CUDA device).
     """
 
     family = "epic"
@@ -75,7 +76,7 @@ class EPiCGenerator:
         cfg = model.config
         self.label = f"epic-{cfg.variant}"
         self.particle = model.jet_type
-        table = model.condition_table.numpy()
+        table = model.condition_table.cpu().numpy()
         if cfg.conditional:
             pt = Condition("pt", "GeV", float(table[:, 0].min()), float(table[:, 0].max()))
             eta = Condition("eta", "", float(table[:, 1].min()), float(table[:, 1].max()), positive=False)
@@ -92,7 +93,7 @@ class EPiCGenerator:
 
     def sample_conditions(self, n: int, seed: int) -> dict[str, np.ndarray]:
         """``n`` rows of the training jets' (pt, eta, mass, num_particles), drawn with ``seed``."""
-        table = self.model.condition_table.numpy().astype(np.float64)
+        table = self.model.condition_table.cpu().numpy().astype(np.float64)
         rows = table[np.random.default_rng([seed % 2**63, 7]).integers(0, len(table), n)]
         out = {"pt": rows[:, 0], "eta": rows[:, 1], "mass": rows[:, 2], "num_particles": rows[:, 3]}
         if not self.model.config.conditional:
@@ -100,7 +101,7 @@ class EPiCGenerator:
         return out
 
     def plan(self, request: GenerationRequest) -> Plan:
-        """The model's sampler and steps unless asked otherwise; float32 on the CPU."""
+        """The model's sampler and steps unless asked otherwise; float32 on the request's device."""
         cfg = self.model.config
         samplers = SAMPLERS[cfg.variant]
         sampler = request.sampler or cfg.sampler
@@ -117,8 +118,6 @@ class EPiCGenerator:
             raise GenerationError(
                 f"--precision {request.precision}: EPiC models run in float32 (auto or float32)"
             )
-        if request.device != "cpu":
-            raise GenerationError("EPiC models generate on the CPU only")
         allowed = {"clip"} if cfg.variant == "jedi" else set()
         unknown = sorted(set(request.options) - allowed)
         if unknown:
@@ -135,13 +134,15 @@ class EPiCGenerator:
         return Plan(
             sampler=SamplerInfo(sampler, steps, calls),
             precision="float32",
+            device=request.device,
             allow_extrapolation=request.allow_extrapolation,
             attrs=attrs,
             options=options,
         )
 
     def generate_batch(self, conditions: Mapping[str, np.ndarray], plan: Plan, seed: int, index: int) -> Jets:
-        """One batch of :class:`~caloforge.jets.io.Jets`."""
+        """One batch of :class:`~caloforge.jets.io.Jets`, on the plan's device (the model is moved
+        there)."""
         n = np.asarray(conditions["num_particles"])
         if (np.round(n) != n).any() or (n < 1).any() or (n > self.model.config.n_particles).any():
             raise GenerationError(
@@ -149,6 +150,7 @@ class EPiCGenerator:
                 f"(this model makes {self.model.config.n_particles}-particle jets)"
             )
         o = plan.options
+        self.model.to(plan.device)
         return jet_batch(self.model, conditions, o["sampler"], o["steps"], seed, index, o.get("clip"))
 
     def describe(self) -> dict[str, Any]:
