@@ -23,7 +23,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["PRECISIONS", "Placement", "rand", "randn", "resolve_precision"]
+__all__ = ["HOST", "PRECISIONS", "Placement", "rand", "randn", "resolve_precision"]
 
 #: What ``--precision`` accepts: ``auto`` is bfloat16 autocast on a CUDA device for a family
 #: whose numerics allow it (:attr:`~caloforge.models.protocol.Training.amp`), float32 otherwise.
@@ -92,6 +92,10 @@ class Placement:
             return
         with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16):
             yield
+
+
+#: Where a batch is made when no placement is given: the host (the CPU, float32).
+HOST = Placement()
 
 
 def rand(

@@ -46,6 +46,7 @@ __all__ = [
     "SKIPPED_SHARE_MIN_STEPS",
     "CheckpointError",
     "EMATrainer",
+    "OnDevice",
     "Progress",
     "RunOptions",
     "Term",
@@ -348,7 +349,26 @@ def seeded(seed: int, make: Callable[[], T]) -> T:
         return make()
 
 
-class EMATrainer:
+class OnDevice:
+    """A trainer whose modules (:meth:`device_modules`) train on a device: :meth:`place_on`
+    moves them there and keeps the :class:`~caloforge.models._placement.Placement` (``place``)
+    its steps put batches on and take the precision from."""
+
+    place = Placement()
+
+    def device_modules(self) -> list[nn.Module]:
+        """What lives on the training device."""
+        raise NotImplementedError
+
+    def place_on(self, place: Placement) -> None:
+        """Move :meth:`device_modules` to ``place``'s device (before the first step or a
+        restore: the optimisers hold the same parameter objects)."""
+        self.place = place
+        for module in self.device_modules():
+            module.to(place.device)
+
+
+class EMATrainer(OnDevice):
     """What the trainers that keep an EMA of their network share (CaloINN, L2LFlows, BIB-AE,
     CaloDREAM): the batch generator, the validation split, the counters :func:`run_loop`
     reads, an optimiser update that feeds the EMA, the checkpoint state
@@ -373,7 +393,6 @@ class EMATrainer:
     #: Validation: the first showers of the validation split, in chunks of this many.
     validation_showers = 2048
     validation_chunk = 256
-    place = Placement()
     config: Any
     data: Any
     model: Any
@@ -395,13 +414,6 @@ class EMATrainer:
     def averaged(self) -> nn.Module:
         """The network whose weights the EMA averages (default ``model.net``)."""
         return self.model.net
-
-    def place_on(self, place: Placement) -> None:
-        """Move the model, the EMA and :meth:`device_modules` to ``place``'s device (before
-        the first step or a restore: the optimisers hold the same parameter objects)."""
-        self.place = place
-        for module in self.device_modules():
-            module.to(place.device)
 
     def device_modules(self) -> list[nn.Module]:
         """What lives on the training device (default the model and the EMA copy)."""

@@ -17,7 +17,7 @@ from caloforge.calibrate import NPointsCalibration, count_hits
 from caloforge.clustering import cluster_pitch_mm, coarsen_points
 from caloforge.detector import Detector
 from caloforge.io import PointShowers, open_showers
-from caloforge.models._training import Progress
+from caloforge.models._training import OnDevice, Progress
 from caloforge.models.nn.pointwise import PointScaler, dequantize
 from caloforge.models.nn.showerflow import (
     ShowerStats,
@@ -134,7 +134,7 @@ def _subsample(showers: PointShowers, k: int, rng: np.random.Generator) -> np.nd
     return out.astype(np.float32)
 
 
-class PointRunState:
+class PointRunState(OnDevice):
     """The checkpoint state of a point-cloud training run, for trainers with ``model`` (with
     ``metadata()``, ``calibration``, ``complete``), ``train_net`` and its ``ema``, the random
     streams ``gen`` (data) and ``noise_gen``, ``data`` (:class:`TrainingData`), ``step``,
@@ -153,6 +153,10 @@ class PointRunState:
     def optimizers(self) -> dict[str, Any]:
         """The run's optimisers by the name they have in a checkpoint."""
         raise NotImplementedError
+
+    def device_modules(self) -> list[Any]:
+        """The model (with its averaged net) and the live net."""
+        return [self.model, self.train_net]
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs, with the model's metadata."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from caloforge.calibrate import NPointsCalibration, fit_n_points_calibration
 from caloforge.detector import Detector
 from caloforge.models._distributed import shard, world
-from caloforge.models._placement import Placement, rand, randn
+from caloforge.models._placement import HOST, Placement, rand, randn
 from caloforge.models._training import (
     Progress,
     Term,
@@ -55,10 +55,6 @@ def borrow_flow(model: str | Path, detector: Detector) -> tuple[dict[str, Tensor
             f"'{detector.name}': give a Shower Flow of the same detector"
         )
     return {k: v.clone() for k, v in flow.state_dict().items()}, dict(flow.settings), str(path)
-
-
-#: Where a batch is made by default: the host.
-HOST = Placement()
 
 
 def point_batch(
@@ -102,7 +98,6 @@ class _Trainer(PointRunState):
 
     distributed = True
     amp = True
-    place = HOST
 
     def __init__(
         self,
@@ -178,15 +173,6 @@ class _Trainer(PointRunState):
         flow_value = self._update(flow_loss, model.latent_flow, self.opt_latent)
         ok = value is not None
         return [*((name, v if ok else None) for name, v in logged), ("latent_flow_loss", flow_value)]
-
-    def place_on(self, place: Placement) -> None:
-        """Train on ``place``'s device (the model with its averaged net, and the live net)."""
-        self.place = place
-        for module in self.device_modules():
-            module.to(place.device)
-
-    def device_modules(self) -> list[nn.Module]:
-        return [self.model, self.train_net]
 
     def _update(self, loss: Tensor, module: nn.Module, optimizer: torch.optim.Optimizer) -> float | None:
         value = distributed_step(loss, module, optimizer, self.config.grad_clip)

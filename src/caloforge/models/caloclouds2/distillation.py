@@ -37,8 +37,9 @@ from torch import Tensor, nn
 
 from caloforge.models._config import LoopConfig
 from caloforge.models._distributed import broadcast_module, shard, world
-from caloforge.models._placement import Placement, randn
+from caloforge.models._placement import randn
 from caloforge.models._training import (
+    OnDevice,
     Progress,
     TrainResult,
     check_resumable,
@@ -54,7 +55,7 @@ from caloforge.models.caloclouds2.checkpoint import load_model, model_from_state
 from caloforge.models.caloclouds2.config import SamplerSpec
 from caloforge.models.caloclouds2.data import TrainingData, load_training_data
 from caloforge.models.caloclouds2.model import CaloClouds2
-from caloforge.models.caloclouds2.training import HOST, point_batch
+from caloforge.models.caloclouds2.training import point_batch
 from caloforge.models.nn.edm import ConsistencyDenoiser, EDMDenoiser
 from caloforge.models.nn.ema import EMA
 from caloforge.models.nn.pointwise import PointWiseNet
@@ -165,7 +166,7 @@ def consistency_distillation_loss(
     return (dist * m).sum() / m.sum().clamp_min(1)
 
 
-class _Distiller:
+class _Distiller(OnDevice):
     """Mutable state of a distillation run (student, target, optimiser, RNGs) and one step of it.
 
     Data-parallel like CaloClouds II training (every rank draws the global batch and its noise,
@@ -174,7 +175,6 @@ class _Distiller:
 
     distributed = True
     amp = True
-    place = HOST
 
     def __init__(self, config: DistillConfig, teacher: CaloClouds2, data: TrainingData) -> None:
         self.config, self.teacher_model, self.data = config, teacher, data
@@ -216,12 +216,6 @@ class _Distiller:
 
     def device_modules(self) -> list[nn.Module]:
         return [self.teacher_model, self.student_net, self.target_net, self.model]
-
-    def place_on(self, place: Placement) -> None:
-        """Distil on ``place``'s device (teacher, student, target and the servable model)."""
-        self.place = place
-        for module in self.device_modules():
-            module.to(place.device)
 
     def _wrap(self, net: nn.Module) -> ConsistencyDenoiser:
         return ConsistencyDenoiser(net, self.teacher_model.config.sigma_data, self.config.sigma_min)

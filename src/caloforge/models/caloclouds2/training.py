@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from caloforge.calibrate import NPointsCalibration
 from caloforge.models._distributed import broadcast_module, shard, world
-from caloforge.models._placement import Placement, rand
+from caloforge.models._placement import HOST, Placement, rand
 from caloforge.models._training import (
     Progress,
     TrainResult,
@@ -38,9 +38,6 @@ from caloforge.models.nn.pointwise import (
 from caloforge.models.pointdata import PointRunState, TrainingData, fit_point_scaler, load_training_data
 
 # --------------------------------------------------------------------------- training
-
-#: Where a batch is made by default: the host.
-HOST = Placement()
 
 
 def point_batch(
@@ -82,7 +79,6 @@ class _Trainer(PointRunState):
 
     distributed = True
     amp = True
-    place = HOST
 
     def __init__(self, config: CaloClouds2Config, data: TrainingData) -> None:
         self.config, self.data = config, data
@@ -111,15 +107,6 @@ class _Trainer(PointRunState):
         data = self.data
         self.model.flow.fit_standardisation(self.model.flow.features_from_stats(data.stats, data.energy, gen))
         fit_point_scaler(self.model.scaler, data, gen)
-
-    def place_on(self, place: Placement) -> None:
-        """Train on ``place``'s device (the model with its averaged net, and the live net)."""
-        self.place = place
-        for module in self.device_modules():
-            module.to(place.device)
-
-    def device_modules(self) -> list[nn.Module]:
-        return [self.model, self.train_net]
 
     def flow_steps_before(self, step: int) -> int:
         """Flow updates done in the first ``step`` iterations (spread evenly over the loop)."""

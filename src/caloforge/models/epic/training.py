@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from caloforge.jets.io import Jets, read_jets
 from caloforge.models._distributed import shard
-from caloforge.models._placement import Placement
 from caloforge.models._training import (
+    OnDevice,
     RunOptions,
     Term,
     TrainResult,
@@ -64,7 +64,7 @@ def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -
     return jets
 
 
-class _Trainer:
+class _Trainer(OnDevice):
     """Mutable state of one EPiC training run, and one step of it.
 
     Data-parallel (every rank draws the global batch and its noise; :func:`combine_terms`
@@ -73,7 +73,6 @@ class _Trainer:
 
     distributed = True
     amp = True
-    place = Placement()
 
     def __init__(self, config: EPiCConfig, jets: Jets) -> None:
         self.config = config
@@ -106,12 +105,6 @@ class _Trainer:
             )
         self.step, self.skipped, self.elapsed_s = 0, 0, 0.0
         self.last_losses: dict[str, float] = {}
-
-    def place_on(self, place: Placement) -> None:
-        """Train on ``place``'s device (the model with its critic, and the EMA copy)."""
-        self.place = place
-        for module in self.device_modules():
-            module.to(place.device)
 
     def device_modules(self) -> list[nn.Module]:
         return [self.model, self.ema.module]
