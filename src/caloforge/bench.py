@@ -17,7 +17,8 @@ for CaloClouds II, electrons in ``calochallenge-ds2`` for CaloDREAM), simulated 
 
 Each generator and thread count runs in a fresh process (``spawn``), so its peak resident
 memory (``ru_maxrss``, for Geant4 the largest worker) is its own. A GPU, when torch sees one,
-adds rows for the models on it (batch sizes as on the CPU), with the device's name.
+adds rows for the models on it (batch sizes 1, 64 and 1,000, at least two batches of showers
+each, timed with synchronisation, against the one-thread Geant4 row), with the device's name.
 """
 
 from __future__ import annotations
@@ -61,11 +62,13 @@ class ModelSpec:
 @dataclass(frozen=True)
 class BenchConfig:
     """What to time. ``showers[E]`` showers per row at ``E`` GeV for the models (Geant4 gets
-    ``geant4_showers[E]``), repeated ``repeats`` times (mean ± std of the repeats)."""
+    ``geant4_showers[E]``), repeated ``repeats`` times (mean ± std of the repeats). GPU rows
+    run at ``gpu_batch_sizes`` with at least two batches of showers per row."""
 
     energies: tuple[float, ...] = (10.0, 50.0, 90.0)
     threads: tuple[int, ...] = (1, os.cpu_count() or 1)
     batch_sizes: tuple[int, ...] = (1, 64)
+    gpu_batch_sizes: tuple[int, ...] = (1, 64, 1000)
     showers: dict[float, int] = field(default_factory=lambda: {10.0: 256, 50.0: 128, 90.0: 128})
     geant4_showers: dict[float, int] = field(default_factory=lambda: {10.0: 100, 50.0: 40, 90.0: 30})
     repeats: int = 3
@@ -393,9 +396,11 @@ def _model_worker(config: BenchConfig, spec: ModelSpec, threads: int, device: st
         timed = _model_generator(spec, device, stack, threads)
         run = timed.run
         kind = get_kind(timed.output)
-        for energy, n in _row_energies(kind.reference, config):
-            energies = np.full(n, energy)
-            for batch in config.batch_sizes:
+        on_gpu = device != "cpu"
+        for energy, shown in _row_energies(kind.reference, config):
+            for batch in config.gpu_batch_sizes if on_gpu else config.batch_sizes:
+                n = max(shown, 2 * batch) if on_gpu else shown
+                energies = np.full(n, energy)
                 for _ in run(energies[: min(batch * threads, n)], batch):  # warm-up (every worker)
                     pass
                 times = []
@@ -525,6 +530,7 @@ def run_bench(
             "energies_gev": list(config.energies),
             "threads": list(config.threads),
             "batch_sizes": list(config.batch_sizes),
+            "gpu_batch_sizes": list(config.gpu_batch_sizes),
             "showers": {str(k): v for k, v in config.showers.items()},
             "geant4_showers": {str(k): v for k, v in config.geant4_showers.items()},
             "repeats": config.repeats,
