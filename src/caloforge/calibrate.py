@@ -29,6 +29,7 @@ Geant4's do).
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -545,11 +546,15 @@ def calibrate_model(
     seed: int = 0,
     progress: Callable[..., None] | None = None,
     options: Mapping[str, Any] | None = None,
+    device: str = "cpu",
 ) -> str:
     """``caloforge calibrate``: refit the calibration of ``model`` (in place, or into ``out``)
     against the Geant4 file ``data`` with its family's calibrator, after checking the request in
     full (a shipped model needs ``out``; the options are the family's declared ones; ``out``
-    is neither an input nor, without ``overwrite``, an existing file). Returns the line to print."""
+    is neither an input nor, without ``overwrite``, an existing file). Returns the line to print.
+
+    ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``) is where the calibrator runs the
+    model's networks (:func:`calibration_device`)."""
     from caloforge.models._training import run_lock
     from caloforge.models.checkpoint import RUN_CHECKPOINT
     from caloforge.models.registry import family_of, shipped_models
@@ -560,6 +565,9 @@ def calibrate_model(
     family, path, _ = family_of(model)
     family.require("calibrate")
     given = family.check_options("calibrate", options or {})
+    calibrator = family.part("calibrator")
+    on = calibration_device(calibrator, family.description, device)
+    placed = {"device": on} if _takes_device(calibrator) else {}
     if out is not None:
         check_outputs({"--out": out}, {"--data": data, "--model": path})
         refuse_existing(out, overwrite)
@@ -567,4 +575,20 @@ def calibrate_model(
         stack.enter_context(output_lock(out or path))
         if out is None and Path(path).name == RUN_CHECKPOINT:  # in place, in a run directory:
             stack.enter_context(run_lock(Path(path).parent))  # not while it trains
-        return family.part("calibrator")(path, data, out, seed=seed, progress=progress, **given)
+        return calibrator(path, data, out, seed=seed, progress=progress, **placed, **given)
+
+
+def _takes_device(calibrator: Callable[..., str]) -> bool:
+    """Whether a family's calibrator names a ``device`` keyword (a plug-in's older one may not;
+    ``**options`` does not count: they are its declared calibration options)."""
+    return "device" in inspect.signature(calibrator).parameters
+
+
+def calibration_device(calibrator: Callable[..., str], description: str, spec: str) -> str:
+    """The device ``--device spec`` names for a family's ``calibrator``
+    (:func:`caloforge.devices.resolve_device`): ``auto`` is the first CUDA device torch sees
+    where the calibrator takes a ``device`` (every built-in one does), else the CPU; a CUDA
+    device it cannot use is a one-line ``ValueError``."""
+    from caloforge.devices import resolve_device
+
+    return resolve_device(spec, cpu_only=None if _takes_device(calibrator) else f"{description} calibration")

@@ -646,15 +646,23 @@ def _calibrate(
 ) -> None:
     """Refit a model's calibration: CaloClouds II's number of points (SPEC 6.1) for its (or a new)
     sampler, or a CaloDREAM log-energy model's hit energies (per layer, ring and energy); the
-    options are the families' own (caloforge info MODEL lists a model's)."""
+    options are the families' own (caloforge info MODEL lists a model's); the model's networks
+    run on --device."""
     from caloforge.calibrate import calibrate_model
     from caloforge.devices import resolve_device
 
-    resolve_device(device, cpu_only="calibration")
+    resolve_device(device)  # a CUDA device torch does not see: one line, before anything is read
     set_threads(threads)
     with progress_bar() as bar:
         line = calibrate_model(
-            model, data, out, overwrite=overwrite, seed=seed, progress=stage_progress(bar), options=options
+            model,
+            data,
+            out,
+            overwrite=overwrite,
+            seed=seed,
+            progress=stage_progress(bar),
+            options=options,
+            device=device,
         )
     console.print(line)
 

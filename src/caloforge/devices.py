@@ -30,7 +30,7 @@ def _cuda_count() -> int:
 def resolve_device(spec: str, cpu_only: str | None = None) -> str:
     """The torch device string ``spec`` names, checked against the devices torch sees.
 
-    ``cpu_only`` names a step that runs on the CPU only (e.g. "calibration"): ``auto``
+    ``cpu_only`` names a step that runs on the CPU only (e.g. "Geant4"): ``auto``
     then means the CPU, and a CUDA device is refused in one line.
 
     >>> resolve_device("cpu")

@@ -547,7 +547,10 @@ class Family:
     ``module:function`` references to its parts (imported only when used).
 
     * ``loader(path, state) -> ShowerGenerator`` — a generator from a checkpoint's contents;
-    * ``calibrator(path, data, out, *, seed, progress, **options) -> str`` (a summary line);
+    * ``calibrator(path, data, out, *, seed, progress, device="cpu", **options) -> str`` (a
+      summary line; ``device``, a resolved torch device, is where it runs the networks: a
+      plug-in's calibrator without the keyword runs on the CPU, and ``--device cuda`` is
+      refused for it by name);
     * ``exporter(path, out, format, **options) -> Path``;
     * ``runner(path, threads)`` — runs an exported ONNX file: ``.generate(energies, batch_size)``,
       ``.detector``, ``.network_calls``;

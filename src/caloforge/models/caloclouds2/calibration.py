@@ -122,6 +122,7 @@ def calibrate(
     refinements: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    device: str = "cpu",
 ) -> NPointsCalibration:
     """Refit the N calibration of the checkpoint ``model_path`` against the Geant4 file ``data_path``.
 
@@ -134,11 +135,14 @@ def calibrate(
     atomically (or written to ``out``), everything else in it unchanged, so a training run can
     still be resumed.
     ``showers`` model showers (default: the model config's ``calibration_showers``) are
-    drawn at energies of the data file.
+    drawn at energies of the data file. ``device`` runs the PointWise Net there, as generation
+    does (the Shower Flow, the calibrations and every random draw stay on the host), so a CUDA
+    device gives the CPU's fit up to float rounding; what is stored is plain numbers.
     """
     path = Path(model_path)
     state = read_model_checkpoint(path)
     model = model_from_state(state, path)
+    model.net.to(device)  # a copy of the weights: ``state`` keeps the checkpoint's CPU tensors
     try:
         model.sampler = resolve_sampler(model, sampler, n_steps, sigma_max)
     except GenerationError as exc:
@@ -211,9 +215,10 @@ def calibrate_command(
     sigma_max: float | None = None,
     cog: str | None = None,
     radial: bool | None = None,
+    device: str = "cpu",
 ) -> str:
-    """``caloforge calibrate`` for CaloClouds II: refit the N calibration (:func:`calibrate`);
-    returns the line to print."""
+    """``caloforge calibrate`` for CaloClouds II: refit the N calibration (:func:`calibrate`) with
+    the PointWise Net on ``device``; returns the line to print."""
     if sigma_max is not None and not (math.isfinite(sigma_max) and sigma_max > 0):
         raise ValueError(f"--sigma-max must be a positive number, got {sigma_max}")
     result = calibrate(
@@ -228,6 +233,7 @@ def calibrate_command(
         showers=showers,
         seed=seed,
         progress=progress,
+        device=device,
     )
     ratio = ", ".join(f"{c:.4g}" for c in result.ratio_coeffs)
     return f"number-of-points calibration refitted (cubic coefficients {ratio}); wrote {out or path}"

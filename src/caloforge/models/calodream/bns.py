@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from caloforge.models._training import (
     Progress,
 )
 from caloforge.models.calodream.checkpoint import read_state
 from caloforge.models.calodream.data import load_voxel_data
 from caloforge.models.calodream.generation import (
+    place,
     shape_condition,
     shape_noise,
     shape_velocity,
@@ -43,6 +46,7 @@ def train_solver(
     rtol: float = 1e-4,
     seed: int = 0,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> BNSSolver:
     """Train an ``n_steps`` bespoke non-stationary solver for ``model``'s frozen shape network.
 
@@ -52,13 +56,19 @@ def train_solver(
     points) or ``local`` (each step from the reference trajectory). The solver starts as
     Euler; of the iterates scored on all ``n_train`` showers (the start, every 25th, the
     last), the one with the lowest loss wins.
+
+    The shape network, the reference solves and the solver's training run on ``device`` (the
+    model is moved there; None: where it is); the noise and the minibatches are drawn on the
+    host, as in generation. The solver comes back on the CPU.
     """
     if model.part != "shape":
         raise ValueError(f"BNS solvers are trained for shape models; this is a {model.part} model")
     if loss not in LOSS_MODES:
         raise ValueError(f"unknown BNS loss '{loss}': use {' or '.join(LOSS_MODES)}")
     data = load_voxel_data(data_path, with_fractions=False, max_showers=n_train, min_showers=1)
-    cond = shape_condition(model, data.energy, data.u)
+    on = model.standard.mean.device if device is None else torch.device(device)
+    place(model, on)
+    cond = shape_condition(model, data.energy.to(on), data.u.to(on))
 
     def on_step(iteration: int, total: int, value: float) -> None:
         if progress is not None:
@@ -68,7 +78,7 @@ def train_solver(
         if progress is not None:
             progress("reference", done, total)
 
-    return train_bns(
+    solver = train_bns(
         lambda index: shape_velocity(model, cond[index]),
         lambda n, gen: shape_noise(model, n, gen),
         n_steps,
@@ -83,6 +93,7 @@ def train_solver(
         progress=on_step,
         reference_progress=on_reference,
     )
+    return solver.cpu()
 
 
 def save_solver(model_path: str | Path, solver: BNSSolver, out: str | Path | None = None) -> Path:

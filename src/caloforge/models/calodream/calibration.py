@@ -13,6 +13,7 @@ from caloforge.models._training import (
 from caloforge.models.calodream.checkpoint import load_model, model_from_state, read_state
 from caloforge.models.calodream.data import load_voxel_data
 from caloforge.models.calodream.generation import (
+    place,
     sample_shape_features,
     sample_u,
 )
@@ -39,6 +40,7 @@ def fit_calibration(
     seed: int = 0,
     batch_size: int = 256,
     progress: Progress | None = None,
+    device: str | torch.device | None = None,
 ) -> QuantileMap:
     """Fit (and set) ``model.calibration`` against the first ``n_showers`` Geant4 showers of a
     training voxel file.
@@ -49,6 +51,10 @@ def fit_calibration(
     ``log(E / E_layer)`` are matched to Geant4's. With ``drop_hits`` the hit rates are matched
     too: where the model hits a group's voxels more often than Geant4, its smallest hits
     there become empty (:class:`QuantileMap` ``rates``). Use training showers, never the test set.
+
+    The networks run on ``device`` (the model and its energy network are moved there; None:
+    where the model is), as in generation: every random number is drawn on the host and the
+    model's hits come back to it, so the map is fitted on the CPU and holds CPU tensors.
     """
     if not model.log_energy or model.energy_model is None:
         raise ValueError("only a log-energy shape model with an energy network can be calibrated")
@@ -61,14 +67,17 @@ def fit_calibration(
     threshold, n = model.detector.threshold_mev, len(data.energy)
     g4 = model.raw_shape_features(data.frac, data.e_layer).reshape(n, -1)  # empty voxels under the cut
     target = hit_log_fractions(g4, data.e_layer, threshold, model.grid)
+    on = model.standard.mean.device if device is None else torch.device(device)
+    place(model, on)  # the energy network beside the shape network
     gen = torch.Generator().manual_seed(seed)
     sources = []
     for lo in range(0, n, batch_size):
-        e = data.energy[lo : lo + batch_size]
+        e = data.energy[lo : lo + batch_size].to(on)
         u = sample_u(model.energy_model, e, model.energy_model.sampler["energy"], gen)
         x1 = sample_shape_features(model, e, u, model.sampler["shape"], gen)
         y = model.standard.inverse(x1).reshape(len(e), -1)
-        sources.append(hit_log_fractions(y, layer_energies_from_u(u, e * 1000.0), threshold, model.grid))
+        hits = hit_log_fractions(y, layer_energies_from_u(u, e * 1000.0), threshold, model.grid)
+        sources.append(hits.cpu())
         if progress is not None:
             progress("calibration showers", min(lo + batch_size, n), n)
     log_e = torch.log(data.energy.double())
@@ -108,15 +117,16 @@ def calibrate_command(
     progress: Progress | None = None,
     showers: int | None = None,
     bins: int | None = None,
+    device: str = "cpu",
 ) -> str:
     """``caloforge calibrate`` for CaloDREAM: fit and store the hit-energy calibration of a
-    log-energy shape model; returns the line to print. It takes no sampler options: the
-    calibration belongs to the model's stored sampler."""
+    log-energy shape model, its networks on ``device``; returns the line to print. It takes no
+    sampler options: the calibration belongs to the model's stored sampler."""
     n_showers = 4000 if showers is None else showers
     n_bins = 8 if bins is None else bins
     model = load_model(path)
     calibration = fit_calibration(
-        model, data, n_showers=n_showers, n_bins=n_bins, seed=seed, progress=progress
+        model, data, n_showers=n_showers, n_bins=n_bins, seed=seed, progress=progress, device=device
     )
     written = save_calibration(path, calibration, out)
     return (

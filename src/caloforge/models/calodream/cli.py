@@ -41,12 +41,13 @@ def train_solver(
     threads: ThreadsOption = None,
     device: DeviceOption = "auto",
 ) -> None:
-    """Train a bespoke non-stationary (BNS) ODE solver for a frozen CaloDREAM shape network."""
+    """Train a bespoke non-stationary (BNS) ODE solver for a frozen CaloDREAM shape network (on
+    --device: the network, its dopri5 references and the solver's training)."""
     from caloforge.devices import resolve_device
     from caloforge.models.calodream import load_model, save_solver
     from caloforge.models.calodream import train_solver as run
 
-    resolve_device(device, cpu_only="solver training")
+    on = resolve_device(device)  # a CUDA device torch does not see: one line, before anything is read
     set_threads(threads)
     net = load_model(model)
     with progress_bar() as bar:
@@ -60,6 +61,7 @@ def train_solver(
             batch_size=batch_size,
             seed=seed,
             progress=stage_progress(bar),
+            device=on,
         )
     target = save_solver(model, solver, out)
     times = ", ".join(f"{t:.3f}" for t in solver.times().tolist())
