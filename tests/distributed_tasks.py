@@ -68,3 +68,23 @@ def distill_run(teacher: Any, data: Path, out: Path, config: Any):
     from caloforge.models.caloclouds2.distillation import distill
 
     return distill(teacher, data, out, config)
+
+
+def write_rows(source: Path, cache: Path, markers: Path) -> str:
+    """Build the scratch rows of ``source`` slowly (each pass over the data leaves a marker in
+    ``markers``): two processes doing it at once must write it once."""
+    import os
+    import time
+
+    import numpy as np
+
+    from caloforge.models.rows import shower_rows
+
+    def chunks():
+        (markers / str(os.getpid())).touch()
+        for i in range(5):
+            time.sleep(0.1)
+            yield np.full((2, 3), i, np.float32)
+
+    rows = shower_rows(source, "test", 10, 3, chunks, in_memory=False, cache=cache)
+    return str(rows.path) if rows[np.arange(10)].numpy()[::2, 0].tolist() == [0, 1, 2, 3, 4] else "wrong"

@@ -284,3 +284,34 @@ def test_trainings_with_a_gpu_path_take_cuda(cuda_devices):
     for t in trainings:
         assert t.device("cuda:1") == "cuda:1"
         assert t.device("auto") == "cuda:0"
+
+
+def test_several_processes_take_one_gpu_each(cuda_devices):
+    cuda_devices(2)
+    assert devices.processes_device("cuda", "cuda:0", 2) == "cuda:0"  # ranks on cuda:0 and cuda:1
+    assert devices.processes_device("auto", "cuda:0", 4) == "cpu"  # more ranks than GPUs: the CPU
+    with pytest.raises(ValueError, match="one GPU per process, and torch sees 2; use --nproc 2 or fewer"):
+        devices.processes_device("cuda", "cuda:0", 4)
+    with pytest.raises(ValueError, match="give --device cuda"):
+        devices.processes_device("cuda:1", "cuda:1", 2)
+    assert devices.processes_device("cuda:1", "cuda:1", 1) == "cuda:1"
+
+
+def test_nproc_beyond_the_gpus_is_one_line_exit_2(monkeypatch, capsys, cuda_devices, tmp_path):
+    cuda_devices(1)
+    points = tmp_path / "points.h5"  # never read: refused first
+    args = [
+        "train",
+        "caloinn",
+        "--data",
+        points,
+        "--out",
+        tmp_path / "run",
+        "--device",
+        "cuda",
+        "--nproc",
+        "2",
+    ]
+    code, _, err = cli_run(monkeypatch, capsys, *args)
+    assert code == 2 and "one GPU per process, and torch sees 1" in err
+    assert len(err.strip().splitlines()) == 1

@@ -92,7 +92,7 @@ def test_a_disk_too_small_for_the_scratch_file_is_one_line(monkeypatch, tmp_path
     chunks = _blocks(np.zeros((100, 100), np.float32), 10)
     with pytest.raises(DiskFullError, match="not enough space to write"):
         shower_rows(source, "t", 100, 100, chunks, in_memory=False, cache=tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["source.bin"]
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["source.bin"]
 
 
 def test_a_large_file_is_read_from_disk(voxel_file, small_memory):
@@ -155,3 +155,21 @@ def test_point_cloud_training_from_disk_rows(monkeypatch, tmp_path):
     assert len(memory) == len(disk) == 4
     for a, b in zip(memory, disk, strict=True):
         assert a == pytest.approx(b, rel=1e-3)
+
+
+def test_two_processes_write_one_scratch_file(tmp_path):
+    """The ranks of a data-parallel run load the same file at once: one writes the scratch
+    rows, the other waits for it and reuses them."""
+    import multiprocessing as mp
+
+    import distributed_tasks as tasks
+
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"x")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    with mp.get_context("spawn").Pool(2) as pool:
+        paths = pool.starmap(tasks.write_rows, [(source, tmp_path / "cache", markers)] * 2)
+    assert paths[0] == paths[1] != "wrong"
+    assert len(list(markers.iterdir())) == 1  # one pass over the data wrote it
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".partial"] == []

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DEVICE_CHOICES", "DEVICE_HELP", "resolve_device"]
+__all__ = ["DEVICE_CHOICES", "DEVICE_HELP", "processes_device", "resolve_device"]
 
 #: What ``--device`` accepts (``cuda:N`` for any N).
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -60,3 +60,31 @@ def resolve_device(spec: str, cpu_only: str | None = None) -> str:
     if n >= count:
         raise ValueError(f"--device {spec}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return f"cuda:{n}"
+
+
+def processes_device(spec: str, device: str, nproc: int) -> str:
+    """The device of a run on ``nproc`` local processes (``--nproc``) for ``--device spec``
+    (resolved to ``device``): one GPU per process (rank r on ``cuda:r``), so more processes than
+    GPUs is the CPU for ``auto`` and a one-line refusal for ``cuda``; ``cuda:N`` is refused
+    (choose the GPUs with ``CUDA_VISIBLE_DEVICES``).
+
+    >>> processes_device("auto", "cpu", 4)
+    'cpu'
+    """
+    if nproc <= 1 or not device.startswith("cuda"):
+        return device
+    wanted = spec.strip().lower()
+    if ":" in wanted:
+        raise ValueError(
+            f"--device {spec} with --nproc {nproc}: the processes take cuda:0 to cuda:{nproc - 1}; "
+            "give --device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+        )
+    count = _cuda_count()
+    if nproc <= count:
+        return "cuda:0"
+    if wanted == "auto":
+        return "cpu"
+    raise ValueError(
+        f"--nproc {nproc} with --device {spec}: one GPU per process, and torch sees {count}; "
+        f"use --nproc {count} or fewer, or --device cpu"
+    )

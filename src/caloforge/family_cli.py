@@ -134,13 +134,15 @@ def add_training_commands(train_app: typer.Typer, family: Family) -> None:
 def run_training_command(training: Training, values: dict[str, Any]) -> None:
     """The body of every ``caloforge train`` command: config from the preset and the options,
     then the run (on ``--nproc`` processes where the training allows), then its report."""
+    from caloforge.devices import processes_device
     from caloforge.models._distributed import run_in_processes
 
     values = dict(values)
     data, out, preset, seed = values.pop("data"), values.pop("out"), values.pop("preset"), values.pop("seed")
     resume, max_minutes = values.pop("resume"), values.pop("max_minutes")
     threads, nproc = values.pop("threads"), values.pop("nproc", 1)
-    device, precision = training.device(values.pop("device")), values.pop("precision", None)
+    spec, precision = values.pop("device"), values.pop("precision", None)
+    device = processes_device(spec, training.device(spec), nproc if training.distributed else 1)
     for option in training.options:
         if option.parse and values.get(option.name) is not None:
             values[option.name] = PARSERS[option.parse](values[option.name], option.flag)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from caloforge.models._placement import randn
+
 __all__ = [
     "Denoiser",
     "consistency_sigmas",
@@ -67,7 +69,7 @@ def _churn(
     """Raise the noise level from ``sigma`` to ``sigma (1 + gamma)`` (Karras et al., algorithm 2)."""
     sigma_hat = sigma * (1 + gamma)
     if gamma > 0:
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * s_noise
+        eps = randn(x.shape, generator, x.device, x.dtype) * s_noise
         x = x + eps * math.sqrt(sigma_hat**2 - sigma**2)
     return x, sigma_hat
 
@@ -173,7 +175,7 @@ def sample_consistency(
     for sigma in sigmas[1:].tolist():
         if sigma <= 0:
             break
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        eps = randn(x.shape, generator, x.device, x.dtype)
         x = x + eps * math.sqrt(max(sigma**2 - sigma_min**2, 0.0))
         x = denoiser(x, x.new_full((x.shape[0],), sigma), **cond)
     return x

@@ -54,6 +54,7 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "check_resumable",
+    "check_shares",
     "combine_terms",
     "distributed_step",
     "locked_run",
@@ -189,8 +190,12 @@ def combine_terms(terms: list[Term], showers: int) -> tuple[Tensor, list[tuple[s
         [float(showers if t.units is None else t.units) for t in terms], dtype=torch.float64, device=device
     )
     share = units / all_reduce_sum(units.clone()).clamp_min(1.0)
-    loss = sum(t.weight * t.value * share[i].to(t.value.dtype) for i, t in enumerate(terms))
-    logged = all_reduce_sum(torch.stack([t.value.detach().double() * share[i] for i, t in enumerate(terms)]))
+    # A share without units (no real point, no filled layer) has a NaN mean: it counts 0.
+    values = [torch.where(units[i] > 0, t.value, torch.zeros_like(t.value)) for i, t in enumerate(terms)]
+    loss = sum(
+        t.weight * v * share[i].to(v.dtype) for i, (t, v) in enumerate(zip(terms, values, strict=True))
+    )
+    logged = all_reduce_sum(torch.stack([v.detach().double() * share[i] for i, v in enumerate(values)]))
     return loss, [(t.name, v) for t, v in zip(terms, logged.tolist(), strict=True)]  # type: ignore[return-value]
 
 
@@ -364,6 +369,8 @@ class OnDevice:
         """Move :meth:`device_modules` to ``place``'s device (before the first step or a
         restore: the optimisers hold the same parameter objects)."""
         self.place = place
+        if place.on_cuda:
+            torch.cuda.set_device(place.device)  # pinned memory and new tensors on this GPU too
         for module in self.device_modules():
             module.to(place.device)
 
@@ -694,6 +701,7 @@ def run_to_end(
     ``config.checkpoint_minutes``) and mark its model complete when it got there."""
     if state is not None:
         trainer.restore(state, ckpt)
+    check_shares(config)
     if world().size > 1 and hasattr(trainer, "device_modules"):
         broadcast_module(*trainer.device_modules())  # identical replicas on every rank
     run_loop(
@@ -702,11 +710,20 @@ def run_to_end(
     trainer.model.complete = trainer.step >= config.steps
 
 
+def check_shares(config: Any) -> None:
+    """Refuse more processes than ``config.batch_size`` showers (a rank would get none), in one
+    line, before anything is trained."""
+    n, batch = world().size, getattr(config, "batch_size", None)
+    if batch is not None and n > batch:
+        raise ValueError(f"{n} processes for batches of {batch}: use at most {batch} processes")
+
+
 def placement_of(trainer: Any, config: Any, device: str = "cpu", precision: str = "auto") -> Placement:
-    """Where ``trainer`` runs for ``device`` (:func:`caloforge.devices.resolve_device`; on
-    several processes the rank's own GPU) and ``precision`` (``auto``: bfloat16 autocast on a
-    CUDA device where the trainer allows it, ``amp = True``); a trainer without
-    ``place_on`` runs on the CPU in float32 only."""
+    """Where ``trainer`` (a trainer or its class) runs for ``device``
+    (:func:`caloforge.devices.resolve_device`; on several processes the rank's own GPU) and
+    ``precision`` (``auto``: bfloat16 autocast on a CUDA device where the trainer allows it,
+    ``amp = True``); a trainer without ``place_on`` runs on the CPU in float32 only. Called with
+    the class before the data are read, so a refused setting costs nothing."""
     from caloforge.devices import resolve_device
 
     what = f"{type(config).__name__.removesuffix('Config')} training"
@@ -738,13 +755,14 @@ def train_run(
         start = time.monotonic()
         progress, max_minutes = run.get("progress"), run.get("max_minutes")
         ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)
+        place = placement_of(make_trainer, config, run.get("device", "cpu"), run.get("precision", "auto"))
+        check_shares(config)
         if progress is not None:
             progress("load", 0, 1)
         data = load(data_path)
         if progress is not None:
             progress("load", 1, 1)
         trainer = make_trainer(config, data)
-        place = placement_of(trainer, config, run.get("device", "cpu"), run.get("precision", "auto"))
         if hasattr(trainer, "place_on"):
             trainer.place_on(place)
         run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)

@@ -22,8 +22,10 @@ operating system's page cache, which it may reclaim, keeps the hot part of the s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from caloforge.atomic import check_space, publish, temporary
+from caloforge.atomic import check_space, publish
 
 __all__ = ["DiskRows", "RowsWriter", "in_memory_bytes", "shower_rows"]
 
@@ -86,9 +88,12 @@ class DiskRows:
         out = np.empty((len(rows), *self.row_shape), np.float32)
         size = out[0].nbytes if len(rows) else 0
         for k in np.argsort(rows, kind="stable"):  # ascending offsets: sequential where it can
-            view = memoryview(out[k]).cast("B")
-            if os.preadv(self._fd, [view], int(rows[k]) * size) != size:
-                raise OSError(f"'{self.path}' is shorter than {self.n} rows: delete it to rebuild it")
+            view, at = memoryview(out[k]).cast("B"), 0
+            while at < size:  # a network file system may return less than asked
+                got = os.preadv(self._fd, [view[at:]], int(rows[k]) * size + at)
+                if got <= 0:
+                    raise OSError(f"'{self.path}' is shorter than {self.n} rows: delete it to rebuild it")
+                at += got
         tensor = torch.from_numpy(out)
         return tensor[0] if one else tensor
 
@@ -100,11 +105,14 @@ class DiskRows:
 
 class RowsWriter:
     """Rows written block by block (:meth:`append`), then :meth:`finish` ed into a tensor (when
-    ``n_max`` rows of ``row_shape`` fit :func:`in_memory_bytes`, or ``in_memory``) or into
-    :class:`DiskRows` over a scratch file named by ``source``'s identity and ``what`` (which
-    must name everything the rows depend on). A scratch file already there is reused, not
-    rewritten; a new one is written to a temporary file and published atomically, after a
-    check that the disk holds it. Use as a context manager: a failed pass leaves nothing."""
+    ``n_max`` rows of ``row_shape`` fit :func:`in_memory_bytes`, or ``in_memory``: filled in
+    place, no second copy) or into :class:`DiskRows` over a scratch file named by ``source``'s
+    identity and ``what`` (which must name everything the rows depend on). A scratch file
+    already there is reused, not rewritten. A new one is written by one process at a time —
+    the ranks of a data-parallel run, on one machine or several sharing the cache, take a lock
+    beside it; the first writes, the others wait and reuse — to a temporary file named by host
+    and process, published atomically after a check that the disk holds it. Use as a context
+    manager: a failed pass leaves nothing."""
 
     def __init__(
         self,
@@ -118,12 +126,14 @@ class RowsWriter:
         self.row_shape = (row_shape,) if isinstance(row_shape, int) else tuple(row_shape)
         self.row_bytes = int(np.prod(self.row_shape)) * _ITEM
         self.memory = bool(in_memory or (in_memory is None and n_max * self.row_bytes <= in_memory_bytes()))
-        self.blocks: list[np.ndarray] = []
         self.n = 0
+        self._buffer: np.ndarray | None = None
         self._file: Any = None
-        self._tmp: str | None = None
+        self._tmp: Path | None = None
+        self._lock: int | None = None
         self.path: Path | None = None
         if self.memory:
+            self._buffer = np.empty((n_max, *self.row_shape), np.float32)
             return
         if cache is None:
             from caloforge.simulate._build import cache_dir
@@ -136,10 +146,31 @@ class RowsWriter:
         key = f"{identity}|{what}|{self.row_shape}|{n_max}|{_FORMAT}".encode()
         name = f"{Path(source).stem}.{what.split('|')[0]}.{hashlib.sha1(key).hexdigest()[:16]}.f32"
         self.path = cache / name
-        if not self.path.exists():
+        if self.path.exists():
+            return
+        self._lock = os.open(cache / f".{name}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)  # another process writing it: wait, then reuse
+        if self.path.exists():
+            self._unlock()
+            return
+        try:
             check_space(self.path, n_max * self.row_bytes)
-            fd, self._tmp = temporary(self.path, ".partial")
-            self._file = os.fdopen(fd, "wb")
+            self._tmp = cache / f".{name}.{socket.gethostname()}.{os.getpid()}.partial"
+            self._file = open(self._tmp, "wb")  # closed in finish or __exit__
+        except BaseException:
+            self._unlock()  # the lock file itself stays: a waiter may hold it open
+            raise
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            os.close(self._lock)
+            self._lock = None
+
+    @property
+    def writing(self) -> bool:
+        """Whether the rows appended are kept (in memory, or a scratch file being written)."""
+        return self.memory or self._file is not None
 
     def __enter__(self) -> RowsWriter:
         return self
@@ -147,23 +178,23 @@ class RowsWriter:
     def __exit__(self, *exc: object) -> None:
         if self._file is not None:
             self._file.close()
+            self._file = None
         if self._tmp is not None:
-            Path(self._tmp).unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
+        self._unlock()
 
     def append(self, block: np.ndarray) -> None:
         """The next rows, ``(k, *row_shape)``."""
-        self.n += len(block)
-        if self.memory:
-            self.blocks.append(np.asarray(block, np.float32))
+        if self._buffer is not None:
+            self._buffer[self.n : self.n + len(block)] = block
         elif self._file is not None:
             self._file.write(np.ascontiguousarray(block, np.float32).tobytes())
+        self.n += len(block)
 
     def finish(self) -> Tensor | DiskRows:
         """The rows written: a tensor, or :class:`DiskRows` over the published scratch file."""
-        if self.memory:
-            if not self.blocks:
-                return torch.empty((0, *self.row_shape))
-            return torch.from_numpy(np.concatenate(self.blocks) if len(self.blocks) > 1 else self.blocks[0])
+        if self._buffer is not None:
+            return torch.from_numpy(self._buffer[: self.n])
         assert self.path is not None
         if self._file is not None:
             self._file.flush()
@@ -172,6 +203,7 @@ class RowsWriter:
             self._file = None
             publish(self._tmp, self.path)  # type: ignore[arg-type]
             self._tmp = None
+            self._unlock()
         elif self.path.stat().st_size != self.n * self.row_bytes:
             raise OSError(f"'{self.path}' does not hold the {self.n} rows expected: delete it to rebuild it")
         return DiskRows(self.path, self.n, self.row_shape)
@@ -192,7 +224,7 @@ def shower_rows(
     ``cache`` (default ``<cache dir>/rows``), written once (:class:`RowsWriter`; a disk that
     cannot hold it is a one-line :class:`~caloforge.atomic.DiskFullError`)."""
     with RowsWriter(source, what, width, n, in_memory, cache) as writer:
-        if writer.memory or writer._file is not None:
+        if writer.writing:
             for block in chunks():
                 writer.append(block)
             if writer.n != n:

@@ -242,13 +242,14 @@ def train(
     """
     start = time.monotonic()
     ckpt, state = open_run(out_dir, config, resume, check_state)
+    place = placement_of(_Trainer, config, device, precision)  # refused settings cost no data pass
     data = load_training_data(Path(data_path), config, progress, model="CaloClouds")
     if state is None:
         flow_state, flow_config, source = borrow_flow(flow_from, data.detector)
     else:
         flow_state, flow_config, source = None, json.loads(state["flow_config"]), state.get("flow_source", "")
     trainer = _Trainer(config, data, flow_config, flow_state, source)
-    trainer.place_on(placement_of(trainer, config, device, precision))
+    trainer.place_on(place)
     run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     model = trainer.model
     if not world().main:  # rank 0 writes and calibrates

@@ -58,12 +58,12 @@ def distill(
     nproc: NprocOption = 1,
 ) -> None:
     """Distil a CaloClouds II model into a one-step consistency model, CaloClouds II (CM)."""
-    from caloforge.devices import resolve_device
+    from caloforge.devices import processes_device, resolve_device
     from caloforge.models._distributed import run_in_processes
     from caloforge.models.caloclouds2.distillation import DistillConfig
     from caloforge.models.registry import resolve_model
 
-    device = resolve_device(device)
+    device = processes_device(device, resolve_device(device), nproc)
     overrides = given(
         steps=steps,
         n_levels=levels,

@@ -25,9 +25,12 @@ the consistency sampler, and an N calibration refitted for that sampler — that
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +46,7 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     check_resumable,
+    check_shares,
     distributed_step,
     locked_run,
     placement_of,
@@ -137,6 +141,7 @@ def consistency_distillation_loss(
     generator: torch.Generator | None = None,
     loss: str = "l2",
     draws: tuple[Tensor, Tensor] | None = None,
+    autocast: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> Tensor:
     """Consistency-distillation loss of a batch ``x0`` ``(B, ..., d)`` (one level pair per sample).
 
@@ -144,7 +149,9 @@ def consistency_distillation_loss(
     sample a pair ``t = sigmas[i] > t' = sigmas[i + 1]`` is drawn, ``x_t = x0 + t z``, the
     teacher takes one Heun step to ``x_t'``, and the loss compares ``student(x_t, t)`` with the
     gradient-free ``target(x_t', t')``. ``mask`` ``(B, ...)`` marks real points. ``draws``:
-    ``(i, z)`` drawn beforehand (:func:`distillation_draws`), else drawn with ``generator``.
+    ``(i, z)`` drawn beforehand (:func:`distillation_draws`), else drawn with ``generator``;
+    ``autocast``: the context the student runs in (mixed precision; the teacher's Heun step
+    and the target stay in full precision).
     """
     cond = cond or {}
     batch = x0.shape[0]
@@ -159,7 +166,9 @@ def consistency_distillation_loss(
         d_next = (x_euler - teacher(x_euler, t_next, **cond)) / t_next.view(shape)
         x_next = x_t + (d + d_next) / 2 * (t_next - t).view(shape)
         aim = target(x_next, t_next, **cond)
-    dist = _distance(student(x_t, t, **cond), aim, loss)
+    with autocast() if autocast is not None else contextlib.nullcontext():
+        pred = student(x_t, t, **cond)
+    dist = _distance(pred.float(), aim, loss)
     if mask is None:
         return dist.mean()
     m = mask.to(dist.dtype)
@@ -171,7 +180,8 @@ class _Distiller(OnDevice):
 
     Data-parallel like CaloClouds II training (every rank draws the global batch and its noise,
     the loss of its share is weighted by its share of the points); the student trains under
-    bfloat16 autocast on a GPU where the placement asks for it (``amp``)."""
+    bfloat16 autocast on a GPU where the placement asks for it (``amp``), the teacher's Heun
+    step and the target run in float32 (small-sigma targets need the precision)."""
 
     distributed = True
     amp = True
@@ -227,18 +237,18 @@ class _Distiller(OnDevice):
         )
         i, noise = distillation_draws(x0, len(self.sigmas), self.gen)
         mine = shard(len(x0))
-        with self.place.autocast():
-            loss = consistency_distillation_loss(
-                self._wrap(self.student_net),
-                self._wrap(self.target_net),
-                self.teacher,
-                x0[mine],
-                self.sigmas,
-                {k: v[mine] for k, v in cond.items()},
-                mask[mine],
-                loss=cfg.loss,
-                draws=(i[mine], noise[mine]),
-            )
+        loss = consistency_distillation_loss(
+            self._wrap(self.student_net),
+            self._wrap(self.target_net),
+            self.teacher,
+            x0[mine],
+            self.sigmas,
+            {k: v[mine] for k, v in cond.items()},
+            mask[mine],
+            loss=cfg.loss,
+            draws=(i[mine], noise[mine]),
+            autocast=self.place.autocast,
+        )
         if world().size > 1:  # this share's part of the mean over the global batch's points
             loss = loss * (mask[mine].sum() / mask.sum().clamp_min(1))
         value = distributed_step(loss, self.student_net, self.opt, cfg.grad_clip)
@@ -340,13 +350,15 @@ def distill(
         teacher = load_model(teacher_path)
         if teacher.sampler.consistency:
             raise CheckpointError(f"'{teacher_path}' is already a consistency model: distil an EDM model")
+    place = placement_of(_Distiller, config, device, precision)  # refused settings cost no data pass
+    check_shares(config)
     data = load_training_data(Path(data_path), teacher.config, progress)
     if data.detector.name != teacher.detector.name:
         raise ValueError(
             f"'{data_path}' is for detector '{data.detector.name}', the teacher for '{teacher.detector.name}'"
         )
     run = _Distiller(config, teacher, data)
-    run.place_on(placement_of(run, config, device, precision))
+    run.place_on(place)
     if state is not None:
         run.restore(state, ckpt)
     broadcast_module(*run.device_modules())  # identical replicas on every rank

@@ -218,9 +218,10 @@ def train(
             f"{config.flow_batch_size} flow samples: use at most "
             f"{min(config.batch_size, config.flow_batch_size)} processes"
         )
+    place = placement_of(_Trainer, config, device, precision)  # refused settings cost no data pass
     data = load_training_data(Path(data_path), config, progress)
     trainer = _Trainer(config, data)
-    trainer.place_on(placement_of(trainer, config, device, precision))
+    trainer.place_on(place)
     if state is not None:
         trainer.restore(state, ckpt)
     broadcast_module(*trainer.device_modules())  # identical replicas on every rank

@@ -58,7 +58,7 @@ def fit_calibration(
     """
     if not model.log_energy or model.energy_model is None:
         raise ValueError("only a log-energy shape model with an energy network can be calibrated")
-    data = load_voxel_data(data_path, max_showers=n_showers)
+    data = load_voxel_data(data_path, max_showers=n_showers, in_memory=True)  # the fit reads them all at once
     if data.detector.to_dict() != model.detector.to_dict():
         raise ValueError(
             f"'{data_path}' is for detector '{data.detector.name}', the model for '{model.detector.name}'"

@@ -15,6 +15,7 @@ from caloforge.models._training import (
     Progress,
     Term,
     TrainResult,
+    check_shares,
     locked_run,
     open_run,
     placement_of,
@@ -116,6 +117,11 @@ class _Trainer(EMATrainer):
     def after_update(self) -> None:
         self.sched.step()
 
+    def device_modules(self) -> list[nn.Module]:
+        """The model, the EMA copy and a laViT's VAE (held outside the module tree)."""
+        vae = self.model.vae_model
+        return [*super().device_modules(), *([vae] if vae is not None else [])]
+
     def finished_model(self) -> CaloDream:
         """The model with the EMA weights (what is saved for inference)."""
         self.model.net.load_state_dict(self.ema.module.state_dict())
@@ -163,6 +169,8 @@ def train(
     energy = _load_part(energy_model, "energy") if energy_model is not None else None
     if progress is not None:
         progress("load", 0, 1)
+    place = placement_of(_Trainer, config, device, precision)  # refused settings cost no data pass
+    check_shares(config)
     data = load_voxel_data(data_path, with_fractions=part != "energy")
     if progress is not None:
         progress("load", 1, 1)
@@ -173,7 +181,7 @@ def train(
                 f"the data for '{data.detector.name}'"
             )
     trainer = _Trainer(config, part, data, vae)
-    trainer.place_on(placement_of(trainer, config, device, precision))
+    trainer.place_on(place)
     run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     if not world().main:  # rank 0 writes
         return TrainResult.of(trainer, ckpt, config.steps, trainer.model.complete, start, {}, part)

@@ -253,7 +253,7 @@ class EPiCJetModel(nn.Module):
         pred = self.net(xt, mask, self._time_cond(t, jet_cond))
         beta = math.pi * torch.tan(0.5 * math.pi * t)  # -d log(alpha^2)/dt
         weight = (1 - self.config.jedi_alpha * beta / sigma**2).clamp_min(0.0)
-        m = mask.unsqueeze(-1).to(pred.dtype)
+        m = mask.unsqueeze(-1).float()  # counts in float32, also under autocast
         per_jet = (((pred - eps) ** 2) * m).sum(dim=(1, 2)) / (m.sum(dim=(1, 2)) * 3).clamp_min(1)
         return (weight * per_jet).mean()
 
@@ -335,5 +335,5 @@ class EPiCJetModel(nn.Module):
 
 
 def _masked_mse(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    m = mask.unsqueeze(-1).to(pred.dtype)
+    m = mask.unsqueeze(-1).float()  # counts in float32, also under autocast
     return (((pred - target) ** 2) * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1)
