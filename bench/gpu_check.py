@@ -1,6 +1,7 @@
 """The GPU check: every training of every family on one device, at the published sizes.
 
-For each ``caloforge train`` command: 100 steps of its ``paper`` preset on synthetic data of
+For each ``caloforge train`` command, and ``caloforge distill`` of the CaloClouds II run it
+just made: 100 steps of its ``paper`` preset on synthetic data of
 the paper's shapes (``caloforge.synthetic``: shower-like, not physics), timed after a warm-up
 (steps per second, peak GPU memory, and the time of one epoch of the paper's training set at
 that speed); then 1,000 showers (or jets) generated on the device with what it trained; then
@@ -73,7 +74,12 @@ def _timer(marks: list[tuple[int, float]]) -> Any:
 
 
 def _config(training: Any, preset: str, steps: int) -> Any:
-    config = training.make_config(preset, 0, {})
+    return _config_of(training.make_config(preset, 0, {}), steps)
+
+
+def _config_of(config: Any, steps: int) -> Any:
+    """``config`` for a timing run of ``steps`` steps: no checkpoints or validation on the way,
+    a short calibration at the end."""
     fields = {f.name for f in dataclasses.fields(config)}
     changes: dict[str, Any] = {"steps": steps, "log_every": max(steps // 10, 1), "checkpoint_minutes": 1e6}
     defaults = (
@@ -113,10 +119,32 @@ def check_training(training: Any, args: argparse.Namespace, work: Path, runs: di
     marks: list[tuple[int, float]] = []
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(args.device)
-    row = Row(training.command, batch)
     training.run(config, data, out, device=args.device, precision="auto", progress=_timer(marks), **kwargs)
     _sync(args.device)
     runs[training.command] = out
+    return _timed_row(training.command, kind, batch, marks, out, args)
+
+
+def check_distillation(teacher: Path, args: argparse.Namespace, work: Path) -> Row:
+    """``caloforge distill`` of the CaloClouds II run just trained, timed like a training."""
+    from caloforge.models.caloclouds2.distillation import DistillConfig, distill
+
+    config = _config_of(DistillConfig.from_preset(args.preset), args.steps)
+    data = _data("points", work, max(args.showers, 2 * config.batch_size + 64), 30)
+    marks: list[tuple[int, float]] = []
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(args.device)
+    out = work / "distill"
+    distill(teacher, data, out, config, progress=_timer(marks), device=args.device, precision="auto")
+    _sync(args.device)
+    return _timed_row("distill", "points", config.batch_size, marks, out, args)
+
+
+def _timed_row(
+    command: str, kind: str, batch: int, marks: list[tuple[int, float]], out: Path, args: argparse.Namespace
+) -> Row:
+    """The row of a run that ``marks`` timed (steps after the first tenth) and wrote to ``out``."""
+    row = Row(command, batch)
     warm = [m for m in marks if m[0] > args.steps // 10] or marks
     if len(warm) >= 2:
         row.steps_per_s = (warm[-1][0] - warm[0][0]) / (warm[-1][1] - warm[0][1])
@@ -158,7 +186,7 @@ def table(rows: list[Row], device: str, args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        epoch = f"{PAPER_EPOCH[DATA[r.command]]:,}"
+        epoch = f"{PAPER_EPOCH[DATA.get(r.command, 'points')]:,}"  # distill: the teacher's data
         lines.append(
             f"| {r.command} | {r.batch} | {_f(r.steps_per_s, '.2f')} | {_f(r.memory_gb, '.2f')} "
             f"| {epoch} | {_f(r.epoch_min, '.1f')} | {_f(r.generate_ms, '.3f')} | {r.note} |"
@@ -197,6 +225,12 @@ def main(argv: list[str] | None = None) -> str:
             rows.append(check_training(training, args, work, runs))
         except Exception as exc:  # one failing family must not hide the others' figures
             rows.append(Row(training.command, 0, note=f"failed: {type(exc).__name__}: {exc}"[:120]))
+        if training.command == "caloclouds2" and "caloclouds2" in runs:
+            print("distill ...", file=sys.stderr, flush=True)
+            try:
+                rows.append(check_distillation(runs["caloclouds2"], args, work))
+            except Exception as exc:
+                rows.append(Row("distill", 0, note=f"failed: {type(exc).__name__}: {exc}"[:120]))
     text = table(rows, args.device, args)
     if args.bench:
         bench = work / "bench"
