@@ -15,9 +15,9 @@ import torch
 import distributed_tasks as tasks
 from caloforge.detector import get_detector
 from caloforge.io import write_showers
+from caloforge.jets.io import write_jets
 from caloforge.models._distributed import launch
 from caloforge.models.registry import families
-from caloforge.jets.io import write_jets
 from conftest import random_points, toy_images, toy_jets, toy_voxels
 
 ATTRS = {"energy_min_gev": 1.0, "energy_max_gev": 100.0}
