@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models._config import LoopConfig
-from caloforge.models._distributed import broadcast_module, shard, world
+from caloforge.models._distributed import shard, world
 from caloforge.models._placement import randn
 from caloforge.models._training import (
     OnDevice,
@@ -51,7 +51,7 @@ from caloforge.models._training import (
     locked_run,
     placement_of,
     run_checkpoint,
-    run_loop,
+    run_to_end,
     save_finite_checkpoint,
 )
 from caloforge.models.caloclouds2.calibration import calibration_energies, fit_calibration
@@ -359,13 +359,7 @@ def distill(
         )
     run = _Distiller(config, teacher, data)
     run.place_on(place)
-    if state is not None:
-        run.restore(state, ckpt)
-    broadcast_module(*run.device_modules())  # identical replicas on every rank
-    run_loop(
-        run, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
-    )
-    run.model.complete = run.step >= config.steps
+    run_to_end(run, config, ckpt, state, progress, max_minutes, start)
     if not world().main:  # rank 0 writes and calibrates
         return TrainResult.of(run, ckpt, config.steps, run.model.complete, start, {})
     run.save(ckpt)

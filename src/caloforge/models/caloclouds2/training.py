@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.calibrate import NPointsCalibration
-from caloforge.models._distributed import broadcast_module, shard, world
+from caloforge.models._distributed import shard, world
 from caloforge.models._placement import HOST, Placement, rand
 from caloforge.models._training import (
     Progress,
@@ -19,7 +19,7 @@ from caloforge.models._training import (
     locked_run,
     open_run,
     placement_of,
-    run_loop,
+    run_to_end,
     save_finite_checkpoint,
     seeded,
 )
@@ -222,13 +222,7 @@ def train(
     data = load_training_data(Path(data_path), config, progress)
     trainer = _Trainer(config, data)
     trainer.place_on(place)
-    if state is not None:
-        trainer.restore(state, ckpt)
-    broadcast_module(*trainer.device_modules())  # identical replicas on every rank
-    run_loop(
-        trainer, config.steps, ckpt, config.log_every, config.checkpoint_minutes, progress, max_minutes, start
-    )
-    trainer.model.complete = trainer.step >= config.steps
+    run_to_end(trainer, config, ckpt, state, progress, max_minutes, start)
     if not world().main:  # rank 0 writes and calibrates
         return TrainResult.of(trainer, ckpt, config.steps, trainer.model.complete, start, {})
     trainer.save(ckpt)  # the weights are safe even if the calibration below is interrupted
