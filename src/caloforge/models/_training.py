@@ -701,7 +701,6 @@ def run_to_end(
     ``config.checkpoint_minutes``) and mark its model complete when it got there."""
     if state is not None:
         trainer.restore(state, ckpt)
-    check_shares(config)
     if world().size > 1 and hasattr(trainer, "device_modules"):
         broadcast_module(*trainer.device_modules())  # identical replicas on every rank
     run_loop(
@@ -722,9 +721,12 @@ def placement_of(trainer: Any, config: Any, device: str = "cpu", precision: str 
     """Where ``trainer`` (a trainer or its class) runs for ``device``
     (:func:`caloforge.devices.resolve_device`; on several processes the rank's own GPU) and
     ``precision`` (``auto``: bfloat16 autocast on a CUDA device where the trainer allows it,
-    ``amp = True``); a trainer without ``place_on`` runs on the CPU in float32 only. Called with
-    the class before the data are read, so a refused setting costs nothing."""
+    ``amp = True``); a trainer without ``place_on`` runs on the CPU in float32 only. Also
+    refuses more processes than showers in a batch (:func:`check_shares`). Called with the
+    class before the data are read, so a refused setting costs nothing."""
     from caloforge.devices import resolve_device
+
+    check_shares(config)
 
     what = f"{type(config).__name__.removesuffix('Config')} training"
     placeable = hasattr(trainer, "place_on")
@@ -756,7 +758,6 @@ def train_run(
         progress, max_minutes = run.get("progress"), run.get("max_minutes")
         ckpt, state = open_run(out_dir, config, run.get("resume", False), check_state)
         place = placement_of(make_trainer, config, run.get("device", "cpu"), run.get("precision", "auto"))
-        check_shares(config)
         if progress is not None:
             progress("load", 0, 1)
         data = load(data_path)

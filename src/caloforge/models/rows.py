@@ -191,6 +191,11 @@ class RowsWriter:
             self._file.write(np.ascontiguousarray(block, np.float32).tobytes())
         self.n += len(block)
 
+    def skip(self, k: int) -> None:
+        """Count the next ``k`` rows without their values (a scratch file written before holds
+        them: see :attr:`writing`)."""
+        self.n += k
+
     def finish(self) -> Tensor | DiskRows:
         """The rows written: a tensor, or :class:`DiskRows` over the published scratch file."""
         if self._buffer is not None:
@@ -230,5 +235,5 @@ def shower_rows(
             if writer.n != n:
                 raise ValueError(f"'{source}' gave {writer.n} rows of {what}, {n} were expected")
         else:
-            writer.n = n
+            writer.skip(n)
         return writer.finish()

@@ -46,7 +46,6 @@ from caloforge.models._training import (
     Progress,
     TrainResult,
     check_resumable,
-    check_shares,
     distributed_step,
     locked_run,
     placement_of,
@@ -351,7 +350,6 @@ def distill(
         if teacher.sampler.consistency:
             raise CheckpointError(f"'{teacher_path}' is already a consistency model: distil an EDM model")
     place = placement_of(_Distiller, config, device, precision)  # refused settings cost no data pass
-    check_shares(config)
     data = load_training_data(Path(data_path), teacher.config, progress)
     if data.detector.name != teacher.detector.name:
         raise ValueError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from caloforge.models.calodream.variables import (
     layer_energies,
     u_from_layer_energies,
 )
-from caloforge.models.rows import DiskRows, in_memory_bytes, shower_rows
+from caloforge.models.rows import DiskRows, RowsWriter
 
 # --------------------------------------------------------------------------- data
 
@@ -39,11 +39,11 @@ def load_voxel_data(
     min_showers: int = 20,
     in_memory: bool | None = None,
 ) -> VoxelData:
-    """Incident energies, ``u`` variables and (optionally) voxel fractions of a voxel file; the
-    fractions of a file too large for memory (``in_memory`` None) are read from disk a batch
-    at a time (:func:`~caloforge.models.rows.shower_rows`)."""
+    """Incident energies, ``u`` variables and (optionally) voxel fractions of a voxel file, in
+    one pass; the fractions of a file too large for memory (``in_memory`` None) are read from
+    disk a batch at a time (:class:`~caloforge.models.rows.RowsWriter`)."""
     path = Path(path)
-    with open_showers(path) as f:
+    with open_showers(path) as f, contextlib.ExitStack() as stack:
         det = f.detector
         if f.kind != "voxels":
             raise ValueError(
@@ -53,33 +53,28 @@ def load_voxel_data(
             raise ValueError(f"'{path}' is for detector '{det.name}' without a voxel readout")
         attrs = dict(f.attrs)
         n = len(f) if max_showers is None else min(len(f), max_showers)
-        keep = in_memory or (in_memory is None and n * det.n_channels * 4 <= in_memory_bytes())
-        energies, us, fracs, e_layers = [], [], [], []
+        rows = None
+        if with_fractions:
+            rows = stack.enter_context(RowsWriter(path, "fractions", det.n_channels, n, in_memory))
+        energies, us, e_layers = [], [], []
         for chunk in f.iter_chunks(2000, stop=n):
             v = torch.from_numpy(chunk.voxels.astype(np.float32))
             e = torch.from_numpy(chunk.energy.astype(np.float32))
             energies.append(e)
             e_layers.append(layer_energies(v, det.n_layers))
             us.append(u_from_layer_energies(e_layers[-1], e * 1000.0))
-            if with_fractions and keep:
-                fracs.append(fractions(v, det.n_layers))
-    if not energies:
-        raise ValueError(f"'{path}' holds no showers")
-    energy = torch.cat(energies)
-    if len(energy) < min_showers:
-        raise ValueError(f"'{path}' holds {len(energy)} showers: at least {min_showers} are needed")
+            if rows is not None:
+                if rows.writing:
+                    rows.append(fractions(v, det.n_layers).numpy())
+                else:  # a scratch file written before holds them
+                    rows.skip(len(v))
+        if not energies:
+            raise ValueError(f"'{path}' holds no showers")
+        energy = torch.cat(energies)
+        if len(energy) < min_showers:
+            raise ValueError(f"'{path}' holds {len(energy)} showers: at least {min_showers} are needed")
+        frac = rows.finish() if rows is not None else None
     # The simulated spectrum's range when the file records it, else the range of its showers.
     lo = float(attrs.get("energy_min_gev", energy.min()))
     hi = float(attrs.get("energy_max_gev", energy.max()))
-    frac: Tensor | DiskRows | None = None
-    if with_fractions and keep:
-        frac = torch.cat(fracs)
-    elif with_fractions:
-
-        def chunks() -> Iterator[np.ndarray]:
-            with open_showers(path) as f:
-                for chunk in f.iter_chunks(2000, stop=n):
-                    yield fractions(torch.from_numpy(chunk.voxels.astype(np.float32)), det.n_layers).numpy()
-
-        frac = shower_rows(path, "fractions", n, det.n_channels, chunks, in_memory=False)
     return VoxelData(det, energy, torch.cat(us), torch.cat(e_layers), frac, (lo, hi))  # type: ignore[arg-type]

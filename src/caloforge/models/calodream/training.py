@@ -15,7 +15,6 @@ from caloforge.models._training import (
     Progress,
     Term,
     TrainResult,
-    check_shares,
     locked_run,
     open_run,
     placement_of,
@@ -170,7 +169,6 @@ def train(
     if progress is not None:
         progress("load", 0, 1)
     place = placement_of(_Trainer, config, device, precision)  # refused settings cost no data pass
-    check_shares(config)
     data = load_voxel_data(data_path, with_fractions=part != "energy")
     if progress is not None:
         progress("load", 1, 1)
