@@ -105,7 +105,7 @@ def test_voxel_files_get_calochallenge_metrics(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "CaloChallenge metrics" in text and "Resolving power of the CaloChallenge classifiers" in text
     # every AUC has its resolving power; the 5 % check ran once, at half the reference (60 per class)
-    kinds = {"classifier_auc", "high_level_auc", "high_level_auc_sparsity", "low_level_auc"}
+    kinds = {"classifier_auc", "high_level_auc", "low_level_auc"}
     check = result["distortion_check"]
     assert set(check["auc"]) == kinds and check["n_per_class"] == 60
     resolution = result["candidates"][0]["auc_resolution"]

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from caloforge.jets import pythia
-from caloforge.jets.io import JetFileError, jet_file_info, read_jets, write_jets
+from caloforge.jets.io import UNKNOWN_TYPE, JetFileError, jet_file_info, read_jets, write_jets
 from caloforge.jets.pythia import JetSimulationConfig, simulate_jets
+from caloforge.models.epic.training import load_jets
 from conftest import cli_run, toy_jets
 
 
@@ -37,9 +38,18 @@ def test_reads_jetnet_layout_with_the_type_from_the_name(tmp_path):
     _jetnet_file(tmp_path / "g150.hdf5", jets)
     back = read_jets(tmp_path / "g150.hdf5", n_particles=30)
     assert back.jet_type == "g" and len(back) == 12
-    _jetnet_file(tmp_path / "mine.hdf5", jets)
-    with pytest.raises(JetFileError, match="no jet_type attribute"):
-        read_jets(tmp_path / "mine.hdf5")
+    _jetnet_file(tmp_path / "mine.hdf5", jets)  # no attribute, no type in the name: read all the same
+    assert read_jets(tmp_path / "mine.hdf5").jet_type == UNKNOWN_TYPE
+    assert jet_file_info(tmp_path / "mine.hdf5", "q")["jet_type"] == "q"  # --jet-type
+    _jetnet_file(tmp_path / "top_quark_test.hdf5", jets)  # two types in the name: it says none
+    assert jet_file_info(tmp_path / "top_quark_test.hdf5")["jet_type"] == UNKNOWN_TYPE
+    _jetnet_file(tmp_path / "top_test.hdf5", jets)
+    assert jet_file_info(tmp_path / "top_test.hdf5", "g")["jet_type"] == "g"  # --jet-type over the name
+    with pytest.raises(JetFileError, match="unknown --jet-type 'x'"):
+        jet_file_info(tmp_path / "mine.hdf5", "x")
+    _jetnet_file(tmp_path / "many.hdf5", toy_jets(25, 30, seed=3))
+    with pytest.raises(ValueError, match="does not say its jet type"):  # training needs the type
+        load_jets(tmp_path / "many.hdf5", n_particles=30)
 
 
 @pytest.mark.parametrize("damage", ["nan", "empty", "mask", "shape"])

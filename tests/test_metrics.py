@@ -204,8 +204,12 @@ def test_calochallenge_features_by_hand():
     # below threshold; layer 10: one voxel.
     showers = _voxel_showers({(3, 0, 2): 1.0, (3, 8, 2): 1.0, (7, 5, 5): 0.01, (10, 4, 0): 2.0})
     f = calochallenge_features(showers, DS2)
-    assert set(f) == {"E_layer", "EC_x", "EC_y", "width_x", "width_y", "sparsity", "E_ratio"}
-    assert f["E_layer"].shape == (1, 45) and f["E_ratio"].shape == (1,)
+    assert set(f) == {
+        "E_layer", "EC_x", "EC_y", "width_x", "width_y", "sparsity", "EC_r", "width_r", "E_tot", "E_ratio"
+    }  # fmt: skip
+    assert (
+        f["E_layer"].shape == (1, 45) and f["E_ratio"].shape == (1,) and f["E_tot"][0] == pytest.approx(4.0)
+    )
     assert f["E_layer"][0, 3] == pytest.approx(2.0) and f["E_layer"][0, 7] == 0.0
     assert f["E_ratio"][0] == pytest.approx(4.0 / 10_000)
     a, b = 0 * 9 + 2, 8 * 9 + 2
@@ -214,6 +218,9 @@ def test_calochallenge_features_by_hand():
     assert f["EC_y"][0, 10] == pytest.approx(cy[4 * 9]) and f["width_y"][0, 10] == pytest.approx(0.0)
     assert f["sparsity"][0, 3] == pytest.approx(142 / 144) and f["sparsity"][0, 7] == 1.0
     assert f["EC_x"][0, 7] == 0.0  # empty layer
+    # Radial centre: ring 2 spans 9.3-13.95 mm (centre 11.625) in layer 3; ring 0 in layer 10.
+    assert f["EC_r"][0, 3] == pytest.approx(11.625) and f["width_r"][0, 3] == pytest.approx(0.0)
+    assert f["EC_r"][0, 10] == pytest.approx(2.325)
     with pytest.raises(ValueError, match="voxel readout"):
         calochallenge_features(showers, ILD)
 
@@ -244,7 +251,7 @@ def test_voxel_features_of_projected_showers():
     vox = voxelise(random_points(200, 30, seed=5, n_layers=45), DS2)
     f = calochallenge_features(vox, DS2, chunk_size=64)
     m = feature_matrix(f)
-    assert m.shape == (200, 45 * 6 + 1)
+    assert m.shape == (200, 45 * 8 + 2)
     assert np.allclose(m[:, :45], np.log1p(f["E_layer"]))
     assert np.all((f["sparsity"] >= 0) & (f["sparsity"] <= 1))
     assert np.allclose(f["E_layer"].sum(1) / (vox.energy * 1000), f["E_ratio"])

@@ -567,8 +567,33 @@ def evaluate(
     draw_size: Annotated[
         int | None, typer.Option(min=1, help="Showers per W1 draw (default: 50k or what the data allow).")
     ] = None,
-    splits: Annotated[int, typer.Option(min=1, max=10, help="Classifier train/validation/test splits.")] = 10,
-    epochs: Annotated[int, typer.Option(min=1, help="Classifier training epochs.")] = 10,
+    splits: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=10,
+            help="Classifier splits (caloforge: folds, default 10; calochallenge: independent runs, "
+            "default 3; jets: 5).",
+        ),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Classifier training epochs (caloforge 10, calochallenge 50).")
+    ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="Whose definitions the published metrics follow: caloforge (default; floors, several "
+            "splits), calochallenge (the CaloChallenge's evaluate.py, voxel showers) or jetnet (jetnet "
+            "0.2.5, jets). docs/evaluation.md compares them.",
+        ),
+    ] = "caloforge",
+    jet_type: Annotated[
+        str | None,
+        typer.Option(
+            help="Jet files only: the type (t, g, q, w, z) of files that do not say theirs (no "
+            "jet_type attribute, no type in the name).",
+        ),
+    ] = None,
     low_level: Annotated[
         bool, typer.Option(help="Also train the low-level (per-voxel) classifier on voxel data.")
     ] = False,
@@ -609,6 +634,8 @@ def evaluate(
         workers=workers,
         scheduler=scheduler,
         device=resolve_device(device),
+        protocol=protocol,
+        jet_type=jet_type,
     )
     with progress_bar() as bar:
         progress = stage_progress(bar)

@@ -34,6 +34,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = [
+    "CALOCHALLENGE_THRESHOLD_MEV",
     "CellGrid",
     "Detector",
     "DetectorError",
@@ -44,6 +45,10 @@ __all__ = [
     "get_detector",
     "load_detector",
 ]
+
+#: The CaloChallenge's voxel threshold: 0.5 keV deposited in silicon over its sampling fraction
+#: 0.033, i.e. 0.0151515… MeV (``evaluate.py``'s ``min_energy``; datasets 2 and 3).
+CALOCHALLENGE_THRESHOLD_MEV = 0.5e-3 / 0.033
 
 
 class DetectorError(ValueError):
@@ -393,7 +398,7 @@ def _calochallenge_ds2() -> Detector:
             radial_edges_mm=(0, 4.65, 9.3, 13.95, 18.6, 23.25, 27.9, 32.55, 37.2, 41.85),
             n_alpha=16,
         ),
-        threshold_mev=0.01515,
+        threshold_mev=CALOCHALLENGE_THRESHOLD_MEV,
         long_edges=(0, 5, 9, 13, 17, 21, 25, 29, 33, 39, 45),
         radial_edges_mm=(0, 4.65, 9.3, 13.95, 18.6, 23.25, 27.9, 32.55, 37.2, 41.85),
         source="SPEC 2.2; radial edges from the CaloChallenge 2022 binning_dataset_2.xml",
@@ -576,7 +581,7 @@ def detector_from_dict(data: Mapping[str, Any], default_name: str = "custom") ->
             active_thickness_mm=float(data["active_thickness_mm"]),
             absorber_thicknesses_mm=_float_list(data, "absorber_thicknesses_mm", where, n_layers),
             readout=grid,
-            threshold_mev=float(data["threshold_mev"]),
+            threshold_mev=_corrected_threshold(name, float(data["threshold_mev"])),
             long_edges=long_edges,
             radial_edges_mm=radial,
             **kwargs,
@@ -585,6 +590,20 @@ def detector_from_dict(data: Mapping[str, Any], default_name: str = "custom") ->
         if isinstance(exc, DetectorError):
             raise
         raise DetectorError(f"{where}: a field has the wrong type ({exc})") from exc
+
+
+#: Thresholds that files and checkpoints written before a correction carry -> the value meant.
+_SUPERSEDED_THRESHOLDS = {("calochallenge-ds2", 0.01515): CALOCHALLENGE_THRESHOLD_MEV}
+
+
+def _corrected_threshold(name: str, threshold: float) -> float:
+    """The threshold a stored detector description means: ``calochallenge-ds2`` files and
+    checkpoints written with the rounded 0.01515 MeV mean the challenge's exact value.
+
+    >>> _corrected_threshold("calochallenge-ds2", 0.01515) == CALOCHALLENGE_THRESHOLD_MEV
+    True
+    """
+    return _SUPERSEDED_THRESHOLDS.get((name, threshold), threshold)
 
 
 def layer_depth_table(det: Detector) -> Sequence[tuple[int, float, float, float]]:

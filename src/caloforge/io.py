@@ -14,7 +14,8 @@ On disk the point-cloud layout is the one of the public CaloClouds II files: dat
 ``events`` float32 ``(N, 4, P)`` = ``[x mm, depth (layer coordinate), y mm, E GeV]`` and
 ``energy`` ``(N, 1)`` in GeV; files storing ``(N, P, 4)`` (CaloClouds3) are read too. The
 voxel layout is the CaloChallenge one: ``showers`` ``(N, n_voxels)`` and ``incident_energies``
-``(N, 1)``, both in MeV. caloforge adds root attributes (see :data:`DEFAULT_ATTRS` for what a
+``(N, 1)``, both in MeV (float64 on a polar readout, as the challenge's files; float32 on a
+cell grid). caloforge adds root attributes (see :data:`DEFAULT_ATTRS` for what a
 file without them is taken to contain).
 
 >>> import numpy as np, tempfile, pathlib
@@ -39,7 +40,7 @@ import numpy as np
 
 from caloforge import __version__
 from caloforge.atomic import AtomicH5, atomic_output, atomic_write_text
-from caloforge.detector import CellGrid, Detector, DetectorError, detector_from_dict, get_detector
+from caloforge.detector import CellGrid, Detector, DetectorError, PolarGrid, detector_from_dict, get_detector
 
 __all__ = [
     "COMPRESSIONS",
@@ -445,6 +446,11 @@ class ShowerWriter:
         self._compression = compression
         self._pending: list[Any] = []
         self._pending_n = 0
+        # Polar voxel files in the CaloChallenge layout are float64, as the challenge's own files
+        # and tools (its evaluate.py computes in float64 and refuses float32 input): 15 % larger
+        # than float32 after compression (docs/formats.md).
+        polar = kind == "voxels" and isinstance(self.detector.readout, PolarGrid)
+        self._dtype = np.dtype(np.float64 if polar else np.float32)
         if append and self.path.exists():
             self._check_append()
             self._file = AtomicH5.copy_of(self.path, expected)
@@ -529,7 +535,7 @@ class ShowerWriter:
         batches, self._pending, self._pending_n = self._pending, [], 0
         batch = batches[0] if len(batches) == 1 else type(batches[0]).concatenate(batches)  # type: ignore[arg-type]
         data = batch.points if isinstance(batch, PointShowers) else batch.voxels
-        with self._file.writing(data.size * 4 + len(batch) * 4, len(batch)):
+        with self._file.writing((data.size + len(batch)) * self._dtype.itemsize, len(batch)):
             if isinstance(batch, PointShowers):
                 # Memory [x, y, layer, E MeV] -> disk [x, depth, y, E GeV], (n, 4, P).
                 disk = batch.points[..., [0, 2, 1, 3]].transpose(0, 2, 1).copy()
@@ -542,7 +548,7 @@ class ShowerWriter:
             self._h5.flush()
 
     def _append(self, name: str, values: np.ndarray, maxshape: tuple[int | None, ...]) -> None:
-        values = values.astype(np.float32)
+        values = values.astype(self._dtype)
         if name not in self._h5:
             # Unlimited axes (showers, point slots) get fixed chunk lengths so later, wider
             # batches do not inherit the tiny chunks of a narrow first batch.

@@ -9,6 +9,12 @@ jetnet's batches), FPD and KPD on the 36 EFPs with d <= 4, KL divergences of the
 the constituents' pT, τ21 and τ32, and a classifier AUC (:func:`caloforge.metrics.classifier_auc`)
 on jet-level features (:func:`classifier_features`). The text of the report (and the
 table ``caloforge evaluate`` prints) is rendered by :mod:`caloforge.evaluate.report`.
+
+With ``protocol="jetnet"`` (:mod:`caloforge.evaluate.protocols`) W1m, W1p, W1efp, FPD and KPD
+follow jetnet 0.2.5 as a user would call it on the two files: every candidate against the
+whole reference, batches of 50,000 jets (or ``batch_size``) drawn with replacement, jetnet's
+FPD/KPD estimators; the floor is still half A against half B. KL and the classifier are
+caloforge's in either protocol.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ import numpy as np
 from caloforge import __version__
 from caloforge.atomic import atomic_write_text
 from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.protocols import check_protocol, protocol_seed
 from caloforge.evaluate.report import jet_report
 from caloforge.jets import metrics as jm
-from caloforge.jets.io import JetFileError, Jets, jet_file_info, read_jets
+from caloforge.jets.io import UNKNOWN_TYPE, JetFileError, Jets, jet_file_info, read_jets
 from caloforge.jets.observables import jet_observables
 from caloforge.safety import output_lock
 
@@ -34,6 +41,10 @@ __all__ = ["JetEvaluationConfig", "classifier_features", "evaluate_jet_files", "
 
 #: Fewer jets than this per sample and the classifier is skipped (with a note).
 MIN_CLASSIFIER_JETS = 50
+#: Protocols of the jet evaluator (:mod:`caloforge.evaluate.protocols`).
+JET_PROTOCOLS = ("caloforge", "jetnet")
+#: The metrics the jetnet protocol defines (the others are caloforge's in every protocol).
+JETNET_METRICS = ("w1m", "w1p", "w1efp", "fpd", "kpd")
 #: Jets per sample below which nothing is computed.
 MIN_JETS = 10
 #: EFP floor of the classifier's log features (a jet of one particle has EFPs 0).
@@ -55,6 +66,8 @@ class JetEvaluationConfig:
     max_jets: int | None = None
     seed: int = 0
     device: str = "cpu"  # of the classifier
+    protocol: str = "caloforge"  # of W1m/W1p/W1efp/FPD/KPD (evaluate.protocols)
+    jet_type: str | None = None  # of files that do not say theirs (no attribute, no type in the name)
 
 
 def classifier_features(obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -78,27 +91,17 @@ def _scores(
     size: int,
     config: JetEvaluationConfig,
 ) -> dict[str, Any]:
-    """Every metric of sample ``b`` against ``a`` (half A of the reference), in the report's units."""
+    """Every metric of sample ``b`` against ``a`` (half A of the reference), in the report's units
+    (W1s, FPD and KPD by caloforge's estimators: :func:`_distances`)."""
     batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": config.seed}
     units = jm.UNITS
-    w1p = jm.w1p(a, b, **batch)
-    w1efp = jm.w1efp(a_obs["efps"], b_obs["efps"], **batch)
-    fk = jm.fpd_kpd(a_obs["fpd_efps"], b_obs["fpd_efps"], seed=config.seed)
-    out: dict[str, Any] = {
-        "w1m": _in_units(jm.w1m(a_obs["mass"], b_obs["mass"], **batch), units["w1m"]),
-        "w1p": _in_units(w1p["w1p"], units["w1p"]),
-        "w1efp": _in_units(w1efp["w1efp"], units["w1efp"]),
-        "fpd": _in_units(fk["fpd"], units["fpd"]),
-        "kpd": _in_units(fk["kpd"], units["kpd"]),
+    out: dict[str, Any] = _distances(a, a_obs, b, b_obs, config, batch, published=False)
+    out |= {
         "kl_mass": _in_units(jm.batched_kl(a_obs["mass"], b_obs["mass"], **batch), units["kl"]),
         "kl_ptrel": _in_units(jm.batched_kl(a, b, column=2, **batch), units["kl"]),
         "kl_tau21": _in_units(jm.batched_kl(a_obs["tau21"], b_obs["tau21"], **batch), units["kl"]),
         "kl_tau32": _in_units(jm.batched_kl(a_obs["tau32"], b_obs["tau32"], **batch), units["kl"]),
     }
-    for name in ("etarel", "phirel", "ptrel"):
-        out[f"w1p_{name}"] = _in_units(w1p[name], units["w1p"])
-    for k in range(len(w1efp) - 1):
-        out[f"w1efp_{k}"] = _in_units(w1efp[f"efp_{k}"], units["w1efp"])
     out["classifier_auc"] = None
     out["classifier_minimum_detectable_auc"] = None
     if min(len(a), len(b)) >= MIN_CLASSIFIER_JETS:
@@ -118,6 +121,40 @@ def _scores(
     return out
 
 
+def _distances(
+    a: Jets,
+    a_obs: dict[str, np.ndarray],
+    b: Jets,
+    b_obs: dict[str, np.ndarray],
+    config: JetEvaluationConfig,
+    batch: dict[str, Any],
+    published: bool,
+) -> dict[str, Any]:
+    """W1m, W1p (and per feature), W1efp (and per EFP), FPD and KPD of ``b`` against ``a`` in the
+    report's units: with ``batch`` (caloforge's draws), or with ``published`` jetnet's draws
+    and estimators."""
+    units = jm.UNITS
+    if published:
+        size = jm.DEFAULT_EVAL_SAMPLES if config.batch_size is None else config.batch_size
+        seed = protocol_seed("jetnet", config.seed)
+        batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": seed, "replace": True}
+    w1p = jm.w1p(a, b, **batch)
+    w1efp = jm.w1efp(a_obs["efps"], b_obs["efps"], **batch)
+    fk = jm.fpd_kpd(a_obs["fpd_efps"], b_obs["fpd_efps"], seed=batch["seed"], published=published)
+    out: dict[str, Any] = {
+        "w1m": _in_units(jm.w1m(a_obs["mass"], b_obs["mass"], **batch), units["w1m"]),
+        "w1p": _in_units(w1p["w1p"], units["w1p"]),
+        "w1efp": _in_units(w1efp["w1efp"], units["w1efp"]),
+        "fpd": _in_units(fk["fpd"], units["fpd"]),
+        "kpd": _in_units(fk["kpd"], units["kpd"]),
+    }
+    for name in ("etarel", "phirel", "ptrel"):
+        out[f"w1p_{name}"] = _in_units(w1p[name], units["w1p"])
+    for k in range(len(w1efp) - 1):
+        out[f"w1efp_{k}"] = _in_units(w1efp[f"efp_{k}"], units["w1efp"])
+    return out
+
+
 def _generator(attrs: dict[str, Any], path: Path) -> str:
     return str(attrs.get("generator") or path.stem)
 
@@ -126,9 +163,12 @@ def _reference_label(generator: str, has_generator: bool) -> str:
     return REFERENCE_LABEL if (not has_generator or "pythia" in generator.lower()) else generator
 
 
-def _open(reference: Path, candidates: Sequence[Path], notes: list[str]) -> tuple[list[dict[str, Any]], int]:
-    """File infos, checked; the particle count every sample is compared at."""
-    infos = [jet_file_info(p) for p in (reference, *candidates)]
+def _open(
+    reference: Path, candidates: Sequence[Path], notes: list[str], jet_type: str | None = None
+) -> tuple[list[dict[str, Any]], int]:
+    """File infos, checked (``jet_type``: of files that do not say theirs); the particle count
+    every sample is compared at."""
+    infos = [jet_file_info(p, jet_type) for p in (reference, *candidates)]
     for path, info in zip((reference, *candidates), infos, strict=True):
         if info["n_jets"] == 0:
             raise JetFileError(f"'{path}' holds no jets")
@@ -148,8 +188,14 @@ def _open(reference: Path, candidates: Sequence[Path], notes: list[str]) -> tupl
     if n_particles < n_ref:
         notes.append(f"the reference holds {n_ref} particles per jet; its leading {n_particles} are used.")
     ref_type = infos[0]["jet_type"]
+    for path, info in zip((reference, *candidates), infos, strict=True):
+        if info["jet_type"] == UNKNOWN_TYPE:
+            notes.append(
+                f"'{path}' does not say its jet type (no jet_type attribute, no type in its name); "
+                "pass --jet-type to name it."
+            )
     for path, info in zip(candidates, infos[1:], strict=True):
-        if info["jet_type"] != ref_type:
+        if UNKNOWN_TYPE not in (info["jet_type"], ref_type) and info["jet_type"] != ref_type:
             notes.append(
                 f"'{path}' holds jets of type '{info['jet_type']}', the reference of type '{ref_type}': "
                 "the metrics compare different kinds of jets."
@@ -172,12 +218,14 @@ def evaluate_jet_files(
     jet_config = JetEvaluationConfig(
         n_batches=config.n_draws,
         batch_size=config.draw_size,
-        splits=config.classifier_splits,
-        epochs=config.classifier_epochs,
+        splits=JetEvaluationConfig.splits if config.classifier_splits is None else config.classifier_splits,
+        epochs=JetEvaluationConfig.epochs if config.classifier_epochs is None else config.classifier_epochs,
         plots=config.plots,
         max_jets=config.max_showers,
         seed=config.seed,
         device=config.device,
+        protocol=config.protocol,
+        jet_type=config.jet_type,
     )
     return evaluate_jets(reference, candidates, out_dir, jet_config, progress, overwrite)
 
@@ -205,9 +253,10 @@ def evaluate_jets(
     for path in (ref_path, *cand_paths):
         if path.is_dir():
             raise EvaluationError(f"'{path}' is a directory: give jet files to compare")
+    protocol = check_protocol(config.protocol, JET_PROTOCOLS, "jet files")
     check_paths([ref_path, *cand_paths], out, overwrite)
     notes: list[str] = []
-    infos, n_particles = _open(ref_path, cand_paths, notes)
+    infos, n_particles = _open(ref_path, cand_paths, notes, config.jet_type)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / "report.md"):
         ref = read_jets(ref_path, n_particles=n_particles, stop=config.max_jets)
@@ -234,10 +283,13 @@ def evaluate_jets(
                 subsets.append(c[np.sort(rng.choice(len(c), n, replace=False))])
             else:
                 subsets.append(c)
-        size = config.batch_size if config.batch_size is not None else jm.default_batch_size(n)
+        published = protocol.name == "jetnet"  # then --draw-size is the jetnet batches' (_distances)
+        size = (
+            config.batch_size if config.batch_size is not None and not published else jm.default_batch_size(n)
+        )
         if not 1 <= size <= n:
             raise EvaluationError(f"--draw-size {size} is larger than the {n:,} jets per compared sample")
-        if size < jm.DEFAULT_EVAL_SAMPLES:
+        if size < jm.DEFAULT_EVAL_SAMPLES and not published:
             notes.append(
                 f"W1 and KL batches of {size:,} jets per side (JetNet's protocol uses "
                 f"{jm.DEFAULT_EVAL_SAMPLES:,}); W1 and KL values grow as the batches shrink: compare with "
@@ -248,6 +300,13 @@ def evaluate_jets(
                 f"classifier not run: it needs {MIN_CLASSIFIER_JETS} jets per sample, there are {n}."
             )
 
+        if published:
+            notes.append(
+                "jetnet protocol: W1m, W1p, W1efp, FPD and KPD compare every candidate (all its jets) with "
+                f"the whole reference ({len(ref):,} jets), in batches of "
+                f"{config.batch_size or jm.DEFAULT_EVAL_SAMPLES:,} jets drawn with replacement, as jetnet "
+                "0.2.5 does; the floor is half A against half B."
+            )
         samples = [half_a, half_b, *subsets]
         observables = []
         for i, sample in enumerate(samples):
@@ -257,6 +316,12 @@ def evaluate_jets(
         if progress is not None:
             progress("jet observables", len(samples), len(samples))
         a_obs, b_obs = observables[:2]
+        if published:  # the whole reference and candidates, as jetnet is called on two files
+            ref_obs = jet_observables(ref)
+            full_obs = [
+                o if len(s) == len(c) else jet_observables(c)
+                for o, s, c in zip(observables[2:], subsets, cands, strict=True)
+            ]
 
         ref_generator = _generator(infos[0]["attrs"], ref_path)
         ref_label = _reference_label(ref_generator, "generator" in infos[0]["attrs"])
@@ -267,6 +332,8 @@ def evaluate_jets(
         if progress is not None:
             progress("jet metrics", 0, total)
         floor = _scores(half_a, a_obs, half_b, b_obs, size, config)
+        if published:
+            floor |= _distances(half_a, a_obs, half_b, b_obs, config, {}, published=True)
         if progress is not None:
             progress("jet metrics", 1, total)
         result: dict[str, Any] = {
@@ -285,6 +352,9 @@ def evaluate_jets(
             "batch_size": size,
             "n_batches": config.n_batches,
             "units": dict(jm.UNITS),
+            "protocol": protocol.name,
+            "metric_protocols": dict.fromkeys(JETNET_METRICS, protocol.name)
+            | dict.fromkeys(("kl", "classifier_auc"), "caloforge"),
             "kl": {
                 "bins_per_jet_observable": jm.kl_bins(size),
                 "epsilon": jm.KL_EPSILON,
@@ -299,6 +369,8 @@ def evaluate_jets(
             zip(cand_paths, infos[1:], cand_labels, cands, subsets, strict=True)
         ):
             scores = _scores(half_a, a_obs, sample, observables[2 + i], size, config)
+            if published:
+                scores |= _distances(ref, ref_obs, cand, full_obs[i], config, {}, published=True)
             result["candidates"].append(
                 {
                     "path": str(path),

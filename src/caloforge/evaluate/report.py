@@ -21,9 +21,11 @@ __all__ = [
     "COLUMNS",
     "RESOLUTION_COLUMNS",
     "fmt",
+    "fmt_error",
     "jet_report",
     "jet_summary",
     "print_summary",
+    "protocol_line",
     "shower_report",
     "shower_summary",
     "summary_lines",
@@ -36,7 +38,6 @@ __all__ = [
 AUC_KINDS = {
     "classifier_auc": "SPEC 5 high-level",
     "high_level_auc": "CaloChallenge high-level",
-    "high_level_auc_sparsity": "CaloChallenge high-level + sparsity",
     "low_level_auc": "CaloChallenge low-level",
 }
 
@@ -53,6 +54,41 @@ def fmt(value: Sequence[float] | None, digits: int = 2) -> str:
     if not math.isfinite(mean):
         return "n/a"
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def fmt_error(value: Sequence[float] | None, scale: float = 1.0) -> str:
+    """``value ± error`` times ``scale``, to two significant digits of the error (a value with a
+    large error is not shown to digits it does not have); three significant digits of the value
+    where the error is 0 or not finite.
+
+    >>> fmt_error([0.0, 19.14]), fmt_error([0.0007008, 0.0000312], 1e3), fmt_error([1.2e-5, 0.0], 1e3)
+    ('0 ± 19', '0.701 ± 0.031', '0.0120 ± 0')
+    """
+    if value is None:
+        return "-"
+    mean, err = value[0] * scale, value[1] * scale
+    if not math.isfinite(mean):
+        return "n/a"
+    if math.isfinite(err) and err > 0:
+        digits = max(0, 1 - math.floor(math.log10(err)))
+        return f"{mean:.{digits}f} ± {err:.{digits}f}"
+    digits = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 0
+    return f"{mean:.{digits}f} ± {0 if not math.isfinite(err) else err:.0f}"
+
+
+def protocol_line(result: dict[str, Any]) -> str:
+    """The sentence of a report that says whose definitions its figures follow."""
+    from caloforge.evaluate.protocols import PROTOCOLS
+
+    name = result.get("protocol", "caloforge")
+    own = sorted(k for k, v in result.get("metric_protocols", {}).items() if v == name)
+    if name == "caloforge":
+        return "Protocol: **caloforge** (the default) for every figure (docs/evaluation.md)."
+    p = PROTOCOLS[name]
+    return (
+        f"Protocol: **{name}** — {', '.join(own)} follow the {p.title} definitions ({p.source}); "
+        "every other figure is caloforge's (docs/evaluation.md)."
+    )
 
 
 def _heldout_text(heldout: dict[str, Any] | None, key: str) -> str | None:
@@ -190,6 +226,8 @@ def shower_report(result: dict[str, Any]) -> str:
         f"Detector `{result['detector']}`; reference {result['reference']['n_showers']:,} showers; "
         f"caloforge {result['caloforge_version']}.",
         "",
+        protocol_line(result),
+        "",
         "## W1 scores",
         "",
         f"1-d Wasserstein distances of standardised observables, **in units of "
@@ -228,33 +266,39 @@ def shower_report(result: dict[str, Any]) -> str:
     lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
     lines += _verdicts(result, ["classifier_auc"])
     if any("calochallenge" in c for c in result["candidates"]):
+        published = result.get("protocol") == "calochallenge"
+        how = (
+            "the challenge's own definitions (its DNN, 60/20/20 splits, isotonic calibration; jetnet's "
+            "FPD with min_samples 10,000 and KPD with batches of 10,000, drawn with replacement)"
+            if published
+            else "caloforge's definitions (standardised inputs, the splits above; FPD/KPD drawn without "
+            "replacement up to the sample size; KPD kernel of degree 4)"
+        )
         lines += [
             "",
             "## CaloChallenge metrics",
             "",
             "Separation power (0 identical, 1 disjoint; mean over layers per feature), FPD and KPD "
-            "(lower is better; value ± error). The high-level AUC and FPD/KPD use the CaloChallenge's "
-            "features (log E_inc, layer energies, centres and widths); the AUC + sparsity column adds "
-            "the per-layer sparsities and E_dep/E_inc.",
+            "(× 10³, as the challenge prints them; lower is better; value ± error). The high-level AUC "
+            "and FPD/KPD use the challenge's current high-level features (log E_inc, log layer "
+            "energies, x/y centres and widths, log E_tot, sparsities, radial centres and widths), with "
+            f"{how}.",
             "",
         ]
         groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
         lines.append(
             "| sample | "
             + " | ".join(f"SP {g}" for g in groups)
-            + " | FPD | KPD | high-level AUC | high-level AUC + sparsity | low-level AUC |"
+            + " | FPD ×10³ | KPD ×10³ | high-level AUC | low-level AUC |"
         )
-        lines.append("|---|" + "---|" * (len(groups) + 5))
+        lines.append("|---|" + "---|" * (len(groups) + 4))
         for c in result["candidates"]:
             cc = c["calochallenge"]
-            aucs = [
-                fmt(cc[k], 3) if k in cc else "-"
-                for k in ("high_level_auc", "high_level_auc_sparsity", "low_level_auc")
-            ]
+            aucs = [fmt(cc[k], 3) if k in cc else "-" for k in ("high_level_auc", "low_level_auc")]
             lines.append(
                 f"| {c['label']} | "
                 + " | ".join(f"{cc['separation_power'][g]:.4f}" for g in groups)
-                + f" | {fmt(cc['fpd'], 4)} | {fmt(cc['kpd'], 5)} | "
+                + f" | {fmt_error(cc['fpd'], 1e3)} | {fmt_error(cc['kpd'], 1e3)} | "
                 + " | ".join(aucs)
                 + " |"
             )
@@ -296,9 +340,8 @@ def table_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["sample", *(h for _, h, _ in COLUMNS), "classifier AUC"]
     rows = []
     for entry in (result["floor"], *result["candidates"]):
-        rows.append(
-            [entry["label"], *(fmt(entry[k]) for k, _, _ in COLUMNS), fmt(entry["classifier_auc"], 3)]
-        )
+        cells = [fmt_error(entry[k]) if k in ("fpd", "kpd") else fmt(entry[k]) for k, _, _ in COLUMNS]
+        rows.append([entry["label"], *cells, fmt(entry["classifier_auc"], 3)])
     return header, rows
 
 
@@ -308,12 +351,15 @@ def jet_report(result: dict[str, Any]) -> str:
 
     ref = result["reference"]
     n, size = result["n_per_sample"], result["batch_size"]
+    published = result.get("protocol") == "jetnet"
     header, rows = table_rows(result)
     lines = [
         f"# Jet evaluation against {ref['label']} ({ref['path']})",
         "",
         f"Reference: {ref['n_jets']:,} jets of type `{ref['jet_type']}` ({ref['generator']}), "
         f"{result['n_particles']} particles per jet; caloforge {result['caloforge_version']}.",
+        "",
+        protocol_line(result),
         "",
         "## Metrics",
         "",
@@ -331,10 +377,23 @@ def jet_report(result: dict[str, Any]) -> str:
         f"- **W1m, W1p, W1efp** (jetnet 0.2.5's `w1m`, `w1p`, `w1efp`): 1-d Wasserstein distances of "
         f"the relative jet mass m/pT_jet (from the constituents), of the real particles' η_rel, φ_rel, "
         f"pT_rel (W1p: their mean) and of the five EFPs with n = 4, d = 4 (W1efp: their mean); mean ± "
-        f"std over {result['n_batches']} batches of {size:,} jets per side, drawn without replacement.",
+        f"std over {result['n_batches']} batches of "
+        + (
+            "50,000 jets per side (or --draw-size) drawn with replacement from the whole samples, as jetnet."
+            if published
+            else f"{size:,} jets per side, drawn without replacement."
+        ),
         "- **FPD, KPD** (jetnet's definitions) on the 36 EFPs with d ≤ 4 (jetnet's recommended set), "
         "every feature divided by the reference's max |value|: FPD extrapolated to N → ∞ (value ± "
-        "fit error), KPD the median ± half the 16–84 % spread over batches.",
+        "fit error), KPD (polynomial kernel of degree 4) the median ± half the 16–84 % spread over "
+        "batches; "
+        + (
+            "jetnet's estimators: FPD from 20 draws with replacement at each of 10 sizes from 20,000 "
+            "to 50,000 (evenly in 1/N), KPD from 10 batches of 5,000 drawn with replacement."
+            if published
+            else "drawn without replacement, FPD at sizes up to the compared sample, KPD in batches of "
+            "up to half of it."
+        ),
         f"- **KL**: KL(reference ‖ sample) of histograms with bins of equal share of half A (plus "
         f"under- and overflow; {result['kl']['bins_per_jet_observable']} bins for m, τ21, τ32 at this "
         f"batch size: 50, fewer where a bin would expect under {KL_MIN_PER_BIN} jets), "

@@ -6,6 +6,11 @@ floor, the high-level classifier AUC, and for polar-readout (CaloChallenge) dete
 separation powers, FPD/KPD and optionally the low-level classifier; every SPEC 4 figure;
 ``report.md`` and ``metrics.json`` in the output directory.
 
+``config.protocol`` (:mod:`caloforge.evaluate.protocols`) picks the definitions of the
+CaloChallenge metrics: caloforge's (the default) or the challenge's own (``calochallenge``:
+its classifier, splits and calibration, jetnet's FPD/KPD estimators). Both use the
+challenge's current high-level features (:func:`caloforge.calochallenge.high_level_inputs`).
+
 Every classifier AUC comes with its resolving power (``auc_resolution`` in ``metrics.json``):
 the noise of an AUC at the test size used (the minimum detectable AUC, see
 :func:`caloforge.metrics.minimum_detectable_auc`), and the AUC that the same classifier gives,
@@ -32,6 +37,7 @@ from caloforge.atomic import atomic_write_text
 from caloforge.detector import CellGrid, Detector, PolarGrid, common_detector
 from caloforge.engines import make_engine
 from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.protocols import check_protocol, classifier_settings, protocol_seed
 from caloforge.evaluate.report import shower_report
 from caloforge.io import PointShowers, Showers, VoxelShowers, open_showers
 from caloforge.kinds import Kind, fallback_kind, file_kind, get_kind, kind_of_file
@@ -49,7 +55,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DISTORTIONS",
     "HELDOUT_FIGURES",
-    "HIGH_LEVEL_KEYS",
     "MIN_CLASSIFIER_SHOWERS",
     "Distortion",
     "EvaluationConfig",
@@ -59,8 +64,8 @@ __all__ = [
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
 MIN_CLASSIFIER_SHOWERS = 50
-#: The CaloChallenge's high-level classifier and FPD/KPD inputs (besides log10 E_inc).
-HIGH_LEVEL_KEYS = ("E_layer", "EC_x", "EC_y", "width_x", "width_y")
+#: Protocols of the shower evaluator (:mod:`caloforge.evaluate.protocols`).
+SHOWER_PROTOCOLS = ("caloforge", "calochallenge")
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,8 @@ class EvaluationConfig:
 
     n_draws: int = 10
     draw_size: int | None = None
-    classifier_splits: int = 10
-    classifier_epochs: int = 10
+    classifier_splits: int | None = None  # None: the protocol's (caloforge 10 folds)
+    classifier_epochs: int | None = None  # None: the protocol's (caloforge 10)
     low_level: bool = False
     plots: bool = True
     max_showers: int | None = None
@@ -115,6 +120,8 @@ class EvaluationConfig:
     workers: int = 1  # of the local Dask cluster
     scheduler: str | None = None  # an existing Dask scheduler
     device: str = "cpu"  # of the classifiers (a torch device string, caloforge.devices)
+    protocol: str = "caloforge"  # of the metrics a published protocol defines (evaluate.protocols)
+    jet_type: str | None = None  # jet files only: the type of files that do not say theirs
 
 
 @dataclass
@@ -254,38 +261,56 @@ def _cc_features(
 
 
 def _cc_classifier_inputs(
-    vox: VoxelShowers, feat: dict[str, np.ndarray], det: Detector, low_level: bool
+    vox: VoxelShowers, feat: dict[str, np.ndarray], det: Detector, config: EvaluationConfig
 ) -> dict[str, np.ndarray]:
     """Inputs of the CaloChallenge classifiers, by result key.
 
-    ``high_level_auc``: the CaloChallenge's high-level set (also FPD/KPD's): log10 E_inc, layer
-    energies, centres and widths; ``high_level_auc_sparsity``: the stricter set that adds the
-    sparsities and E_dep/E_inc; with ``low_level``, ``low_level_auc``: every voxel.
+    ``high_level_auc``: the challenge's high-level features (also FPD/KPD's,
+    :func:`caloforge.calochallenge.high_level_inputs`); with ``config.low_level``,
+    ``low_level_auc``: every voxel — ln(1 + E / threshold) (caloforge,
+    :func:`caloforge.metrics.low_level_features`) or E / E_inc (calochallenge).
     """
-    from caloforge import metrics
+    from caloforge import calochallenge, metrics
 
-    def matrix(keys: Sequence[str]) -> np.ndarray:
-        return np.column_stack([np.log10(vox.energy), metrics.feature_matrix({k: feat[k] for k in keys})])
-
-    out = {"high_level_auc": matrix(HIGH_LEVEL_KEYS), "high_level_auc_sparsity": matrix(list(feat))}
-    if low_level:
-        out["low_level_auc"] = metrics.low_level_features(vox, det)
+    out = {"high_level_auc": calochallenge.high_level_inputs(vox, det, feat)}
+    if config.low_level:
+        published = config.protocol == "calochallenge"
+        out["low_level_auc"] = (
+            calochallenge.low_level_inputs(vox, det) if published else metrics.low_level_features(vox, det)
+        )
     return out
 
 
 def _fit(a: np.ndarray, b: np.ndarray, config: EvaluationConfig, key: str) -> ClassifierResult:
-    """The classifier of result ``key`` (its network) with the configured splits, epochs and seed."""
-    from caloforge import metrics
+    """The classifier of result ``key`` with the configured splits, epochs and seed: the SPEC 5
+    classifier (``classifier_auc``) is caloforge's; the CaloChallenge ones follow the protocol."""
+    from caloforge import calochallenge, metrics
 
+    protocol = "caloforge" if key == "classifier_auc" else config.protocol
+    splits, epochs = classifier_settings(config.classifier_splits, config.classifier_epochs, protocol)
+    if protocol == "calochallenge":
+        return calochallenge.classifier_auc(
+            a, b, n_runs=splits, epochs=epochs, seed=config.seed, device=config.device
+        )
     return metrics.classifier_auc(
         a,
         b,
-        n_splits=config.classifier_splits,
-        epochs=config.classifier_epochs,
+        n_splits=splits,
+        epochs=epochs,
         seed=config.seed,
         hidden=metrics.LOW_LEVEL_HIDDEN if key == "low_level_auc" else metrics.HIGH_LEVEL_HIDDEN,
         device=config.device,
     )
+
+
+def _distances(x: np.ndarray, y: np.ndarray, config: EvaluationConfig) -> dict[str, tuple[float, float]]:
+    """FPD and KPD of high-level inputs by the protocol's estimators."""
+    from caloforge import calochallenge, metrics
+
+    if config.protocol == "calochallenge":
+        seed = protocol_seed("calochallenge", config.seed)
+        return {"fpd": calochallenge.fpd(x, y, seed=seed), "kpd": calochallenge.kpd(x, y, seed=seed)}
+    return {"fpd": metrics.fpd(x, y, seed=config.seed), "kpd": metrics.kpd(x, y, seed=config.seed)}
 
 
 def _calochallenge(
@@ -301,14 +326,12 @@ def _calochallenge(
     for name, value in powers.items():
         groups.setdefault(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, []).append(value)
 
-    ref_in = _cc_classifier_inputs(ref_vox, ref_feat, det, config.low_level)
-    cand_in = _cc_classifier_inputs(cand_vox, cand_feat, det, config.low_level)
-    x, y = ref_in["high_level_auc"], cand_in["high_level_auc"]
+    ref_in = _cc_classifier_inputs(ref_vox, ref_feat, det, config)
+    cand_in = _cc_classifier_inputs(cand_vox, cand_feat, det, config)
     out: dict[str, Any] = {
         "separation_power": {k: float(np.mean(v)) for k, v in groups.items()},
         "separation_power_per_feature": powers,
-        "fpd": metrics.fpd(x, y, seed=config.seed),
-        "kpd": metrics.kpd(x, y, seed=config.seed),
+        **_distances(ref_in["high_level_auc"], cand_in["high_level_auc"], config),
     }
     fits = {}
     for key in ref_in:
@@ -360,9 +383,9 @@ def _distortion_check(
     if isinstance(det.readout, PolarGrid):
         vox, feat = _cc_features(ref, det, config, cache)
         distorted = _distorted(vox[b], det)
-        inputs_a = _cc_classifier_inputs(vox[a], {k: v[a] for k, v in feat.items()}, det, config.low_level)
+        inputs_a = _cc_classifier_inputs(vox[a], {k: v[a] for k, v in feat.items()}, det, config)
         inputs_b = _cc_classifier_inputs(
-            distorted, metrics.calochallenge_features(distorted, det), det, config.low_level
+            distorted, metrics.calochallenge_features(distorted, det), det, config
         )
         pairs |= {k: (inputs_a[k], inputs_b[k]) for k in inputs_a}
         kinds |= {k: DISTORTIONS["voxels"] for k in inputs_a}
@@ -533,8 +556,14 @@ def evaluate_showers(
     from caloforge import metrics
 
     out = Path(out_dir)
+    protocol = check_protocol(config.protocol, SHOWER_PROTOCOLS, "shower files")
     check_paths([Path(reference), *map(Path, candidates)], out, overwrite)
     det, samples = _open_samples(Path(reference), [Path(c) for c in candidates], config)
+    if protocol.name == "calochallenge" and not isinstance(det.readout, PolarGrid):
+        raise EvaluationError(
+            f"the calochallenge protocol needs voxel showers on a polar readout (calochallenge-ds2); "
+            f"'{reference}' is for '{det.name}': use --protocol caloforge"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out / "report.md"):  # one evaluate per report directory
         notes: list[str] = []
@@ -606,6 +635,8 @@ def evaluate_showers(
             "w1_observables": list(metrics.W1_OBSERVABLES),
             "w1_floor": {k: list(v) for k, v in floor.items()} | {"meta": floor.metadata()},
             "distortion_check": check,
+            "protocol": protocol.name,
+            "metric_protocols": _metric_protocols(protocol.name, isinstance(det.readout, PolarGrid)),
             "config": asdict(config),
             "candidates": [],
             "notes": notes,
@@ -659,6 +690,17 @@ def evaluate_showers(
         atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
         atomic_write_text(out / "report.md", shower_report(result))
         return result
+
+
+def _metric_protocols(protocol: str, polar: bool) -> dict[str, str]:
+    """Which protocol made each figure of a shower report: the SPEC 5 scores and the separation
+    powers are caloforge's; the CaloChallenge classifiers and FPD/KPD follow ``protocol``."""
+    out = dict.fromkeys(("w1", "classifier_auc"), "caloforge")
+    if polar:
+        out |= {"separation_power": "caloforge"} | dict.fromkeys(
+            ("high_level_auc", "low_level_auc", "fpd", "kpd"), protocol
+        )
+    return out
 
 
 def _pairs(ref: _Sample, cands: Sequence[_Sample], size: int, config: EvaluationConfig) -> dict[str, Any]:

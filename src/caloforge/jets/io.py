@@ -43,6 +43,7 @@ __all__ = [
     "JET_FORMAT",
     "JET_TYPES",
     "PARTICLE_FEATURES",
+    "UNKNOWN_TYPE",
     "JetFileError",
     "JetWriter",
     "Jets",
@@ -54,6 +55,8 @@ __all__ = [
 
 #: Jet types: JetNet's five (top quark, gluon, light quark, W, Z); caloforge simulates t, g, q.
 JET_TYPES = ("t", "g", "q", "w", "z")
+#: The type of a jet file that says none (no attribute, no type in its name, no ``--jet-type``).
+UNKNOWN_TYPE = "unknown"
 PARTICLE_FEATURES = ("etarel", "phirel", "ptrel", "mask")
 JET_FEATURES = ("pt", "eta", "mass", "num_particles")
 JET_FORMAT = "caloforge-jets"
@@ -141,23 +144,36 @@ def is_jet_file(path: str | Path) -> bool:
         return False
 
 
-def _jet_type(path: Path, attrs: Mapping[str, Any]) -> str:
-    if "jet_type" in attrs:
-        jet_type = str(attrs["jet_type"])
-        if jet_type not in JET_TYPES:
-            raise JetFileError(f"'{path}': unknown jet_type '{jet_type}' (one of {', '.join(JET_TYPES)})")
-        return jet_type
-    match = re.fullmatch(r"([tgqwz])(150)?", path.stem)
-    if match is None:
-        raise JetFileError(
-            f"'{path}' has no jet_type attribute and is not named like a JetNet file (t.hdf5, g150.hdf5, …): "
-            "rename it or add the attribute"
-        )
-    return match.group(1)
+#: Words of a file name that say its jet type (JetNet names its files t.hdf5, g150.hdf5, …).
+_TYPE_WORDS = {"t": "t", "top": "t", "g": "g", "gluon": "g", "q": "q", "quark": "q", "w": "w", "z": "z"}
 
 
-def jet_file_info(path: str | Path) -> dict[str, Any]:
-    """``n_jets``, ``n_particles``, ``jet_type`` and the attributes of a jet file, reading no data."""
+def _jet_type(path: Path, attrs: Mapping[str, Any], given: str | None = None) -> str:
+    """The jet type of a file: its ``jet_type`` attribute, else ``given`` (``--jet-type``), else
+    the one type its name says (``t.hdf5``, ``g150.hdf5``, ``top_test.h5``), else
+    :data:`UNKNOWN_TYPE`.
+
+    >>> _jet_type(Path("t150.hdf5"), {}), _jet_type(Path("jets_gluon-test.h5"), {}), _jet_type(Path("x"), {})
+    ('t', 'g', 'unknown')
+    """
+    for where, value in (("attribute jet_type", attrs.get("jet_type")), ("--jet-type", given)):
+        if value is not None:
+            if str(value) not in JET_TYPES:
+                raise JetFileError(f"'{path}': unknown {where} '{value}' (one of {', '.join(JET_TYPES)})")
+            return str(value)
+    words = {
+        _TYPE_WORDS[w]
+        for w in re.split(r"[^a-z0-9]+", re.sub(r"150$", "", path.stem.lower()))
+        if w in _TYPE_WORDS
+    }
+    return words.pop() if len(words) == 1 else UNKNOWN_TYPE
+
+
+def jet_file_info(path: str | Path, jet_type: str | None = None) -> dict[str, Any]:
+    """``n_jets``, ``n_particles``, ``jet_type`` and the attributes of a jet file, reading no data.
+
+    The type is the file's ``jet_type`` attribute, else ``jet_type``, else what its name says,
+    else :data:`UNKNOWN_TYPE` (JetNet's files carry no attribute; :func:`_jet_type`)."""
     path = Path(path)
     if not path.is_file():
         raise JetFileError(f"jet file '{path}' does not exist")
@@ -176,7 +192,7 @@ def jet_file_info(path: str | Path) -> dict[str, Any]:
             return {
                 "n_jets": int(pf.shape[0]),
                 "n_particles": int(pf.shape[1]),
-                "jet_type": _jet_type(path, attrs),
+                "jet_type": _jet_type(path, attrs, jet_type),
                 "attrs": attrs,
             }
     except OSError as exc:

@@ -4,13 +4,16 @@
   of the real particles' ``eta_rel, phi_rel, pt_rel`` (mean of the three) and of the five
   EFPs (mean of the five), each as mean ± std over ``num_batches`` batches of
   ``num_eval_samples`` jets per side. jetnet draws every batch *with* replacement from the
-  whole samples; here every batch is drawn *without* replacement (disjoint blocks of one
-  permutation when they fit), and the default batch size is 50,000 or half the smaller
-  sample, whichever is smaller, so that batches differ and the ± means something.
+  whole samples (``replace=True`` here, the ``jetnet`` protocol); by default every batch is
+  drawn *without* replacement (disjoint blocks of one permutation when they fit), and the
+  default batch size is 50,000 or half the smaller sample, whichever is smaller, so that
+  batches differ and the ± means something.
 * :func:`kl_divergence`, :func:`batched_kl`: KL(reference ‖ candidate) of histograms with
   bins from the reference's quantiles (the seed table's KL m, KL pT const, KL τ21, KL τ32).
 * :func:`fpd_kpd`: FPD and KPD (:func:`caloforge.metrics.fpd`, :func:`caloforge.metrics.kpd`,
-  jetnet's definitions) on EFPs (jetnet recommends the 36 EFPs with d <= 4).
+  jetnet's definitions, or with ``published`` jetnet's estimators
+  :func:`caloforge.metrics.fpd_jetnet`, :func:`caloforge.metrics.kpd_jetnet`) on EFPs (jetnet
+  recommends the 36 EFPs with d <= 4).
 
 Units of the published tables (:data:`UNITS`): W1m and W1p in 10⁻³, W1efp in 10⁻⁵, FPD and
 KPD in 10⁻⁴, KL in 10⁻³ (a table entry is the value divided by its unit).
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from caloforge.jets.io import Jets
-from caloforge.metrics import fpd, kpd, w1_distance
+from caloforge.metrics import fpd, fpd_jetnet, kpd, kpd_jetnet, w1_distance
 
 __all__ = [
     "DEFAULT_EVAL_SAMPLES",
@@ -70,7 +73,9 @@ def default_batch_size(n_a: int, n_b: int | None = None) -> int:
     return max(1, min(DEFAULT_EVAL_SAMPLES, n // 2))
 
 
-def _indices(n: int, size: int, n_batches: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _indices(n: int, size: int, n_batches: int, rng: np.random.Generator, replace: bool) -> list[np.ndarray]:
+    if replace:
+        return [np.sort(rng.choice(n, size)) for _ in range(n_batches)]
     if n_batches * size <= n:
         perm = rng.permutation(n)
         return [np.sort(perm[k * size : (k + 1) * size]) for k in range(n_batches)]
@@ -78,13 +83,19 @@ def _indices(n: int, size: int, n_batches: int, rng: np.random.Generator) -> lis
 
 
 def draw_batches(
-    n_a: int, n_b: int, num_eval_samples: int | None = None, num_batches: int = 5, seed: int = 0
+    n_a: int,
+    n_b: int,
+    num_eval_samples: int | None = None,
+    num_batches: int = 5,
+    seed: int = 0,
+    replace: bool = False,
 ) -> Batches:
     """``num_batches`` pairs of jet index sets, ``num_eval_samples`` (default
     :func:`default_batch_size`) from each side, without replacement within a batch; disjoint
-    batches where they fit. The same arguments give the same batches."""
+    batches where they fit. With ``replace`` (jetnet's draws) every batch is drawn with
+    replacement from the whole sample, of any size. The same arguments give the same batches."""
     size = default_batch_size(n_a, n_b) if num_eval_samples is None else int(num_eval_samples)
-    if not 1 <= size <= min(n_a, n_b):
+    if size < 1 or (not replace and size > min(n_a, n_b)):
         raise ValueError(
             f"num_eval_samples {size} must be between 1 and the smaller sample ({min(n_a, n_b)})"
         )
@@ -92,7 +103,11 @@ def draw_batches(
         raise ValueError(f"num_batches must be at least 1, got {num_batches}")
     rng = np.random.default_rng(seed)
     return list(
-        zip(_indices(n_a, size, num_batches, rng), _indices(n_b, size, num_batches, rng), strict=True)
+        zip(
+            _indices(n_a, size, num_batches, rng, replace),
+            _indices(n_b, size, num_batches, rng, replace),
+            strict=True,
+        )
     )
 
 
@@ -107,8 +122,9 @@ def _per_batch(
     num_eval_samples: int | None,
     num_batches: int,
     seed: int,
+    replace: bool,
 ) -> np.ndarray:
-    batches = draw_batches(len(a), len(b), num_eval_samples, num_batches, seed)
+    batches = draw_batches(len(a), len(b), num_eval_samples, num_batches, seed, replace)
     return np.array([fn(a[ia], b[ib]) for ia, ib in batches], np.float64)
 
 
@@ -118,10 +134,11 @@ def w1m(
     num_eval_samples: int | None = None,
     num_batches: int = 5,
     seed: int = 0,
+    replace: bool = False,
 ) -> tuple[float, float]:
     """W1 of the (relative) jet masses, mean ± std over the batches (jetnet ``w1m``)."""
     a, b = np.asarray(mass_a, np.float64), np.asarray(mass_b, np.float64)
-    return _summary(_per_batch(w1_distance, a, b, num_eval_samples, num_batches, seed))
+    return _summary(_per_batch(w1_distance, a, b, num_eval_samples, num_batches, seed, replace))
 
 
 def _particles(jets: Jets | np.ndarray) -> np.ndarray:
@@ -144,6 +161,7 @@ def w1p(
     num_eval_samples: int | None = None,
     num_batches: int = 5,
     seed: int = 0,
+    replace: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """W1 of the real particles' features (jetnet ``w1p``): per batch of jets, W1 of the
     ``eta_rel``, ``phi_rel`` and ``pt_rel`` of all their real particles; ``w1p`` is the mean of
@@ -157,7 +175,7 @@ def w1p(
             return [np.inf] * 3
         return [w1_distance(xa[:, k], xb[:, k]) for k in range(3)]
 
-    batches = draw_batches(len(pa), len(pb), num_eval_samples, num_batches, seed)
+    batches = draw_batches(len(pa), len(pb), num_eval_samples, num_batches, seed, replace)
     per = np.array([one(ia, ib) for ia, ib in batches], np.float64)
     out = {"w1p": _summary(per.mean(axis=1))}
     out |= {name: _summary(per[:, k]) for k, name in enumerate(PARTICLE_FEATURES)}
@@ -170,6 +188,7 @@ def w1efp(
     num_eval_samples: int | None = None,
     num_batches: int = 5,
     seed: int = 0,
+    replace: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """W1 of each EFP column (``efp_0`` …) and their mean ``w1efp`` (jetnet ``w1efp``, averaged
     over the EFPs as the JetNet papers report it), mean ± std over the batches."""
@@ -178,7 +197,7 @@ def w1efp(
         raise ValueError(f"EFP arrays must be (n, k) with the same k, got {a.shape} and {b.shape}")
     per = _per_batch(
         lambda x, y: [w1_distance(x[:, k], y[:, k]) for k in range(x.shape[1])],
-        a, b, num_eval_samples, num_batches, seed,
+        a, b, num_eval_samples, num_batches, seed, replace,
     )  # fmt: skip
     out = {"w1efp": _summary(per.mean(axis=1))}
     out |= {f"efp_{k}": _summary(per[:, k]) for k in range(per.shape[1])}
@@ -273,19 +292,23 @@ def batched_kl(
     return _summary(np.array(values))
 
 
-def fpd_kpd(features_a: np.ndarray, features_b: np.ndarray, seed: int = 0) -> dict[str, tuple[float, float]]:
+def fpd_kpd(
+    features_a: np.ndarray, features_b: np.ndarray, seed: int = 0, published: bool = False
+) -> dict[str, tuple[float, float]]:
     """``fpd`` and ``kpd`` of two feature sets (jetnet's definitions via :func:`caloforge.metrics.fpd`
     and :func:`caloforge.metrics.kpd`: features divided by the reference's max |value|; FPD
     extrapolated to N → ∞ from 0.4·N_max … N_max with N_max = min(50k, smaller sample); KPD
-    the median over 10 batches of min(5000, half the smaller sample)).
+    the median over 10 batches of min(5000, half the smaller sample)). With ``published``,
+    jetnet's own estimators and defaults (:func:`caloforge.metrics.fpd_jetnet`: 20k–50k draws
+    with replacement; :func:`caloforge.metrics.kpd_jetnet`: 10 batches of 5,000).
 
     FPD runs with one BLAS thread where ``threadpoolctl`` is installed: its hundreds of small
     (36 × 36) eigendecompositions run about 10× slower with several threads on a busy machine.
     """
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     with _one_blas_thread():
-        fpd_value = fpd(a, b, seed=seed)
-    return {"fpd": fpd_value, "kpd": kpd(a, b, seed=seed)}
+        fpd_value = fpd_jetnet(a, b, seed=seed) if published else fpd(a, b, seed=seed)
+    return {"fpd": fpd_value, "kpd": kpd_jetnet(a, b, seed=seed) if published else kpd(a, b, seed=seed)}
 
 
 def _one_blas_thread() -> contextlib.AbstractContextManager[Any]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from caloforge.jets.io import Jets, read_jets
+from caloforge.jets.io import JET_TYPES, Jets, read_jets
 from caloforge.models._distributed import shard
 from caloforge.models._training import (
     OnDevice,
@@ -59,6 +59,11 @@ def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -
     )  # the stored count must be the mask's: sampling builds one from the other
     if len(jets) < _MIN_JETS:
         raise ValueError(f"'{path}' holds {len(jets)} jets: at least {_MIN_JETS} are needed")
+    if jets.jet_type not in JET_TYPES:
+        raise ValueError(
+            f"'{path}' does not say its jet type (no jet_type attribute, no type in its name): add the "
+            "attribute or name it like JetNet's files (t.hdf5, g150.hdf5)"
+        )
     if (jets.jet[:, 0] <= 0).any() or (jets.jet[:, 2] <= 0).any():
         raise ValueError(f"'{path}': jet pT and mass must be positive (jet_features columns 1 and 3)")
     return jets
