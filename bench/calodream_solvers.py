@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caloforge import metrics
+from caloforge import calochallenge, metrics
 from caloforge.io import VoxelShowers, atomic_write_text, open_showers
 from caloforge.models.calodream import (
     SolverSpec,
@@ -62,7 +62,7 @@ def main() -> None:
     with open_showers(args.test) as f:
         ref = f.read(0, args.n)
     det = model.detector
-    ref_feat = metrics.feature_matrix(metrics.calochallenge_features(ref, det))
+    ref_feat = calochallenge.high_level_inputs(ref, det)
     ref_x = np.column_stack([np.log10(ref.energy), ref_feat])
 
     # Shared inputs: incident energies of the reference, layer energies from the energy net, noise.
@@ -92,7 +92,7 @@ def main() -> None:
         return VoxelShowers(ref.energy, vox.numpy()), ms, calls, x1
 
     def score(sample: VoxelShowers) -> dict[str, list[float]]:
-        feat = metrics.feature_matrix(metrics.calochallenge_features(sample, det))
+        feat = calochallenge.high_level_inputs(sample, det)
         x = np.column_stack([np.log10(sample.energy), feat])
         return {
             "auc": list(metrics.classifier_auc(ref_x, x, n_splits=args.splits, seed=args.seed).as_tuple()),

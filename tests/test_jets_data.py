@@ -44,7 +44,7 @@ def test_reads_jetnet_layout_with_the_type_from_the_name(tmp_path):
     _jetnet_file(tmp_path / "top_quark_test.hdf5", jets)  # two types in the name: it says none
     assert jet_file_info(tmp_path / "top_quark_test.hdf5")["jet_type"] == UNKNOWN_TYPE
     _jetnet_file(tmp_path / "top_test.hdf5", jets)
-    assert jet_file_info(tmp_path / "top_test.hdf5", "g")["jet_type"] == "g"  # --jet-type over the name
+    assert jet_file_info(tmp_path / "top_test.hdf5", "g")["jet_type"] == "t"  # the name says it
     with pytest.raises(JetFileError, match="unknown --jet-type 'x'"):
         jet_file_info(tmp_path / "mine.hdf5", "x")
     _jetnet_file(tmp_path / "many.hdf5", toy_jets(25, 30, seed=3))

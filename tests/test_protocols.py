@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from caloforge import calochallenge
+from caloforge import calochallenge, metrics
 from caloforge.detector import get_detector
 from caloforge.evaluate import EvaluationConfig, EvaluationError, evaluate
 from caloforge.io import VoxelShowers, write_showers
-from caloforge.jets.io import write_jets
+from caloforge.jets import metrics as jm
+from caloforge.jets.io import read_jets, write_jets
+from caloforge.jets.observables import jet_observables
 from caloforge.metrics import fpd_jetnet, kpd, kpd_jetnet
-from conftest import random_points, toy_jets, toy_voxels
+from conftest import cli_run, random_points, toy_jets, toy_voxels
 
 DS2 = get_detector("calochallenge-ds2")
 
@@ -53,7 +55,7 @@ def test_kpd_kernel_is_degree_four_by_hand():
     assert spread == pytest.approx((q84 - q16) / 2)
 
 
-def test_jetnet_fpd_bootstraps_any_sample_and_extrapolates_in_one_over_n():
+def test_jetnet_fpd_bootstraps_any_sample_and_extrapolates_in_one_over_n(monkeypatch):
     # Constant samples one unit apart in each of 3 features: every draw has distance 3 (no
     # spread, no 1/N term), so the intercept is 3 exactly — drawn with replacement from 4 rows.
     x, y = np.zeros((4, 3)), np.ones((4, 3))
@@ -62,6 +64,17 @@ def test_jetnet_fpd_bootstraps_any_sample_and_extrapolates_in_one_over_n():
     # Normalised by the reference's max |value| per feature (jetnet): x / 2 and y / 2.
     value, _ = fpd_jetnet(2 * np.ones((5, 2)), 4 * np.ones((5, 2)), min_samples=10, max_samples=20)
     assert value == pytest.approx(2.0)
+    # The sizes: evenly spaced in 1/N (1/10 … 1/40), truncated; the fit a + b/N through the means.
+    sizes = []
+
+    def distance_at(x, y, pairs):
+        pairs = list(pairs)
+        sizes.append(len(pairs[0][0]))
+        return 1.0 + 50.0 / len(pairs[0][0])  # a = 1, b = 50
+
+    monkeypatch.setattr(metrics, "_frechet_of_draws", distance_at)
+    value, error = fpd_jetnet(x, y, min_samples=10, max_samples=40, n_points=4, normalise=False)
+    assert sizes == [10, 13, 20, 40] and value == pytest.approx(1.0) and error == pytest.approx(0.0, abs=1e-6)
 
 
 def test_calochallenge_high_level_inputs_by_hand():
@@ -121,6 +134,8 @@ def _official_cls_low_input(path) -> np.ndarray:
 
 def test_our_voxel_files_go_through_the_official_calochallenge_calls(tmp_path):
     write_showers(tmp_path / "ours.h5", toy_voxels(8), detector=DS2)
+    with h5py.File(tmp_path / "ours.h5", "r") as f:  # the challenge's own files are float64
+        assert f["showers"].dtype == np.float64 and f["incident_energies"].dtype == np.float64
     data = _official_cls_low_input(tmp_path / "ours.h5")
     assert data.dtype == np.float64
     old = torch.get_default_dtype()
@@ -202,7 +217,46 @@ def test_jetnet_protocol_in_evaluate(tmp_path):
     assert result["protocol"] == "jetnet" and result["metric_protocols"]["kl"] == "caloforge"
     # 2,000-jet batches drawn with replacement from 300 (jetnet's draws; caloforge's refuse this)
     cand = result["candidates"][0]
-    assert np.isfinite(cand["w1m"][0]) and np.isfinite(cand["kpd"][0])
+    assert (
+        np.isfinite(cand["kpd"][0]) and result["jetnet_batches"] == 2 and result["jetnet_batch_size"] == 2000
+    )
+    # W1m: all 300 candidate jets against all 400 reference jets, 2 batches of 2,000 drawn with
+    # replacement, seed 42 (jetnet's default at --seed 0) — not half A against 150 jets.
+    mass = [jet_observables(read_jets(tmp_path / f))["mass"] for f in ("ref.h5", "cand.h5")]
+    expected = jm.w1m(*mass, num_eval_samples=2000, num_batches=2, seed=42, replace=True)
+    assert cand["w1m"] == pytest.approx([v / jm.UNITS["w1m"] for v in expected])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "Protocol: **jetnet**" in text and "drawn with replacement" in text
     assert any("whole reference (400 jets)" in note for note in result["notes"])
+
+
+def test_cli_protocol_and_jet_type_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    write_showers(tmp_path / "p.h5", random_points(20, 10), generator="geant4")
+    code, _, err = cli_run(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        tmp_path / "p.h5",
+        tmp_path / "p.h5",
+        "--out",
+        tmp_path / "o",
+        "--protocol",
+        "jetnet",
+    )
+    assert code == 2 and "jetnet protocol does not apply to shower files" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o" / "report.md").exists()
+    write_jets(tmp_path / "jets.h5", toy_jets(40, 8, seed=1))  # the writer's attribute says "t"
+    with h5py.File(tmp_path / "jets.h5", "a") as f:
+        del f.attrs["jet_type"]
+    code, _, err = cli_run(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        tmp_path / "jets.h5",
+        tmp_path / "jets.h5",
+        "--out",
+        tmp_path / "o2",
+        "--jet-type",
+        "x",
+    )
+    assert code == 2 and "unknown --jet-type 'x'" in err and len(err.strip().splitlines()) == 1

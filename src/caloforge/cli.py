@@ -563,7 +563,12 @@ def evaluate(
     reference: Annotated[Path, typer.Argument(help="Reference shower or jet file (Geant4, Pythia 8).")],
     candidates: Annotated[list[Path], typer.Argument(help="One or more candidate shower (or jet) files.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for report.md, metrics.json, plots/.")],
-    draws: Annotated[int, typer.Option(min=1, help="W1 draws (mean ± std over draws).")] = 10,
+    draws: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="W1 draws or batches (mean ± std over them; default 10, jetnet protocol 5)."
+        ),
+    ] = None,
     draw_size: Annotated[
         int | None, typer.Option(min=1, help="Showers per W1 draw (default: 50k or what the data allow).")
     ] = None,

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from caloforge.detector import Detector, PolarGrid, get_detector
+from caloforge.detector import CALOCHALLENGE_THRESHOLD_MEV, Detector, PolarGrid, get_detector
 from caloforge.io import VoxelShowers
 from caloforge.observables import ShowerObservables
 
@@ -608,7 +608,9 @@ def classifier_auc(
     )
 
 
-def low_level_features(voxels: VoxelShowers, threshold_mev: float | Detector = 0.01515) -> np.ndarray:
+def low_level_features(
+    voxels: VoxelShowers, threshold_mev: float | Detector = CALOCHALLENGE_THRESHOLD_MEV
+) -> np.ndarray:
     """Low-level classifier inputs of voxel showers: ``(n, 1 + n_voxels)``.
 
     Column 0 is log10(E_inc / GeV); the others are ln(1 + E_voxel / threshold) with voxels
@@ -617,7 +619,8 @@ def low_level_features(voxels: VoxelShowers, threshold_mev: float | Detector = 0
     scale); empty voxels map to exactly 0 and a voxel at threshold to ln 2.
     ``threshold_mev`` may be a detector (its threshold is used).
 
-    >>> v = VoxelShowers([10.0], np.array([[0.0, 0.01, 0.01515, 1.515]]))
+    >>> thr = CALOCHALLENGE_THRESHOLD_MEV  # 0.5 keV / 0.033 = 0.0151515… MeV
+    >>> v = VoxelShowers([10.0], np.array([[0.0, 0.01515, thr, 100 * thr]]))
     >>> low_level_features(v).round(3).tolist()
     [[1.0, 0.0, 0.0, 0.693, 4.615]]
     """

@@ -41,6 +41,8 @@ __all__ = ["JetEvaluationConfig", "classifier_features", "evaluate_jet_files", "
 
 #: Fewer jets than this per sample and the classifier is skipped (with a note).
 MIN_CLASSIFIER_JETS = 50
+#: W1/KL batches of a jet evaluation when the configuration names none (``--draws``).
+DEFAULT_BATCHES = 10
 #: Protocols of the jet evaluator (:mod:`caloforge.evaluate.protocols`).
 JET_PROTOCOLS = ("caloforge", "jetnet")
 #: The metrics the jetnet protocol defines (the others are caloforge's in every protocol).
@@ -67,6 +69,7 @@ class JetEvaluationConfig:
     seed: int = 0
     device: str = "cpu"  # of the classifier
     protocol: str = "caloforge"  # of W1m/W1p/W1efp/FPD/KPD (evaluate.protocols)
+    jetnet_batches: int = 5  # of the jetnet protocol's W1 (jetnet's num_batches)
     jet_type: str | None = None  # of files that do not say theirs (no attribute, no type in the name)
 
 
@@ -90,12 +93,14 @@ def _scores(
     b_obs: dict[str, np.ndarray],
     size: int,
     config: JetEvaluationConfig,
+    distances: bool = True,
 ) -> dict[str, Any]:
-    """Every metric of sample ``b`` against ``a`` (half A of the reference), in the report's units
-    (W1s, FPD and KPD by caloforge's estimators: :func:`_distances`)."""
+    """KL and classifier of sample ``b`` against ``a`` (half A of the reference), in the report's
+    units, and with ``distances`` its W1s, FPD and KPD by caloforge's estimators
+    (:func:`_distances`)."""
     batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": config.seed}
     units = jm.UNITS
-    out: dict[str, Any] = _distances(a, a_obs, b, b_obs, config, batch, published=False)
+    out: dict[str, Any] = _distances(a, a_obs, b, b_obs, config, batch, False) if distances else {}
     out |= {
         "kl_mass": _in_units(jm.batched_kl(a_obs["mass"], b_obs["mass"], **batch), units["kl"]),
         "kl_ptrel": _in_units(jm.batched_kl(a, b, column=2, **batch), units["kl"]),
@@ -137,7 +142,12 @@ def _distances(
     if published:
         size = jm.DEFAULT_EVAL_SAMPLES if config.batch_size is None else config.batch_size
         seed = protocol_seed("jetnet", config.seed)
-        batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": seed, "replace": True}
+        batch = {
+            "num_eval_samples": size,
+            "num_batches": config.jetnet_batches,
+            "seed": seed,
+            "replace": True,
+        }
     w1p = jm.w1p(a, b, **batch)
     w1efp = jm.w1efp(a_obs["efps"], b_obs["efps"], **batch)
     fk = jm.fpd_kpd(a_obs["fpd_efps"], b_obs["fpd_efps"], seed=batch["seed"], published=published)
@@ -216,7 +226,8 @@ def evaluate_jet_files(
     ``draw_size``, ``classifier_splits``, ``classifier_epochs``, ``plots``, ``max_showers``,
     ``seed`` as its batches, batch size, splits, epochs, plots, jets and seed)."""
     jet_config = JetEvaluationConfig(
-        n_batches=config.n_draws,
+        n_batches=DEFAULT_BATCHES if config.n_draws is None else config.n_draws,
+        jetnet_batches=JetEvaluationConfig.jetnet_batches if config.n_draws is None else config.n_draws,
         batch_size=config.draw_size,
         splits=JetEvaluationConfig.splits if config.classifier_splits is None else config.classifier_splits,
         epochs=JetEvaluationConfig.epochs if config.classifier_epochs is None else config.classifier_epochs,
@@ -331,7 +342,7 @@ def evaluate_jets(
         total = len(cands) + 1
         if progress is not None:
             progress("jet metrics", 0, total)
-        floor = _scores(half_a, a_obs, half_b, b_obs, size, config)
+        floor = _scores(half_a, a_obs, half_b, b_obs, size, config, distances=not published)
         if published:
             floor |= _distances(half_a, a_obs, half_b, b_obs, config, {}, published=True)
         if progress is not None:
@@ -351,6 +362,8 @@ def evaluate_jets(
             "n_per_sample": n,
             "batch_size": size,
             "n_batches": config.n_batches,
+            "jetnet_batches": config.jetnet_batches if published else None,
+            "jetnet_batch_size": (config.batch_size or jm.DEFAULT_EVAL_SAMPLES) if published else None,
             "units": dict(jm.UNITS),
             "protocol": protocol.name,
             "metric_protocols": dict.fromkeys(JETNET_METRICS, protocol.name)
@@ -368,7 +381,7 @@ def evaluate_jets(
         for i, (path, info, label, cand, sample) in enumerate(
             zip(cand_paths, infos[1:], cand_labels, cands, subsets, strict=True)
         ):
-            scores = _scores(half_a, a_obs, sample, observables[2 + i], size, config)
+            scores = _scores(half_a, a_obs, sample, observables[2 + i], size, config, distances=not published)
             if published:
                 scores |= _distances(ref, ref_obs, cand, full_obs[i], config, {}, published=True)
             result["candidates"].append(

@@ -61,8 +61,9 @@ def fmt_error(value: Sequence[float] | None, scale: float = 1.0) -> str:
     large error is not shown to digits it does not have); three significant digits of the value
     where the error is 0 or not finite.
 
-    >>> fmt_error([0.0, 19.14]), fmt_error([0.0007008, 0.0000312], 1e3), fmt_error([1.2e-5, 0.0], 1e3)
-    ('0 ± 19', '0.701 ± 0.031', '0.0120 ± 0')
+    >>> nan = float("nan")
+    >>> fmt_error([0.0, 19.14]), fmt_error([0.0007008, 0.0000312], 1e3), fmt_error([1.2e-5, nan], 1e3)
+    ('0 ± 19', '0.701 ± 0.031', '0.0120 ± n/a')
     """
     if value is None:
         return "-"
@@ -73,7 +74,7 @@ def fmt_error(value: Sequence[float] | None, scale: float = 1.0) -> str:
         digits = max(0, 1 - math.floor(math.log10(err)))
         return f"{mean:.{digits}f} ± {err:.{digits}f}"
     digits = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 0
-    return f"{mean:.{digits}f} ± {0 if not math.isfinite(err) else err:.0f}"
+    return f"{mean:.{digits}f} ± " + (f"{err:.0f}" if math.isfinite(err) else "n/a")
 
 
 def protocol_line(result: dict[str, Any]) -> str:
@@ -365,7 +366,13 @@ def jet_report(result: dict[str, Any]) -> str:
         "",
         f"The reference is split at random into two disjoint halves A and B; every candidate is compared "
         f"with half A, and the first row (the floor) is half A against half B. Every sample holds {n:,} "
-        f"jets. Lower is better everywhere; read every value against the floor.",
+        f"jets. Lower is better everywhere; read every value against the floor."
+        + (
+            " Under the jetnet protocol W1m, W1p, W1efp, FPD and KPD of a candidate compare all its jets "
+            "with the whole reference instead, as jetnet is called on two files (the floor stays A vs B)."
+            if published
+            else ""
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|---|" + "---|" * (len(header) - 1),
@@ -377,9 +384,10 @@ def jet_report(result: dict[str, Any]) -> str:
         f"- **W1m, W1p, W1efp** (jetnet 0.2.5's `w1m`, `w1p`, `w1efp`): 1-d Wasserstein distances of "
         f"the relative jet mass m/pT_jet (from the constituents), of the real particles' η_rel, φ_rel, "
         f"pT_rel (W1p: their mean) and of the five EFPs with n = 4, d = 4 (W1efp: their mean); mean ± "
-        f"std over {result['n_batches']} batches of "
+        f"std over {result['jetnet_batches'] if published else result['n_batches']} batches of "
         + (
-            "50,000 jets per side (or --draw-size) drawn with replacement from the whole samples, as jetnet."
+            f"{result['jetnet_batch_size']:,} jets per side drawn with replacement from the whole samples, "
+            "as jetnet."
             if published
             else f"{size:,} jets per side, drawn without replacement."
         ),
@@ -397,7 +405,8 @@ def jet_report(result: dict[str, Any]) -> str:
         f"- **KL**: KL(reference ‖ sample) of histograms with bins of equal share of half A (plus "
         f"under- and overflow; {result['kl']['bins_per_jet_observable']} bins for m, τ21, τ32 at this "
         f"batch size: 50, fewer where a bin would expect under {KL_MIN_PER_BIN} jets), "
-        f"{result['kl']['epsilon']:g} added to every bin; same batches as W1. KL pT const uses every "
+        f"{result['kl']['epsilon']:g} added to every bin; {result['n_batches']} batches of {size:,} jets "
+        "per side. KL pT const uses every "
         "real constituent of the batch's jets.",
         "- **Classifier AUC**: an MLP (32-16-8) trained to separate half A from the sample on 14 jet "
         "features (relative mass, multiplicity, τ21, τ32, log10 of the five EFPs, the five largest "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,8 @@ __all__ = [
 
 #: Fewer showers than this per sample and the 10-fold classifier is skipped (with a note).
 MIN_CLASSIFIER_SHOWERS = 50
+#: W1 draws when the configuration names none.
+DEFAULT_DRAWS = 10
 #: Protocols of the shower evaluator (:mod:`caloforge.evaluate.protocols`).
 SHOWER_PROTOCOLS = ("caloforge", "calochallenge")
 
@@ -106,7 +108,7 @@ HELDOUT_FIGURES = "heldout_figures.json"
 class EvaluationConfig:
     """Knobs of :func:`evaluate` (defaults: the published protocols)."""
 
-    n_draws: int = 10
+    n_draws: int | None = None  # None: 10 (jets: 10 batches; the jetnet protocol's W1 5)
     draw_size: int | None = None
     classifier_splits: int | None = None  # None: the protocol's (caloforge 10 folds)
     classifier_epochs: int | None = None  # None: the protocol's (caloforge 10)
@@ -557,6 +559,8 @@ def evaluate_showers(
 
     out = Path(out_dir)
     protocol = check_protocol(config.protocol, SHOWER_PROTOCOLS, "shower files")
+    if config.n_draws is None:
+        config = replace(config, n_draws=DEFAULT_DRAWS)
     check_paths([Path(reference), *map(Path, candidates)], out, overwrite)
     det, samples = _open_samples(Path(reference), [Path(c) for c in candidates], config)
     if protocol.name == "calochallenge" and not isinstance(det.readout, PolarGrid):
@@ -636,7 +640,9 @@ def evaluate_showers(
             "w1_floor": {k: list(v) for k, v in floor.items()} | {"meta": floor.metadata()},
             "distortion_check": check,
             "protocol": protocol.name,
-            "metric_protocols": _metric_protocols(protocol.name, isinstance(det.readout, PolarGrid)),
+            "metric_protocols": _metric_protocols(
+                protocol.name, isinstance(det.readout, PolarGrid), config.low_level
+            ),
             "config": asdict(config),
             "candidates": [],
             "notes": notes,
@@ -676,7 +682,11 @@ def evaluate_showers(
             entry["auc_resolution"] = {
                 key: _resolution(fit, check, key, reference_name) for key, fit in fits.items()
             }
-            entry["heldout"] = _heldout(cand, heldout_figures)
+            held = _heldout(cand, heldout_figures)
+            if held is not None:  # the held-out figures are caloforge's: not beside another protocol's
+                mine = result["metric_protocols"]
+                held = held | {"auc": {k: v for k, v in held["auc"].items() if mine.get(k) == "caloforge"}}
+            entry["heldout"] = held
             result["candidates"].append(entry)
         if progress is not None:
             progress("metrics", len(cands), len(cands))
@@ -692,14 +702,13 @@ def evaluate_showers(
         return result
 
 
-def _metric_protocols(protocol: str, polar: bool) -> dict[str, str]:
+def _metric_protocols(protocol: str, polar: bool, low_level: bool) -> dict[str, str]:
     """Which protocol made each figure of a shower report: the SPEC 5 scores and the separation
     powers are caloforge's; the CaloChallenge classifiers and FPD/KPD follow ``protocol``."""
     out = dict.fromkeys(("w1", "classifier_auc"), "caloforge")
     if polar:
-        out |= {"separation_power": "caloforge"} | dict.fromkeys(
-            ("high_level_auc", "low_level_auc", "fpd", "kpd"), protocol
-        )
+        published = ("high_level_auc", "fpd", "kpd") + (("low_level_auc",) if low_level else ())
+        out |= {"separation_power": "caloforge"} | dict.fromkeys(published, protocol)
     return out
 
 

@@ -149,30 +149,32 @@ _TYPE_WORDS = {"t": "t", "top": "t", "g": "g", "gluon": "g", "q": "q", "quark": 
 
 
 def _jet_type(path: Path, attrs: Mapping[str, Any], given: str | None = None) -> str:
-    """The jet type of a file: its ``jet_type`` attribute, else ``given`` (``--jet-type``), else
-    the one type its name says (``t.hdf5``, ``g150.hdf5``, ``top_test.h5``), else
-    :data:`UNKNOWN_TYPE`.
+    """The jet type of a file: its ``jet_type`` attribute, else the one type its name says
+    (``t.hdf5``, ``g150.hdf5``, ``top_test.h5``), else ``given`` (``--jet-type``, for files that
+    say nothing), else :data:`UNKNOWN_TYPE`.
 
     >>> _jet_type(Path("t150.hdf5"), {}), _jet_type(Path("jets_gluon-test.h5"), {}), _jet_type(Path("x"), {})
     ('t', 'g', 'unknown')
     """
     for where, value in (("attribute jet_type", attrs.get("jet_type")), ("--jet-type", given)):
-        if value is not None:
-            if str(value) not in JET_TYPES:
-                raise JetFileError(f"'{path}': unknown {where} '{value}' (one of {', '.join(JET_TYPES)})")
-            return str(value)
+        if value is not None and str(value) not in JET_TYPES:
+            raise JetFileError(f"'{path}': unknown {where} '{value}' (one of {', '.join(JET_TYPES)})")
+    if "jet_type" in attrs:
+        return str(attrs["jet_type"])
     words = {
         _TYPE_WORDS[w]
         for w in re.split(r"[^a-z0-9]+", re.sub(r"150$", "", path.stem.lower()))
         if w in _TYPE_WORDS
     }
-    return words.pop() if len(words) == 1 else UNKNOWN_TYPE
+    if len(words) == 1:
+        return words.pop()
+    return UNKNOWN_TYPE if given is None else str(given)
 
 
 def jet_file_info(path: str | Path, jet_type: str | None = None) -> dict[str, Any]:
     """``n_jets``, ``n_particles``, ``jet_type`` and the attributes of a jet file, reading no data.
 
-    The type is the file's ``jet_type`` attribute, else ``jet_type``, else what its name says,
+    The type is the file's ``jet_type`` attribute, else what its name says, else ``jet_type``,
     else :data:`UNKNOWN_TYPE` (JetNet's files carry no attribute; :func:`_jet_type`)."""
     path = Path(path)
     if not path.is_file():
