@@ -136,6 +136,7 @@ def test_our_voxel_files_go_through_the_official_calochallenge_calls(tmp_path):
     write_showers(tmp_path / "ours.h5", toy_voxels(8), detector=DS2)
     with h5py.File(tmp_path / "ours.h5", "r") as f:  # the challenge's own files are float64
         assert f["showers"].dtype == np.float64 and f["incident_energies"].dtype == np.float64
+        assert f["showers"].attrs["units"] == f["incident_energies"].attrs["units"] == "MeV"
     data = _official_cls_low_input(tmp_path / "ours.h5")
     assert data.dtype == np.float64
     old = torch.get_default_dtype()
@@ -157,6 +158,8 @@ def test_our_jet_files_go_through_jetnets_reader(tmp_path):
     with h5py.File(tmp_path / "t.hdf5", "r") as f:
         pf = np.array(f["particle_features"])[:, :30]
         jf = np.array(f["jet_features"])
+        assert f["particle_features"].attrs["features"] == "etarel,phirel,ptrel,mask"
+        assert f["jet_features"].attrs["units"] == "GeV,1,GeV,1"
     jf = np.concatenate((np.full([len(jf), 1], 2), jf[:, :3], np.minimum(jf[:, 3:], 30)), axis=1)
     assert pf.shape == (10, 30, 4) and jf.shape == (10, 5)
     np.testing.assert_allclose(pf[..., :3], jets.particles[..., :3])  # etarel, phirel, ptrel, mask

@@ -556,7 +556,7 @@ class ShowerWriter:
                 (64 if i == 0 else 512) if m is None else s
                 for i, (s, m) in enumerate(zip(values.shape, maxshape, strict=True))
             )
-            self._h5.create_dataset(
+            ds = self._h5.create_dataset(
                 name,
                 data=values,
                 maxshape=maxshape,
@@ -565,6 +565,7 @@ class ShowerWriter:
                 compression_opts=1 if self._compression == "gzip" else None,
                 shuffle=self._compression is not None,
             )
+            ds.attrs.update(DATASET_UNITS[name])
             return
         ds = self._h5[name]
         n0 = ds.shape[0]
@@ -616,6 +617,16 @@ class ShowerWriter:
             self.commit()
         else:
             self.abort()
+
+
+#: What each dataset of a shower file holds, as attributes of the dataset itself: its unit
+#: (``units``) and, for the point layout, the meaning of each row of axis 1 (``axes``).
+DATASET_UNITS: dict[str, dict[str, str]] = {
+    "events": {"axes": "x,depth,y,E", "units": "mm,layer,mm,GeV"},
+    "energy": {"units": "GeV"},
+    "showers": {"units": "MeV"},
+    "incident_energies": {"units": "MeV"},
+}
 
 
 def write_showers(

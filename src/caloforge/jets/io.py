@@ -288,6 +288,9 @@ class JetWriter:
             self._jf = self._h5.create_dataset(
                 "jet_features", (0, 4), np.float32, maxshape=(None, 4), chunks=(chunk, 4), **opts
             )
+            # The units on the datasets themselves (relative coordinates: pt_rel = pT / pT_jet).
+            self._pf.attrs.update({"features": ",".join(PARTICLE_FEATURES), "units": "1,rad,1,1"})
+            self._jf.attrs.update({"features": ",".join(JET_FEATURES), "units": "GeV,1,GeV,1"})
             meta = {
                 "format": JET_FORMAT,
                 "format_version": "1.0",
