@@ -338,3 +338,28 @@ def test_cli_refuses_an_existing_report_and_overwrites_with_the_flag(tiny, monke
     assert "classifier AUC caloclouds2-cm: " in printed and "(minimum detectable 0.7" in printed
     assert "warning: too small a sample" in printed and "held-out figure (docs/results.md" in printed
     assert (out / "report.md").read_text() != "keep me\n"
+
+
+def _ranked(aucs, verdict="distinguishable", heldout=None):
+    """A shower result with candidates of the given (AUC, spread) on 1,000 test showers per class."""
+    cands = []
+    for i, (auc, spread) in enumerate(aucs):
+        res = {"auc": [auc, spread], "n_test_per_class": [1000, 1000], "verdict": verdict,
+               "distortion": "showers 5 % wider", "sentence": "..."}  # fmt: skip
+        held = None if heldout is None else {"auc": {"classifier_auc": heldout[i]}, "n_showers": 10_000}
+        cands.append({"label": f"m{i}", "auc_resolution": {"classifier_auc": res}, "heldout": held})
+    return {"reference": {"label": "Geant4"}, "candidates": cands}
+
+
+def test_ranking_says_which_model_is_closest_and_which_it_cannot_tell_apart():
+    from caloforge.evaluate.report import ranking
+
+    clear = ranking(_ranked([(0.90, 0.01), (0.62, 0.01), (0.75, 0.01)]))
+    assert "closest to Geant4 first: m1 (0.620), then m2 (0.750), then m0 (0.900)" in clear[0]
+    assert "m1 is closest to Geant4, ahead of every other candidate by more than 2σ" in clear[1]
+    # 0.62 vs 0.64 on 1,000 showers per class: SE ≈ 0.0126 each, 2σ ≈ 0.036 > 0.02
+    tied = ranking(_ranked([(0.64, 0.01), (0.62, 0.01), (0.90, 0.01)]))
+    assert "cannot tell m1 from m0" in tied[1] and "m2" not in tied[1]
+    small = ranking(_ranked([(0.51, 0.03), (0.50, 0.03)], "too_small", heldout=[[0.90, 0.01], [0.65, 0.02]]))
+    assert "cannot rank them" in small[1]
+    assert "held-out figures" in small[2] and "m1 (0.650 ± 0.020), then m0 (0.900 ± 0.010)" in small[2]

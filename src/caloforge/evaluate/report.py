@@ -26,6 +26,7 @@ __all__ = [
     "jet_summary",
     "print_summary",
     "protocol_line",
+    "ranking",
     "shower_report",
     "shower_summary",
     "summary_lines",
@@ -157,6 +158,66 @@ def _verdicts(result: dict[str, Any], keys: Sequence[str]) -> list[str]:
     return lines
 
 
+def _auc_sigma(res: dict[str, Any]) -> float:
+    """The uncertainty of one measured AUC: the larger of its Hanley–McNeil standard error at its
+    value and test size and its spread over the splits."""
+    from caloforge.metrics import auc_standard_error
+
+    mean, spread = res["auc"]
+    return max(auc_standard_error(min(max(mean, 0.0), 1.0), *res["n_test_per_class"]), spread)
+
+
+def ranking(result: dict[str, Any], key: str = "classifier_auc") -> list[str]:
+    """Sentences that rank the candidates of a shower result by the AUC ``key`` (closest to the
+    reference first): which is closest, which the classifier cannot tell apart at this sample
+    size (AUCs within 2σ of each other, σ from :func:`_auc_sigma`) and why; where the sample is
+    too small to tell the known distortion, the shipped models' held-out figures rank them
+    instead, labelled as such."""
+    rows = [
+        (c["label"], c["auc_resolution"][key], c["heldout"])
+        for c in result["candidates"]
+        if key in c["auc_resolution"]
+    ]
+    if not rows:
+        return []
+    rows.sort(key=lambda r: r[1]["auc"][0])
+    ref = result["reference"]["label"]
+    lines = []
+    best_label, best, _ = rows[0]
+    if len(rows) == 1:
+        return [f"- {best_label}: {best['sentence']}."]
+    ties = [
+        label
+        for label, res, _ in rows[1:]
+        if res["auc"][0] - best["auc"][0] < 2 * (_auc_sigma(res) ** 2 + _auc_sigma(best) ** 2) ** 0.5
+    ]
+    order = ", then ".join(f"{label} ({res['auc'][0]:.3f})" for label, res, _ in rows)
+    lines.append(f"- Ranked by {AUC_KINDS[key]} AUC, closest to {ref} first: {order}.")
+    if best["verdict"] == "too_small":
+        lines.append(
+            f"- This sample cannot rank them: the classifier does not detect {best['distortion']} at this "
+            "size, so every AUC here is near 0.5 whatever the model."
+        )
+    elif ties:
+        lines.append(
+            f"- At this sample size the classifier cannot tell {best_label} from {', '.join(ties)}: their "
+            "AUCs differ by less than twice their combined uncertainty (standard error at the test size, "
+            "or the spread over the splits where larger)."
+        )
+    else:
+        lines.append(f"- {best_label} is closest to {ref}, ahead of every other candidate by more than 2σ.")
+    held = [(label, h["auc"][key], h) for label, _, h in rows if h is not None and key in h.get("auc", {})]
+    if (best["verdict"] == "too_small" or ties) and len(held) > 1:
+        held.sort(key=lambda r: r[1][0])
+        n = min(h["n_showers"] for _, _, h in held)
+        order = ", then ".join(f"{label} ({auc[0]:.3f} ± {auc[1]:.3f})" for label, auc, _ in held)
+        lines.append(
+            f"- Their held-out figures (docs/results.md, measured on at least {n:,} showers each; not this "
+            f"run) rank them: {order}."
+        )
+    return lines
+
+
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """The printed summary of the AUCs of a :func:`~caloforge.evaluate.evaluate` result.
 
@@ -185,6 +246,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                 f"scores AUC {d['auc'][0]:.3f}, under its minimum detectable "
                 f"{d['minimum_detectable_auc']:.3f}, so an AUC near 0.5 does not mean indistinguishable"
             )
+    if len(result["candidates"]) > 1:
+        lines += [line.removeprefix("- ") for line in ranking(result)]
     return lines
 
 
@@ -266,6 +329,8 @@ def shower_report(result: dict[str, Any]) -> str:
         lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
     lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
     lines += _verdicts(result, ["classifier_auc"])
+    if len(result["candidates"]) > 1:
+        lines += ["", "**Ranking.**", "", *ranking(result)]
     if any("calochallenge" in c for c in result["candidates"]):
         published = result.get("protocol") == "calochallenge"
         how = (
