@@ -363,3 +363,28 @@ def test_ranking_says_which_model_is_closest_and_which_it_cannot_tell_apart():
     small = ranking(_ranked([(0.51, 0.03), (0.50, 0.03)], "too_small", heldout=[[0.90, 0.01], [0.65, 0.02]]))
     assert "cannot rank them" in small[1]
     assert "held-out figures" in small[2] and "m1 (0.650 ± 0.020), then m0 (0.900 ± 0.010)" in small[2]
+
+
+def test_heldout_figures_are_the_ones_the_docs_quote():
+    """assets/heldout_figures.json is the one source of the quoted held-out AUCs: each is written in
+    docs/results.md as mean ± std, and the README's headline figures are among them."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    figures = json.loads(asset_path("heldout_figures.json").read_text())["figures"]
+    results, readme = (root / "docs" / "results.md").read_text(), (root / "README.md").read_text()
+    by_model = {}
+    for entries in figures.values():
+        for entry in entries if isinstance(entries, list) else [entries]:
+            by_model[entry["model"]] = entry["auc"]
+            for key, (mean, std) in entry["auc"].items():
+                assert f"{mean:.3f} ± {std:.3f}" in results, (entry["model"], key)
+    readme_quotes = {
+        "caloclouds2_cpu.pt": ("classifier_auc", "classifier AUC {:.3f} (25 evaluations)"),
+        "caloclouds2_cm_cpu.pt": ("classifier_auc", "**{:.3f}** (CM, 1 evaluation"),
+        "caloclouds2_cm_fast_cpu.pt": ("classifier_auc", "at AUC {:.3f}."),
+        "calodream_ds2_cpu.pt": ("high_level_auc", "CaloChallenge high-level AUC **{:.3f} ±"),
+        "caloinn_ds2_cpu.pt": ("high_level_auc", "high-level AUC **{:.3f} ±"),
+    }
+    for model, (key, text) in readme_quotes.items():
+        assert text.format(by_model[model][key][0]) in readme, (model, text)
