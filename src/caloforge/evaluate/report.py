@@ -285,9 +285,10 @@ def shower_report(result: dict[str, Any]) -> str:
     names = result["w1_observables"]
     floor_meta = result["w1_floor"]["meta"]
     lines = [
-        f"# Evaluation against {result['reference']['label']} ({result['reference']['path']})",
+        f"# Evaluation against {result['reference']['label']}",
         "",
-        f"Detector `{result['detector']}`; reference {result['reference']['n_showers']:,} showers; "
+        f"Reference `{result['reference']['path']}`; detector `{result['detector']}`; "
+        f"{result['reference']['n_showers']:,} reference showers; "
         f"caloforge {result['caloforge_version']}.",
         "",
         protocol_line(result),
@@ -420,10 +421,11 @@ def jet_report(result: dict[str, Any]) -> str:
     published = result.get("protocol") == "jetnet"
     header, rows = table_rows(result)
     lines = [
-        f"# Jet evaluation against {ref['label']} ({ref['path']})",
+        f"# Jet evaluation against {ref['label']}",
         "",
-        f"Reference: {ref['n_jets']:,} jets of type `{ref['jet_type']}` ({ref['generator']}), "
-        f"{result['n_particles']} particles per jet; caloforge {result['caloforge_version']}.",
+        f"Reference `{ref['path']}`: {ref['n_jets']:,} jets of type `{ref['jet_type']}` "
+        f"({ref['generator']}), {result['n_particles']} particles per jet; caloforge "
+        f"{result['caloforge_version']}.",
         "",
         protocol_line(result),
         "",

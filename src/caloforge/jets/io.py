@@ -156,7 +156,7 @@ def _jet_type(path: Path, attrs: Mapping[str, Any], given: str | None = None) ->
     >>> _jet_type(Path("t150.hdf5"), {}), _jet_type(Path("jets_gluon-test.h5"), {}), _jet_type(Path("x"), {})
     ('t', 'g', 'unknown')
     """
-    for where, value in (("attribute jet_type", attrs.get("jet_type")), ("--jet-type", given)):
+    for where, value in (("jet_type", attrs.get("jet_type")), ("--jet-type", given)):
         if value is not None and str(value) not in JET_TYPES:
             raise JetFileError(f"'{path}': unknown {where} '{value}' (one of {', '.join(JET_TYPES)})")
     if "jet_type" in attrs:
