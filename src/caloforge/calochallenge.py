@@ -27,7 +27,6 @@ Our code, their facts: the definitions are read from their code, nothing of it i
 from __future__ import annotations
 
 import copy
-import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,6 +36,7 @@ from caloforge.detector import Detector, get_detector
 from caloforge.io import VoxelShowers
 from caloforge.metrics import (
     ClassifierResult,
+    _mlp,
     auc_standard_error,
     calochallenge_features,
     classifier_inputs,
@@ -121,14 +121,9 @@ def kpd(x: np.ndarray, y: np.ndarray, seed: int = 42) -> tuple[float, float]:
 
 
 def _dnn(n_in: int, hidden: int, n_layer: int) -> Any:
-    import torch
-
-    widths = [n_in] + [hidden] * (n_layer + 1)
-    layers: list[torch.nn.Module] = []
-    for w_in, w_out in itertools.pairwise(widths):
-        layers += [torch.nn.Linear(w_in, w_out), torch.nn.LeakyReLU()]  # slope 0.01, as theirs
-    layers.append(torch.nn.Linear(widths[-1], 1))
-    return torch.nn.Sequential(*layers).double()
+    """The challenge's DNN: an input layer and ``n_layer`` more of ``hidden`` units, LeakyReLU
+    with torch's default slope 0.01, one logit; float64."""
+    return _mlp(n_in, (hidden,) * (n_layer + 1), slope=0.01).double()
 
 
 def _split(n: int, rng: np.random.Generator) -> list[np.ndarray]:

@@ -439,14 +439,15 @@ def minimum_detectable_auc(n_a: int, n_b: int, k: float = 2.0) -> float:
     return 0.5 + k * auc_standard_error(0.5, n_a, n_b)
 
 
-def _mlp(n_in: int, hidden: tuple[int, ...]) -> Any:
+def _mlp(n_in: int, hidden: tuple[int, ...], slope: float = 0.2) -> Any:
+    """Linear layers of widths ``hidden``, each followed by LeakyReLU(``slope``) (0.2 as in the
+    public CaloClouds II classifier), then one logit."""
     import torch
 
     layers: list[torch.nn.Module] = []
     width = n_in
     for h in hidden:
-        # LeakyReLU(0.2) as in the public CaloClouds II classifier.
-        layers += [torch.nn.Linear(width, h), torch.nn.LeakyReLU(0.2)]
+        layers += [torch.nn.Linear(width, h), torch.nn.LeakyReLU(slope)]
         width = h
     layers.append(torch.nn.Linear(width, 1))  # a logit: the sigmoid lives in BCEWithLogitsLoss
     return torch.nn.Sequential(*layers)
@@ -697,8 +698,9 @@ def calochallenge_features(
             parts[f"width_{axis}"].append(np.sqrt(np.clip(second - centre**2, 0.0, None)))
         parts["E_layer"].append(e_layer)
         parts["sparsity"].append((e == 0).mean(axis=-1))
-        parts["E_tot"].append(e_layer.sum(axis=1))
-        parts["E_ratio"].append(e_layer.sum(axis=1) / (voxels.energy[lo : lo + chunk_size] * 1000.0))
+        e_tot = e_layer.sum(axis=1)
+        parts["E_tot"].append(e_tot)
+        parts["E_ratio"].append(e_tot / (voxels.energy[lo : lo + chunk_size] * 1000.0))
     empty = {k: np.zeros((0,) if k in ("E_tot", "E_ratio") else (0, n_layers)) for k in keys}
     return {k: np.concatenate(v) if v else empty[k] for k, v in parts.items()}
 

@@ -100,7 +100,7 @@ def _scores(
     (:func:`_distances`)."""
     batch = {"num_eval_samples": size, "num_batches": config.n_batches, "seed": config.seed}
     units = jm.UNITS
-    out: dict[str, Any] = _distances(a, a_obs, b, b_obs, config, batch, False) if distances else {}
+    out: dict[str, Any] = _distances(a, a_obs, b, b_obs, batch, published=False) if distances else {}
     out |= {
         "kl_mass": _in_units(jm.batched_kl(a_obs["mass"], b_obs["mass"], **batch), units["kl"]),
         "kl_ptrel": _in_units(jm.batched_kl(a, b, column=2, **batch), units["kl"]),
@@ -126,28 +126,29 @@ def _scores(
     return out
 
 
+def _jetnet_batch(config: JetEvaluationConfig) -> dict[str, Any]:
+    """The W1 batches of the jetnet protocol: ``batch_size`` (default 50,000) jets per side drawn
+    with replacement, ``jetnet_batches`` of them, jetnet's seed."""
+    return {
+        "num_eval_samples": jm.DEFAULT_EVAL_SAMPLES if config.batch_size is None else config.batch_size,
+        "num_batches": config.jetnet_batches,
+        "seed": protocol_seed("jetnet", config.seed),
+        "replace": True,
+    }
+
+
 def _distances(
     a: Jets,
     a_obs: dict[str, np.ndarray],
     b: Jets,
     b_obs: dict[str, np.ndarray],
-    config: JetEvaluationConfig,
     batch: dict[str, Any],
     published: bool,
 ) -> dict[str, Any]:
     """W1m, W1p (and per feature), W1efp (and per EFP), FPD and KPD of ``b`` against ``a`` in the
-    report's units: with ``batch`` (caloforge's draws), or with ``published`` jetnet's draws
-    and estimators."""
+    report's units, in the W1 batches ``batch``; with ``published`` (and :func:`_jetnet_batch`)
+    jetnet's FPD and KPD estimators."""
     units = jm.UNITS
-    if published:
-        size = jm.DEFAULT_EVAL_SAMPLES if config.batch_size is None else config.batch_size
-        seed = protocol_seed("jetnet", config.seed)
-        batch = {
-            "num_eval_samples": size,
-            "num_batches": config.jetnet_batches,
-            "seed": seed,
-            "replace": True,
-        }
     w1p = jm.w1p(a, b, **batch)
     w1efp = jm.w1efp(a_obs["efps"], b_obs["efps"], **batch)
     fk = jm.fpd_kpd(a_obs["fpd_efps"], b_obs["fpd_efps"], seed=batch["seed"], published=published)
@@ -311,11 +312,12 @@ def evaluate_jets(
                 f"classifier not run: it needs {MIN_CLASSIFIER_JETS} jets per sample, there are {n}."
             )
 
+        jetnet_batch = _jetnet_batch(config)
         if published:
             notes.append(
                 "jetnet protocol: W1m, W1p, W1efp, FPD and KPD compare every candidate (all its jets) with "
                 f"the whole reference ({len(ref):,} jets), in batches of "
-                f"{config.batch_size or jm.DEFAULT_EVAL_SAMPLES:,} jets drawn with replacement, as jetnet "
+                f"{jetnet_batch['num_eval_samples']:,} jets drawn with replacement, as jetnet "
                 "0.2.5 does; the floor is half A against half B."
             )
         samples = [half_a, half_b, *subsets]
@@ -344,7 +346,7 @@ def evaluate_jets(
             progress("jet metrics", 0, total)
         floor = _scores(half_a, a_obs, half_b, b_obs, size, config, distances=not published)
         if published:
-            floor |= _distances(half_a, a_obs, half_b, b_obs, config, {}, published=True)
+            floor |= _distances(half_a, a_obs, half_b, b_obs, jetnet_batch, published=True)
         if progress is not None:
             progress("jet metrics", 1, total)
         result: dict[str, Any] = {
@@ -362,8 +364,8 @@ def evaluate_jets(
             "n_per_sample": n,
             "batch_size": size,
             "n_batches": config.n_batches,
-            "jetnet_batches": config.jetnet_batches if published else None,
-            "jetnet_batch_size": (config.batch_size or jm.DEFAULT_EVAL_SAMPLES) if published else None,
+            "jetnet_batches": jetnet_batch["num_batches"] if published else None,
+            "jetnet_batch_size": jetnet_batch["num_eval_samples"] if published else None,
             "units": dict(jm.UNITS),
             "protocol": protocol.name,
             "metric_protocols": dict.fromkeys(JETNET_METRICS, protocol.name)
@@ -383,7 +385,7 @@ def evaluate_jets(
         ):
             scores = _scores(half_a, a_obs, sample, observables[2 + i], size, config, distances=not published)
             if published:
-                scores |= _distances(ref, ref_obs, cand, full_obs[i], config, {}, published=True)
+                scores |= _distances(ref, ref_obs, cand, full_obs[i], jetnet_batch, published=True)
             result["candidates"].append(
                 {
                     "path": str(path),
