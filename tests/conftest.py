@@ -12,6 +12,17 @@ from caloforge.jets.io import Jets
 from caloforge.models.caloclouds2 import CaloClouds2Config
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A command run in-process sets torch's thread count for the rest of the process (the
+    default from the machine's load, or ``--threads``): every test starts with the session's."""
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    yield
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def run_cli(monkeypatch, *args: object, code: int = 0) -> None:
     """Run ``caloforge ARGS`` in-process and assert its exit code (0 by default)."""
     monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])

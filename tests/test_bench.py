@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import os
 import shutil
 import sys
 
@@ -124,3 +125,45 @@ def test_quick_bench_full_chain_rows(tmp_path):
         assert full["speedup"] is None
         assert fast["speedup"] == pytest.approx(full["ms_per_shower"] / fast["ms_per_shower"])
     assert "Geant4 + default fast sim" in to_markdown(result)
+
+
+def test_loaded_machine_rows_compare_the_default_threads_with_one(models):
+    """One busy process beside the model: rows with the default threads (chosen as generate
+    chooses them), 1 thread and all cores, not compared with Geant4, and the sentence that
+    compares the default with --threads 1."""
+    from caloforge.bench import LOADED
+
+    config = dataclasses.replace(
+        BenchConfig.quick(), threads=(1,), energies=(10.0,), batch_sizes=(2,), loaded=True
+    )
+    result = run_bench([models[1]], config, geant4=False)
+    loaded = [r for r in result["rows"] if r["load"] == LOADED]
+    assert loaded[0]["default_threads"] and len(loaded) >= 2
+    assert all(r["speedup"] is None and r["generator"] == "cm" for r in loaded)
+    # the busy process keeps one core busy: the default leaves (at least) that core to it
+    assert loaded[0]["threads"] <= max(1, (os.cpu_count() or 1) - 1)
+    (line,) = [line for line in to_markdown(result).splitlines() if line.startswith("- Loaded machine")]
+    assert "the time with --threads 1" in line and "(default)" in to_markdown(result)
+
+
+def test_default_threads_leave_busy_cpus_alone(monkeypatch):
+    from caloforge import hardware
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(hardware, "usable_cpus", lambda: 4)
+    assert [hardware.default_threads(busy)[0] for busy in (0.0, 0.4, 0.6, 1.0, 2.2, 3.9, 8.0)] == [
+        4, 4, 3, 3, 2, 1, 1
+    ]  # fmt: skip
+    monkeypatch.setattr(hardware, "busy_cpus", lambda: None)
+    assert hardware.default_threads() == (4, "all 4 CPUs (their load cannot be read here)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert hardware.default_threads(0.0) == (3, "OMP_NUM_THREADS")
+
+
+def test_busy_cpus_sees_a_busy_process():
+    from caloforge.bench import busy_process
+    from caloforge.hardware import busy_cpus
+
+    with busy_process():
+        busy = busy_cpus(0.3)
+    assert busy is None or busy > 0.5  # one spinning process: about one CPU busy (None: no /proc)

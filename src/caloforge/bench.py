@@ -15,6 +15,12 @@ the same run*, divided by its own. What is timed is what a user waits for:
 Each model is timed against Geant4 on its own detector and particle (photons in ``ild-ecal``
 for CaloClouds II, electrons in ``calochallenge-ds2`` for CaloDREAM), simulated in the same run.
 
+A loaded machine: the default model (else the first) is timed again, at ``nice 19`` (a job run in
+the background, as users run long ones), while one busy process at normal priority keeps a
+core busy, with the thread count ``caloforge generate`` chooses by default (the CPUs
+other work does not keep busy, :func:`caloforge.hardware.default_threads`), with 1 thread and
+with all cores; :func:`loaded_lines` compares them.
+
 Each generator and thread count runs in a fresh process (``spawn``), so its peak resident
 memory (``ru_maxrss``, for Geant4 the largest worker) is its own. A GPU, when torch sees one,
 adds rows for the models on it (batch sizes 1, 64 and 1,000, at least two batches of showers
@@ -24,6 +30,7 @@ each, timed with synchronisation, against the one-thread Geant4 row), with the d
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -43,7 +50,18 @@ from caloforge.hardware import cpu_name
 from caloforge.kinds import GEANT4, PYTHIA8, Reference, get_kind, kinds
 from caloforge.processes import ChildFailed, run_in_fresh_process
 
-__all__ = ["BenchConfig", "BenchRow", "ModelSpec", "cpu_name", "run_bench", "to_markdown"]
+__all__ = [
+    "LOADED",
+    "QUIET",
+    "BenchConfig",
+    "BenchRow",
+    "ModelSpec",
+    "busy_process",
+    "cpu_name",
+    "loaded_lines",
+    "run_bench",
+    "to_markdown",
+]
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,10 @@ class ModelSpec:
     sampler: str | None = None
     n_steps: int | None = None
     precision: str = "auto"
+
+
+#: The machine of a row: nothing else running, or one busy process beside the timed one.
+QUIET, LOADED = "quiet", "1 busy process, timed at nice 19"
 
 
 @dataclass(frozen=True)
@@ -75,6 +97,9 @@ class BenchConfig:
     seed: int = 0
     jets: int = 512  # per jet-model row
     pythia_jets: int = 500  # per Pythia 8 + FastJet row (two pieces of the simulation)
+    #: Also time the default model (else the first) on a machine loaded by one busy process:
+    #: with the default threads (what ``caloforge generate`` chooses), 1 thread and all cores.
+    loaded: bool = True
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -87,6 +112,7 @@ class BenchConfig:
             repeats=1,
             jets=4,
             pythia_jets=2,
+            loaded=False,
         )
 
     def n_showers(self, energy: float, geant4: bool = False) -> int:
@@ -112,6 +138,8 @@ class BenchRow:
     precision: str = "—"  # of the network, as resolved on this machine
     detector: str = "ild-ecal"  # what Geant4 simulated, and what the model was trained on
     particle: str = "gamma"
+    load: str = QUIET  # what else the machine ran: QUIET or LOADED
+    default_threads: bool = False  # threads chosen as caloforge generate chooses them (no --threads)
 
 
 def _peak_rss_mb(children: bool = False) -> float:
@@ -442,6 +470,113 @@ def _in_fresh_process(fn: Callable[..., list[dict[str, Any]]], *args: Any) -> li
         raise RuntimeError(f"benchmark of {fn.__name__.strip('_')} failed: {what}") from None
 
 
+def _spin(stop: Any) -> None:
+    """A busy process: one core's worth of pure Python work until ``stop`` is set."""
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+@contextlib.contextmanager
+def busy_process() -> Any:
+    """One process that keeps a core busy while the block runs (the bench's loaded machine)."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    spinner = ctx.Process(target=_spin, args=(stop,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.5)  # started and spinning before anything is timed or measured
+        yield spinner
+    finally:
+        stop.set()
+        spinner.join(5)
+        if spinner.is_alive():
+            spinner.kill()
+
+
+def _command_worker(config: BenchConfig, spec: ModelSpec, threads: int | None) -> list[dict[str, Any]]:
+    """Rows of what ``caloforge generate`` does (:func:`caloforge.generation.generate_file`,
+    written file included), run at ``nice 19`` as a background job, with ``threads`` torch
+    threads (None: the default that :func:`caloforge.hardware.default_threads` chooses, as
+    the command does without ``--threads``)."""
+    import torch
+
+    from caloforge.generation import generate_file
+    from caloforge.hardware import default_threads
+    from caloforge.models.protocol import GenerationRequest
+    from caloforge.models.registry import load_generator
+
+    os.nice(19)  # a background job beside a busy process: every thread it waits for may stall
+    chosen = threads is None
+    threads = default_threads()[0] if threads is None else threads
+    torch.set_num_threads(threads)
+    generator = load_generator(spec.path)
+    kind = get_kind(generator.output)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "gen.h5"
+        for energy, n in _row_energies(kind.reference, config):
+            for batch in config.batch_sizes:
+                run = functools.partial(
+                    generate_file,
+                    spec.path,
+                    out=out,
+                    batch_size=batch,
+                    n_steps=spec.n_steps,
+                    sampler=spec.sampler,
+                    precision=spec.precision,
+                    overwrite=True,
+                )
+                run(np.full(min(batch, n), energy))  # warm-up
+                times = [run(np.full(n, energy), seed=r).ms_per_shower for r in range(config.repeats)]
+                plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision))
+                rows.append(
+                    BenchRow(
+                        spec.label,
+                        energy,
+                        threads,
+                        batch,
+                        "cpu",
+                        statistics.fmean(times),
+                        statistics.pstdev(times),
+                        n,
+                        _peak_rss_mb(),
+                        network_calls=plan.sampler.network_calls,
+                        precision=plan.precision,
+                        detector=kind.reference.detector or generator.detector.name,
+                        particle=generator.particle,
+                        load=LOADED,
+                        default_threads=chosen,
+                    )
+                )
+    return [asdict(r) for r in rows]
+
+
+def _loaded_rows(config: BenchConfig, spec: ModelSpec) -> list[dict[str, Any]]:
+    """``spec`` with one busy process beside it: default threads, 1 thread and all cores, at the
+    middle energy and the largest batch size (a stalled run takes long: one row each)."""
+    import dataclasses
+
+    energies = sorted(config.energies)
+    config = dataclasses.replace(
+        config, energies=(energies[len(energies) // 2],), batch_sizes=(max(config.batch_sizes),)
+    )
+    rows = []
+    with busy_process():
+        for threads in dict.fromkeys((None, 1, os.cpu_count() or 1)):
+            rows += _in_fresh_process(_command_worker, config, spec, threads)
+    return rows
+
+
+def _loaded_spec(models: Sequence[ModelSpec]) -> ModelSpec | None:
+    """The model of the loaded rows: the default model where it is timed, else the first shower
+    model (a checkpoint, not an export)."""
+    from caloforge.models.registry import resolve_model
+
+    default = str(resolve_model("default"))
+    plain = [m for m in models if m.kind == "model" and _target(m)[3].energy_gev is None]  # showers
+    return next((m for m in plain if m.path == default), plain[0] if plain else None)
+
+
 def _gpu(device: str = "auto") -> str | None:
     """The CUDA device the GPU rows run on for ``--device device`` (None: no GPU rows)."""
     from caloforge.devices import resolve_device
@@ -498,6 +633,11 @@ def run_bench(
             if progress is not None:
                 progress(f"{spec.label}, {threads} thread(s)")
             rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
+    loaded = _loaded_spec(models) if config.loaded else None
+    if loaded is not None:
+        if progress is not None:
+            progress(f"{loaded.label} on a machine loaded by one busy process")
+        rows += _loaded_rows(config, loaded)
     if fast_sim is not None:
         for threads in config.threads:
             if progress is not None:
@@ -515,6 +655,8 @@ def run_bench(
         if r["generator"] in {kind.reference.label for kind in kinds()}
     }
     for r in rows:
+        if r.get("load", QUIET) != QUIET:
+            continue  # a loaded row is compared with the same model's loaded rows, not Geant4's
         g4 = reference.get((r["detector"], r["particle"], r["energy_gev"], r["threads"]))
         if g4 is not None and r["ms_per_shower"] > 0 and r.get("speedup") is None:
             r["speedup"] = g4 / r["ms_per_shower"]
@@ -534,6 +676,7 @@ def run_bench(
             "showers": {str(k): v for k, v in config.showers.items()},
             "geant4_showers": {str(k): v for k, v in config.geant4_showers.items()},
             "repeats": config.repeats,
+            "loaded": config.loaded,
         },
         "models": [asdict(m) for m in models],
         "fast_sim": fast_sim,
@@ -549,26 +692,54 @@ def _gpu_name(device: str) -> str:
 
 def to_markdown(result: dict[str, Any]) -> str:
     """The bench result as a Markdown table (one row per measurement; "× reference" is the
-    speed-up against Geant4, or for jet models against Pythia 8 + FastJet, in the same run)."""
+    speed-up against Geant4, or for jet models against Pythia 8 + FastJet, in the same run;
+    threads marked "default" were chosen as ``caloforge generate`` chooses them), then one line
+    per loaded-machine comparison (:func:`loaded_lines`)."""
     m = result["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"),
         "",
-        "| generator | showers | E [GeV] | threads | batch | device | precision | calls | ms/shower "
-        "| × reference | peak RSS [MB] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| generator | showers | E [GeV] | machine | threads | batch | device | precision | calls "
+        "| ms/shower | × reference | peak RSS [MB] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         speed = f"{r['speedup']:.1f}" if r.get("speedup") is not None else "—"
         batch = "—" if r["batch_size"] is None else str(r["batch_size"])
         calls = "—" if r.get("network_calls") is None else str(r["network_calls"])
+        threads = f"{r['threads']} (default)" if r.get("default_threads") else str(r["threads"])
         lines.append(
             f"| {r['generator']} | {r.get('detector', 'ild-ecal')} {r.get('particle', 'gamma')} "
-            f"| {r['energy_gev']:g} | {r['threads']} | {batch} | {r['device']} "
+            f"| {r['energy_gev']:g} | {r.get('load', QUIET)} | {threads} | {batch} | {r['device']} "
             f"| {r.get('precision', '—')} | {calls} | {r['ms_per_shower']:.2f} ± {r['ms_std']:.2f} "
             f"| {speed} | {r['peak_rss_mb']:.0f} |"
         )
-    return "\n".join(lines) + "\n"
+    loaded = loaded_lines(result)
+    return "\n".join(lines + (["", *loaded] if loaded else [])) + "\n"
+
+
+def loaded_lines(result: dict[str, Any]) -> list[str]:
+    """One sentence per energy and batch size of the loaded-machine rows: the default thread
+    choice against ``--threads 1`` and against all cores, on the same loaded machine."""
+    loaded = [r for r in result["rows"] if r.get("load", QUIET) == LOADED and r["device"] == "cpu"]
+    lines = []
+    for key in dict.fromkeys((r["generator"], r["energy_gev"], r["batch_size"]) for r in loaded):
+        same = [r for r in loaded if (r["generator"], r["energy_gev"], r["batch_size"]) == key]
+        default = next((r for r in same if r.get("default_threads")), None)
+        one = next((r for r in same if r["threads"] == 1 and not r.get("default_threads")), None)
+        if default is None or one is None:
+            continue
+        most = max((r for r in same if not r.get("default_threads")), key=lambda r: r["threads"])
+        line = (
+            f"- Loaded machine ({LOADED}), {key[0]} at {key[1]:g} GeV, batch {key[2]}: default settings "
+            f"({default['threads']} thread(s)) {default['ms_per_shower']:.2f} ms/shower, "
+            f"{default['ms_per_shower'] / one['ms_per_shower']:.2f}× the time with --threads 1 "
+            f"({one['ms_per_shower']:.2f} ms)"
+        )
+        if most["threads"] > 1:
+            line += f"; --threads {most['threads']}: {most['ms_per_shower']:.2f} ms"
+        lines.append(line + ".")
+    return lines
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

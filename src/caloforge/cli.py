@@ -962,6 +962,13 @@ def bench(
             "that one), cpu (none)."
         ),
     ] = "auto",
+    loaded: Annotated[
+        bool | None,
+        typer.Option(
+            help="Also time the default model on a machine loaded by one busy process: default "
+            "threads, 1 thread, all cores (default: yes, but not with --quick)."
+        ),
+    ] = None,
 ) -> None:
     """Time the generative models and their references (Geant4, or Pythia 8 + FastJet for jets) in one run."""
     import dataclasses
@@ -980,6 +987,8 @@ def bench(
         changes |= asked
     if threads is not None:
         changes["threads"] = _numbers(threads, "--threads", int)
+    if loaded is not None:
+        changes["loaded"] = loaded
     for name in ("bench.json", "bench.md"):
         refuse_existing(out / name, overwrite)
     config = dataclasses.replace(config, **changes)

@@ -39,8 +39,19 @@ __all__ = [
     "widths",
 ]
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of a console that writes to a file or pipe (a log): wide enough that tables and
+#: sentences are not wrapped or cut at 80 columns (``COLUMNS`` still decides where set).
+LOG_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty() or "COLUMNS" in os.environ
+    return Console(stderr=stderr, width=None if terminal else LOG_WIDTH)
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 class LogProgress:
@@ -220,10 +231,20 @@ def report_run(result: Any) -> None:
 
 
 def set_threads(threads: int | None) -> None:
-    if threads is not None:
-        import torch
+    """Torch's CPU threads: ``threads`` (``--threads``), or where not given the CPUs other work
+    does not keep busy (:func:`caloforge.hardware.default_threads`; said on stderr when that is
+    fewer than all of them); with ``OMP_NUM_THREADS`` set, torch's own count (it read it)."""
+    import torch
 
-        torch.set_num_threads(threads)
+    if threads is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return  # the user's (or a launcher's) choice: torch read it when it started
+        from caloforge.hardware import default_threads, usable_cpus
+
+        threads, why = default_threads()
+        if threads < usable_cpus():
+            err_console.print(f"threads: {why}; --threads N to choose", markup=False)
+    torch.set_num_threads(threads)
 
 
 def widths(text: str | None, option: str = "--widths") -> tuple[int, ...] | None:
