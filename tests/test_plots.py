@@ -132,3 +132,193 @@ def test_style_does_not_leak():
     before = matplotlib.rcParams["xtick.direction"]
     plots.histogram_with_ratio(np.arange(10.0), {}, xlabel="x")
     assert matplotlib.rcParams["xtick.direction"] == before
+
+
+# Bins follow the sample size, the reference is an outline, at most a few candidates per panel
+
+
+@pytest.mark.parametrize(
+    ("n", "bins"),
+    [(0, 10), (50, 10), (150, 11), (200, 12), (1_000, 20), (10_000, 43), (100_000, 50), (10**8, 50)],
+)
+def test_histogram_bins_follow_the_sample_size(n, bins):
+    assert plots.histogram_bins(n) == bins
+    assert plots.histogram_bins(n, minimum=5, maximum=200) == max(5, min(200, round(2 * n ** (1 / 3))))
+
+
+@pytest.mark.parametrize(("n_small", "max_bins"), [(100, 10), (200, 12), (5_000, 34)])
+def test_edges_are_set_by_the_smallest_sample(n_small, max_bins):
+    rng = np.random.default_rng(0)
+    edges = plots.shared_edges([rng.normal(size=n_small), rng.normal(size=20_000)])
+    assert len(edges) - 1 == max_bins
+    log_edges = plots.shared_edges([rng.exponential(size=n_small), rng.exponential(size=20_000)], log=True)
+    assert len(log_edges) - 1 == max_bins and np.allclose(
+        np.diff(np.log(log_edges)), np.log(log_edges[1] / log_edges[0])
+    )
+
+
+def _step_patches(ax):
+    from matplotlib.patches import StepPatch
+
+    return [p for p in ax.patches if isinstance(p, StepPatch)]
+
+
+def test_reference_is_an_outline_on_top_and_candidates_are_lines():
+    from matplotlib.colors import to_rgb
+
+    rng = np.random.default_rng(1)
+    fig = plots.histogram_with_ratio(rng.normal(size=150), {"a": rng.normal(size=150)}, xlabel="x")
+    ax = fig.axes[0]
+    steps = _step_patches(ax)
+    assert steps and not any(p.get_fill() for p in steps)  # no filled histograms to bury anything
+    ref = max(steps, key=lambda p: p.get_zorder())
+    assert sum(to_rgb(ref.get_edgecolor())) < 0.6  # dark grey / black, drawn above the candidates
+    assert len(ref.get_data().values) == 11  # 150 showers: 11 bins, not 28
+    assert ax.collections and fig.axes[1].collections  # reference band; ratio panel band around 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 4, 5, 7, 9])
+def test_split_candidates_keeps_every_candidate_in_small_groups(n):
+    cands = {f"m{i}": i for i in range(n)}
+    groups = plots.split_candidates(cands)
+    assert [k for g in groups for k in g] == list(cands)
+    assert all(len(g) <= plots.MAX_CANDIDATES_PER_PANEL for g in groups)
+    assert len(groups) == max(1, -(-n // plots.MAX_CANDIDATES_PER_PANEL))
+
+
+def _legends(fig: Figure) -> list[list[str]]:
+    return [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_legend()]
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 9])
+def test_more_candidates_than_a_panel_shows_are_split_over_panels(n):
+    rng = np.random.default_rng(2)
+    cands = {f"model {i}": rng.normal(0.1 * i, 1, 300) for i in range(n)}
+    fig = plots.histogram_with_ratio(rng.normal(size=300), cands, xlabel="x")
+    legends = _legends(fig)
+    assert len(legends) == max(1, -(-n // plots.MAX_CANDIDATES_PER_PANEL))
+    assert all(leg[0] == "Geant4" and len(leg) - 1 <= plots.MAX_CANDIDATES_PER_PANEL for leg in legends)
+    assert sorted(name for leg in legends for name in leg[1:]) == sorted(cands)
+
+
+def test_distribution_figures_split_into_numbered_figures(samples):
+    reference, candidates = samples
+    many = {f"model {i}": candidates["CM"] for i in range(5)}
+    figs = plots.distribution_figures(reference, many, threshold_mev=ILD.threshold_mev)
+    names = ("n_hits", "energy_ratio", "cell_energy", "cog", "longitudinal_profile", "radial_profile")
+    names += ("e_long", "e_radial", "single_energy")
+    assert set(figs) == {f"{name}_{k}" for name in names for k in (1, 2)}
+    for name in names:
+        shown = [set(_legend_texts(figs[f"{name}_{k}"])) - {"Geant4"} for k in (1, 2)]
+        assert all(0 < len(s) <= plots.MAX_CANDIDATES_PER_PANEL for s in shown)
+        assert shown[0] | shown[1] == set(many) and not shown[0] & shown[1]
+
+
+def test_plot_classifier_scores_wraps_many_candidates_into_rows():
+    rng = np.random.default_rng(0)
+    res = ClassifierResult(0.6, 0.01, rng.uniform(0, 0.7, 500), rng.uniform(0.3, 1, 500))
+    fig = plots.plot_classifier_scores({f"m{i}": res for i in range(6)})
+    assert len(fig.axes) == 6
+    assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2  # two rows of at most four
+
+
+# Captions and the readout's noun
+
+DS2 = get_detector("calochallenge-ds2")
+
+
+@pytest.fixture(scope="module")
+def voxel_samples() -> tuple[ShowerObservables, dict[str, ShowerObservables]]:
+    from caloforge.projection import voxelise
+
+    def obs(seed: int) -> ShowerObservables:
+        return compute_observables(voxelise(random_points(150, 40, seed=seed, n_layers=45), DS2), DS2)
+
+    return obs(1), {"CaloDREAM": obs(2)}
+
+
+def _written_names() -> dict[str, list[str]]:
+    """Every figure name the evaluations write, per kind of sample."""
+    from caloforge.evaluate.jets import FIGURES
+
+    showers = [
+        "n_hits",
+        "energy_ratio",
+        "cell_energy",
+        "cog",
+        "longitudinal_profile",
+        "radial_profile",
+        "e_long",
+        "e_radial",
+        "single_energy",
+        "classifier_scores",
+    ]
+    return {"points": showers, "voxels": showers, "jets": list(FIGURES)}
+
+
+GENERIC = plots.figure_caption("no_such_figure")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"), [(kind, name) for kind, names in _written_names().items() for name in names]
+)
+def test_every_written_figure_has_its_own_caption(kind, name):
+    noun = "voxel" if kind == "voxels" else "cell"
+    caption = plots.figure_caption(name, noun)
+    assert caption != GENERIC and "no_such_figure" not in caption
+    assert caption.endswith(".") and caption.count(". ") == 0  # one sentence
+    if kind == "voxels":
+        assert "cell" not in caption
+    if name in ("n_hits", "cell_energy", "single_energy"):
+        assert noun in caption
+    if kind != "jets" and name != "classifier_scores":
+        assert "ratio" not in caption or "candidate / reference" in caption
+    split = plots.figure_caption(f"{name}_2", noun)
+    assert split.startswith(caption[:-1]) and split.endswith("(candidates, part 2).")
+
+
+def test_caption_names_cover_distribution_figures(samples):
+    reference, candidates = samples
+    figs = plots.distribution_figures(reference, candidates, threshold_mev=ILD.threshold_mev)
+    assert set(figs) | {"classifier_scores"} == set(_written_names()["points"])
+
+
+def test_unknown_figure_gets_a_generic_caption():
+    assert GENERIC.startswith("Figure 'no_such_figure': the reference")
+    assert plots.figure_caption("tau21") != plots.figure_caption("tau21_x")
+
+
+def test_voxel_readout_says_voxel(voxel_samples):
+    from caloforge.evaluate.showers import _cell_noun
+
+    assert _cell_noun(DS2) == "voxel"
+    assert _cell_noun(ILD) == _cell_noun(get_detector("ild-ecal-30")) == "cell"
+    reference, candidates = voxel_samples
+    fig = plots.plot_cell_energy(reference, candidates, threshold_mev=DS2.threshold_mev, cell_noun="voxel")
+    xs, ys = _labels(fig)
+    assert xs == {"voxel energy [MeV]"} and "voxels per shower" in ys
+    assert "voxel" in plots.figure_caption("cell_energy", _cell_noun(DS2))
+
+
+def test_jet_figures_and_captions_share_names(tmp_path):
+    from caloforge.evaluate import jets as ej
+
+    rng = np.random.default_rng(3)
+
+    def obs() -> dict[str, np.ndarray]:
+        n = 120
+        return {
+            "mass": rng.uniform(0, 0.3, n),
+            "ptrel": rng.exponential(0.05, 30 * n),
+            "etarel": rng.normal(0, 0.1, 30 * n),
+            "phirel": rng.normal(0, 0.1, 30 * n),
+            "tau21": rng.uniform(0, 1, n),
+            "tau32": rng.uniform(0, 1, n),
+            "multiplicity": rng.integers(10, 30, n).astype(float),
+            "efps": rng.exponential(1e-3, (n, 5)),
+        }
+
+    figures = ej._write_plots(tmp_path, obs(), {f"gen {i}": obs() for i in range(5)}, None)
+    assert set(figures) == {f"{name}_{k}" for name in ej.FIGURES for k in (1, 2)}
+    captions = ej._figure_captions(figures)
+    assert set(captions) == set(figures) and GENERIC not in captions.values()

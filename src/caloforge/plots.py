@@ -1,10 +1,15 @@
 """Every evaluation figure (SPEC 4): one function each, data in, ``matplotlib.figure.Figure`` out.
 
-Each distribution is drawn for a reference sample (grey, filled) and one or more named
-candidates (coloured lines), with statistical error bands and a ratio panel
-(candidate / reference) below. Figures are built with :class:`matplotlib.figure.Figure`
-directly — no ``pyplot``, no global backend or style change — so they are safe in
-threads and tests; :func:`save_figure` writes PNG and PDF atomically.
+Each distribution is drawn for a reference sample (a dark step line over a grey band, its
+statistical uncertainty) and one or more named candidates (coloured step lines with error
+bars), with a ratio panel (candidate / reference, the reference's relative uncertainty as a
+grey band around 1) below. At most :data:`MAX_CANDIDATES_PER_PANEL` candidates share a
+panel: with more, a figure gets one group of panels per :func:`split_candidates` group, and
+:func:`distribution_figures` one figure per group (``n_hits_1``, ``n_hits_2``, …). Histogram
+bins follow the sample size (:func:`histogram_bins`). :func:`figure_caption` says in one
+sentence what each figure shows. Figures are built with :class:`matplotlib.figure.Figure`
+directly — no ``pyplot``, no global backend or style change — so they are safe in threads
+and tests; :func:`save_figure` writes PNG and PDF atomically.
 
 matplotlib is an optional dependency (``pip install 'caloforge[plots]'``).
 
@@ -17,6 +22,7 @@ matplotlib is an optional dependency (``pip install 'caloforge[plots]'``).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,14 +35,18 @@ from caloforge.observables import ShowerObservables, radial_profile_edges
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure, SubFigure
 
     from caloforge.metrics import ClassifierResult
 
 __all__ = [
     "CANDIDATE_COLOURS",
+    "MAX_CANDIDATES_PER_PANEL",
     "PLOT_STYLE",
+    "candidate_colours",
     "distribution_figures",
+    "figure_caption",
+    "histogram_bins",
     "histogram_with_ratio",
     "plot_cell_energy",
     "plot_classifier_scores",
@@ -49,6 +59,8 @@ __all__ = [
     "plot_radial_profile",
     "plot_single_energy",
     "save_figure",
+    "shared_edges",
+    "split_candidates",
 ]
 
 #: rc settings applied (inside ``matplotlib.rc_context``) while a figure is built.
@@ -66,12 +78,54 @@ PLOT_STYLE: dict[str, Any] = {
     "savefig.bbox": "tight",
 }
 
-#: Line colours of the candidates, in order; the reference is grey.
+#: Line colours of the candidates, in order; the reference is a near-black line.
 CANDIDATE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink")
-_REFERENCE_COLOUR = "0.65"
+#: At most this many candidates share a panel (more would hide each other and the reference).
+MAX_CANDIDATES_PER_PANEL = 4
+_REFERENCE_COLOUR = "0.1"  # the reference's step line
+_REFERENCE_BAND = "0.72"  # its statistical uncertainty
 _RATIO_LIMITS = (0.5, 1.5)
+_MIN_BINS, _MAX_BINS = 10, 50
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_T = TypeVar("_T")
+
+
+def histogram_bins(n_entries: int, minimum: int = _MIN_BINS, maximum: int = _MAX_BINS) -> int:
+    """Number of bins for a histogram of ``n_entries`` values: the Rice rule 2·n^(1/3), clamped.
+
+    The Rice rule grows like the Freedman–Diaconis rule (bin width ∝ n^(-1/3)) but needs only
+    the sample size, so it also sets the count of fixed physical edges (log cell energies).
+    Given the smallest sample drawn, a few hundred showers get 10–15 bins, each holding
+    enough entries for a readable ratio; ``minimum`` and ``maximum`` clamp it.
+
+    >>> [histogram_bins(n) for n in (0, 100, 200, 1_000, 10_000, 1_000_000)]
+    [10, 10, 12, 20, 43, 50]
+    """
+    rule = round(2.0 * max(int(n_entries), 0) ** (1.0 / 3.0))
+    return int(min(max(rule, minimum), maximum))
+
+
+def split_candidates(
+    candidates: Mapping[str, _T], per_panel: int = MAX_CANDIDATES_PER_PANEL
+) -> list[dict[str, _T]]:
+    """``candidates`` in order, split into as few groups of at most ``per_panel`` as needed,
+    their sizes as even as possible; no candidates give one empty group (the reference alone).
+
+    >>> [list(g) for g in split_candidates(dict.fromkeys("abcde"))]
+    [['a', 'b', 'c'], ['d', 'e']]
+    """
+    names = list(candidates)
+    n_groups = max(1, -(-len(names) // max(per_panel, 1)))
+    return [
+        {k: candidates[k] for k in part} for part in np.array_split(np.array(names, dtype=object), n_groups)
+    ]
+
+
+def candidate_colours(names: Sequence[str]) -> dict[str, str]:
+    """Line colour of each candidate (:data:`CANDIDATE_COLOURS` in order), for figures that show
+    the candidates in groups but should keep each one's colour."""
+    return {name: CANDIDATE_COLOURS[i % len(CANDIDATE_COLOURS)] for i, name in enumerate(names)}
 
 
 def _matplotlib() -> Any:
@@ -100,7 +154,39 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _ratio_grid(fig: Figure, n_rows: int, n_cols: int) -> list[tuple[Axes, Axes]]:
+#: ``draw(panel, candidates, colours)``: draws one group of candidates into a figure or subfigure.
+_Draw = Callable[["Figure | SubFigure", Mapping[str, Any], Mapping[str, str]], None]
+
+
+def _grouped_figure(
+    draw: _Draw,
+    candidates: Mapping[str, Any],
+    size: tuple[float, float],
+    colours: Mapping[str, str] | None = None,
+    side_by_side: bool = True,
+) -> Figure:
+    """One figure drawn by ``draw``; with more than :data:`MAX_CANDIDATES_PER_PANEL` candidates,
+    one subfigure per group (side by side, or stacked), each with the reference, so that every
+    candidate appears and none shares a panel with more than the maximum."""
+    colours = dict(colours) if colours is not None else candidate_colours(list(candidates))
+    groups = split_candidates(candidates)
+    width, height = size
+    if len(groups) == 1:
+        fig = _new_figure(width, height)
+        draw(fig, groups[0], colours)
+        return fig
+    n = len(groups)
+    fig = _new_figure(width * n, height) if side_by_side else _new_figure(width, height * n)
+    subfigs = np.ravel(fig.subfigures(1, n) if side_by_side else fig.subfigures(n, 1))
+    first = 1
+    for sub, group in zip(subfigs, groups, strict=True):
+        draw(sub, group, colours)
+        sub.suptitle(f"candidates {first}–{first + len(group) - 1} of {len(candidates)}", fontsize=9)
+        first += len(group)
+    return fig
+
+
+def _ratio_grid(fig: Figure | SubFigure, n_rows: int, n_cols: int) -> list[tuple[Axes, Axes]]:
     """``n_rows × n_cols`` (main, ratio) axis pairs, the ratio panel below and sharing x."""
     grid = fig.add_gridspec(2 * n_rows, n_cols, height_ratios=[3, 1] * n_rows, hspace=0.0)
     pairs = []
@@ -113,15 +199,46 @@ def _ratio_grid(fig: Figure, n_rows: int, n_cols: int) -> list[tuple[Axes, Axes]
     return pairs
 
 
-def _band(ax: Axes, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: str, alpha: float) -> None:
+def _band(
+    ax: Axes, edges: np.ndarray, lo: np.ndarray, hi: np.ndarray, colour: str, alpha: float, zorder: float = 1
+) -> Any:
     """A statistical band drawn as steps over ``edges``."""
-    ax.fill_between(
-        edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post", color=colour, alpha=alpha, lw=0
+    return ax.fill_between(
+        edges,
+        np.append(lo, lo[-1]),
+        np.append(hi, hi[-1]),
+        step="post",
+        color=colour,
+        alpha=alpha,
+        lw=0,
+        zorder=zorder,
     )
 
 
-def _colours(names: Sequence[str]) -> dict[str, str]:
-    return {name: CANDIDATE_COLOURS[i % len(CANDIDATE_COLOURS)] for i, name in enumerate(names)}
+def _dodged(edges: np.ndarray, slot: int, n_slots: int, log: bool) -> np.ndarray:
+    """x of the error bars of candidate ``slot`` of ``n_slots``: near the bin centres, spread
+    so that the bars of several candidates do not cover each other."""
+    frac = 0.5 + (slot - (n_slots - 1) / 2) * 0.12
+    lo, hi = edges[:-1], edges[1:]
+    if log and lo.min() > 0:
+        return lo * (hi / lo) ** frac
+    return lo + frac * (hi - lo)
+
+
+def _draw_reference(ax: Axes, edges: np.ndarray, values: np.ndarray, err: np.ndarray) -> tuple[Any, Any]:
+    """The reference: a dark step line on top of everything, over a grey band of its uncertainty."""
+    band = _band(ax, edges, values - err, values + err, _REFERENCE_BAND, 0.7, zorder=1)
+    line = ax.stairs(values, edges, color=_REFERENCE_COLOUR, lw=1.6, zorder=4)
+    return band, line
+
+
+def _draw_candidate(
+    ax: Axes, edges: np.ndarray, values: np.ndarray, err: np.ndarray, colour: str, x: np.ndarray
+) -> tuple[Any, Any]:
+    """A candidate: a coloured step line and error bars (at ``x``), no fill."""
+    line = ax.stairs(values, edges, color=colour, lw=1.3, zorder=3)
+    bars = ax.errorbar(x, values, yerr=err, fmt="none", ecolor=colour, elinewidth=1.0, capsize=0, zorder=3)
+    return line, bars
 
 
 def _draw_ratio(
@@ -131,19 +248,18 @@ def _draw_ratio(
     ref_err: np.ndarray,
     curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
     colours: Mapping[str, str],
-    reference_label: str,
+    log: bool = False,
 ) -> None:
     """Ratio panel: the reference's relative error around 1, each candidate / reference with its error."""
     ok = ref > 0
     safe = np.where(ok, ref, 1.0)
     rel = np.where(ok, ref_err / safe, 0.0)
-    _band(rax, edges, 1 - rel, 1 + rel, _REFERENCE_COLOUR, 0.5)
-    rax.axhline(1.0, color="0.3", lw=0.8)
-    for name, (values, err) in curves.items():
+    _band(rax, edges, 1 - rel, 1 + rel, _REFERENCE_BAND, 0.7)
+    rax.axhline(1.0, color=_REFERENCE_COLOUR, lw=1.0, zorder=2)
+    for slot, (name, (values, err)) in enumerate(curves.items()):
         ratio = np.where(ok, values / safe, np.nan)
         ratio_err = np.where(ok, err / safe, np.nan)
-        rax.stairs(ratio, edges, color=colours[name], lw=1.2)
-        _band(rax, edges, ratio - ratio_err, ratio + ratio_err, colours[name], 0.25)
+        _draw_candidate(rax, edges, ratio, ratio_err, colours[name], _dodged(edges, slot, len(curves), log))
     rax.set_ylim(*_RATIO_LIMITS)
     rax.set_ylabel("ratio to ref.", fontsize=8)
 
@@ -157,19 +273,20 @@ def _draw_curves(
     reference_label: str,
     xlabel: str,
     ylabel: str,
+    colours: Mapping[str, str] | None = None,
     logx: bool = False,
     logy: bool = False,
     legend: bool = True,
 ) -> None:
-    """Reference (filled) and candidates (lines) with error bands, plus the ratio panel."""
-    colours = _colours(list(curves))
+    """Reference (dark line, grey band) and candidates (coloured lines, error bars), plus the ratio panel."""
+    colours = candidate_colours(list(curves)) if colours is None else colours
     values, err = ref
-    ax.stairs(values, edges, fill=True, color=_REFERENCE_COLOUR, alpha=0.6, label=reference_label)
-    _band(ax, edges, values - err, values + err, "0.3", 0.25)
-    for name, (v, e) in curves.items():
-        ax.stairs(v, edges, color=colours[name], lw=1.4, label=name)
-        _band(ax, edges, v - e, v + e, colours[name], 0.25)
-    _draw_ratio(rax, edges, values, err, curves, colours, reference_label)
+    handles: list[Any] = [_draw_reference(ax, edges, values, err)]
+    for slot, (name, (v, e)) in enumerate(curves.items()):
+        handles.append(
+            _draw_candidate(ax, edges, v, e, colours[name], _dodged(edges, slot, len(curves), logx))
+        )
+    _draw_ratio(rax, edges, values, err, curves, colours, log=logx)
     ax.set_ylabel(ylabel)
     rax.set_xlabel(xlabel)
     if logx:
@@ -188,7 +305,7 @@ def _draw_curves(
         ax.set_ylim(bottom=0)
     ax.set_xlim(edges[0], edges[-1])
     if legend:
-        ax.legend(loc="best")
+        ax.legend(handles, [reference_label, *curves], loc="best")
 
 
 def _histogram(values: np.ndarray, edges: np.ndarray, norm: float) -> tuple[np.ndarray, np.ndarray]:
@@ -198,20 +315,24 @@ def _histogram(values: np.ndarray, edges: np.ndarray, norm: float) -> tuple[np.n
     return counts / norm, np.sqrt(counts) / norm
 
 
-def _auto_edges(samples: Sequence[np.ndarray], n_bins: int | None = None, log: bool = False) -> np.ndarray:
-    """Shared edges covering the central 99.8 % of every sample (so a shifted candidate stays visible).
+def shared_edges(samples: Sequence[np.ndarray], log: bool = False, n_bins: int | None = None) -> np.ndarray:
+    """Bin edges shared by all ``samples``, covering the central 99.8 % of every one (so a shifted
+    candidate stays visible); log-spaced over the positive values with ``log``.
 
-    ``n_bins`` defaults to 50, fewer for small samples (about 2√n) so that sparse panels
-    (e.g. a narrow incident-energy window) are not all spikes; integer data (N_hits) get
-    edges between integers.
+    ``n_bins`` defaults to :func:`histogram_bins` of the smallest non-empty sample (every
+    sample drawn gets bins it can fill); integer data (N_hits) get edges between integers.
+
+    >>> len(shared_edges([np.linspace(0.0, 1.0, 150), np.linspace(0.0, 1.0, 5000)])) - 1
+    11
     """
-    finite = [s[np.isfinite(s)] for s in samples if len(s)]
+    arrays = [np.asarray(s, np.float64) for s in samples]
+    finite = [s[np.isfinite(s)] for s in arrays if len(s)]
     finite = [s[s > 0] if log else s for s in finite]
     finite = [s for s in finite if len(s)]
-    if not finite:
-        return np.linspace(0.0, 1.0, (n_bins or 50) + 1)
     if n_bins is None:
-        n_bins = int(np.clip(2 * np.sqrt(len(finite[0])), 10, 50))
+        n_bins = histogram_bins(min((len(s) for s in finite), default=0))
+    if not finite:
+        return np.linspace(0.0, 1.0, n_bins + 1)
     lo = min(float(np.quantile(s, 0.001)) for s in finite)
     hi = max(float(np.quantile(s, 0.999)) for s in finite)
     if log:
@@ -236,6 +357,7 @@ def _draw_histogram(
     edges: np.ndarray | None = None,
     norms: tuple[float, Mapping[str, float]] | None = None,
     ylabel: str = "fraction of showers",
+    colours: Mapping[str, str] | None = None,
     logx: bool = False,
     logy: bool = False,
     legend: bool = True,
@@ -243,7 +365,7 @@ def _draw_histogram(
     reference = np.asarray(reference, np.float64)
     cands = {k: np.asarray(v, np.float64) for k, v in candidates.items()}
     if edges is None:
-        edges = _auto_edges([reference, *cands.values()], log=logx)
+        edges = shared_edges([reference, *cands.values()], log=logx)
     ref_norm, cand_norms = (
         norms if norms is not None else (len(reference), {k: len(v) for k, v in cands.items()})
     )
@@ -256,6 +378,7 @@ def _draw_histogram(
         reference_label,
         xlabel,
         ylabel,
+        colours=colours,
         logx=logx,
         logy=logy,
         legend=legend,
@@ -273,23 +396,36 @@ def histogram_with_ratio(
     logx: bool = False,
     logy: bool = False,
     ylabel: str = "fraction of showers",
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
-    """One normalised histogram of any per-shower quantity, with a ratio panel."""
-    fig = _new_figure(4.5, 4.2)
-    ((ax, rax),) = _ratio_grid(fig, 1, 1)
-    _draw_histogram(
-        ax,
-        rax,
-        reference,
-        candidates,
-        xlabel=xlabel,
-        reference_label=reference_label,
-        edges=edges,
-        logx=logx,
-        logy=logy,
-        ylabel=ylabel,
-    )
-    return fig
+    """One normalised histogram of any per-shower quantity, with a ratio panel.
+
+    ``edges`` default to :func:`shared_edges` over every sample (the same bins in every panel
+    when the candidates are split over several); ``colours`` (name -> colour) keeps a
+    candidate's colour across figures (default: :func:`candidate_colours`).
+    """
+    reference = np.asarray(reference, np.float64)
+    cands = {k: np.asarray(v, np.float64) for k, v in candidates.items()}
+    if edges is None:
+        edges = shared_edges([reference, *cands.values()], log=logx)
+
+    def draw(panel: Figure | SubFigure, group: Mapping[str, np.ndarray], cols: Mapping[str, str]) -> None:
+        ((ax, rax),) = _ratio_grid(panel, 1, 1)
+        _draw_histogram(
+            ax,
+            rax,
+            reference,
+            group,
+            xlabel=xlabel,
+            reference_label=reference_label,
+            edges=edges,
+            logx=logx,
+            logy=logy,
+            ylabel=ylabel,
+            colours=cols,
+        )
+
+    return _grouped_figure(draw, cands, (4.5, 4.2), colours)
 
 
 def _scalar_figure(
@@ -299,6 +435,7 @@ def _scalar_figure(
     xlabel: str,
     reference_label: str,
     logy: bool = False,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     return histogram_with_ratio(
         get(reference),
@@ -306,21 +443,38 @@ def _scalar_figure(
         xlabel,
         reference_label=reference_label,
         logy=logy,
+        colours=colours,
     )
 
 
 def plot_n_hits(
-    reference: ShowerObservables, candidates: Mapping[str, ShowerObservables], reference_label: str = "Geant4"
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Distribution of the number of cells above threshold per shower."""
-    return _scalar_figure(reference, candidates, lambda o: o.n_hits, "number of hits N_hits", reference_label)
+    """Distribution of the number of cells (or voxels) above threshold per shower."""
+    return _scalar_figure(
+        reference, candidates, lambda o: o.n_hits, "number of hits N_hits", reference_label, colours=colours
+    )
 
 
 def plot_energy_ratio(
-    reference: ShowerObservables, candidates: Mapping[str, ShowerObservables], reference_label: str = "Geant4"
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Distribution of the visible over the incident energy (sampling fraction)."""
-    return _scalar_figure(reference, candidates, lambda o: o.e_ratio, "E_vis / E_inc", reference_label)
+    return _scalar_figure(
+        reference, candidates, lambda o: o.e_ratio, "E_vis / E_inc", reference_label, colours=colours
+    )
+
+
+def _plural(noun: str) -> str:
+    return noun if noun.endswith("s") else noun + "s"
 
 
 @_styled
@@ -329,46 +483,74 @@ def plot_cell_energy(
     candidates: Mapping[str, ShowerObservables],
     reference_label: str = "Geant4",
     threshold_mev: float | None = None,
+    *,
+    cell_noun: str = "cell",
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
-    """Spectrum of the cell energies (log x), as cells per shower and bin; ``threshold_mev`` is marked."""
-    fig = _new_figure(4.5, 4.2)
-    ((ax, rax),) = _ratio_grid(fig, 1, 1)
-    _draw_histogram(
-        ax,
-        rax,
-        reference.cell_energy,
-        {k: v.cell_energy for k, v in candidates.items()},
-        xlabel="cell energy [MeV]",
-        reference_label=reference_label,
-        norms=(len(reference), {k: len(v) for k, v in candidates.items()}),
-        ylabel="cells per shower",
-        logx=True,
-        logy=True,
-    )
-    if threshold_mev is not None:
-        ax.axvline(threshold_mev, color="0.3", ls=":", lw=1.0, label="threshold")
-        rax.axvline(threshold_mev, color="0.3", ls=":", lw=1.0)
-    return fig
+    """Spectrum of the cell energies (log x), as cells per shower and bin; ``threshold_mev`` is marked.
+
+    ``cell_noun`` names the readout channel in the labels ("cell", or "voxel" for a voxel
+    readout). The log-spaced edges are shared by every sample, their number set by the
+    smallest sample's count of cells (:func:`histogram_bins`).
+    """
+    cell = {k: v.cell_energy for k, v in candidates.items()}
+    edges = shared_edges([np.asarray(reference.cell_energy, np.float64), *cell.values()], log=True)
+    norms = {k: float(len(v)) for k, v in candidates.items()}
+
+    def draw(panel: Figure | SubFigure, group: Mapping[str, np.ndarray], cols: Mapping[str, str]) -> None:
+        ((ax, rax),) = _ratio_grid(panel, 1, 1)
+        _draw_histogram(
+            ax,
+            rax,
+            reference.cell_energy,
+            group,
+            xlabel=f"{cell_noun} energy [MeV]",
+            reference_label=reference_label,
+            edges=edges,
+            norms=(len(reference), norms),
+            ylabel=f"{_plural(cell_noun)} per shower",
+            colours=cols,
+            logx=True,
+            logy=True,
+        )
+        if threshold_mev is not None:
+            ax.axvline(threshold_mev, color="0.3", ls=":", lw=1.0, label="threshold")
+            rax.axvline(threshold_mev, color="0.3", ls=":", lw=1.0)
+
+    return _grouped_figure(draw, cell, (4.5, 4.2), colours)
 
 
 @_styled
 def plot_cog(
-    reference: ShowerObservables, candidates: Mapping[str, ShowerObservables], reference_label: str = "Geant4"
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Centre of gravity m1 in X, Y (transverse, mm) and Z (depth, layer), three panels."""
-    fig = _new_figure(12.0, 4.2)
     labels = ("m1 X [mm]", "m1 Y [mm]", "m1 Z [layer]")
-    for i, (ax, rax) in enumerate(_ratio_grid(fig, 1, 3)):
-        _draw_histogram(
-            ax,
-            rax,
-            reference.cog[:, i],
-            {k: v.cog[:, i] for k, v in candidates.items()},
-            xlabel=labels[i],
-            reference_label=reference_label,
-            legend=i == 0,
-        )
-    return fig
+    edges = [
+        shared_edges([reference.cog[:, i], *(v.cog[:, i] for v in candidates.values())]) for i in range(3)
+    ]
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        for i, (ax, rax) in enumerate(_ratio_grid(panel, 1, 3)):
+            _draw_histogram(
+                ax,
+                rax,
+                reference.cog[:, i],
+                {k: v.cog[:, i] for k, v in group.items()},
+                xlabel=labels[i],
+                reference_label=reference_label,
+                edges=edges[i],
+                colours=cols,
+                legend=i == 0,
+            )
+
+    return _grouped_figure(draw, candidates, (12.0, 4.2), colours, side_by_side=False)
 
 
 def _profile(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -381,24 +563,34 @@ def _profile(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @_styled
 def plot_longitudinal_profile(
-    reference: ShowerObservables, candidates: Mapping[str, ShowerObservables], reference_label: str = "Geant4"
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Mean energy per layer (log y) against the layer index."""
-    fig = _new_figure(4.5, 4.2)
-    ((ax, rax),) = _ratio_grid(fig, 1, 1)
     edges = np.arange(reference.e_layer.shape[1] + 1) - 0.5
-    _draw_curves(
-        ax,
-        rax,
-        edges,
-        _profile(reference.e_layer),
-        {k: _profile(v.e_layer) for k, v in candidates.items()},
-        reference_label,
-        "layer",
-        "mean energy per layer [MeV]",
-        logy=True,
-    )
-    return fig
+    ref = _profile(reference.e_layer)
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        ((ax, rax),) = _ratio_grid(panel, 1, 1)
+        _draw_curves(
+            ax,
+            rax,
+            edges,
+            ref,
+            {k: _profile(v.e_layer) for k, v in group.items()},
+            reference_label,
+            "layer",
+            "mean energy per layer [MeV]",
+            colours=cols,
+            logy=True,
+        )
+
+    return _grouped_figure(draw, candidates, (4.5, 4.2), colours)
 
 
 @_styled
@@ -408,6 +600,8 @@ def plot_radial_profile(
     reference_label: str = "Geant4",
     max_radius_mm: float | None = None,
     edges_mm: Sequence[float] | None = None,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Mean energy per ring around the shower axis (log y).
 
@@ -419,8 +613,6 @@ def plot_radial_profile(
     all_edges = np.asarray(
         radial_profile_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm, np.float64
     )
-    fig = _new_figure(4.5, 4.2)
-    ((ax, rax),) = _ratio_grid(fig, 1, 1)
     ref = _profile(reference.radial_profile)
     n_bins = reference.radial_profile.shape[1]
     if max_radius_mm is None:
@@ -429,18 +621,25 @@ def plot_radial_profile(
     else:
         last = min(n_bins, max(1, int(np.searchsorted(all_edges, max_radius_mm))))
     edges = all_edges[: last + 1]
-    _draw_curves(
-        ax,
-        rax,
-        edges,
-        (ref[0][:last], ref[1][:last]),
-        {k: tuple(p[:last] for p in _profile(v.radial_profile)) for k, v in candidates.items()},
-        reference_label,
-        "radius [mm]",
-        "mean energy per ring [MeV]",
-        logy=True,
-    )
-    return fig
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        ((ax, rax),) = _ratio_grid(panel, 1, 1)
+        _draw_curves(
+            ax,
+            rax,
+            edges,
+            (ref[0][:last], ref[1][:last]),
+            {k: tuple(p[:last] for p in _profile(v.radial_profile)) for k, v in group.items()},
+            reference_label,
+            "radius [mm]",
+            "mean energy per ring [MeV]",
+            colours=cols,
+            logy=True,
+        )
+
+    return _grouped_figure(draw, candidates, (4.5, 4.2), colours)
 
 
 def _observable_grid(
@@ -448,27 +647,32 @@ def _observable_grid(
     candidates: Mapping[str, np.ndarray],
     labels: Sequence[str],
     reference_label: str,
+    colours: Mapping[str, str] | None = None,
     n_cols: int = 5,
 ) -> Figure:
     n = reference.shape[1]
     n_rows = int(np.ceil(n / n_cols))
-    fig = _new_figure(3.0 * n_cols, 3.4 * n_rows)
-    pairs = _ratio_grid(fig, n_rows, n_cols)
-    for i, (ax, rax) in enumerate(pairs):
-        if i >= n:
-            ax.set_visible(False)
-            rax.set_visible(False)
-            continue
-        _draw_histogram(
-            ax,
-            rax,
-            reference[:, i],
-            {k: v[:, i] for k, v in candidates.items()},
-            xlabel=labels[i],
-            reference_label=reference_label,
-            legend=i == 0,
-        )
-    return fig
+    edges = [shared_edges([reference[:, i], *(v[:, i] for v in candidates.values())]) for i in range(n)]
+
+    def draw(panel: Figure | SubFigure, group: Mapping[str, np.ndarray], cols: Mapping[str, str]) -> None:
+        for i, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols)):
+            if i >= n:
+                ax.set_visible(False)
+                rax.set_visible(False)
+                continue
+            _draw_histogram(
+                ax,
+                rax,
+                reference[:, i],
+                {k: v[:, i] for k, v in group.items()},
+                xlabel=labels[i],
+                reference_label=reference_label,
+                edges=edges[i],
+                colours=cols,
+                legend=i == 0,
+            )
+
+    return _grouped_figure(draw, candidates, (3.0 * n_cols, 3.4 * n_rows), colours, side_by_side=False)
 
 
 def _range_labels(name: str, edges: Sequence[float] | None, n: int, unit: str) -> list[str]:
@@ -483,6 +687,8 @@ def plot_e_long_grid(
     candidates: Mapping[str, ShowerObservables],
     reference_label: str = "Geant4",
     long_edges: Sequence[int] | None = None,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Distributions of the E_long,i observables (energy in layer groups), one panel each.
 
@@ -490,7 +696,7 @@ def plot_e_long_grid(
     """
     labels = _range_labels("E_long", long_edges, reference.e_long.shape[1], " layers")
     return _observable_grid(
-        reference.e_long, {k: v.e_long for k, v in candidates.items()}, labels, reference_label
+        reference.e_long, {k: v.e_long for k, v in candidates.items()}, labels, reference_label, colours
     )
 
 
@@ -500,6 +706,8 @@ def plot_e_radial_grid(
     candidates: Mapping[str, ShowerObservables],
     reference_label: str = "Geant4",
     radial_edges_mm: Sequence[float] | None = None,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Distributions of the E_radial,i observables (energy in rings), one panel each.
 
@@ -507,7 +715,7 @@ def plot_e_radial_grid(
     """
     labels = _range_labels("E_radial", radial_edges_mm, reference.e_radial.shape[1], " mm")
     return _observable_grid(
-        reference.e_radial, {k: v.e_radial for k, v in candidates.items()}, labels, reference_label
+        reference.e_radial, {k: v.e_radial for k, v in candidates.items()}, labels, reference_label, colours
     )
 
 
@@ -524,6 +732,8 @@ def plot_single_energy(
     reference_label: str = "Geant4",
     energies_gev: Sequence[float] = (10.0, 50.0, 90.0),
     half_width_gev: float = 2.0,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """N_hits (top) and E_vis (bottom) for showers near fixed incident energies, one column each.
 
@@ -534,58 +744,79 @@ def plot_single_energy(
     if len(reference) == 0:
         raise ValueError("the reference sample is empty")
     n_cols = len(energies_gev)
-    fig = _new_figure(4.0 * n_cols, 7.6)
-    pairs = _ratio_grid(fig, 2, n_cols)
-    for j, target in enumerate(energies_gev):
+    rows = ((lambda o: o.n_hits, "number of hits N_hits"), (lambda o: o.e_vis, "E_vis [MeV]"))
+    windows = []
+    for target in energies_gev:
         centre, ref_mask = _energy_window(reference.energy, target, half_width_gev)
         cand_masks = {k: np.abs(v.energy - centre) <= half_width_gev for k, v in candidates.items()}
-        title = f"E_inc = {centre:.3g} ± {half_width_gev:g} GeV ({int(ref_mask.sum())} ref. showers)"
-        for row, (get, xlabel) in enumerate(
-            ((lambda o: o.n_hits, "number of hits N_hits"), (lambda o: o.e_vis, "E_vis [MeV]"))
-        ):
-            ax, rax = pairs[row * n_cols + j]
-            _draw_histogram(
-                ax,
-                rax,
-                get(reference)[ref_mask],
-                {k: get(v)[cand_masks[k]] for k, v in candidates.items() if cand_masks[k].any()},
-                xlabel=xlabel,
-                reference_label=reference_label,
-                legend=row == 0 and j == 0,
-            )
-            if row == 0:
-                ax.set_title(title, fontsize=9)
-    return fig
+        windows.append((centre, ref_mask, cand_masks))
+    edges = {
+        (row, j): shared_edges([get(reference)[m], *(get(v)[cm[k]] for k, v in candidates.items())])
+        for j, (_, m, cm) in enumerate(windows)
+        for row, (get, _) in enumerate(rows)
+    }
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        pairs = _ratio_grid(panel, 2, n_cols)
+        for j, (centre, ref_mask, cand_masks) in enumerate(windows):
+            title = f"E_inc = {centre:.3g} ± {half_width_gev:g} GeV ({int(ref_mask.sum())} ref. showers)"
+            for row, (get, xlabel) in enumerate(rows):
+                ax, rax = pairs[row * n_cols + j]
+                _draw_histogram(
+                    ax,
+                    rax,
+                    get(reference)[ref_mask],
+                    {k: get(v)[cand_masks[k]] for k, v in group.items() if cand_masks[k].any()},
+                    xlabel=xlabel,
+                    reference_label=reference_label,
+                    edges=edges[row, j],
+                    colours=cols,
+                    legend=row == 0 and j == 0,
+                )
+                if row == 0:
+                    ax.set_title(title, fontsize=9)
+
+    return _grouped_figure(draw, candidates, (4.0 * n_cols, 7.6), colours, side_by_side=False)
 
 
 @_styled
 def plot_classifier_scores(
     results: ClassifierResult | Mapping[str, ClassifierResult],
     reference_label: str = "Geant4",
-    n_bins: int = 40,
+    n_bins: int | None = None,
+    *,
+    colours: Mapping[str, str] | None = None,
 ) -> Figure:
     """Histograms of the test-fold classifier outputs for the reference and each candidate.
 
     ``results`` maps candidate names to :class:`~caloforge.metrics.ClassifierResult` (or is
-    one result, labelled "candidate"); one panel per candidate, its AUC in the title.
+    one result, labelled "candidate"); one panel per candidate (at most
+    :data:`MAX_CANDIDATES_PER_PANEL` per row), its AUC in the title. ``n_bins`` defaults to
+    :func:`histogram_bins` of the smaller sample of scores.
     """
     if not isinstance(results, Mapping):
         results = {"candidate": results}
-    fig = _new_figure(4.2 * max(len(results), 1), 3.6)
-    axes = [fig.add_subplot(1, max(len(results), 1), i + 1) for i in range(max(len(results), 1))]
-    colours = _colours(list(results))
-    for ax, (name, res) in zip(axes, results.items(), strict=False):
+    n = max(len(results), 1)
+    n_cols = min(n, MAX_CANDIDATES_PER_PANEL)
+    n_rows = -(-n // n_cols)
+    fig = _new_figure(4.2 * n_cols, 3.6 * n_rows)
+    colours = candidate_colours(list(results)) if colours is None else colours
+    for i, (name, res) in enumerate(results.items()):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
         # A good generator leaves every score near 0.5: bin the range the scores cover, not [0, 1].
-        edges = _auto_edges([np.asarray(res.scores_a), np.asarray(res.scores_b)], n_bins)
-        for scores, label, colour, fill in (
-            (res.scores_a, reference_label, _REFERENCE_COLOUR, True),
-            (res.scores_b, name, colours[name], False),
+        edges = shared_edges([np.asarray(res.scores_a), np.asarray(res.scores_b)], n_bins=n_bins)
+        for scores, label, colour, lw in (
+            (res.scores_a, reference_label, _REFERENCE_COLOUR, 1.6),
+            (res.scores_b, name, colours[name], 1.3),
         ):
             counts, _ = np.histogram(scores, edges)
-            ax.stairs(counts / max(len(scores), 1), edges, fill=fill, color=colour, lw=1.4, label=label)
+            ax.stairs(counts / max(len(scores), 1), edges, color=colour, lw=lw, label=label)
         ax.set_xlabel(f"classifier output (1 = {name})")
         ax.set_ylabel("fraction of showers")
         ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylim(bottom=0)
         ax.set_title(f"AUC = {res.auc:.3f} ± {res.auc_std:.3f}", fontsize=9)
         ax.legend(loc="best")
     return fig
@@ -601,21 +832,126 @@ def distribution_figures(
     radial_edges_mm: Sequence[float] | None = None,
     profile_edges_mm: Sequence[float] | None = None,
     energies_gev: Sequence[float] = (10.0, 50.0, 90.0),
+    cell_noun: str = "cell",
 ) -> dict[str, Figure]:
-    """Every SPEC 4 figure, keyed by a file-name stem (``n_hits``, ``cell_energy``, …)."""
-    return {
-        "n_hits": plot_n_hits(reference, candidates, reference_label),
-        "energy_ratio": plot_energy_ratio(reference, candidates, reference_label),
-        "cell_energy": plot_cell_energy(reference, candidates, reference_label, threshold_mev),
-        "cog": plot_cog(reference, candidates, reference_label),
-        "longitudinal_profile": plot_longitudinal_profile(reference, candidates, reference_label),
-        "radial_profile": plot_radial_profile(
-            reference, candidates, reference_label, edges_mm=profile_edges_mm
+    """Every SPEC 4 figure, keyed by a file-name stem (``n_hits``, ``cell_energy``, …).
+
+    With more than :data:`MAX_CANDIDATES_PER_PANEL` candidates each figure is made once per
+    group of :func:`split_candidates`, keyed ``n_hits_1``, ``n_hits_2``, …, every candidate
+    keeping its colour throughout. ``cell_noun`` names the readout channel in the labels
+    ("voxel" for a voxel readout). :func:`figure_caption` describes each key.
+    """
+    colours = candidate_colours(list(candidates))
+    makers: dict[str, Callable[[Mapping[str, ShowerObservables]], Figure]] = {
+        "n_hits": lambda c: plot_n_hits(reference, c, reference_label, colours=colours),
+        "energy_ratio": lambda c: plot_energy_ratio(reference, c, reference_label, colours=colours),
+        "cell_energy": lambda c: plot_cell_energy(
+            reference, c, reference_label, threshold_mev, cell_noun=cell_noun, colours=colours
         ),
-        "e_long": plot_e_long_grid(reference, candidates, reference_label, long_edges),
-        "e_radial": plot_e_radial_grid(reference, candidates, reference_label, radial_edges_mm),
-        "single_energy": plot_single_energy(reference, candidates, reference_label, energies_gev),
+        "cog": lambda c: plot_cog(reference, c, reference_label, colours=colours),
+        "longitudinal_profile": lambda c: plot_longitudinal_profile(
+            reference, c, reference_label, colours=colours
+        ),
+        "radial_profile": lambda c: plot_radial_profile(
+            reference, c, reference_label, edges_mm=profile_edges_mm, colours=colours
+        ),
+        "e_long": lambda c: plot_e_long_grid(reference, c, reference_label, long_edges, colours=colours),
+        "e_radial": lambda c: plot_e_radial_grid(
+            reference, c, reference_label, radial_edges_mm, colours=colours
+        ),
+        "single_energy": lambda c: plot_single_energy(
+            reference, c, reference_label, energies_gev, colours=colours
+        ),
     }
+    groups = split_candidates(candidates)
+    if len(groups) == 1:
+        return {name: make(candidates) for name, make in makers.items()}
+    return {f"{name}_{k}": make(group) for name, make in makers.items() for k, group in enumerate(groups, 1)}
+
+
+_HIST_BANDS = (
+    "the reference is the dark step line over a grey band (its Poisson uncertainty), each candidate a "
+    "coloured step line with Poisson error bars, and the lower panel shows candidate / reference, the "
+    "grey band around 1 being the reference's relative uncertainty"
+)
+_PROFILE_BANDS = _HIST_BANDS.replace("Poisson uncertainty", "standard error of the mean").replace(
+    "Poisson error bars", "error bars (standard error of the mean)"
+)
+
+#: Captions of the figures the evaluations write, by name; ``{cell}`` / ``{cells}`` are the
+#: readout channel's noun. Shower figures first, then jet figures.
+_CAPTIONS: dict[str, str] = {
+    "n_hits": "Number of {cells} above the readout threshold per shower (N_hits), as the fraction of "
+    "showers per bin; " + _HIST_BANDS + ".",
+    "energy_ratio": "Visible over incident energy per shower (E_vis / E_inc, dimensionless: the sampling "
+    "fraction), as the fraction of showers per bin; " + _HIST_BANDS + ".",
+    "cell_energy": "Energy of every {cell} above the readout threshold [MeV] on log axes (dotted line: "
+    "the threshold), as {cells} per shower and bin; " + _HIST_BANDS + ".",
+    "cog": "Energy-weighted centre of gravity m1 of each shower, transverse X and Y [mm] and depth Z "
+    "[layer index] in one panel each, as the fraction of showers per bin; " + _HIST_BANDS + ".",
+    "longitudinal_profile": "Mean energy deposited per layer [MeV] (log y) against the layer index, "
+    "averaged over showers; " + _PROFILE_BANDS + ".",
+    "radial_profile": "Mean energy per ring around the shower axis [MeV] (log y) against the ring's "
+    "radius [mm], averaged over showers; " + _PROFILE_BANDS + ".",
+    "e_long": "Energy in each group of layers, E_long,i [MeV] (the layer range in each x label), one "
+    "panel per group, as the fraction of showers per bin; " + _HIST_BANDS + ".",
+    "e_radial": "Energy in each ring around the shower axis, E_radial,i [MeV], one panel per ring, as "
+    "the fraction of showers per bin; " + _HIST_BANDS + ".",
+    "single_energy": "Number of {cells} above threshold N_hits (top row) and visible energy E_vis [MeV] "
+    "(bottom row) of the showers near a few fixed incident energies (one column each, the energy window "
+    "and the reference's shower count in its title), as the fraction of showers per bin; "
+    + _HIST_BANDS
+    + ".",
+    "classifier_scores": "Test-fold output of the classifier trained to tell each candidate (output 1) "
+    "from the reference (output 0), as the fraction of showers per bin, the reference's showers as a "
+    "dark step line and the candidate's as a coloured one, one panel per candidate with the AUC ± its "
+    "spread over the folds in the title; a classifier that cannot tell them apart leaves both at 0.5.",
+    "jet_mass": "Relative jet mass m / pT_jet (dimensionless), as the fraction of jets per bin; "
+    + _HIST_BANDS
+    + ".",
+    "constituent_ptrel": "Constituent transverse momentum relative to the jet's, pT_rel = pT / pT_jet "
+    "(log y), as the fraction of particles per bin; "
+    + _HIST_BANDS
+    + ". A spike in one bin at a model's largest pT_rel is its sampler's clip (EPiC-JeDi clips its "
+    "denoised particles at 3σ, ≈ 0.27 for top jets; MODEL.md), not a feature of the jets.",
+    "constituent_etarel": "Constituent pseudorapidity relative to the jet axis, η_rel, as the fraction "
+    "of particles per bin; " + _HIST_BANDS + ".",
+    "constituent_phirel": "Constituent azimuth relative to the jet axis, φ_rel [rad], as the fraction of "
+    "particles per bin; " + _HIST_BANDS + ".",
+    "tau21": "N-subjettiness ratio τ21 = τ2 / τ1 per jet (dimensionless; low: two-prong), as the "
+    "fraction of jets per bin; " + _HIST_BANDS + ".",
+    "tau32": "N-subjettiness ratio τ32 = τ3 / τ2 per jet (dimensionless; low: three-prong), as the "
+    "fraction of jets per bin; " + _HIST_BANDS + ".",
+    "multiplicity": "Number of particles per jet, as the fraction of jets per bin; " + _HIST_BANDS + ".",
+    "efp": "Energy-flow polynomial of the first prime graph with n = 4 vertices and d = 4 edges per jet "
+    "(dimensionless, log x), as the fraction of jets per bin; " + _HIST_BANDS + ".",
+}
+
+
+def figure_caption(name: str, cell_noun: str = "cell") -> str:
+    """One sentence saying what figure ``name`` (a key of an evaluation's ``figures``) shows.
+
+    ``cell_noun`` names the readout channel ("voxel" for a voxel readout). A name split over
+    candidate groups (``n_hits_2``) gets its figure's caption and the part; an unknown name a
+    generic sentence.
+
+    >>> figure_caption("cell_energy", "voxel").split(" [MeV]")[0]
+    'Energy of every voxel above the readout threshold'
+    >>> figure_caption("n_hits_2").endswith("(candidates, part 2).")
+    True
+    """
+    base, part = name, None
+    split = re.fullmatch(r"(.+)_(\d+)", name)
+    if name not in _CAPTIONS and split is not None and split.group(1) in _CAPTIONS:
+        base, part = split.group(1), int(split.group(2))
+    template = _CAPTIONS.get(base)
+    if template is None:
+        return (
+            f"Figure '{name}': the reference (dark line, grey band: its statistical uncertainty) "
+            "compared with each candidate (coloured lines with statistical error bars)."
+        )
+    text = template.format(cell=cell_noun, cells=_plural(cell_noun))
+    return text if part is None else f"{text[:-1]} (candidates, part {part})."
 
 
 def save_figure(fig: Figure, path_without_suffix: str | Path, dpi: int = 150) -> tuple[Path, Path]:

@@ -16,10 +16,18 @@ import numpy as np
 
 from caloforge.safety import check_output_dir
 
-__all__ = ["REPORT_FILES", "EvaluationError", "Progress", "check_paths", "json_default", "labels"]
+__all__ = [
+    "REPORT_FILES",
+    "EvaluationError",
+    "Progress",
+    "check_paths",
+    "json_default",
+    "labels",
+    "write_reports",
+]
 
 #: Report files: an existing one is only replaced with ``overwrite``.
-REPORT_FILES = ("report.md", "metrics.json")
+REPORT_FILES = ("report.md", "report.html", "metrics.json")
 
 
 class EvaluationError(ValueError):
@@ -60,3 +68,16 @@ def json_default(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def write_reports(out: Path, result: dict[str, Any], markdown: str) -> None:
+    """``metrics.json`` (``result``), ``report.md`` (``markdown``) and the self-contained
+    ``report.html`` (:func:`caloforge.evaluate.html.html_report`) in ``out``, each atomically."""
+    import json
+
+    from caloforge.atomic import atomic_write_text
+    from caloforge.evaluate.html import html_report
+
+    atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_text(out / "report.html", html_report(result, markdown, out))

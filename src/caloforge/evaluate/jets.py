@@ -19,7 +19,6 @@ caloforge's in either protocol.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from caloforge import __version__
-from caloforge.atomic import atomic_write_text
-from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.common import EvaluationError, Progress, check_paths, labels, write_reports
 from caloforge.evaluate.protocols import check_protocol, protocol_seed
 from caloforge.evaluate.report import jet_report
 from caloforge.jets import metrics as jm
@@ -406,8 +404,8 @@ def evaluate_jets(
                 out, reference_obs, dict(zip(cand_labels, observables[2:], strict=True)), progress
             )
         result["figures"] = figures
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
-        atomic_write_text(out / "report.md", jet_report(result))
+        result["figure_captions"] = _figure_captions(figures)
+        write_reports(out, result, jet_report(result))
         return result
 
 
@@ -443,19 +441,38 @@ def _write_plots(
 
     directory = out / "plots"
     directory.mkdir(exist_ok=True)
+    # More candidates than a panel shows: one figure per group (jet_mass_1, jet_mass_2, …), each
+    # candidate in the same colour throughout, all groups binned alike.
+    groups = plots.split_candidates(candidates)
+    colours = plots.candidate_colours(list(candidates))
     written = {}
     for i, (name, (key, xlabel, ylabel, logx, logy)) in enumerate(FIGURES.items()):
-        fig = plots.histogram_with_ratio(
-            _plot_values(reference, key),
-            {label: _plot_values(obs, key) for label, obs in candidates.items()},
-            xlabel,
-            reference_label=REFERENCE_LABEL,
-            logx=logx,
-            logy=logy,
-            ylabel=ylabel,
+        ref_values = _plot_values(reference, key)
+        edges = plots.shared_edges(
+            [ref_values, *(_plot_values(obs, key) for obs in candidates.values())], logx
         )
-        png, _ = plots.save_figure(fig, directory / name)
-        written[name] = str(png.relative_to(out))
+        for k, group in enumerate(groups, 1):
+            fig = plots.histogram_with_ratio(
+                ref_values,
+                {label: _plot_values(obs, key) for label, obs in group.items()},
+                xlabel,
+                reference_label=REFERENCE_LABEL,
+                edges=edges,
+                logx=logx,
+                logy=logy,
+                ylabel=ylabel,
+                colours=colours,
+            )
+            stem = name if len(groups) == 1 else f"{name}_{k}"
+            png, _ = plots.save_figure(fig, directory / stem)
+            written[stem] = str(png.relative_to(out))
         if progress is not None:
             progress("plots", i + 1, len(FIGURES))
     return written
+
+
+def _figure_captions(figures: dict[str, str]) -> dict[str, str]:
+    """One sentence per written figure (:func:`caloforge.plots.figure_caption`), the same keys."""
+    from caloforge.plots import figure_caption
+
+    return {name: figure_caption(name) for name in figures}

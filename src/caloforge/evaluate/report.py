@@ -22,6 +22,7 @@ __all__ = [
     "RESOLUTION_COLUMNS",
     "fmt",
     "fmt_error",
+    "jet_ranking",
     "jet_report",
     "jet_summary",
     "print_summary",
@@ -32,6 +33,7 @@ __all__ = [
     "summary_lines",
     "summary_table",
     "table_rows",
+    "w1_verdict",
 ]
 
 #: Every classifier AUC of a report: key (in a candidate entry, or its ``calochallenge``
@@ -133,12 +135,14 @@ def _resolving_power_text(check: dict[str, Any] | None) -> list[str]:
         "The *known distortion* is what a small, known error scores at this sample size: the same "
         "classifier (same splits, epochs and seed) trained on one half of the reference against another "
         f"half with that error, at {check['n_per_class']:,} showers per class ({check['size_from']}, "
-        "whichever is smaller of the smallest candidate and half the reference). Its own minimum "
-        "detectable AUC decides whether the sample can detect such an error:",
+        "whichever is smaller of the smallest candidate and half the reference). The sample detects such "
+        "an error where that AUC, less its spread over the splits, reaches its own minimum detectable AUC:",
         "",
     ]
     for key, d in check["auc"].items():
         found = "detected" if d["detects"] else "**not detected: too small a sample**"
+        if not d["detects"] and d["auc"][0] >= d["minimum_detectable_auc"]:
+            found += " (above the minimum detectable AUC by less than its spread over the splits)"
         lines.append(
             f"- {AUC_KINDS[key]}, {d['distortion']} ({d['how']}): AUC {fmt(d['auc'], 3)} on "
             f"{d['n_test_per_class'][0]:,} test showers per class, minimum detectable "
@@ -194,10 +198,20 @@ def ranking(result: dict[str, Any], key: str = "classifier_auc") -> list[str]:
     order = ", then ".join(f"{label} ({res['auc'][0]:.3f})" for label, res, _ in rows)
     lines.append(f"- Ranked by {AUC_KINDS[key]} AUC, closest to {ref} first: {order}.")
     if best["verdict"] == "too_small":
-        lines.append(
-            f"- This sample cannot rank them: the classifier does not detect {best['distortion']} at this "
-            "size, so every AUC here is near 0.5 whatever the model."
-        )
+        apart = [label for label, res, _ in rows if res["auc"][0] >= res["minimum_detectable_auc"]]
+        near = [label for label, _, _ in rows if label not in apart]
+        if not apart:
+            lines.append(
+                f"- This sample cannot rank them: the classifier does not detect {best['distortion']} at "
+                "this size, so every AUC here is near 0.5 whatever the model."
+            )
+        else:
+            lines.append(
+                f"- The classifier does not detect {best['distortion']} at this size, so the AUCs near 0.5 "
+                f"({', '.join(near) or 'none'}) do not mean indistinguishable and cannot be ranked among "
+                f"themselves; {', '.join(apart)} differ from {ref} all the same (AUC above the minimum "
+                "detectable)."
+            )
     elif ties:
         lines.append(
             f"- At this sample size the classifier cannot tell {best_label} from {', '.join(ties)}: their "
@@ -215,6 +229,79 @@ def ranking(result: dict[str, Any], key: str = "classifier_auc") -> list[str]:
             f"- Their held-out figures (docs/results.md, measured on at least {n:,} showers each; not this "
             f"run) rank them: {order}."
         )
+    return lines
+
+
+def w1_verdict(result: dict[str, Any]) -> list[str]:
+    """One sentence on the W1 table of a shower result: the observables on which each candidate
+    lies above the floor by more than twice their combined spread over the draws, or that none
+    does at this draw size."""
+    names = result["w1_observables"]
+    floor = result["w1_floor"]
+    size = floor["meta"]["draw_size"]
+    above = {}
+    for c in result["candidates"]:
+        worse = [
+            k
+            for k in names
+            if math.isfinite(c["w1"][k][0])
+            and c["w1"][k][0] - floor[k][0] > 2 * math.hypot(c["w1"][k][1], floor[k][1])
+        ]
+        if worse:
+            above[c["label"]] = worse
+    if not above:
+        return [
+            f"- W1: every candidate lies within 2σ of the floor on every observable at {size:,} showers "
+            "per draw, so the W1 table cannot tell them apart either."
+        ]
+    parts = "; ".join(f"{label} on {', '.join(worse)}" for label, worse in above.items())
+    within = [c["label"] for c in result["candidates"] if c["label"] not in above]
+    rest = f"; within 2σ of it everywhere: {', '.join(within)}" if within else ""
+    return [f"- W1 above the floor by more than 2σ (at {size:,} showers per draw): {parts}{rest}."]
+
+
+def jet_ranking(result: dict[str, Any]) -> list[str]:
+    """Sentences that rank the candidates of a jet result by their classifier AUC against the
+    reference (closest first), with the floor (reference half against half) and the minimum
+    detectable AUC, and which candidates the classifier cannot tell apart (AUCs within 2σ; σ
+    the larger of the spread over the splits and the standard error behind the minimum
+    detectable AUC)."""
+    floor = result["floor"]
+    rows = sorted(
+        (c for c in result["candidates"] if c["classifier_auc"] is not None),
+        key=lambda c: c["classifier_auc"][0],
+    )
+    if not rows:
+        return []
+
+    def sigma(entry: dict[str, Any]) -> float:
+        mda = entry.get("classifier_minimum_detectable_auc") or 0.5
+        return max(entry["classifier_auc"][1], (mda - 0.5) / 2)
+
+    best = rows[0]
+    order = ", then ".join(f"{c['label']} ({c['classifier_auc'][0]:.3f})" for c in rows)
+    lines = [
+        f"- Ranked by classifier AUC, closest to {result['reference']['label']} first: {order}; the floor "
+        f"({floor['label']}) scores {fmt(floor['classifier_auc'], 3)}."
+    ]
+    mda = best.get("classifier_minimum_detectable_auc")
+    if mda is not None and best["classifier_auc"][0] < mda:
+        lines.append(
+            f"- {best['label']} cannot be told from the reference at this sample size (AUC under the "
+            f"minimum detectable {mda:.3f})."
+        )
+    ties = [
+        c["label"]
+        for c in rows[1:]
+        if c["classifier_auc"][0] - best["classifier_auc"][0] < 2 * (sigma(c) ** 2 + sigma(best) ** 2) ** 0.5
+    ]
+    if ties:
+        lines.append(
+            f"- At this sample size the classifier cannot tell {best['label']} from {', '.join(ties)}: "
+            "their AUCs differ by less than twice their combined uncertainty."
+        )
+    elif len(rows) > 1:
+        lines.append(f"- {best['label']} is closest, ahead of every other candidate by more than 2σ.")
     return lines
 
 
@@ -293,6 +380,11 @@ def shower_report(result: dict[str, Any]) -> str:
         "",
         protocol_line(result),
         "",
+        "## Verdict",
+        "",
+        *(ranking(result) if len(result["candidates"]) > 1 else _verdicts(result, ["classifier_auc"])),
+        *w1_verdict(result),
+        "",
         "## W1 scores",
         "",
         f"1-d Wasserstein distances of standardised observables, **in units of "
@@ -330,8 +422,6 @@ def shower_report(result: dict[str, Any]) -> str:
         lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
     lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
     lines += _verdicts(result, ["classifier_auc"])
-    if len(result["candidates"]) > 1:
-        lines += ["", "**Ranking.**", "", *ranking(result)]
     if any("calochallenge" in c for c in result["candidates"]):
         published = result.get("protocol") == "calochallenge"
         how = (
@@ -349,7 +439,9 @@ def shower_report(result: dict[str, Any]) -> str:
             "(× 10³, as the challenge prints them; lower is better; value ± error). The high-level AUC "
             "and FPD/KPD use the challenge's current high-level features (log E_inc, log layer "
             "energies, x/y centres and widths, log E_tot, sparsities, radial centres and widths), with "
-            f"{how}.",
+            f"{how}. The first row is the floor: two disjoint random halves of the reference compared "
+            "the same way (the candidates are compared with the whole reference, so their FPD and "
+            "separation powers carry a little less sampling noise than the floor's).",
             "",
         ]
         groups = list(result["candidates"][0]["calochallenge"]["separation_power"])
@@ -359,6 +451,13 @@ def shower_report(result: dict[str, Any]) -> str:
             + " | FPD ×10³ | KPD ×10³ | high-level AUC | low-level AUC |"
         )
         lines.append("|---|" + "---|" * (len(groups) + 4))
+        floor = result.get("calochallenge_floor")
+        if floor is not None:
+            lines.append(
+                f"| {result['reference']['label']} vs itself (floor, halves of {floor['n_per_half']:,}) | "
+                + " | ".join(f"{floor['separation_power'][g]:.4f}" for g in groups)
+                + f" | {fmt_error(floor['fpd'], 1e3)} | {fmt_error(floor['kpd'], 1e3)} | - | - |"
+            )
         for c in result["candidates"]:
             cc = c["calochallenge"]
             aucs = [fmt(cc[k], 3) if k in cc else "-" for k in ("high_level_auc", "low_level_auc")]
@@ -428,6 +527,10 @@ def jet_report(result: dict[str, Any]) -> str:
         f"{result['caloforge_version']}.",
         "",
         protocol_line(result),
+        "",
+        "## Verdict",
+        "",
+        *jet_ranking(result),
         "",
         "## Metrics",
         "",
@@ -505,9 +608,12 @@ def _notes_and_figures(result: dict[str, Any]) -> list[str]:
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {note}" for note in result["notes"]]
     if result["figures"]:
+        captions = result.get("figure_captions") or {}
         lines += ["", "## Figures", ""]
         for name, path in result["figures"].items():
             lines += [f"### {name.replace('_', ' ')}", "", f"![{name}]({path})", ""]
+            if name in captions:
+                lines += [captions[name], ""]
     return lines
 
 
@@ -574,4 +680,4 @@ def print_summary(result: dict[str, Any], out: Path, console: Console) -> None:
     console.print(table)
     for line, markup in lines:
         console.print(line, markup=markup)
-    console.print(f"report: {out / 'report.md'}")
+    console.print(f"report: {out / 'report.md'} (one self-contained page: {out / 'report.html'})")

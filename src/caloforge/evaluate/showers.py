@@ -33,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from caloforge import __version__, asset_path
-from caloforge.atomic import atomic_write_text
 from caloforge.detector import CellGrid, Detector, PolarGrid, common_detector
 from caloforge.engines import make_engine
-from caloforge.evaluate.common import EvaluationError, Progress, check_paths, json_default, labels
+from caloforge.evaluate.common import EvaluationError, Progress, check_paths, labels, write_reports
 from caloforge.evaluate.protocols import check_protocol, classifier_settings, protocol_seed
 from caloforge.evaluate.report import shower_report
 from caloforge.io import PointShowers, Showers, VoxelShowers, open_showers
@@ -324,14 +323,10 @@ def _calochallenge(
     ref_vox, ref_feat = _cc_features(reference, det, config, cache)
     cand_vox, cand_feat = _cc_features(candidate, det, config, cache)
     powers = metrics.separation_powers(ref_feat, cand_feat)
-    groups: dict[str, list[float]] = {}
-    for name, value in powers.items():
-        groups.setdefault(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, []).append(value)
-
     ref_in = _cc_classifier_inputs(ref_vox, ref_feat, det, config)
     cand_in = _cc_classifier_inputs(cand_vox, cand_feat, det, config)
     out: dict[str, Any] = {
-        "separation_power": {k: float(np.mean(v)) for k, v in groups.items()},
+        "separation_power": _power_groups(powers),
         "separation_power_per_feature": powers,
         **_distances(ref_in["high_level_auc"], cand_in["high_level_auc"], config),
     }
@@ -342,6 +337,34 @@ def _calochallenge(
             fits[key] = _fit(ref_in[key], cand_in[key], config, key)
             out[key] = fits[key].as_tuple()
     return out, fits
+
+
+def _power_groups(powers: dict[str, float]) -> dict[str, float]:
+    """Separation powers per feature (``E_layer_3``, …) as their mean per feature group."""
+    groups: dict[str, list[float]] = {}
+    for name, value in powers.items():
+        groups.setdefault(name.rsplit("_", 1)[0] if name[-1].isdigit() else name, []).append(value)
+    return {k: float(np.mean(v)) for k, v in groups.items()}
+
+
+def _calochallenge_floor(
+    reference: _Sample, det: Detector, config: EvaluationConfig, cache: dict[Path, Any]
+) -> dict[str, Any]:
+    """The CaloChallenge separation powers, FPD and KPD of two disjoint random halves of the
+    reference (the floor of those figures, at half the reference's size per side)."""
+    from caloforge import calochallenge, metrics
+
+    vox, feat = _cc_features(reference, det, config, cache)
+    n = len(vox) // 2
+    perm = np.random.default_rng(config.seed + 1).permutation(len(vox))
+    a, b = np.sort(perm[:n]), np.sort(perm[n : 2 * n])
+    feat_a, feat_b = ({k: v[i] for k, v in feat.items()} for i in (a, b))
+    x, y = (calochallenge.high_level_inputs(vox[i], det, f) for i, f in ((a, feat_a), (b, feat_b)))
+    return {
+        "n_per_half": n,
+        "separation_power": _power_groups(metrics.separation_powers(feat_a, feat_b)),
+        **_distances(x, y, config),
+    }
 
 
 def _distortion_check(
@@ -401,7 +424,8 @@ def _distortion_check(
             "n_test_per_class": list(fit.n_test),
             "standard_error": metrics.auc_standard_error(0.5, *fit.n_test),
             "minimum_detectable_auc": fit.minimum_detectable_auc(),
-            "detects": bool(fit.auc >= fit.minimum_detectable_auc()),
+            # detected: above the minimum detectable AUC by more than its spread over the splits
+            "detects": bool(fit.auc - fit.as_tuple()[1] >= fit.minimum_detectable_auc()),
             "distortion": kinds[key].name,
             "how": kinds[key].how,
         }
@@ -415,18 +439,22 @@ def _heldout_figures() -> dict[str, Any]:
     return json.loads(asset_path(HELDOUT_FIGURES).read_text())["figures"]
 
 
-def _heldout(sample: _Sample, figures: dict[str, Any]) -> dict[str, Any] | None:
+def _heldout(sample: _Sample, figures: dict[str, Any], detector: str | None = None) -> dict[str, Any] | None:
     """The held-out figures of the shipped model that made ``sample``, if any.
 
     Matched on the generator label (a label several shipped models share holds a list of
     entries); where an entry names the shipped weights (``model``) and the file names other
-    weights (a model trained by the user), that entry is not the file's figure.
+    weights (a model trained by the user), that entry is not the file's figure; where it names
+    the readout it was measured on (``detector``) and the evaluation runs on another one (a
+    window of it, say), neither.
     """
     entries = figures.get(sample.generator)
     if entries is None:
         return None
     made_by = sample.attrs.get("model")
     for entry in entries if isinstance(entries, list) else [entries]:
+        if detector is not None and entry.get("detector", detector) != detector:
+            continue
         if "model" not in entry or made_by is None or Path(str(made_by)).name == entry["model"]:
             return entry
     return None
@@ -629,6 +657,8 @@ def evaluate_showers(
             )
         cc_cache: dict[Path, Any] = {}
         check = _distortion_check(ref, cands, det, config, cc_cache, notes, progress)
+        polar = isinstance(det.readout, PolarGrid)
+        cc_floor = _calochallenge_floor(ref, det, config, cc_cache) if polar else None
         reference_name = "Geant4" if ref.generator == "geant4" else f"the reference ({ref.label})"
         heldout_figures = _heldout_figures()
         result: dict[str, Any] = {
@@ -639,6 +669,7 @@ def evaluate_showers(
             "w1_observables": list(metrics.W1_OBSERVABLES),
             "w1_floor": {k: list(v) for k, v in floor.items()} | {"meta": floor.metadata()},
             "distortion_check": check,
+            "calochallenge_floor": cc_floor,
             "protocol": protocol.name,
             "metric_protocols": _metric_protocols(
                 protocol.name, isinstance(det.readout, PolarGrid), config.low_level
@@ -682,7 +713,7 @@ def evaluate_showers(
             entry["auc_resolution"] = {
                 key: _resolution(fit, check, key, reference_name) for key, fit in fits.items()
             }
-            held = _heldout(cand, heldout_figures)
+            held = _heldout(cand, heldout_figures, det.name)
             if held is not None:  # the held-out figures are caloforge's: not beside another protocol's
                 mine = result["metric_protocols"]
                 held = held | {"auc": {k: v for k, v in held["auc"].items() if mine.get(k) == "caloforge"}}
@@ -697,8 +728,8 @@ def evaluate_showers(
         if config.plots:
             figures = _write_plots(out, det, ref, cands, classifier_results, progress)
         result["figures"] = figures
-        atomic_write_text(out / "metrics.json", json.dumps(result, indent=2, default=json_default))
-        atomic_write_text(out / "report.md", shower_report(result))
+        result["figure_captions"] = _figure_captions(figures, det)
+        write_reports(out, result, shower_report(result))
         return result
 
 
@@ -741,6 +772,19 @@ def _pairs(ref: _Sample, cands: Sequence[_Sample], size: int, config: Evaluation
     }
 
 
+def _cell_noun(det: Detector) -> str:
+    """The readout channel in figure labels and captions: "voxel" on a polar (voxel) readout,
+    "cell" on a cell grid (the cells of cell images included)."""
+    return "voxel" if isinstance(det.readout, PolarGrid) else "cell"
+
+
+def _figure_captions(figures: dict[str, str], det: Detector) -> dict[str, str]:
+    """One sentence per written figure (:func:`caloforge.plots.figure_caption`), the same keys."""
+    from caloforge.plots import figure_caption
+
+    return {name: figure_caption(name, _cell_noun(det)) for name in figures}
+
+
 def _write_plots(
     out: Path,
     det: Detector,
@@ -762,6 +806,7 @@ def _write_plots(
         long_edges=det.long_edges,
         radial_edges_mm=det.radial_edges_mm,
         profile_edges_mm=radial_profile_edges(det),
+        cell_noun=_cell_noun(det),
     )
     if classifier_results:
         figs["classifier_scores"] = plots.plot_classifier_scores(
