@@ -299,3 +299,17 @@ def test_kpd_same_and_different():
     assert shifted > 5 * err_shifted and shifted > 0.5
     with pytest.raises(ValueError, match="batch_size"):
         kpd(x, y, batch_size=4001)
+
+
+def test_log_cell_energy_sees_a_pile_up_above_the_threshold(reference, floor):
+    """A few cells moved just above the threshold (CaloINN's and L2LFlows' failure): the W1 of
+    log cell energies over every cell sees it far above its floor, E_cell (as many cells as
+    showers, linear energies: the published convention) far less, in units of its floor."""
+    showers = random_points(8000, 40, seed=4)
+    pts = showers.points.copy()
+    low = np.random.default_rng(4).random(pts.shape[:2]) < 0.1
+    pts[..., 3] = np.where(low & (pts[..., 3] > 0), 1.2 * ILD.threshold_mev, pts[..., 3])
+    piled = w1_scores(reference, compute_observables(PointShowers(np.full(8000, 50.0), pts), ILD))
+    (m, s), (fm, fs) = piled["log E_cell"], floor["log E_cell"]
+    assert m > 5 * fm and m - fm > 5 * np.hypot(s, fs)
+    assert piled["E_cell"][0] / floor["E_cell"][0] < m / fm / 3
