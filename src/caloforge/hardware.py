@@ -10,7 +10,7 @@ import platform
 import time
 from pathlib import Path
 
-__all__ = ["busy_cpus", "cpu_name", "cpu_vendor", "cpuinfo", "default_threads", "usable_cpus"]
+__all__ = ["busy_cpus", "cpu_name", "cpu_vendor", "cpuinfo", "default_threads", "free_cpus", "usable_cpus"]
 
 
 @functools.cache
@@ -84,6 +84,16 @@ def busy_cpus(window_s: float = 0.1) -> float | None:
     return max(0.0, len(cpus) * (end[0] - start[0] - own) / (end[1] - start[1]))
 
 
+def free_cpus(cpus: int, busy: float) -> int:
+    """The CPUs of ``cpus`` that ``busy`` CPUs' worth of other work leaves free: a CPU at least
+    half busy counts as busy; at least one.
+
+    >>> [free_cpus(2, busy) for busy in (0.0, 0.4, 0.5, 1.0, 1.6, 2.0)]
+    [2, 2, 1, 1, 1, 1]
+    """
+    return max(1, cpus - math.floor(busy + 0.5))
+
+
 def default_threads(busy: float | None = None) -> tuple[int, str]:
     """The torch CPU threads a command uses when ``--threads`` is not given, and why: the CPUs
     that other work does not keep busy (a CPU at least half busy counts as busy), at least one.
@@ -91,11 +101,6 @@ def default_threads(busy: float | None = None) -> tuple[int, str]:
     process stalls every one of them: on 2 cores with one busy process, 2 threads generate
     several times slower than 1. ``OMP_NUM_THREADS``, where set, decides instead. ``busy``
     (CPUs busy with other work) is measured by :func:`busy_cpus` when not given.
-
-    >>> default_threads(busy=0.0)[0] == usable_cpus()
-    True
-    >>> default_threads(busy=float(usable_cpus()))[0]
-    1
     """
     cpus = usable_cpus()
     if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
@@ -104,7 +109,7 @@ def default_threads(busy: float | None = None) -> tuple[int, str]:
         busy = busy_cpus()
     if busy is None:
         return cpus, f"all {cpus} CPUs (their load cannot be read here)"
-    free = max(1, cpus - math.floor(busy + 0.5))
+    free = free_cpus(cpus, busy)
     if free == cpus:
         return cpus, f"all {cpus} CPUs (idle)"
     return free, f"{free} of {cpus} CPUs: other work keeps {busy:.1f} busy"

@@ -912,7 +912,7 @@ _CAPTIONS: dict[str, str] = {
     "constituent_ptrel": "Constituent transverse momentum relative to the jet's, pT_rel = pT / pT_jet "
     "(log y), as the fraction of particles per bin; "
     + _HIST_BANDS
-    + ". A spike in one bin at a model's largest pT_rel is its sampler's clip (EPiC-JeDi clips its "
+    + "; a spike in one bin at a model's largest pT_rel is its sampler's clip (EPiC-JeDi clips its "
     "denoised particles at 3σ, ≈ 0.27 for top jets; MODEL.md), not a feature of the jets.",
     "constituent_etarel": "Constituent pseudorapidity relative to the jet axis, η_rel, as the fraction "
     "of particles per bin; " + _HIST_BANDS + ".",
