@@ -89,6 +89,36 @@ def test_same_distribution_at_floor_shifted_above(report):
     assert hot["classifier_auc"][0] > 0.7
 
 
+def test_cell_level_classifier_on_point_files(files, tmp_path):
+    """--low-level on a cell grid: the cell-level classifier beside the SPEC 5 one, with its
+    resolving power (minimum detectable AUC, the known distortion) and its report section; the
+    shifted, hotter candidate is far easier to tell than the same-distribution one."""
+    config = EvaluationConfig(
+        n_draws=2, classifier_splits=2, classifier_epochs=3, plots=False, low_level=True
+    )
+    result = evaluate(files["ref"], [files["same"], files["hot"]], tmp_path / "o", config)
+    same, hot = result["candidates"]
+    assert result["metric_protocols"]["cell_level_auc"] == "caloforge"
+    assert set(result["distortion_check"]["auc"]) == {"classifier_auc", "cell_level_auc"}
+    for c in (same, hot):
+        res = c["auc_resolution"]["cell_level_auc"]
+        assert res["auc"] == c["cell_level_auc"] and 0.5 < res["minimum_detectable_auc"] < 0.6
+    assert hot["cell_level_auc"][0] > 0.8 and hot["cell_level_auc"][0] > same["cell_level_auc"][0] + 0.2
+    text = (tmp_path / "o" / "report.md").read_text()
+    assert "## Cell-level classifier AUC" in text and "13 × 13 cells" in text
+    assert "model-b, cell-level AUC" in text
+    # the classifier weights, for each classifier; the cell-level one places most of the hot
+    # candidate's showers with confidence, few of the same-distribution one's
+    assert set(hot["classifier_weights"]) == {"classifier_auc", "cell_level_auc"}
+    w_same, w_hot = same["classifier_weights"]["cell_level_auc"], hot["classifier_weights"]["cell_level_auc"]
+    assert w_hot["candidate"]["outside"] > w_same["candidate"]["outside"] + 0.2
+    assert w_hot["candidate"]["quantiles"]["50"] < w_same["candidate"]["quantiles"]["50"]
+    assert len(w_hot["least_like"]) == 5 and all(10 <= s["energy_gev"] <= 90 for s in w_hot["least_like"])
+    weights = [s["weight"] for s in w_hot["least_like"]]
+    assert weights == sorted(weights) and weights[0] < 0.5
+    assert "## Classifier weights" in text and "Least reference-like candidate showers" in text
+
+
 def test_voxel_files_get_calochallenge_metrics(tmp_path):
     det = get_detector("calochallenge-ds2")
     ref = voxelise(random_points(120, 60, seed=1, n_layers=45), det)
@@ -453,43 +483,64 @@ def test_report_html_is_self_contained(report):
     assert "model-b on " in w1_line and "E_vis/E_inc" in w1_line.split("model-b on ")[1]
 
 
+#: What the browser test does in Chromium, run in a fresh Python process (no state of other
+#: tests, such as an event loop left behind, can reach Playwright's sync API): prints JSON.
+_BROWSER_SCRIPT = """
+import json, sys
+from playwright.sync_api import sync_playwright
+page_file, chromium, shot = sys.argv[1:4]
+flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]
+order = "Array.from(document.querySelectorAll('table')[0].tBodies[0].rows).map(r => r.cells[0].textContent)"
+messages, requests = [], []
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=chromium, args=flags, timeout=180_000)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(180_000)
+        page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
+        page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(page_file)
+        page.wait_for_load_state("load")
+        images = page.evaluate(
+            "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+        )
+        page.click("table th:nth-child(3)")
+        up = page.evaluate(order)
+        page.click("table th:nth-child(3)")
+        down = page.evaluate(order)
+        page.screenshot(path=shot, full_page=True)
+        height = page.evaluate("document.body.scrollHeight")
+    finally:
+        browser.close()
+print(json.dumps({"images": images, "messages": messages, "requests": requests, "up": up, "down": down,
+                  "height": height}))
+"""
+
+
 def test_report_html_opens_in_headless_chromium(report, tmp_path):
     """As a user opens it: every figure decoded and shown, no console error, a page of
-    plausible size, and a click on a header sorts the table."""
-    chromium = _need_browser()
-    from playwright.sync_api import sync_playwright
+    plausible size, and a click on a header (E_vis/E_inc: the shifted candidate is far off)
+    sorts the table both ways with the floor kept first."""
+    import subprocess
+    import sys
 
+    chromium = _need_browser()
     out, result = report
     moved = tmp_path / "mailed.html"  # a page that was mailed: nothing beside it
     moved.write_bytes((out / "report.html").read_bytes())
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", "--no-first-run"]  # fmt: skip
-    messages, requests = [], []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=flags)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: messages.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: messages.append(f"pageerror: {e}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(moved.as_uri())
-            page.wait_for_load_state("load")
-            images = page.evaluate(
-                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
-            )
-            order = (
-                "Array.from(document.querySelectorAll('table')[0].tBodies[0].rows)"
-                ".map(r => r.cells[0].textContent)"
-            )
-            page.click("table th:nth-child(3)")  # E_vis/E_inc: the shifted candidate is far off
-            up = page.evaluate(order)
-            page.click("table th:nth-child(3)")
-            down = page.evaluate(order)
-            shot = tmp_path / "report.png"
-            page.screenshot(path=str(shot), full_page=True)
-            height = page.evaluate("document.body.scrollHeight")
-        finally:
-            browser.close()
+    shot = tmp_path / "report.png"
+    run = subprocess.run(
+        [sys.executable, "-c", _BROWSER_SCRIPT, moved.as_uri(), chromium, str(shot)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    images, messages, requests = seen["images"], seen["messages"], seen["requests"]
+    up, down, height = seen["up"], seen["down"], seen["height"]
     assert sorted(alt for alt, *_ in images) == sorted(result["figures"])
     assert all(done and w > 100 and h > 100 for _, done, w, h in images), images
     assert not [m for m in messages if m.startswith(("error", "pageerror"))], messages

@@ -600,7 +600,11 @@ def evaluate(
         ),
     ] = None,
     low_level: Annotated[
-        bool, typer.Option(help="Also train the low-level (per-voxel) classifier on voxel data.")
+        bool,
+        typer.Option(
+            help="Also train a low-level classifier: per voxel (voxel data) or on the 13 x 13 cells "
+            "around the axis per layer (points and cell images)."
+        ),
     ] = False,
     plots: Annotated[bool, typer.Option(help="Write the figures (PNG and PDF).")] = True,
     max_showers: Annotated[

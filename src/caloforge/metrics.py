@@ -37,22 +37,27 @@ from typing import Any
 
 import numpy as np
 
-from caloforge.detector import CALOCHALLENGE_THRESHOLD_MEV, Detector, PolarGrid, get_detector
+from caloforge.detector import CALOCHALLENGE_THRESHOLD_MEV, CellGrid, Detector, PolarGrid, get_detector
 from caloforge.io import VoxelShowers
 from caloforge.observables import ShowerObservables
+from caloforge.projection import Hits
 
 __all__ = [
+    "CELL_WINDOW",
     "DEFAULT_DRAW_SIZE",
     "HIGH_LEVEL_HIDDEN",
     "LOW_LEVEL_HIDDEN",
     "W1_OBSERVABLES",
     "W1_UNIT",
+    "WEIGHT_RANGE",
     "ClassifierResult",
     "W1Scores",
     "auc_standard_error",
     "calochallenge_features",
+    "cell_level_features",
     "classifier_auc",
     "classifier_inputs",
+    "classifier_weights",
     "default_draw_size",
     "feature_matrix",
     "fpd",
@@ -67,6 +72,7 @@ __all__ = [
     "w1_distance",
     "w1_floor",
     "w1_scores",
+    "weight_summary",
 ]
 
 #: Unit of every W1 value returned by :func:`w1_scores` and :func:`w1_floor` (SPEC 5).
@@ -425,6 +431,9 @@ class ClassifierResult:
     scores_b: np.ndarray
     aucs: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_per_class: int = 0
+    #: Row of ``features_a`` / ``features_b`` behind each entry of ``scores_a`` / ``scores_b``.
+    index_a: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    index_b: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def as_tuple(self) -> tuple[float, float]:
         """``(auc, auc_std)``, the ``(value, uncertainty)`` form of the other metrics."""
@@ -602,8 +611,8 @@ def classifier_auc(
     if n < 2 * n_folds:
         raise ValueError(f"need at least {2 * n_folds} samples per class for the classifier, got {n}")
     rng = np.random.default_rng(seed)
-    a = a[rng.permutation(len(a))[:n]]
-    b = b[rng.permutation(len(b))[:n]]
+    rows_a, rows_b = rng.permutation(len(a))[:n], rng.permutation(len(b))[:n]
+    a, b = a[rows_a], b[rows_b]
     x = np.concatenate([a, b])
     y = np.concatenate([np.zeros(n), np.ones(n)])
     folds = [
@@ -622,7 +631,7 @@ def classifier_auc(
         largest = max((w_in * w_out for w_in, w_out in itertools.pairwise(widths)), default=0)
         n_threads = 1 if largest < 65_536 else min(old_threads, 4)
     torch.set_num_threads(max(1, n_threads))
-    aucs, scores_a, scores_b = [], [], []
+    aucs, scores_a, scores_b, index_a, index_b = [], [], [], [], []
     try:
         with torch.random.fork_rng(devices=[]):
             for i in range(n_splits):
@@ -634,6 +643,8 @@ def classifier_auc(
                 aucs.append(roc_auc_score(y[test], s))
                 scores_a.append(s[y[test] == 0])
                 scores_b.append(s[y[test] == 1])
+                index_a.append(rows_a[test[y[test] == 0]])
+                index_b.append(rows_b[test[y[test] == 1] - n])
     finally:
         torch.set_num_threads(old_threads)
     aucs_arr = np.array(aucs)
@@ -644,7 +655,55 @@ def classifier_auc(
         scores_b=np.concatenate(scores_b),
         aucs=aucs_arr,
         n_per_class=n,
+        index_a=np.concatenate(index_a),
+        index_b=np.concatenate(index_b),
     )
+
+
+#: Classifier weights w = (1 - C) / C outside this range flag a sample as far from the reference.
+WEIGHT_RANGE = (0.5, 2.0)
+
+
+def classifier_weights(scores: np.ndarray) -> np.ndarray:
+    """Classifier weights ``w = (1 − C) / C`` of candidate-class outputs ``C``: the ratio
+    p_reference / p_candidate the classifier has learned (1: it cannot tell; small: far more
+    candidate-like than any reference shower), clipped to [1e-6, 1e6].
+
+    >>> classifier_weights(np.array([0.5, 0.8, 0.2])).round(3).tolist()
+    [1.0, 0.25, 4.0]
+    """
+    c = np.clip(np.asarray(scores, np.float64), 1e-6 / (1 + 1e-6), 1 / (1 + 1e-6))
+    return (1 - c) / c
+
+
+def weight_summary(fit: ClassifierResult, n_least: int = 5) -> dict[str, Any]:
+    """The classifier weights (:func:`classifier_weights`) of a fit's test showers: the share
+    of reference and of candidate showers with a weight outside :data:`WEIGHT_RANGE`, the 1,
+    10, 50, 90 and 99 % quantiles of each, and the ``n_least`` candidate showers the classifier
+    finds least reference-like (smallest weight), as row indices of ``features_b`` with their
+    weights."""
+    lo, hi = WEIGHT_RANGE
+    out: dict[str, Any] = {"range": [lo, hi]}
+    for name, scores in (("reference", fit.scores_a), ("candidate", fit.scores_b)):
+        w = classifier_weights(scores)
+        out[name] = {
+            "outside": float(np.mean((w < lo) | (w > hi))) if len(w) else float("nan"),
+            "quantiles": dict(
+                zip(
+                    ("1", "10", "50", "90", "99"),
+                    np.quantile(w, [0.01, 0.1, 0.5, 0.9, 0.99]).tolist(),
+                    strict=True,
+                )
+            )
+            if len(w)
+            else {},
+        }
+    w_b = classifier_weights(fit.scores_b)
+    order = np.argsort(w_b, kind="stable")[:n_least]
+    out["least_like"] = (
+        [{"row": int(fit.index_b[k]), "weight": float(w_b[k])} for k in order] if len(fit.index_b) else []
+    )
+    return out
 
 
 def low_level_features(
@@ -669,6 +728,53 @@ def low_level_features(
     e = voxels.voxels.astype(np.float64)
     e = np.where(e >= thr, e, 0.0)
     return np.column_stack([np.log10(voxels.energy), np.log1p(e / thr)])
+
+
+#: Cells per side of the window of the cell-level classifier, centred on the shower axis.
+CELL_WINDOW = 13
+
+
+def cell_level_features(
+    hits: Hits, energy_gev: np.ndarray, detector: Detector, window: int = CELL_WINDOW
+) -> np.ndarray:
+    """Cell-level classifier inputs of showers on a cell grid: ``(n, 1 + L·w² + L)``.
+
+    Column 0 is log10(E_inc / GeV); then, layer after layer, ln(1 + E / threshold) of the
+    ``w × w`` cells around the shower axis (``w = window``, odd; order layer → x → y), then of
+    each layer's energy outside them (the cells beyond the window, and energy beyond the
+    readout is not counted). ``hits`` are the thresholded readout hits of the ``n`` showers
+    (:func:`caloforge.projection.to_hits`, :func:`~caloforge.projection.apply_threshold`):
+    point clouds projected on the cells and cell images alike give the same inputs.
+
+    >>> from caloforge.detector import get_detector
+    >>> from caloforge.io import PointShowers
+    >>> from caloforge.projection import apply_threshold, to_hits
+    >>> det = get_detector("ild-ecal")
+    >>> pts = np.array([[[0.0, 0.0, 0.5, 10.0], [40.0, 0.0, 0.5, 5.0], [0.0, 5.1, 2.5, 1.0]]], np.float32)
+    >>> x = cell_level_features(apply_threshold(to_hits(PointShowers([50.0], pts), det), 0.1), [50.0], det, 3)
+    >>> x.shape, round(float(x[0, 0]), 3)  # 1 + 30 layers x 9 cells + 30 outside
+    ((1, 301), 1.699)
+    >>> [round(float(v), 3) for v in (x[0, 5], x[0, 1 + 2 * 9 + 5], x[0, 271])]  # centre, y+1, outside
+    [4.615, 2.398, 3.932]
+    """
+    if not isinstance(detector.readout, CellGrid):
+        raise ValueError(f"cell_level_features needs a cell-grid detector, not {detector.name}")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the window must be an odd number of cells, got {window}")
+    thr = detector.threshold_mev
+    n, n_layers, half = len(energy_gev), detector.n_layers, window // 2
+    size = detector.readout.cell_size_mm
+    ix = np.rint(hits.x / size).astype(np.int64) + half
+    iy = np.rint(hits.y / size).astype(np.int64) + half
+    inside = (ix >= 0) & (ix < window) & (iy >= 0) & (iy < window)
+    cells = np.zeros((n, n_layers * window * window))
+    flat = (hits.layer * window + ix) * window + iy
+    np.add.at(cells, (hits.shower[inside], flat[inside]), hits.energy[inside])
+    outside = np.zeros((n, n_layers))
+    np.add.at(outside, (hits.shower[~inside], hits.layer[~inside]), hits.energy[~inside])
+    return np.column_stack(
+        [np.log10(np.asarray(energy_gev, np.float64)), np.log1p(cells / thr), np.log1p(outside / thr)]
+    )
 
 
 # --------------------------------------------------------------------------------------

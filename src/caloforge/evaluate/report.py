@@ -40,6 +40,7 @@ __all__ = [
 #: part) -> name in the report and the printed summary.
 AUC_KINDS = {
     "classifier_auc": "SPEC 5 high-level",
+    "cell_level_auc": "cell-level",
     "high_level_auc": "CaloChallenge high-level",
     "low_level_auc": "CaloChallenge low-level",
 }
@@ -422,6 +423,29 @@ def shower_report(result: dict[str, Any]) -> str:
         lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
     lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
     lines += _verdicts(result, ["classifier_auc"])
+    if any("cell_level_auc" in c["auc_resolution"] for c in result["candidates"]):
+        from caloforge.metrics import CELL_WINDOW
+
+        lines += [
+            "",
+            "## Cell-level classifier AUC",
+            "",
+            f"The same kind of classifier (MLP 512-512-256) on the cells themselves (`--low-level`): "
+            f"log10 E_inc, then ln(1 + E / threshold) of the {CELL_WINDOW} × {CELL_WINDOW} cells around "
+            "the shower axis in every layer and of each layer's energy outside them "
+            "(`caloforge.metrics.cell_level_features`). It sees what the 25 summary features cannot: the "
+            "energy and occupancy of single cells, layer by layer.",
+            "",
+            "| sample | showers per class | " + RESOLUTION_COLUMNS,
+            "|---|---|---|---|---|---|",
+        ]
+        for c in result["candidates"]:
+            if "cell_level_auc" in c["auc_resolution"]:
+                cells = _resolution_cells(c, "cell_level_auc")
+                lines.append(
+                    f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |"
+                )
+        lines += ["", *_verdicts(result, ["cell_level_auc"])]
     if any("calochallenge" in c for c in result["candidates"]):
         published = result.get("protocol") == "calochallenge"
         how = (
@@ -482,9 +506,59 @@ def shower_report(result: dict[str, Any]) -> str:
                     cells = _resolution_cells(c, key)
                     lines.append(f"| {c['label']} | {AUC_KINDS[key]} | " + " | ".join(cells) + " |")
         lines += ["", *_verdicts(result, cc_keys)]
+    lines += _weight_lines(result)
     if "pairs" in result:
         lines += _pair_lines(result["pairs"])
     return "\n".join(lines + _notes_and_figures(result)) + "\n"
+
+
+def _weight_lines(result: dict[str, Any]) -> list[str]:
+    """The classifier-weights section of a shower report: per classifier and candidate, the
+    share of showers with a weight outside the range (reference's beside it), and the
+    candidate showers the classifier finds least like the reference."""
+    rows, least = [], []
+    for c in result["candidates"]:
+        for key, w in c.get("classifier_weights", {}).items():
+            q = w["candidate"]["quantiles"]
+            rows.append(
+                f"| {c['label']} | {AUC_KINDS[key]} | {w['candidate']['outside']:.1%} | "
+                f"{w['reference']['outside']:.1%} | {q.get('1', float('nan')):.3g} | "
+                f"{q.get('50', float('nan')):.3g} | {q.get('99', float('nan')):.3g} |"
+            )
+            if w["least_like"]:
+                showers = "; ".join(
+                    f"row {s['row']}: {s['energy_gev']:.1f} GeV (w {s['weight']:.2g}, "
+                    f"E_vis/E_inc {s['e_ratio']:.4f}, "
+                    f"N_hits {s['n_hits']}, m1 Z {s['cog_z']:.1f})"
+                    for s in w["least_like"]
+                )
+                least.append(f"- {c['label']}, {AUC_KINDS[key]}: {showers}.")
+    if not rows:
+        return []
+    from caloforge.metrics import WEIGHT_RANGE
+
+    lo, hi = WEIGHT_RANGE
+    return [
+        "",
+        "## Classifier weights",
+        "",
+        "The weight w = (1 − C) / C of a test shower, C the classifier's output for the candidate "
+        "class, is the ratio p_reference / p_candidate the classifier has learned there: 1 where it "
+        "cannot tell, small where a shower is far more candidate-like than any reference shower, large "
+        f"the other way. The share of showers outside [{lo:g}, {hi:g}] says how much of a sample the "
+        "classifier places with confidence (a second reference sample among the candidates shows the "
+        "floor of that share at this size). Then the candidate showers with the smallest weights, by "
+        "their row in the candidate file.",
+        "",
+        f"| sample | classifier | candidate showers outside [{lo:g}, {hi:g}] | reference showers outside | "
+        "w 1 % | w median | w 99 % |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Least reference-like candidate showers:",
+        "",
+        *least,
+    ]
 
 
 #: Report columns: result key, table header, unit key of :data:`caloforge.jets.metrics.UNITS`.

@@ -239,14 +239,53 @@ def _distorted_observables(
     """Observables of the showers ``index`` (sorted) of ``path`` with the known distortion
     (:data:`DISTORTIONS`), applied before the projection and threshold of
     :func:`~caloforge.observables.compute_observables` (as a mis-modelled simulation would be)."""
-    parts, lo = [], 0
+    parts = [compute_observables(_distorted(chunk, det), det) for chunk in _chunks(path, det, config, index)]
+    return ShowerObservables.concatenate(parts)
+
+
+def _chunks(path: Path, det: Detector, config: EvaluationConfig, index: np.ndarray | None = None) -> Any:
+    """The showers of ``path`` chunk by chunk (only those of ``index``, sorted, if given)."""
+    lo = 0
     with open_showers(path, det) as f:
         for chunk in f.iter_chunks(config.chunk_size, stop=config.max_showers):
-            mine = index[(index >= lo) & (index < lo + len(chunk))] - lo
+            mine = (
+                np.arange(len(chunk))
+                if index is None
+                else index[(index >= lo) & (index < lo + len(chunk))] - lo
+            )
             if len(mine):
-                parts.append(compute_observables(_distorted(chunk[mine], det), det))
+                yield chunk if index is None else chunk[mine]
             lo += len(chunk)
-    return ShowerObservables.concatenate(parts)
+
+
+def _cell_level_inputs(
+    path: Path,
+    det: Detector,
+    config: EvaluationConfig,
+    index: np.ndarray | None = None,
+    distort: bool = False,
+) -> np.ndarray:
+    """Cell-level classifier inputs (:func:`caloforge.metrics.cell_level_features`) of the
+    showers of ``path`` (only ``index``, with the known distortion if ``distort``)."""
+    from caloforge import metrics
+    from caloforge.projection import apply_threshold, to_hits
+
+    parts = []
+    for chunk in _chunks(path, det, config, index):
+        chunk = _distorted(chunk, det) if distort else chunk
+        hits = apply_threshold(to_hits(chunk, det), det.threshold_mev)
+        parts.append(metrics.cell_level_features(hits, chunk.energy, det))
+    return np.concatenate(parts)
+
+
+def _cell_level(
+    sample: _Sample, det: Detector, config: EvaluationConfig, cache: dict[Path, Any]
+) -> np.ndarray:
+    """A sample's cell-level classifier inputs, computed once per file."""
+    key = ("cells", sample.path)
+    if key not in cache:
+        cache[key] = _cell_level_inputs(sample.path, det, config)
+    return cache[key]
 
 
 def _cc_features(
@@ -287,7 +326,7 @@ def _fit(a: np.ndarray, b: np.ndarray, config: EvaluationConfig, key: str) -> Cl
     classifier (``classifier_auc``) is caloforge's; the CaloChallenge ones follow the protocol."""
     from caloforge import calochallenge, metrics
 
-    protocol = "caloforge" if key == "classifier_auc" else config.protocol
+    protocol = config.protocol if key in ("high_level_auc", "low_level_auc") else "caloforge"
     splits, epochs = classifier_settings(config.classifier_splits, config.classifier_epochs, protocol)
     if protocol == "calochallenge":
         return calochallenge.classifier_auc(
@@ -299,7 +338,9 @@ def _fit(a: np.ndarray, b: np.ndarray, config: EvaluationConfig, key: str) -> Cl
         n_splits=splits,
         epochs=epochs,
         seed=config.seed,
-        hidden=metrics.LOW_LEVEL_HIDDEN if key == "low_level_auc" else metrics.HIGH_LEVEL_HIDDEN,
+        hidden=metrics.LOW_LEVEL_HIDDEN
+        if key in ("low_level_auc", "cell_level_auc")
+        else metrics.HIGH_LEVEL_HIDDEN,
         device=config.device,
     )
 
@@ -405,6 +446,10 @@ def _distortion_check(
     }
     with open_showers(ref.path, det) as f:
         kinds = {"classifier_auc": DISTORTIONS[_distortion_kind(f.kind, det)]}
+    if config.low_level and isinstance(det.readout, CellGrid):
+        cells = _cell_level(ref, det, config, cache)
+        pairs["cell_level_auc"] = (cells[a], _cell_level_inputs(ref.path, det, config, b, distort=True))
+        kinds["cell_level_auc"] = kinds["classifier_auc"]
     if isinstance(det.readout, PolarGrid):
         vox, feat = _cc_features(ref, det, config, cache)
         distorted = _distorted(vox[b], det)
@@ -517,6 +562,23 @@ def _resolution(
         "verdict": verdict,
         "sentence": sentence,
     }
+
+
+def _weights(fit: ClassifierResult, observables: ShowerObservables) -> dict[str, Any]:
+    """The classifier weights of a fit (:func:`caloforge.metrics.weight_summary`), its least
+    reference-like candidate showers described by their incident energy and main observables."""
+    from caloforge import metrics
+
+    summary = metrics.weight_summary(fit)
+    for shower in summary["least_like"]:
+        k = shower["row"]
+        shower |= {
+            "energy_gev": float(observables.energy[k]),
+            "e_ratio": float(observables.e_ratio[k]),
+            "n_hits": int(observables.n_hits[k]),
+            "cog_z": float(observables.cog[k, 2]),
+        }
+    return summary
 
 
 def _evaluation_kind(reference: Path, candidates: Sequence[Path]) -> Kind:
@@ -710,8 +772,19 @@ def evaluate_showers(
             if isinstance(det.readout, PolarGrid):
                 entry["calochallenge"], cc_fits = _calochallenge(ref, cand, det, config, cc_cache)
                 fits |= cc_fits
+            elif config.low_level and clf is not None:
+                fits["cell_level_auc"] = _fit(
+                    _cell_level(ref, det, config, cc_cache),
+                    _cell_level(cand, det, config, cc_cache),
+                    config,
+                    "cell_level_auc",
+                )
+                entry["cell_level_auc"] = list(fits["cell_level_auc"].as_tuple())
             entry["auc_resolution"] = {
                 key: _resolution(fit, check, key, reference_name) for key, fit in fits.items()
+            }
+            entry["classifier_weights"] = {
+                key: _weights(fit, cand.observables) for key, fit in fits.items() if len(fit.index_b)
             }
             held = _heldout(cand, heldout_figures, det.name)
             if held is not None:  # the held-out figures are caloforge's: not beside another protocol's
@@ -737,6 +810,8 @@ def _metric_protocols(protocol: str, polar: bool, low_level: bool) -> dict[str, 
     """Which protocol made each figure of a shower report: the SPEC 5 scores and the separation
     powers are caloforge's; the CaloChallenge classifiers and FPD/KPD follow ``protocol``."""
     out = dict.fromkeys(("w1", "classifier_auc"), "caloforge")
+    if low_level and not polar:
+        out["cell_level_auc"] = "caloforge"
     if polar:
         published = ("high_level_auc", "fpd", "kpd") + (("low_level_auc",) if low_level else ())
         out |= {"separation_power": "caloforge"} | dict.fromkeys(published, protocol)
