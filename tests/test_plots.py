@@ -111,20 +111,24 @@ def test_save_figure_writes_png_and_pdf(samples, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["n_hits.pdf", "n_hits.png"]  # no leftovers
 
 
+#: The figures of :func:`caloforge.plots.distribution_figures` (SPEC 4).
+SHOWER_FIGURES = (
+    "n_hits",
+    "energy_ratio",
+    "cell_energy",
+    "cog",
+    "longitudinal_profile",
+    "radial_profile",
+    "e_long",
+    "e_radial",
+    "single_energy",
+)
+
+
 def test_distribution_figures_cover_spec4(samples):
     reference, candidates = samples
     figs = plots.distribution_figures(reference, candidates, threshold_mev=ILD.threshold_mev)
-    assert set(figs) == {
-        "n_hits",
-        "energy_ratio",
-        "cell_energy",
-        "cog",
-        "longitudinal_profile",
-        "radial_profile",
-        "e_long",
-        "e_radial",
-        "single_energy",
-    }
+    assert set(figs) == set(SHOWER_FIGURES)
     assert all(isinstance(f, Figure) for f in figs.values())
 
 
@@ -243,18 +247,7 @@ def _written_names() -> dict[str, list[str]]:
     """Every figure name the evaluations write, per kind of sample."""
     from caloforge.evaluate.jets import FIGURES
 
-    showers = [
-        "n_hits",
-        "energy_ratio",
-        "cell_energy",
-        "cog",
-        "longitudinal_profile",
-        "radial_profile",
-        "e_long",
-        "e_radial",
-        "single_energy",
-        "classifier_scores",
-    ]
+    showers = [*SHOWER_FIGURES, "classifier_scores"]
     return {"points": showers, "voxels": showers, "jets": list(FIGURES)}
 
 

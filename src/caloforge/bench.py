@@ -511,6 +511,7 @@ def _command_worker(config: BenchConfig, spec: ModelSpec, threads: int | None) -
     torch.set_num_threads(threads)
     generator = load_generator(spec.path)
     kind = get_kind(generator.output)
+    plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "gen.h5"
@@ -528,7 +529,6 @@ def _command_worker(config: BenchConfig, spec: ModelSpec, threads: int | None) -
                 )
                 run(np.full(min(batch, n), energy))  # warm-up
                 times = [run(np.full(n, energy), seed=r).ms_per_shower for r in range(config.repeats)]
-                plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision))
                 rows.append(
                     BenchRow(
                         spec.label,
@@ -567,13 +567,15 @@ def _loaded_rows(config: BenchConfig, spec: ModelSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def _loaded_spec(models: Sequence[ModelSpec]) -> ModelSpec | None:
+def _loaded_spec(
+    models: Sequence[ModelSpec], targets: dict[str, tuple[str, str, bool, Reference]]
+) -> ModelSpec | None:
     """The model of the loaded rows: the default model where it is timed, else the first shower
-    model (a checkpoint, not an export)."""
+    model (a checkpoint, not an export); ``targets`` are :func:`_target` of every model."""
     from caloforge.models.registry import resolve_model
 
     default = str(resolve_model("default"))
-    plain = [m for m in models if m.kind == "model" and _target(m)[3].energy_gev is None]  # showers
+    plain = [m for m in models if m.kind == "model" and targets[m.label][3].energy_gev is None]  # showers
     return next((m for m in plain if m.path == default), plain[0] if plain else None)
 
 
@@ -633,7 +635,7 @@ def run_bench(
             if progress is not None:
                 progress(f"{spec.label}, {threads} thread(s)")
             rows += _in_fresh_process(_model_worker, config, spec, threads, "cpu")
-    loaded = _loaded_spec(models) if config.loaded else None
+    loaded = _loaded_spec(models, targets) if config.loaded else None
     if loaded is not None:
         if progress is not None:
             progress(f"{loaded.label} on a machine loaded by one busy process")

@@ -121,6 +121,17 @@ def _resolution_cells(candidate: dict[str, Any], key: str) -> list[str]:
     return [fmt(res["auc"], 3), f"{res['minimum_detectable_auc']:.3f}", distortion, held]
 
 
+def _resolution_table(result: dict[str, Any], key: str, missing: list[str] | None = None) -> list[str]:
+    """The table of AUC ``key`` of every candidate with its resolving power (:func:`_resolution_cells`);
+    a candidate without that AUC gets the ``missing`` cells, or no row."""
+    lines = ["| sample | showers per class | " + RESOLUTION_COLUMNS, "|---|---|---|---|---|---|"]
+    for c in result["candidates"]:
+        cells = _resolution_cells(c, key) if key in c["auc_resolution"] else missing
+        if cells is not None:
+            lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _resolving_power_text(check: dict[str, Any] | None) -> list[str]:
     """How the minimum detectable AUC and the known-distortion check are made, and the check's AUCs."""
     lines = [
@@ -412,15 +423,8 @@ def shower_report(result: dict[str, Any]) -> str:
         "— if the sample is large enough to tell: read each AUC with its minimum detectable AUC and "
         "the AUC of a known distortion (resolving power, below).",
         "",
-        "| sample | showers per class | " + RESOLUTION_COLUMNS,
-        "|---|---|---|---|---|---|",
+        *_resolution_table(result, "classifier_auc", missing=["not run (too few showers)", "-", "-", "-"]),
     ]
-    for c in result["candidates"]:
-        if "classifier_auc" in c["auc_resolution"]:
-            cells = _resolution_cells(c, "classifier_auc")
-        else:
-            cells = ["not run (too few showers)", "-", "-", "-"]
-        lines.append(f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |")
     lines += ["", *_resolving_power_text(result["distortion_check"]), ""]
     lines += _verdicts(result, ["classifier_auc"])
     if any("cell_level_auc" in c["auc_resolution"] for c in result["candidates"]):
@@ -436,16 +440,10 @@ def shower_report(result: dict[str, Any]) -> str:
             "(`caloforge.metrics.cell_level_features`). It sees what the 25 summary features cannot: the "
             "energy and occupancy of single cells, layer by layer.",
             "",
-            "| sample | showers per class | " + RESOLUTION_COLUMNS,
-            "|---|---|---|---|---|---|",
+            *_resolution_table(result, "cell_level_auc"),
+            "",
+            *_verdicts(result, ["cell_level_auc"]),
         ]
-        for c in result["candidates"]:
-            if "cell_level_auc" in c["auc_resolution"]:
-                cells = _resolution_cells(c, "cell_level_auc")
-                lines.append(
-                    f"| {c['label']} | {c['classifier_n_per_class']:,} | " + " | ".join(cells) + " |"
-                )
-        lines += ["", *_verdicts(result, ["cell_level_auc"])]
     if any("calochallenge" in c for c in result["candidates"]):
         published = result.get("protocol") == "calochallenge"
         how = (
