@@ -512,8 +512,24 @@ def test_calibration_is_fitted_saved_and_used(voxel_file, tmp_path, monkeypatch)
         assert f.attrs["calibrated"]
     run_cli(monkeypatch, "calibrate", "--model", run, "--data", voxel_file, "--steps", 3, code=2)
     run_cli(monkeypatch, "calibrate", "--model", "calodream", "--data", voxel_file, code=2)  # read-only
-    with pytest.raises(ValueError, match="only a log-energy shape model"):
+    with pytest.raises(ValueError, match="only a shape model"):
         fit_calibration(load_model(tmp_path / "e"), voxel_file)
+
+
+def test_lavit_calibration_maps_its_decoded_hits(trained, voxel_file):
+    """The laViT's decoded voxels go through the same hit-energy calibration: hits and rates
+    change, each layer keeps the energy network's energy."""
+    model = load_model(trained / "lavit")
+    assert not model.log_energy
+    fit_calibration(model, voxel_file, n_showers=40, n_bins=2)
+    assert uses_calibration(model, model.sampler["shape"])
+    (cal,) = generate(model, np.array([10.0, 60.0]), seed=3)
+    (plain,) = generate(load_model(trained / "lavit"), np.array([10.0, 60.0]), seed=3)
+    v = cal.voxels
+    assert ((v == 0) | (v >= DET.threshold_mev)).all() and not np.array_equal(v, plain.voxels)
+    np.testing.assert_allclose(
+        v.reshape(2, 45, -1).sum(-1), plain.voxels.reshape(2, 45, -1).sum(-1), rtol=1e-4
+    )
 
 
 def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():

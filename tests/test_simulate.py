@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from caloforge.detector import get_detector
+from caloforge.detector import CALOCHALLENGE_THRESHOLD_MEV, get_detector
 from caloforge.io import open_showers, read_showers
 from caloforge.observables import compute_observables, derive_edges
 from caloforge.pieces import pieces_dir
@@ -130,7 +130,9 @@ def test_calochallenge_voxels_match_points(tmp_path):
     config = SimulationConfig(
         detector="calochallenge-ds2", particle="e-", energy=EnergySpec("fixed", 5, 5), n_showers=2, seed=3
     )
-    simulate(config, tmp_path / "p.h5", voxel_out=tmp_path / "v.h5")
+    outs = [tmp_path / "v.h5", (tmp_path / "v3.h5", "calochallenge-ds3")]
+    result = simulate(config, tmp_path / "p.h5", voxel_out=outs)
+    assert result.voxel_paths == [tmp_path / "v.h5", tmp_path / "v3.h5"]
     points, voxels = read_showers(tmp_path / "p.h5"), read_showers(tmp_path / "v.h5")
     assert voxels.voxels.shape == (2, 6480)
     inside = np.hypot(points.points[..., 0], points.points[..., 1]) < 41.85
@@ -138,6 +140,35 @@ def test_calochallenge_voxels_match_points(tmp_path):
     # Voxels are filled from raw steps, points from the fine grid: only the outer ring edge differs.
     assert np.allclose(voxels.voxels.sum(axis=1), contained, rtol=0.02)
     assert 0.8 < voxels.voxels.sum(axis=1).mean() / points.points[..., 3].sum(axis=1).mean() <= 1.0
+    # The dataset-3 file of the same showers, checked as a CaloChallenge user would read it.
+    with h5py.File(tmp_path / "v3.h5", "r") as f:
+        assert sorted(f) == ["incident_energies", "showers"]
+        e_inc, ds3 = f["incident_energies"][:], f["showers"][:]
+        assert f.attrs["detector"] == "calochallenge-ds3" and "50 angular x 18 radial" in str(
+            f.attrs["detector_description"]
+        )
+    assert e_inc.shape == (2, 1) and np.all(e_inc == 5000.0)  # MeV
+    assert ds3.shape == (2, 40500) and ds3.dtype == np.float64  # as the challenge's files
+    assert np.all(ds3 >= 0) and (ds3 > CALOCHALLENGE_THRESHOLD_MEV).sum() > 100  # uncut, as theirs
+    # Order layer, angle, radius (radius fastest): two dataset-3 rings make one dataset-2 ring.
+    rings3 = ds3.reshape(2, 45, 50, 18).sum(2).reshape(2, 45, 9, 2).sum(-1)
+    rings2 = voxels.voxels.reshape(2, 45, 16, 9).sum(2)
+    np.testing.assert_allclose(rings3, rings2, rtol=1e-4, atol=1e-4)
+
+
+def test_voxel_readouts_must_share_the_stack(tmp_path):
+    config = SimulationConfig(
+        detector="calochallenge-ds2", particle="e-", energy=EnergySpec("fixed", 5, 5), n_showers=1, seed=3
+    )
+    with pytest.raises(ValueError, match="cell readout"):
+        simulate(config, tmp_path / "p.h5", voxel_out=[(tmp_path / "v.h5", "ild-ecal-30")])
+    with pytest.raises(ValueError, match="is not a readout of 'ild-ecal'"):
+        simulate(
+            SimulationConfig(n_showers=1),
+            tmp_path / "p.h5",
+            voxel_out=[(tmp_path / "v.h5", "calochallenge-ds3")],
+        )
+    assert not (tmp_path / "p.h5").exists()
 
 
 def test_energy_spec_parsing():

@@ -294,6 +294,25 @@ def _observables(
         console.print(f"wrote {json_out}")
 
 
+def _voxel_outs(values: list[str] | None) -> list[str | tuple[str, str]] | None:
+    """``--voxel-out`` values: ``PATH``, or ``READOUT=PATH`` where READOUT names a built-in
+    detector or a detector file (a path that merely contains '=' stays a path).
+
+    >>> _voxel_outs(["a.h5", "calochallenge-ds3=b.h5", "odd=name.h5"])
+    ['a.h5', ('b.h5', 'calochallenge-ds3'), 'odd=name.h5']
+    """
+    if not values:
+        return None
+    out: list[str | tuple[str, str]] = []
+    for value in values:
+        readout, sep, path = value.partition("=")
+        known = readout in available_detectors() or (
+            Path(readout).suffix.lower() in (".toml", ".yaml", ".yml") and Path(readout).is_file()
+        )
+        out.append((path, readout) if sep and known and path else value)
+    return out
+
+
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output point-cloud file (HDF5).")],
@@ -311,7 +330,11 @@ def simulate(
     seed: Annotated[int, seed_option("Seed: the same seed gives the same file.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (one Geant4 each).")] = 1,
     voxel_out: Annotated[
-        Path | None, typer.Option(help="Also write CaloChallenge voxels here (polar-readout detectors).")
+        list[str] | None,
+        typer.Option(
+            help="Also write CaloChallenge voxels here (polar-readout detectors); READOUT=PATH for "
+            "another readout of the same stack (calochallenge-ds3=ds3.h5 beside a ds2 run). Repeatable."
+        ),
     ] = None,
     physics: Annotated[
         str, typer.Option(help="datafree (no Geant4 data sets needed) or standard (FTFP_BERT, needs data).")
@@ -405,7 +428,7 @@ def simulate(
         result = run_simulation(
             config,
             out,
-            voxel_out=voxel_out,
+            voxel_out=_voxel_outs(voxel_out),
             workers=workers,
             resume=resume,
             overwrite=overwrite,
@@ -436,7 +459,7 @@ def simulate(
     per = result.wall_seconds / result.n_new
     console.print(
         f"wrote {result.n_new} showers ({result.n_done} in total) to {out}"
-        + (f" and {voxel_out}" if voxel_out else "")
+        + "".join(f" and {p}" for p in result.voxel_paths)
         + f" in {result.wall_seconds:.1f} s: {per * 1000:.0f} ms/shower wall; per worker "
         f"{result.geant4_seconds / result.n_new * 1000:.0f} ms in Geant4, "
         f"{result.ours_seconds / result.n_new * 1000:.0f} ms clustering/writing; "

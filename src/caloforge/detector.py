@@ -405,7 +405,34 @@ def _calochallenge_ds2() -> Detector:
     )
 
 
-_BUILTINS = {"ild-ecal": _ild_ecal, "ild-ecal-30": _ild_ecal_30, "calochallenge-ds2": _calochallenge_ds2}
+def _calochallenge_ds3() -> Detector:
+    """The dataset-2-like stack read out as CaloChallenge dataset 3: 50 angular x 18 radial voxels
+    per layer (40,500 in all), the radial pitch of dataset 2 halved."""
+    ds2 = _calochallenge_ds2()
+    edges = tuple(round(2.325 * i, 6) for i in range(19))
+    return dataclasses.replace(
+        ds2,
+        name="calochallenge-ds3",
+        description=(
+            "CaloChallenge dataset-3-like readout of the dataset-2 stack: 45 layers of 1.4 mm W + "
+            "0.3 mm Si, 50 angular x 18 radial voxels per layer, 15.15 keV threshold"
+        ),
+        # binning_dataset_3.xml of the CaloChallenge 2022: r_edges 0, 2.325, ..., 41.85 mm and
+        # n_bin_alpha 50 in all 45 layers.
+        readout=PolarGrid(radial_edges_mm=edges, n_alpha=50),
+        radial_edges_mm=edges,
+        # the clustering grid of the point file stays dataset 2's (0.775 mm)
+        cluster_subdivision=3,
+        source="SPEC 2.2; radial edges and angular bins from the CaloChallenge 2022 binning_dataset_3.xml",
+    )
+
+
+_BUILTINS = {
+    "ild-ecal": _ild_ecal,
+    "ild-ecal-30": _ild_ecal_30,
+    "calochallenge-ds2": _calochallenge_ds2,
+    "calochallenge-ds3": _calochallenge_ds3,
+}
 
 
 def common_detector(detectors: Sequence[Detector]) -> Detector | None:
@@ -423,8 +450,8 @@ def available_detectors() -> list[str]:
 def get_detector(name_or_path: str | Path | Detector) -> Detector:
     """A built-in detector by name, or one described in a TOML/YAML file.
 
-    >>> get_detector("calochallenge-ds2").n_channels
-    6480
+    >>> get_detector("calochallenge-ds2").n_channels, get_detector("calochallenge-ds3").n_channels
+    (6480, 40500)
     """
     if isinstance(name_or_path, Detector):
         return name_or_path

@@ -83,8 +83,8 @@ DEFAULT_ATTRS: dict[str, Any] = {
 
 _UNIT_TO_MEV = {"MeV": 1.0, "GeV": 1000.0, "keV": 1e-3}
 #: The built-in detector a voxel file without a ``detector`` attribute is taken to be on, by its
-#: number of voxels per shower (CaloChallenge dataset 2; the 30 × 30 × 30 ILD images).
-_DETECTOR_BY_VOXELS = {6480: "calochallenge-ds2", 27000: "ild-ecal-30"}
+#: number of voxels per shower (CaloChallenge datasets 2 and 3; the 30 × 30 × 30 ILD images).
+_DETECTOR_BY_VOXELS = {6480: "calochallenge-ds2", 40500: "calochallenge-ds3", 27000: "ild-ecal-30"}
 
 ShowerKind = Literal["points", "voxels"]
 

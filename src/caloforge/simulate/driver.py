@@ -199,7 +199,7 @@ class SimulationResult:
     """What a :func:`simulate` call did."""
 
     path: Path
-    voxel_path: Path | None
+    voxel_path: Path | None  # the first voxel output (all of them: voxel_paths)
     n_done: int
     n_new: int
     wall_seconds: float
@@ -212,13 +212,48 @@ class SimulationResult:
     points: int = 0
     interrupted: bool = False
     details: dict[str, Any] = field(default_factory=dict)
+    voxel_paths: list[Path] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly summary."""
         out = asdict(self)
         out["path"] = str(self.path)
         out["voxel_path"] = str(self.voxel_path) if self.voxel_path else None
+        out["voxel_paths"] = [str(p) for p in self.voxel_paths]
         return out
+
+
+VoxelOut = str | Path | tuple[str | Path, str | Detector]
+
+
+def voxel_outputs(voxel_out: VoxelOut | list[VoxelOut] | None, det: Detector) -> list[tuple[Path, Detector]]:
+    """The voxel files of a simulation of ``det`` and the readout each one gets: a path (the
+    detector's own readout) or ``(path, readout)`` for another polar readout of the same stack
+    (e.g. ``calochallenge-ds3`` beside ``calochallenge-ds2``: one simulation, both files).
+
+    >>> [(str(p), d.name) for p, d in voxel_outputs(["a.h5", ("b.h5", "calochallenge-ds3")],
+    ...     get_detector("calochallenge-ds2"))]
+    [('a.h5', 'calochallenge-ds2'), ('b.h5', 'calochallenge-ds3')]
+    """
+    if voxel_out is None:
+        return []
+    items = voxel_out if isinstance(voxel_out, list) else [voxel_out]
+    out = []
+    for item in items:
+        path, readout = item if isinstance(item, tuple) else (item, det)
+        ro = get_detector(readout)
+        if not hasattr(ro.readout, "n_alpha"):
+            raise ValueError(
+                f"detector '{ro.name}' has a cell readout: --voxel-out writes polar voxels; for cell images "
+                "convert the point file (caloforge convert --detector ild-ecal-30)"
+            )
+        if ro.name != det.name and Geometry.from_detector(ro) != Geometry.from_detector(det):
+            raise ValueError(
+                f"readout '{ro.name}' is not a readout of '{det.name}': its layers or materials differ "
+                "(--voxel-out READOUT=PATH takes a readout of the simulated stack)"
+            )
+        out.append((Path(path), ro))
+    return out
 
 
 # --- worker side -------------------------------------------------------------------------
@@ -226,11 +261,11 @@ class SimulationResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(config: SimulationConfig, want_voxels: bool) -> None:
+def _worker_init(config: SimulationConfig, readouts: list[Detector]) -> None:
     worker_setup()  # Ctrl-C is handled by the parent, which stops the pool
     _WORKER["config"] = config
     _WORKER["detector"] = get_detector(config.detector)
-    _WORKER["want_voxels"] = want_voxels
+    _WORKER["readouts"] = readouts
     _WORKER["fast"] = None
     if config.fast_sim is not None:
         import torch
@@ -285,12 +320,12 @@ def _simulate_block(block: tuple[int, np.ndarray]) -> dict[str, Any]:
         result["model_seconds"] = added.seconds
     t2 = time.perf_counter()
     result["clouds"] = [c.astype(np.float32) for c in cluster_steps(steps, det)]
-    if _WORKER["want_voxels"]:
+    if _WORKER["readouts"]:
         # Voxels come from the raw steps, not the clustered points: exact voxel energies.
         raw = PointShowers.from_list(
             energies.sum(axis=1), [np.column_stack([s[:, :2], s[:, 2] + 0.5, s[:, 3]]) for s in steps]
         )
-        result["voxels"] = voxelise(raw, det).voxels
+        result["voxels"] = [voxelise(raw, ro).voxels for ro in _WORKER["readouts"]]
     result["geant4_seconds"] = t1 - t0
     result["ours_seconds"] = time.perf_counter() - t2
     return result
@@ -314,7 +349,12 @@ def _fast_attrs(config: SimulationConfig, det: Detector) -> dict[str, Any]:
     return spec.attrs(fast.label, trigger)
 
 
-def _check_resumable(path: Path, config: SimulationConfig, det: Detector, extra: dict[str, Any]) -> int:
+def _check_resumable(
+    path: Path, config: SimulationConfig, det: Detector, extra: dict[str, Any], readout: Detector
+) -> int:
+    """Showers in ``path`` (an output of this job, on ``readout``) after checking it was made
+    with the same settings."""
+    det = readout
     with open_showers(path) as f:
         attrs = f.attrs
         n = len(f)
@@ -347,9 +387,21 @@ def _piece(block: dict[str, Any]) -> dict[str, np.ndarray]:
         "points": np.concatenate(clouds) if clouds else np.zeros((0, 4), np.float32),
         "stats": np.array([block["steps"], block["geant4_seconds"], block["ours_seconds"]], np.float64),
     }
-    if "voxels" in block:
-        arrays["voxels"] = block["voxels"].astype(np.float32)
+    for i, voxels in enumerate(block.get("voxels", [])):
+        arrays[_voxel_key(i)] = voxels.astype(np.float32)
     return arrays
+
+
+def _manifest_voxels(det: Detector, readouts: list[Detector]) -> bool | list[str]:
+    """What the piece store records of the voxel outputs: whether there is one on the simulated
+    detector (as written before there could be several), else the readouts' names."""
+    names = [r.name for r in readouts]
+    return bool(names) if names in ([], [det.name]) else names
+
+
+def _voxel_key(i: int) -> str:
+    """The piece array of voxel output ``i`` (``voxels`` for the first, as before)."""
+    return "voxels" if i == 0 else f"voxels_{i}"
 
 
 def _clouds(piece: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -360,7 +412,7 @@ def simulate(
     config: SimulationConfig,
     out: str | Path,
     *,
-    voxel_out: str | Path | None = None,
+    voxel_out: VoxelOut | list[VoxelOut] | None = None,
     workers: int = 1,
     resume: bool = False,
     overwrite: bool = False,
@@ -369,7 +421,8 @@ def simulate(
     engine: str = "local",
     scheduler: str | None = None,
 ) -> SimulationResult:
-    """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``.
+    """Simulate ``config.n_showers`` showers into ``out`` (points) and optionally ``voxel_out``
+    (one or more voxel files: :func:`voxel_outputs`; every readout from the same showers).
 
     Every finished block of ``block_size`` events (default 10; 64 with fast simulation, the
     model's batch) is saved at once in the job's piece store (:mod:`caloforge.pieces`,
@@ -393,13 +446,10 @@ def simulate(
         block_size = FAST_SIM_BLOCK if config.fast_sim is not None else DEFAULT_BLOCK
     if block_size < 1:
         raise ValueError("block_size must be at least 1")
-    if voxel_out is not None and not hasattr(det.readout, "n_alpha"):
-        raise ValueError(
-            f"detector '{det.name}' has a cell readout: --voxel-out writes polar voxels; for cell images "
-            "convert the point file (caloforge convert --detector ild-ecal-30)"
-        )
-    paths = [Path(out)] + ([Path(voxel_out)] if voxel_out is not None else [])
-    check_outputs({"--out": paths[0], "--voxel-out": voxel_out})
+    voxels = voxel_outputs(voxel_out, det)
+    paths = [Path(out)] + [p for p, _ in voxels]
+    readouts = [det] + [ro for _, ro in voxels]
+    check_outputs({"--out": paths[0]} | {f"--voxel-out {p}": p for p, _ in voxels})
     check_engine(engine, scheduler)  # the names and the scheduler, before the pieces are made
     from caloforge.simulate.geant4 import check_physics_data
 
@@ -420,7 +470,15 @@ def simulate(
     extra = {"detector_description": det.description} | _fast_attrs(config, det)
     with output_lock(*paths), stop_signals(deferred=True):
         return _run(
-            config, det, extra, paths, (engine, workers, scheduler), resume, overwrite, block_size, progress
+            config,
+            det,
+            extra,
+            list(zip(paths, readouts, strict=True)),
+            (engine, workers, scheduler),
+            resume,
+            overwrite,
+            block_size,
+            progress,
         )
 
 
@@ -428,7 +486,7 @@ def _run(
     config: SimulationConfig,
     det: Detector,
     extra: dict[str, Any],
-    paths: list[Path],
+    outputs: list[tuple[Path, Detector]],
     engine: tuple[str, int, str | None],
     resume: bool,
     overwrite: bool,
@@ -436,8 +494,10 @@ def _run(
     progress: Callable[[int, int], None] | None,
 ) -> SimulationResult:
     base = 0
+    paths = [p for p, _ in outputs]
+    readouts = [ro for _, ro in outputs[1:]]
     if resume:
-        existing = [_check_resumable(p, config, det, extra) if p.exists() else 0 for p in paths]
+        existing = [_check_resumable(p, config, det, extra, ro) if p.exists() else 0 for p, ro in outputs]
         if len(set(existing)) != 1:
             counts = ", ".join(f"'{p}' has {k}" for p, k in zip(paths, existing, strict=True))
             raise ShowerFileError(f"cannot resume: the outputs differ ({counts} showers); remove one")
@@ -455,7 +515,7 @@ def _run(
             "detector_json": json.dumps(det.to_dict(), sort_keys=True),
             "block_size": block_size,
             "base": base,
-            "voxels": len(paths) > 1,
+            "voxels": _manifest_voxels(det, readouts),
         }
     )
     store = PieceStore.open(paths[0], manifest, resume=resume, overwrite=overwrite, ignore=("n_requested",))
@@ -473,18 +533,18 @@ def _run(
         if first not in firsts or count != min(block_size, n - first):
             store.drop(first)  # a block of another -n, computed again below
     finished = {f: c for f, c in store.finished().items() if f in firsts}
-    result = SimulationResult(paths[0], paths[1] if len(paths) > 1 else None, base, 0, 0.0)
+    first_voxels = paths[1] if len(paths) > 1 else None
+    result = SimulationResult(paths[0], first_voxels, base, 0, 0.0, voxel_paths=paths[1:])
     saved = sum(finished.values())
     todo = [(lo, energies[lo : lo + block_size]) for lo in firsts if lo not in finished]
     t0 = time.perf_counter()
     result.n_done = base + saved
     if todo:
-        result.n_done = _simulate_pieces(
-            config, store, todo, engine, len(paths) > 1, result, result.n_done, progress
-        )
+        done = result.n_done
+        result.n_done = _simulate_pieces(config, store, todo, engine, readouts, result, done, progress)
     if not result.interrupted and firsts:
         try:
-            _assemble(config, det, extra, paths, store, list(firsts), energies, block_size, resume)
+            _assemble(config, extra, outputs, store, list(firsts), energies, block_size, resume)
         except KeyboardInterrupt:
             result.interrupted = True  # the outputs are as they were; the pieces are kept
         else:
@@ -500,7 +560,7 @@ def _simulate_pieces(
     store: PieceStore,
     todo: list[tuple[int, np.ndarray]],
     engine: tuple[str, int, str | None],
-    want_voxels: bool,
+    readouts: list[Detector],
     result: SimulationResult,
     done: int,
     progress: Callable[[int, int], None] | None,
@@ -508,7 +568,7 @@ def _simulate_pieces(
     """Run the missing blocks, saving each as it arrives; returns ``done`` plus the showers saved."""
     name, workers, scheduler = engine
     workers = min(workers, len(todo))
-    pool = make_engine(name, workers, scheduler, _worker_init, (config, want_voxels))
+    pool = make_engine(name, workers, scheduler, _worker_init, (config, readouts))
     try:
         for block in pool.imap_unordered(_simulate_block, todo):
             check_stop()
@@ -534,9 +594,8 @@ def _simulate_pieces(
 
 def _assemble(
     config: SimulationConfig,
-    det: Detector,
     extra: dict[str, Any],
-    paths: list[Path],
+    outputs: list[tuple[Path, Detector]],
     store: PieceStore,
     firsts: list[int],
     energies: np.ndarray,
@@ -551,21 +610,21 @@ def _assemble(
             stack.enter_context(
                 ShowerWriter(
                     p,
-                    kind,
-                    det,
+                    "points" if i == 0 else "voxels",
+                    ro,
                     generator=generator,
                     seed=config.seed,
-                    attrs=attrs,
+                    attrs=attrs | ({"detector_description": ro.description} if i else {}),
                     append=resume and p.exists(),
                     expected=config.n_showers,
                 )
             )
-            for p, kind in zip(paths, ["points", "voxels"], strict=False)
+            for i, (p, ro) in enumerate(outputs)
         ]
         for first in firsts:
             check_stop()
             piece = store.load(first)
             block_energy = energies[first : first + block_size].sum(axis=1)
             writers[0].write(PointShowers.from_list(block_energy, _clouds(piece)))
-            if len(writers) > 1:
-                writers[1].write(VoxelShowers(block_energy, piece["voxels"]))
+            for i, writer in enumerate(writers[1:]):
+                writer.write(VoxelShowers(block_energy, piece[_voxel_key(i)]))

@@ -36,7 +36,7 @@ from caloforge.models.protocol import (
 )
 
 _DREAM_VOXELS = "Training voxel file (`caloforge simulate --voxel-out`)."
-_DREAM_PRESETS = "cpu (about an hour on 2 cores), paper (GPU) or smoke."
+_DREAM_PRESETS = "cpu (about an hour on 2 cores), paper (GPU), ds3 and paper-ds3 (dataset 3) or smoke."
 _DREAM_SHAPE_OPTIONS = (
     Option(
         "energy_model",

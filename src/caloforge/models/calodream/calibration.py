@@ -1,4 +1,4 @@
-"""CaloDREAM's hit-energy calibration of log-energy shape models."""
+"""CaloDREAM's hit-energy calibration of shape models (log-energy ViT, laViT, logit-fraction ViT)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from caloforge.models.calodream.model import (
 )
 from caloforge.models.calodream.variables import (
     hit_log_fractions,
+    hit_values_of_voxels,
     layer_energies_from_u,
+    voxels_from_fractions,
 )
 from caloforge.models.checkpoint import checkpoint_file, save_checkpoint
 from caloforge.models.nn.quantile_map import QuantileMap
@@ -56,8 +58,10 @@ def fit_calibration(
     where the model is), as in generation: every random number is drawn on the host and the
     model's hits come back to it, so the map is fitted on the CPU and holds CPU tensors.
     """
-    if not model.log_energy or model.energy_model is None:
-        raise ValueError("only a log-energy shape model with an energy network can be calibrated")
+    if model.part != "shape" or model.energy_model is None:
+        raise ValueError("only a shape model with an energy network can be calibrated")
+    if model.latent and model.vae_model is None:
+        raise ValueError("this laViT has no VAE to decode its latents: train it with --vae RUN")
     data = load_voxel_data(data_path, max_showers=n_showers, in_memory=True)  # the fit reads them all at once
     if data.detector.to_dict() != model.detector.to_dict():
         raise ValueError(
@@ -65,7 +69,7 @@ def fit_calibration(
         )
     assert data.frac is not None
     threshold, n = model.detector.threshold_mev, len(data.energy)
-    g4 = model.raw_shape_features(data.frac, data.e_layer).reshape(n, -1)  # empty voxels under the cut
+    g4 = hit_values_of_voxels(voxels_from_fractions(data.frac, data.e_layer, threshold), threshold)
     target = hit_log_fractions(g4, data.e_layer, threshold, model.grid)
     on = model.standard.mean.device if device is None else torch.device(device)
     place(model, on)  # the energy network beside the shape network
@@ -75,8 +79,8 @@ def fit_calibration(
         e = data.energy[lo : lo + batch_size].to(on)
         u = sample_u(model.energy_model, e, model.energy_model.sampler["energy"], gen)
         x1 = sample_shape_features(model, e, u, model.sampler["shape"], gen)
-        y = model.standard.inverse(x1).reshape(len(e), -1)
-        hits = hit_log_fractions(y, layer_energies_from_u(u, e * 1000.0), threshold, model.grid)
+        e_layer = layer_energies_from_u(u, e * 1000.0)
+        hits = hit_log_fractions(model.hit_values(x1, e_layer), e_layer, threshold, model.grid)
         sources.append(hits.cpu())
         if progress is not None:
             progress("calibration showers", min(lo + batch_size, n), n)
@@ -98,10 +102,8 @@ def save_calibration(
     model = model_from_state(state, str(path))  # refuse anything that would not load
     if calibration is not None:
         groups = model.grid[0] * model.grid[2]
-        if not model.log_energy or calibration.n_groups != groups:
-            raise ValueError(
-                f"'{path}' is not a log-energy shape model with {calibration.n_groups} layer-ring groups"
-            )
+        if model.part != "shape" or calibration.n_groups != groups:
+            raise ValueError(f"'{path}' is not a shape model with {calibration.n_groups} layer-ring groups")
     state["calibration"] = calibration.to_dict() if calibration is not None else None
     target = Path(out) if out is not None else path
     save_checkpoint(state, target)
@@ -120,7 +122,7 @@ def calibrate_command(
     device: str = "cpu",
 ) -> str:
     """``caloforge calibrate`` for CaloDREAM: fit and store the hit-energy calibration of a
-    log-energy shape model, its networks on ``device``; returns the line to print. It takes no
+    shape model, its networks on ``device``; returns the line to print. It takes no
     sampler options: the calibration belongs to the model's stored sampler."""
     n_showers = 4000 if showers is None else showers
     n_bins = 8 if bins is None else bins

@@ -1,4 +1,4 @@
-"""CaloDREAM run settings; presets ``cpu``, ``paper`` and ``smoke``."""
+"""CaloDREAM run settings; presets ``cpu``, ``paper``, ``ds3``, ``paper-ds3`` and ``smoke``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class CaloDreamConfig(EMALoopConfig):
     """Settings of one CaloDREAM training run (the ``part`` chosen at training time).
 
     Presets: ``cpu`` (2 CPU cores, about an hour per part), ``paper`` (published sizes, for a
-    GPU), ``smoke`` (seconds, for tests).
+    GPU), ``ds3`` and ``paper-ds3`` (the same for dataset 3's grid), ``smoke`` (seconds, for tests).
     """
 
     KIND: ClassVar[str] = "CaloDREAM"
@@ -49,6 +49,8 @@ class CaloDreamConfig(EMALoopConfig):
     vae_stride: tuple[int, int, int] = (3, 2, 3)
     vae_channels: int = 32
     vae_beta: float = 1e-4
+    # False: no 3 x 3 x 3 convolutions at the voxels' resolution (the patch VAE of dataset 3)
+    vae_full_resolution: bool = True
     latent_patch: tuple[int, int, int] = (3, 2, 1)
     # default samplers stored with the model
     energy_solver: str = "rk4"

@@ -79,7 +79,7 @@ def uses_calibration(model: CaloDream, solver: SolverSpec) -> bool:
     the sampler it was fitted with (the model's stored one)."""
     stored = model.sampler["shape"]
     same = solver.method == stored.method and solver.n_steps == stored.n_steps and solver.bns is stored.bns
-    return model.log_energy and model.calibration is not None and same
+    return model.part == "shape" and model.calibration is not None and same
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from caloforge.models.calodream.variables import (
     _expit,
     _logit,
     calibrated_voxels,
+    hit_values_of_voxels,
     log_energy_features,
     voxels_from_fractions,
     voxels_from_log_energy,
@@ -90,8 +91,36 @@ class CaloDream(nn.Module):
                 config.energy_head_hidden,
             )
             self.standard = _Standard((n_layers,))
-        elif part == "vae":
-            self.net = LayerVAE(self.grid, config.vae_latent_channels, config.vae_stride, config.vae_channels)
+        else:
+            self._build_grid_part(config, part, latent)
+        self.cond_standard = _Standard((n_layers,))  # of logit(u), the shape net's condition
+        self.energy_model: CaloDream | None = None
+        self.vae_model: CaloDream | None = None
+        # hit-energy calibration of a shape model (fit_calibration; None: none)
+        self.calibration: QuantileMap | None = None
+
+    def _build_grid_part(self, config: CaloDreamConfig, part: str, latent: bool) -> None:
+        """The VAE or the shape network, whose strides and patches must tile the voxel grid."""
+        try:
+            self._grid_part(config, part, latent)
+        except ValueError as exc:
+            if "does not tile" not in str(exc):
+                raise
+            raise ValueError(
+                f"{exc}: the preset's strides and patches are for another grid than "
+                f"'{self.detector.name}'s; use a preset made for it (ds3 or paper-ds3 for calochallenge-ds3)"
+            ) from None
+
+    def _grid_part(self, config: CaloDreamConfig, part: str, latent: bool) -> None:
+        n_layers = self.detector.n_layers
+        if part == "vae":
+            self.net = LayerVAE(
+                self.grid,
+                config.vae_latent_channels,
+                config.vae_stride,
+                config.vae_channels,
+                full_resolution=config.vae_full_resolution,
+            )
             self.standard = _Standard(self.net.latent_shape)
         else:
             if latent:
@@ -103,11 +132,6 @@ class CaloDream(nn.Module):
             # A voxel that is almost never hit has a tiny spread in logit space; a floor of one
             # logit unit keeps its rare hits from becoming huge standardised values.
             self.standard = _Standard(tuple(shape), min_std=1e-3 if latent else 1.0)
-        self.cond_standard = _Standard((n_layers,))  # of logit(u), the shape net's condition
-        self.energy_model: CaloDream | None = None
-        self.vae_model: CaloDream | None = None
-        # hit-energy calibration of a log-energy shape model (fit_calibration; None: none)
-        self.calibration: QuantileMap | None = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Embedded parts are saved as their own inference states, not inside this state dict.
@@ -173,16 +197,28 @@ class CaloDream(nn.Module):
         """Voxel energies (MeV) ``(n, n_voxels)`` of network variables ``x`` given the layer
         energies ``e_layer`` (MeV): thresholded, each layer keeping its energy.
 
-        A log-energy model with a fitted :attr:`calibration` and the incident energies
-        ``e_inc`` (GeV) calibrates its hits' energies first and then scales each layer
-        linearly (:func:`calibrated_voxels`); otherwise the power map decodes the layers."""
+        A model with a fitted :attr:`calibration` and the incident energies ``e_inc`` (GeV)
+        calibrates its hits' energies (:meth:`hit_values`) first and then scales each layer
+        linearly (:func:`calibrated_voxels`); otherwise a log-energy model's layers are decoded
+        with the power map, a fraction model's by :func:`voxels_from_fractions`."""
         threshold = self.detector.threshold_mev
+        if self.calibration is not None and e_inc is not None:
+            y = self.hit_values(x, e_layer)
+            return calibrated_voxels(y, e_layer, e_inc, self.calibration, self.grid, threshold)
         if self.log_energy:
-            y = self.standard.inverse(x).reshape(len(x), -1)
-            if self.calibration is not None and e_inc is not None:
-                return calibrated_voxels(y, e_layer, e_inc, self.calibration, self.grid, threshold)
-            return voxels_from_log_energy(y, e_layer, threshold)
+            return voxels_from_log_energy(self.standard.inverse(x).reshape(len(x), -1), e_layer, threshold)
         return voxels_from_fractions(self.fractions_from_features(x), e_layer, threshold)
+
+    def hit_values(self, x: Tensor, e_layer: Tensor) -> Tensor:
+        """``log(E / threshold)`` of the hits of network variables ``x`` ``(n, n_voxels)``, empty
+        voxels below :data:`EMPTY_CUT` — what the hit-energy calibration maps. A fraction model
+        (the laViT, the logit-fraction ViT) is decoded first (:func:`voxels_from_fractions`)."""
+        if self.log_energy:
+            return self.standard.inverse(x).reshape(len(x), -1)
+        return hit_values_of_voxels(
+            voxels_from_fractions(self.fractions_from_features(x), e_layer, self.detector.threshold_mev),
+            self.detector.threshold_mev,
+        )
 
     def n_parameters(self) -> dict[str, int]:
         """Trainable parameters of this part's network, ``{"<part>_network": n}``."""
