@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # torch is installed first, pinned, so that nothing later pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-all lint format data data-images data-ds2 data-jets clean
+.PHONY: setup demo test test-all lint format data data-images data-ds2 data-ds3 data-jets clean
 
 setup: $(VENV)/.installed
 
@@ -82,6 +82,14 @@ data-ds2: setup
 	mkdir -p $(DATA)
 	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 20000 --seed 11 --workers 2 --resume --out $(DATA)/ds2_train_points.h5 --voxel-out $(DATA)/ds2_train.h5
 	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 8000 --seed 12 --workers 2 --resume --out $(DATA)/ds2_test_points.h5 --voxel-out $(DATA)/ds2_test.h5
+
+# CaloChallenge-dataset-3-like voxels (45 x 50 x 18) of the same stack for CaloDREAM-ds3: 16k training
+# showers (about 40 min on two cores here) and 4k test showers written in both readouts from one
+# simulation (ds3 for the figures, ds2 for comparisons on the same showers; about 12 min).
+data-ds3: setup
+	mkdir -p $(DATA)
+	$(BIN)/caloforge simulate --detector calochallenge-ds3 --particle e- --energy-log 1:100 -n 16000 --seed 31 --workers 2 --resume --out $(DATA)/ds3_train_points.h5 --voxel-out $(DATA)/ds3_train.h5
+	$(BIN)/caloforge simulate --detector calochallenge-ds2 --particle e- --energy-log 1:100 -n 4000 --seed 32 --workers 2 --resume --out $(DATA)/ds23_test_points.h5 --voxel-out calochallenge-ds3=$(DATA)/ds3_test.h5 --voxel-out $(DATA)/ds2_test_seed32.h5
 
 # Top-quark jets from Pythia 8 + FastJet (150 leading constituents stored) for the EPiC models:
 # 40k training and 10k test jets, 4.2 min on two cores here (10 ms of CPU per jet).

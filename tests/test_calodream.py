@@ -13,6 +13,7 @@ import torch
 from caloforge.detector import get_detector
 from caloforge.io import open_showers, write_showers
 from caloforge.models.calodream import (
+    CaloDream,
     CaloDreamConfig,
     SolverSpec,
     calibrated_voxels,
@@ -530,6 +531,35 @@ def test_lavit_calibration_maps_its_decoded_hits(trained, voxel_file):
     np.testing.assert_allclose(
         v.reshape(2, 45, -1).sum(-1), plain.voxels.reshape(2, 45, -1).sum(-1), rtol=1e-4
     )
+
+
+def test_lavit_trains_and_generates_on_dataset_3(tmp_path):
+    """The ds3 preset's grid sizes (patch VAE, latent 15 x 10 x 6) on 40,500-voxel showers."""
+    from caloforge.synthetic import write_synthetic
+
+    write_synthetic(tmp_path / "ds3.h5", "voxels-ds3", 40)
+    ds3 = CaloDreamConfig.from_preset("ds3")
+    cfg = CaloDreamConfig.from_preset(
+        "smoke",
+        steps=2,
+        **{k: getattr(ds3, k) for k in ("patch", "vae_stride", "vae_full_resolution", "latent_patch")},
+    )
+    train(cfg, "energy", tmp_path / "ds3.h5", tmp_path / "e")
+    train(cfg, "vae", tmp_path / "ds3.h5", tmp_path / "v")
+    train(
+        cfg,
+        "shape",
+        tmp_path / "ds3.h5",
+        tmp_path / "s",
+        energy_model=tmp_path / "e",
+        vae_model=tmp_path / "v",
+    )
+    model = load_model(tmp_path / "s")
+    assert model.latent and model.vae_model.net.latent_shape == (4, 15, 10, 6)
+    (batch,) = generate(model, np.array([5.0, 50.0]), seed=1)
+    assert batch.voxels.shape == (2, 40500) and np.isfinite(batch.voxels).all()
+    with pytest.raises(ValueError, match="use a preset made for it"):  # latent 15 x 25 x 6, patch 3 x 2 x 1
+        CaloDream(CaloDreamConfig.from_preset("smoke"), model.detector, "shape", (1.0, 100.0), latent=True)
 
 
 def test_layer_energy_is_kept_when_every_voxel_is_under_threshold():

@@ -103,6 +103,17 @@ def test_classifier_score_histograms():
     assert {"Geant4", "CM"} <= _legend_texts(fig)
 
 
+def test_classifier_weight_histograms():
+    rng = np.random.default_rng(0)
+    res = ClassifierResult(0.6, 0.01, rng.uniform(0.3, 0.6, 500), rng.uniform(0.45, 0.99, 500))
+    fig = plots.plot_classifier_weights({"CM": {"classifier_auc": res, "low_level_auc": res}})
+    assert len(fig.axes) == 2 and fig.axes[0].get_xscale() == "log"
+    share = np.mean(((1 - res.scores_b) / res.scores_b < 0.5) | ((1 - res.scores_b) / res.scores_b > 2))
+    assert fig.axes[1].get_title() == f"CM: {share:.0%} outside [0.5, 2]"
+    assert "low-level classifier" in fig.axes[1].get_xlabel()
+    assert {"Geant4", "CM"} <= _legend_texts(fig)
+
+
 def test_save_figure_writes_png_and_pdf(samples, tmp_path):
     reference, candidates = samples
     png, pdf = plots.save_figure(plots.plot_n_hits(reference, candidates), tmp_path / "n_hits")
@@ -247,7 +258,7 @@ def _written_names() -> dict[str, list[str]]:
     """Every figure name the evaluations write, per kind of sample."""
     from caloforge.evaluate.jets import FIGURES
 
-    showers = [*SHOWER_FIGURES, "classifier_scores"]
+    showers = [*SHOWER_FIGURES, "classifier_scores", "classifier_weights"]
     return {"points": showers, "voxels": showers, "jets": list(FIGURES)}
 
 
@@ -266,7 +277,7 @@ def test_every_written_figure_has_its_own_caption(kind, name):
         assert "cell" not in caption
     if name in ("n_hits", "cell_energy", "single_energy"):
         assert noun in caption
-    if kind != "jets" and name != "classifier_scores":
+    if kind != "jets" and not name.startswith("classifier_"):
         assert "ratio" not in caption or "candidate / reference" in caption
     split = plots.figure_caption(f"{name}_2", noun)
     assert split.startswith(caption[:-1]) and split.endswith("(candidates, part 2).")
@@ -275,7 +286,7 @@ def test_every_written_figure_has_its_own_caption(kind, name):
 def test_caption_names_cover_distribution_figures(samples):
     reference, candidates = samples
     figs = plots.distribution_figures(reference, candidates, threshold_mev=ILD.threshold_mev)
-    assert set(figs) | {"classifier_scores"} == set(_written_names()["points"])
+    assert set(figs) | {"classifier_scores", "classifier_weights"} == set(_written_names()["points"])
 
 
 def test_unknown_figure_gets_a_generic_caption():

@@ -50,6 +50,7 @@ __all__ = [
     "histogram_with_ratio",
     "plot_cell_energy",
     "plot_classifier_scores",
+    "plot_classifier_weights",
     "plot_cog",
     "plot_e_long_grid",
     "plot_e_radial_grid",
@@ -822,6 +823,61 @@ def plot_classifier_scores(
     return fig
 
 
+#: Titles of the classifiers whose weights :func:`plot_classifier_weights` shows, by result key.
+CLASSIFIER_TITLES = {
+    "classifier_auc": "SPEC 5 classifier",
+    "high_level_auc": "high-level classifier",
+    "low_level_auc": "low-level classifier",
+    "cell_level_auc": "cell-level classifier",
+}
+
+
+def plot_classifier_weights(
+    fits: Mapping[str, Mapping[str, ClassifierResult]],
+    reference_label: str = "Geant4",
+    *,
+    colours: Mapping[str, str] | None = None,
+) -> Figure:
+    """Histograms of the classifier weights w = (1 − C) / C of the test showers (log x), the
+    reference's and each candidate's, one panel per candidate and classifier.
+
+    ``fits`` maps candidate names to their fits by result key (``classifier_auc``,
+    ``low_level_auc``…; titles in :data:`CLASSIFIER_TITLES`). The band is
+    :data:`~caloforge.metrics.WEIGHT_RANGE`; each title gives the candidate showers' share
+    outside it. A classifier that cannot tell the samples apart leaves every weight near 1.
+    """
+    from caloforge.metrics import WEIGHT_RANGE, classifier_weights
+
+    panels = [(name, key, fit) for name, by_key in fits.items() for key, fit in by_key.items()]
+    n = max(len(panels), 1)
+    n_cols = min(n, MAX_CANDIDATES_PER_PANEL)
+    n_rows = -(-n // n_cols)
+    fig = _new_figure(4.2 * n_cols, 3.6 * n_rows)
+    colours = candidate_colours(list(fits)) if colours is None else colours
+    edges = np.logspace(-3, 3, 49)
+    lo, hi = WEIGHT_RANGE
+    for i, (name, key, fit) in enumerate(panels):
+        ax = fig.add_subplot(n_rows, n_cols, i + 1)
+        ax.axvspan(lo, hi, color="0.9", lw=0)
+        w_b = classifier_weights(fit.scores_b)
+        for scores, label, colour, lw in (
+            (fit.scores_a, reference_label, _REFERENCE_COLOUR, 1.6),
+            (fit.scores_b, name, colours[name], 1.3),
+        ):
+            w = np.clip(classifier_weights(scores), edges[0], edges[-1])
+            counts, _ = np.histogram(w, edges)
+            ax.stairs(counts / max(len(w), 1), edges, color=colour, lw=lw, label=label)
+        ax.set_xscale("log")
+        ax.set_xlim(edges[0], edges[-1])
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(f"weight w = (1 − C) / C ({CLASSIFIER_TITLES.get(key, key)})")
+        ax.set_ylabel("fraction of showers")
+        outside = float(np.mean((w_b < lo) | (w_b > hi))) if len(w_b) else float("nan")
+        ax.set_title(f"{name}: {outside:.0%} outside [{lo:g}, {hi:g}]", fontsize=9)
+        ax.legend(loc="best")
+    return fig
+
+
 def distribution_figures(
     reference: ShowerObservables,
     candidates: Mapping[str, ShowerObservables],
@@ -906,6 +962,11 @@ _CAPTIONS: dict[str, str] = {
     "from the reference (output 0), as the fraction of showers per bin, the reference's showers as a "
     "dark step line and the candidate's as a coloured one, one panel per candidate with the AUC ± its "
     "spread over the folds in the title; a classifier that cannot tell them apart leaves both at 0.5.",
+    "classifier_weights": "Classifier weights w = (1 − C) / C ≈ p_reference / p_candidate of the "
+    "test-fold showers (log x), the reference's as a dark step line and the candidate's as a coloured "
+    "one, one panel per candidate and classifier with the candidate's share of weights outside the "
+    "grey band [0.5, 2] in the title; a candidate the classifier cannot tell from the reference keeps "
+    "its weights near 1, a pile-up at small w marks showers the reference does not make.",
     "jet_mass": "Relative jet mass m / pT_jet (dimensionless), as the fraction of jets per bin; "
     + _HIST_BANDS
     + ".",

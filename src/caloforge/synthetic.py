@@ -24,11 +24,12 @@ import numpy as np
 
 __all__ = ["KINDS", "write_synthetic"]
 
-Kind = Literal["points", "voxels", "images", "jets"]
+Kind = Literal["points", "voxels", "voxels-ds3", "images", "jets"]
 #: The kinds of file :func:`write_synthetic` makes, and the detector of each.
 KINDS: dict[str, str | None] = {
     "points": "ild-ecal",
     "voxels": "calochallenge-ds2",
+    "voxels-ds3": "calochallenge-ds3",
     "images": "ild-ecal-30",
     "jets": None,
 }
@@ -64,7 +65,8 @@ def _cells(
 
 def write_synthetic(path: str | Path, kind: Kind, n: int, seed: int = 0, n_particles: int = 30) -> None:
     """Write ``n`` synthetic showers (or jets) of ``kind`` to ``path``: ``points`` (ILD ECAL
-    photons, 10–90 GeV), ``voxels`` (CaloChallenge dataset-2 electrons, 1–1000 GeV), ``images``
+    photons, 10–90 GeV), ``voxels`` / ``voxels-ds3`` (CaloChallenge dataset-2 / dataset-3
+    electrons, 1–1000 GeV), ``images``
     (``ild-ecal-30`` photons, 10–90 GeV) or ``jets`` (top jets of ``n_particles``), in blocks."""
     from caloforge.detector import get_detector
     from caloforge.io import PointShowers, VoxelShowers, write_showers
@@ -76,10 +78,12 @@ def write_synthetic(path: str | Path, kind: Kind, n: int, seed: int = 0, n_parti
         write_jets(path, _jets(n, n_particles, rng), generator="synthetic")
         return
     det = get_detector(KINDS[kind])  # type: ignore[arg-type]
-    if kind == "voxels":
+    if kind in ("voxels", "voxels-ds3"):
         energy = np.exp(rng.uniform(np.log(1.0), np.log(1000.0), n))
-        rings = np.broadcast_to(np.arange(9.0), (16, 9))
-        voxels = _blocks(energy, lambda e: _cells(e, (45, 16, 9), rings, rng, det.threshold_mev))
+        ro = det.readout
+        grid = (det.n_layers, ro.n_alpha, ro.n_radial)  # type: ignore[union-attr]
+        rings = np.broadcast_to(np.arange(grid[2]) * 9.0 / grid[2], grid[1:])
+        voxels = _blocks(energy, lambda e: _cells(e, grid, rings, rng, det.threshold_mev))
         data: object = VoxelShowers(energy, voxels)
         attrs = {"energy_min_gev": 1.0, "energy_max_gev": 1000.0}
     elif kind == "images":

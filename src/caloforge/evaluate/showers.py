@@ -741,6 +741,7 @@ def evaluate_showers(
             "notes": notes,
         }
         classifier_results = {}
+        weight_fits: dict[str, dict[str, ClassifierResult]] = {}
         for i, cand in enumerate(cands):
             if progress is not None:
                 progress("metrics", i, len(cands))
@@ -786,6 +787,7 @@ def evaluate_showers(
             entry["classifier_weights"] = {
                 key: _weights(fit, cand.observables) for key, fit in fits.items() if len(fit.index_b)
             }
+            weight_fits[cand.label] = {k: f for k, f in fits.items() if len(f.scores_b)}
             held = _heldout(cand, heldout_figures, det.name)
             if held is not None:  # the held-out figures are caloforge's: not beside another protocol's
                 mine = result["metric_protocols"]
@@ -799,7 +801,7 @@ def evaluate_showers(
 
         figures: dict[str, str] = {}
         if config.plots:
-            figures = _write_plots(out, det, ref, cands, classifier_results, progress)
+            figures = _write_plots(out, det, ref, cands, classifier_results, weight_fits, progress)
         result["figures"] = figures
         result["figure_captions"] = _figure_captions(figures, det)
         write_reports(out, result, shower_report(result))
@@ -866,6 +868,7 @@ def _write_plots(
     ref: _Sample,
     cands: Sequence[_Sample],
     classifier_results: dict[str, Any],
+    weight_fits: dict[str, dict[str, ClassifierResult]],
     progress: Progress | None,
 ) -> dict[str, str]:
     from caloforge import plots
@@ -886,6 +889,10 @@ def _write_plots(
     if classifier_results:
         figs["classifier_scores"] = plots.plot_classifier_scores(
             classifier_results, reference_label=ref.label
+        )
+    if any(weight_fits.values()):
+        figs["classifier_weights"] = plots.plot_classifier_weights(
+            {k: v for k, v in weight_fits.items() if v}, reference_label=ref.label
         )
     written = {}
     for i, (name, fig) in enumerate(figs.items()):
