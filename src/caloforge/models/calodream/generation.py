@@ -184,7 +184,10 @@ class CaloDreamGenerator:
         self.detector = model.detector
         self.conditions = model_conditions(model)
         self.complete = model.complete and (model.energy_model is None or model.energy_model.complete)
-        self.label = "calodream-lavit" if model.latent else "calodream"
+        # the readout beside the variant where it is not dataset 2's: calodream-lavit-ds3
+        readout = model.detector.name.removeprefix("calochallenge-")
+        base = "calodream-lavit" if model.latent else "calodream"
+        self.label = base if readout == "ds2" else f"{base}-{readout}"
 
     def plan(self, request: GenerationRequest) -> Plan:
         """The shape solver resolved (:func:`resolve_solver`); float32 on the request's device."""
