@@ -103,6 +103,23 @@ def test_classifier_score_histograms():
     assert {"Geant4", "CM"} <= _legend_texts(fig)
 
 
+def test_per_layer_figures(samples):
+    reference, candidates = samples
+    fig = plots.plot_layer_radial_profile(reference, candidates)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[0] == "layers 0–4" and titles[-1] == "layers 25–29" and len(titles) == 6
+    fig = plots.plot_layer_occupancy(reference, candidates)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles[:2] == ["ring 0: 0–5.09 mm", "ring 1: 5.09–10.2 mm"] and len(titles) == 4
+    assert fig.axes[1].get_xlabel() == "layer" and "hit cells per shower" in fig.axes[0].get_ylabel()
+
+
+def test_per_layer_observables_add_up(samples):
+    reference, _ = samples
+    np.testing.assert_allclose(reference.layer_ring_energy.sum(2), reference.e_layer, rtol=1e-4)
+    np.testing.assert_array_equal(reference.layer_ring_hits.sum(2), reference.hits_layer)
+
+
 def test_classifier_weight_histograms():
     rng = np.random.default_rng(0)
     res = ClassifierResult(0.6, 0.01, rng.uniform(0.3, 0.6, 500), rng.uniform(0.45, 0.99, 500))
@@ -130,6 +147,8 @@ SHOWER_FIGURES = (
     "cog",
     "longitudinal_profile",
     "radial_profile",
+    "layer_radial_profile",
+    "layer_occupancy",
     "e_long",
     "e_radial",
     "single_energy",
@@ -222,8 +241,7 @@ def test_distribution_figures_split_into_numbered_figures(samples):
     reference, candidates = samples
     many = {f"model {i}": candidates["CM"] for i in range(5)}
     figs = plots.distribution_figures(reference, many, threshold_mev=ILD.threshold_mev)
-    names = ("n_hits", "energy_ratio", "cell_energy", "cog", "longitudinal_profile", "radial_profile")
-    names += ("e_long", "e_radial", "single_energy")
+    names = SHOWER_FIGURES
     assert set(figs) == {f"{name}_{k}" for name in names for k in (1, 2)}
     for name in names:
         shown = [set(_legend_texts(figs[f"{name}_{k}"])) - {"Geant4"} for k in (1, 2)]

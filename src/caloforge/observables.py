@@ -32,6 +32,7 @@ __all__ = [
     "compute_observables",
     "derive_edges",
     "feature_names",
+    "layer_ring_edges",
     "observables_from_file",
     "quantile_edges",
     "radial_profile_edges",
@@ -48,6 +49,27 @@ def radial_profile_edges(detector: Detector) -> np.ndarray:
         extent = max(detector.readout.half_extent_mm * np.sqrt(2), detector.radial_edges_mm[-1])
         return np.arange(0.0, extent + step, step)
     return np.asarray(detector.readout.radial_edges_mm, np.float64)
+
+
+#: Rings of the per-layer observables (``layer_ring_energy``, ``layer_ring_hits``): the first
+#: rings of :func:`radial_profile_edges`, the last one taking everything beyond.
+LAYER_RINGS = 16
+
+
+def layer_ring_edges(detector: Detector) -> np.ndarray:
+    """Ring edges (mm) of the per-layer observables: :func:`radial_profile_edges`, cut after
+    :data:`LAYER_RINGS` rings whose last then reaches to infinity (a voxel readout keeps its rings).
+
+    >>> from caloforge.detector import get_detector
+    >>> e = layer_ring_edges(get_detector("ild-ecal")); len(e) - 1, round(float(e[1]), 4), float(e[-1])
+    (16, 5.0883, inf)
+    >>> len(layer_ring_edges(get_detector("calochallenge-ds3"))) - 1
+    18
+    """
+    edges = radial_profile_edges(detector)
+    if isinstance(detector.readout, CellGrid) and len(edges) > LAYER_RINGS + 1:
+        return np.append(edges[:LAYER_RINGS], np.inf)
+    return edges
 
 
 @dataclass
@@ -67,6 +89,8 @@ class ShowerObservables:
     e_layer: np.ndarray  # (N, n_layers) longitudinal profile
     hits_layer: np.ndarray  # (N, n_layers) hits per layer
     radial_profile: np.ndarray  # (N, n_rings) energy per ring of radial_profile_edges()
+    layer_ring_energy: np.ndarray  # (N, n_layers, n) float32 energy per layer and ring of layer_ring_edges()
+    layer_ring_hits: np.ndarray  # (N, n_layers, n) float32 hits per layer and ring of layer_ring_edges()
     lost_mev: np.ndarray  # (N,) energy outside the readout
     cell_energy: np.ndarray  # (M,) MeV
     cell_offsets: np.ndarray  # (N + 1,)
@@ -174,6 +198,12 @@ def observables_from_hits(hits: Hits, energy: np.ndarray, detector: Detector) ->
     n_layers = detector.n_layers
     e_layer = np.bincount(s * n_layers + hits.layer, weights=e, minlength=n * n_layers)
     hits_layer = np.bincount(s * n_layers + hits.layer, minlength=n * n_layers)
+    rings = layer_ring_edges(detector)
+    per_layer = s * n_layers + hits.layer
+
+    def layer_rings(weights: np.ndarray) -> np.ndarray:
+        return _binned_sum(n * n_layers, per_layer, radius, rings, weights).reshape(n, n_layers, -1)
+
     return ShowerObservables(
         energy=np.asarray(energy, np.float64),
         n_hits=n_hits,
@@ -184,6 +214,8 @@ def observables_from_hits(hits: Hits, energy: np.ndarray, detector: Detector) ->
         e_layer=e_layer.reshape(n, n_layers),
         hits_layer=hits_layer.reshape(n, n_layers),
         radial_profile=_binned_sum(n, s, radius, radial_profile_edges(detector), e),
+        layer_ring_energy=layer_rings(e).astype(np.float32),
+        layer_ring_hits=layer_rings(np.ones_like(e)).astype(np.float32),
         lost_mev=np.asarray(hits.lost_mev, np.float64),
         cell_energy=e.astype(np.float32),
         cell_offsets=np.concatenate([[0], np.cumsum(n_hits)]),

@@ -55,6 +55,8 @@ __all__ = [
     "plot_e_long_grid",
     "plot_e_radial_grid",
     "plot_energy_ratio",
+    "plot_layer_occupancy",
+    "plot_layer_radial_profile",
     "plot_longitudinal_profile",
     "plot_n_hits",
     "plot_radial_profile",
@@ -643,6 +645,116 @@ def plot_radial_profile(
     return _grouped_figure(draw, candidates, (4.5, 4.2), colours)
 
 
+def _finite_edges(edges: np.ndarray) -> np.ndarray:
+    """Ring edges with an open last ring (``inf``) drawn one ring wider than the one before."""
+    edges = np.asarray(edges, np.float64).copy()
+    if len(edges) > 2 and not np.isfinite(edges[-1]):
+        edges[-1] = 2 * edges[-2] - edges[-3]
+    return edges
+
+
+#: Layer groups of :func:`plot_layer_radial_profile`; rings of :func:`plot_layer_occupancy`.
+LAYER_GROUPS, OCCUPANCY_RINGS = 6, 4
+
+
+def _layer_groups(n_layers: int, n_groups: int = LAYER_GROUPS) -> list[np.ndarray]:
+    """Consecutive layer groups of (almost) equal size."""
+    return [g for g in np.array_split(np.arange(n_layers), min(n_groups, n_layers)) if len(g)]
+
+
+@_styled
+def plot_layer_radial_profile(
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    edges_mm: Sequence[float] | None = None,
+    *,
+    colours: Mapping[str, str] | None = None,
+) -> Figure:
+    """Mean energy per ring around the shower axis (log y) in groups of consecutive layers, one
+    panel each: where the layer-summed radial profile hides a layer-dependent halo or core.
+
+    ``edges_mm`` are the rings of ``ShowerObservables.layer_ring_energy``
+    (:func:`caloforge.observables.layer_ring_edges`; default: those of ``ild-ecal``; an open
+    last ring is drawn one ring wide).
+    """
+    from caloforge.observables import layer_ring_edges
+
+    edges = _finite_edges(layer_ring_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm)
+    groups = _layer_groups(reference.layer_ring_energy.shape[1])
+    n_cols = 3
+    n_rows = -(-len(groups) // n_cols)
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        for k, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols)):
+            if k >= len(groups):
+                ax.set_visible(False)
+                rax.set_visible(False)
+                continue
+            layers = groups[k]
+            _draw_curves(
+                ax,
+                rax,
+                edges,
+                _profile(reference.layer_ring_energy[:, layers].sum(1)),
+                {name: _profile(v.layer_ring_energy[:, layers].sum(1)) for name, v in group.items()},
+                reference_label,
+                "radius [mm]",
+                "mean energy per ring [MeV]",
+                colours=cols,
+                logy=True,
+                legend=k == 0,
+            )
+            ax.set_title(f"layers {layers[0]}–{layers[-1]}", fontsize=9)
+
+    return _grouped_figure(draw, candidates, (4.2 * n_cols, 4.0 * n_rows), colours, side_by_side=False)
+
+
+@_styled
+def plot_layer_occupancy(
+    reference: ShowerObservables,
+    candidates: Mapping[str, ShowerObservables],
+    reference_label: str = "Geant4",
+    edges_mm: Sequence[float] | None = None,
+    *,
+    n_rings: int = OCCUPANCY_RINGS,
+    cell_noun: str = "cell",
+    colours: Mapping[str, str] | None = None,
+) -> Figure:
+    """Mean number of hit cells (voxels) per shower in each layer (x: layer index) for the
+    ``n_rings`` rings nearest the shower axis, one panel each (ring 0 of a cell grid is the axis
+    cell): the occupancy near the core, layer by layer."""
+    from caloforge.observables import layer_ring_edges
+
+    edges_r = _finite_edges(layer_ring_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm)
+    n_layers, total = reference.layer_ring_hits.shape[1:]
+    rings = list(range(min(n_rings, total)))
+    edges = np.arange(n_layers + 1) - 0.5
+
+    def draw(
+        panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
+    ) -> None:
+        for k, (ax, rax) in enumerate(_ratio_grid(panel, 1, len(rings))):
+            r = rings[k]
+            _draw_curves(
+                ax,
+                rax,
+                edges,
+                _profile(reference.layer_ring_hits[:, :, r]),
+                {name: _profile(v.layer_ring_hits[:, :, r]) for name, v in group.items()},
+                reference_label,
+                "layer",
+                f"hit {_plural(cell_noun)} per shower",
+                colours=cols,
+                legend=k == 0,
+            )
+            ax.set_title(f"ring {r}: {edges_r[r]:.3g}–{edges_r[r + 1]:.3g} mm", fontsize=9)
+
+    return _grouped_figure(draw, candidates, (4.2 * len(rings), 4.0), colours, side_by_side=False)
+
+
 def _observable_grid(
     reference: np.ndarray,
     candidates: Mapping[str, np.ndarray],
@@ -889,13 +1001,15 @@ def distribution_figures(
     profile_edges_mm: Sequence[float] | None = None,
     energies_gev: Sequence[float] = (10.0, 50.0, 90.0),
     cell_noun: str = "cell",
+    layer_edges_mm: Sequence[float] | None = None,
 ) -> dict[str, Figure]:
     """Every SPEC 4 figure, keyed by a file-name stem (``n_hits``, ``cell_energy``, …).
 
     With more than :data:`MAX_CANDIDATES_PER_PANEL` candidates each figure is made once per
     group of :func:`split_candidates`, keyed ``n_hits_1``, ``n_hits_2``, …, every candidate
     keeping its colour throughout. ``cell_noun`` names the readout channel in the labels
-    ("voxel" for a voxel readout). :func:`figure_caption` describes each key.
+    ("voxel" for a voxel readout). ``layer_edges_mm``: the rings of the per-layer figures
+    (:func:`caloforge.observables.layer_ring_edges`). :func:`figure_caption` describes each key.
     """
     colours = candidate_colours(list(candidates))
     makers: dict[str, Callable[[Mapping[str, ShowerObservables]], Figure]] = {
@@ -910,6 +1024,12 @@ def distribution_figures(
         ),
         "radial_profile": lambda c: plot_radial_profile(
             reference, c, reference_label, edges_mm=profile_edges_mm, colours=colours
+        ),
+        "layer_radial_profile": lambda c: plot_layer_radial_profile(
+            reference, c, reference_label, edges_mm=layer_edges_mm, colours=colours
+        ),
+        "layer_occupancy": lambda c: plot_layer_occupancy(
+            reference, c, reference_label, edges_mm=layer_edges_mm, cell_noun=cell_noun, colours=colours
         ),
         "e_long": lambda c: plot_e_long_grid(reference, c, reference_label, long_edges, colours=colours),
         "e_radial": lambda c: plot_e_radial_grid(
@@ -949,6 +1069,12 @@ _CAPTIONS: dict[str, str] = {
     "averaged over showers; " + _PROFILE_BANDS + ".",
     "radial_profile": "Mean energy per ring around the shower axis [MeV] (log y) against the ring's "
     "radius [mm], averaged over showers; " + _PROFILE_BANDS + ".",
+    "layer_radial_profile": "Mean energy per ring around the shower axis [MeV] (log y) against the "
+    "ring's radius [mm] in groups of consecutive layers, one panel per group (the layer range in its "
+    "title; the outermost ring takes everything beyond), averaged over showers; " + _PROFILE_BANDS + ".",
+    "layer_occupancy": "Mean number of hit {cells} per shower in each layer against the layer index, "
+    "for the rings nearest the shower axis, one panel per ring (its radii in the title; ring 0 holds "
+    "the {cells} on the axis); " + _PROFILE_BANDS + ".",
     "e_long": "Energy in each group of layers, E_long,i [MeV] (the layer range in each x label), one "
     "panel per group, as the fraction of showers per bin; " + _HIST_BANDS + ".",
     "e_radial": "Energy in each ring around the shower axis, E_radial,i [MeV], one panel per ring, as "

@@ -43,6 +43,7 @@ from caloforge.kinds import Kind, fallback_kind, file_kind, get_kind, kind_of_fi
 from caloforge.observables import (
     ShowerObservables,
     compute_observables,
+    layer_ring_edges,
     observables_from_file,
     radial_profile_edges,
 )
@@ -885,6 +886,7 @@ def _write_plots(
         radial_edges_mm=det.radial_edges_mm,
         profile_edges_mm=radial_profile_edges(det),
         cell_noun=_cell_noun(det),
+        layer_edges_mm=layer_ring_edges(det),
     )
     if classifier_results:
         figs["classifier_scores"] = plots.plot_classifier_scores(
