@@ -37,14 +37,21 @@ def test_ds2_reference_sample():
     assert 0.028 < ratio.mean() < 0.033
 
 
-@pytest.mark.parametrize(("name", "latent"), [("calodream", False), ("calodream-lavit", True)])
-def test_shipped_calodream_models_generate(name, latent, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "latent", "detector"),
+    [
+        ("calodream", False, "calochallenge-ds2"),
+        ("calodream-lavit", True, "calochallenge-ds2"),
+        ("calodream-ds3", True, "calochallenge-ds3"),
+    ],
+)
+def test_shipped_calodream_models_generate(name, latent, detector, tmp_path):
     from caloforge.generation import generate_file, resolve_model
     from caloforge.models.calodream import load_model
 
     model = load_model(resolve_model(name))
     assert model.part == "shape" and model.latent == latent and model.complete
-    assert model.energy_model is not None and model.detector.name == "calochallenge-ds2"
+    assert model.energy_model is not None and model.detector.name == detector
     out = generate_file(name, np.array([2.0, 20.0, 80.0]), tmp_path / "g.h5", seed=1)
     with open_showers(out.path) as f:
         v = f.read()

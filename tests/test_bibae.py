@@ -162,7 +162,19 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, image_
         assert f.detector.name == "ild-ecal-30"
     np.testing.assert_array_equal(read_showers(out).voxels, read_showers(again).voxels)
     run_cli(
-        monkeypatch, "evaluate", image_file, out, "--out", report, "--splits", 2, "--epochs", 2, "--draws", 2
+        monkeypatch,
+        "evaluate",
+        image_file,
+        out,
+        "--out",
+        report,
+        "--splits",
+        2,
+        "--epochs",
+        2,
+        "--draws",
+        2,
+        "--no-plots",
     )
     (candidate,) = json.loads((report / "metrics.json").read_text())["candidates"]
     assert candidate["generator"] == "bibae"

@@ -235,7 +235,19 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, voxel_
     with open_showers(out) as f:
         assert f.kind == "voxels" and f.generator == "caloinn" and len(f) == 80
     run_cli(
-        monkeypatch, "evaluate", voxel_file, out, "--out", report, "--splits", 2, "--epochs", 2, "--draws", 2
+        monkeypatch,
+        "evaluate",
+        voxel_file,
+        out,
+        "--out",
+        report,
+        "--splits",
+        2,
+        "--epochs",
+        2,
+        "--draws",
+        2,
+        "--no-plots",
     )
     (candidate,) = json.loads((report / "metrics.json").read_text())["candidates"]
     assert candidate["generator"] == "caloinn" and "high_level_auc" in json.dumps(candidate)

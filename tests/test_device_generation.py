@@ -38,6 +38,7 @@ CASES: dict[str, dict[str, Any]] = {
     "l2lflows": {},
     "calodream": {},  # with its hit-energy calibration
     "calodream-lavit": {},  # the VAE's decoder
+    "calodream-ds3": {},  # the laViT's decoded hits through the hit-energy calibration
     "calodream-bns": {},  # a bespoke solver (its coefficients follow the device)
     "epic-gan": {},
     "epic-fm": {},

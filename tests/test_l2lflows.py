@@ -189,7 +189,19 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, image_
     layers = showers.voxels.reshape(20, 30, -1).sum(-1)
     assert np.isfinite(layers).all() and (layers >= 0).all() and (layers.sum(-1) > 0).all()
     run_cli(
-        monkeypatch, "evaluate", image_file, out, "--out", report, "--splits", 2, "--epochs", 2, "--draws", 2
+        monkeypatch,
+        "evaluate",
+        image_file,
+        out,
+        "--out",
+        report,
+        "--splits",
+        2,
+        "--epochs",
+        2,
+        "--draws",
+        2,
+        "--no-plots",
     )
     assert (report / "metrics.json").exists()
 

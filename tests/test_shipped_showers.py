@@ -27,6 +27,7 @@ MODELS = (
     "caloclouds1",
     "calodream",
     "calodream-lavit",
+    "calodream-ds3",
 )
 ENERGIES = [12.0, 35.0, 60.0, 88.0]
 SEED = 7

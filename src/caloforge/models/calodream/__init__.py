@@ -148,7 +148,11 @@ FAMILY = Family.of_package(
             "Train the VAE whose latent space the laViT shape network works in.",
         ),
     ),
-    shipped={"calodream": "calodream_ds2_cpu.pt", "calodream-lavit": "calodream_lavit_ds2_cpu.pt"},
+    shipped={
+        "calodream": "calodream_ds2_cpu.pt",
+        "calodream-lavit": "calodream_lavit_ds2_cpu.pt",
+        "calodream-ds3": "calodream_lavit_ds3_cpu.pt",
+    },
     bench_models=(("CaloDREAM ViT", "calodream"), ("CaloDREAM laViT", "calodream-lavit")),
 )
 
