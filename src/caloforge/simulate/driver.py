@@ -349,12 +349,9 @@ def _fast_attrs(config: SimulationConfig, det: Detector) -> dict[str, Any]:
     return spec.attrs(fast.label, trigger)
 
 
-def _check_resumable(
-    path: Path, config: SimulationConfig, det: Detector, extra: dict[str, Any], readout: Detector
-) -> int:
-    """Showers in ``path`` (an output of this job, on ``readout``) after checking it was made
-    with the same settings."""
-    det = readout
+def _check_resumable(path: Path, config: SimulationConfig, det: Detector, extra: dict[str, Any]) -> int:
+    """Showers in ``path`` (an output of this job, on the readout ``det``) after checking it was
+    made with the same settings."""
     with open_showers(path) as f:
         attrs = f.attrs
         n = len(f)
@@ -449,7 +446,10 @@ def simulate(
     voxels = voxel_outputs(voxel_out, det)
     paths = [Path(out)] + [p for p, _ in voxels]
     readouts = [det] + [ro for _, ro in voxels]
-    check_outputs({"--out": paths[0]} | {f"--voxel-out {p}": p for p, _ in voxels})
+    check_outputs(
+        {"--out": paths[0]}
+        | {"--voxel-out" + (f" #{i + 1}" if i else ""): p for i, p in enumerate(paths[1:])}
+    )
     check_engine(engine, scheduler)  # the names and the scheduler, before the pieces are made
     from caloforge.simulate.geant4 import check_physics_data
 
@@ -497,7 +497,7 @@ def _run(
     paths = [p for p, _ in outputs]
     readouts = [ro for _, ro in outputs[1:]]
     if resume:
-        existing = [_check_resumable(p, config, det, extra, ro) if p.exists() else 0 for p, ro in outputs]
+        existing = [_check_resumable(p, config, ro, extra) if p.exists() else 0 for p, ro in outputs]
         if len(set(existing)) != 1:
             counts = ", ".join(f"'{p}' has {k}" for p, k in zip(paths, existing, strict=True))
             raise ShowerFileError(f"cannot resume: the outputs differ ({counts} showers); remove one")
