@@ -56,26 +56,28 @@ class LayerVAE(nn.Module):
         c, h = channels, max(channels // 4, 1)  # full resolution gets a quarter: it dominates the cost
         # Without full_resolution the 3 x 3 x 3 convolutions over the voxel grid (most of the cost
         # on dataset 3's 40,500 voxels) give way to the patch convolution alone.
-        full_in = [nn.Conv3d(1, h, 3, padding=1), nn.SiLU()] if full_resolution else []
-        full_out = [nn.Conv3d(h, h, 3, padding=1), nn.SiLU()] if full_resolution else []
-        self.encoder = nn.Sequential(
-            *full_in,
+        # (layers made in the order they run: the same initialisation for the same seed as before
+        # the option existed)
+        encoder: list[nn.Module] = [nn.Conv3d(1, h, 3, padding=1), nn.SiLU()] if full_resolution else []
+        encoder += [
             nn.Conv3d(h if full_resolution else 1, c, stride, stride=stride),
             nn.SiLU(),
             nn.Conv3d(c, c, 3, padding=1),
             nn.SiLU(),
             nn.Conv3d(c, 2 * latent_channels, 1),
-        )
-        self.decoder = nn.Sequential(
+        ]
+        self.encoder = nn.Sequential(*encoder)
+        decoder: list[nn.Module] = [
             nn.Conv3d(latent_channels, c, 3, padding=1),
             nn.SiLU(),
             nn.Conv3d(c, c, 3, padding=1),
             nn.SiLU(),
             nn.ConvTranspose3d(c, h, stride, stride=stride),
             nn.SiLU(),
-            *full_out,
-            nn.Conv3d(h, 1, 1),
-        )
+        ]
+        if full_resolution:
+            decoder += [nn.Conv3d(h, h, 3, padding=1), nn.SiLU()]
+        self.decoder = nn.Sequential(*decoder, nn.Conv3d(h, 1, 1))
 
     def encode(self, fractions: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and log-variance of the latent for fractions ``(n, 1, L, A, R)``."""
