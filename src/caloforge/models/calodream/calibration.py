@@ -22,9 +22,8 @@ from caloforge.models.calodream.model import (
 )
 from caloforge.models.calodream.variables import (
     hit_log_fractions,
-    hit_values_of_voxels,
     layer_energies_from_u,
-    voxels_from_fractions,
+    log_energy_features,
 )
 from caloforge.models.checkpoint import checkpoint_file, save_checkpoint
 from caloforge.models.nn.quantile_map import QuantileMap
@@ -69,8 +68,9 @@ def fit_calibration(
         )
     assert data.frac is not None
     threshold, n = model.detector.threshold_mev, len(data.energy)
-    g4 = hit_values_of_voxels(voxels_from_fractions(data.frac, data.e_layer, threshold), threshold)
-    target = hit_log_fractions(g4, data.e_layer, threshold, model.grid)
+    # Geant4's own voxel energies (fraction × layer energy, not rescaled), empty ones under the cut
+    g4_voxels = (data.frac.reshape(n, data.e_layer.shape[1], -1) * data.e_layer.unsqueeze(-1)).reshape(n, -1)
+    target = hit_log_fractions(log_energy_features(g4_voxels, threshold), data.e_layer, threshold, model.grid)
     on = model.standard.mean.device if device is None else torch.device(device)
     place(model, on)  # the energy network beside the shape network
     gen = torch.Generator().manual_seed(seed)

@@ -16,7 +16,6 @@ from caloforge.models.calodream.variables import (
     _expit,
     _logit,
     calibrated_voxels,
-    hit_values_of_voxels,
     log_energy_features,
     voxels_from_fractions,
     voxels_from_log_energy,
@@ -212,13 +211,13 @@ class CaloDream(nn.Module):
     def hit_values(self, x: Tensor, e_layer: Tensor) -> Tensor:
         """``log(E / threshold)`` of the hits of network variables ``x`` ``(n, n_voxels)``, empty
         voxels below :data:`EMPTY_CUT` — what the hit-energy calibration maps. A fraction model
-        (the laViT, the logit-fraction ViT) is decoded first (:func:`voxels_from_fractions`)."""
+        (the laViT, the logit-fraction ViT) is decoded first (:func:`voxels_from_fractions`) and
+        its voxels put in :func:`log_energy_features`' form."""
         if self.log_energy:
             return self.standard.inverse(x).reshape(len(x), -1)
-        return hit_values_of_voxels(
-            voxels_from_fractions(self.fractions_from_features(x), e_layer, self.detector.threshold_mev),
-            self.detector.threshold_mev,
-        )
+        threshold = self.detector.threshold_mev
+        voxels = voxels_from_fractions(self.fractions_from_features(x), e_layer, threshold)
+        return log_energy_features(voxels, threshold)
 
     def n_parameters(self) -> dict[str, int]:
         """Trainable parameters of this part's network, ``{"<part>_network": n}``."""

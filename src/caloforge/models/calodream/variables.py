@@ -113,17 +113,6 @@ def voxels_from_fractions(frac: Tensor, e_layer: Tensor, threshold: float) -> Te
     return torch.where(v >= threshold, v, 0.0).reshape(n, -1)
 
 
-def hit_values_of_voxels(voxels: Tensor, threshold: float) -> Tensor:
-    """``log(E / threshold)`` of thresholded voxel energies ``(n, n_voxels)``, empty voxels at
-    ``EMPTY_CUT - 1``: the hits as :func:`log_energy_features` has them, without its random slab.
-
-    >>> [round(v, 4) for v in hit_values_of_voxels(torch.tensor([[0.0, 1.0, 4.0]]), 1.0)[0].tolist()]
-    [-2.0, 0.0, 1.3863]
-    """
-    hit = voxels >= threshold
-    return torch.where(hit, torch.log(voxels.clamp_min(threshold) / threshold), EMPTY_CUT - 1.0)
-
-
 def hit_log_fractions(y: Tensor, e_layer: Tensor, threshold: float, grid: tuple[int, int, int]) -> Tensor:
     """``log(E / E_layer)`` of the hits in :func:`log_energy_features` values ``y`` ``(n, n_voxels)``
     (NaN for empty voxels), grouped by layer and radial ring: ``(n, layers · rings, angles)``.
