@@ -189,8 +189,11 @@ def _grouped_figure(
     return fig
 
 
-def _ratio_grid(fig: Figure | SubFigure, n_rows: int, n_cols: int) -> list[tuple[Axes, Axes]]:
-    """``n_rows × n_cols`` (main, ratio) axis pairs, the ratio panel below and sharing x."""
+def _ratio_grid(
+    fig: Figure | SubFigure, n_rows: int, n_cols: int, n_used: int | None = None
+) -> list[tuple[Axes, Axes]]:
+    """``n_rows × n_cols`` (main, ratio) axis pairs, the ratio panel below and sharing x; with
+    ``n_used`` only the first ``n_used`` pairs are returned and the rest of the grid is hidden."""
     grid = fig.add_gridspec(2 * n_rows, n_cols, height_ratios=[3, 1] * n_rows, hspace=0.0)
     pairs = []
     for r in range(n_rows):
@@ -199,7 +202,11 @@ def _ratio_grid(fig: Figure | SubFigure, n_rows: int, n_cols: int) -> list[tuple
             rax = fig.add_subplot(grid[2 * r + 1, c], sharex=ax)
             ax.tick_params(which="both", labelbottom=False)
             pairs.append((ax, rax))
-    return pairs
+    n_used = len(pairs) if n_used is None else n_used
+    for ax, rax in pairs[n_used:]:
+        ax.set_visible(False)
+        rax.set_visible(False)
+    return pairs[:n_used]
 
 
 def _band(
@@ -645,9 +652,12 @@ def plot_radial_profile(
     return _grouped_figure(draw, candidates, (4.5, 4.2), colours)
 
 
-def _finite_edges(edges: np.ndarray) -> np.ndarray:
-    """Ring edges with an open last ring (``inf``) drawn one ring wider than the one before."""
-    edges = np.asarray(edges, np.float64).copy()
+def _layer_edges(edges_mm: Sequence[float] | None) -> np.ndarray:
+    """The rings of the per-layer figures (:func:`caloforge.observables.layer_ring_edges`; default:
+    those of ``ild-ecal``), an open last ring (``inf``) drawn one ring wider than the one before."""
+    from caloforge.observables import layer_ring_edges
+
+    edges = np.array(layer_ring_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm, np.float64)
     if len(edges) > 2 and not np.isfinite(edges[-1]):
         edges[-1] = 2 * edges[-2] - edges[-3]
     return edges
@@ -678,9 +688,7 @@ def plot_layer_radial_profile(
     (:func:`caloforge.observables.layer_ring_edges`; default: those of ``ild-ecal``; an open
     last ring is drawn one ring wide).
     """
-    from caloforge.observables import layer_ring_edges
-
-    edges = _finite_edges(layer_ring_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm)
+    edges = _layer_edges(edges_mm)
     groups = _layer_groups(reference.layer_ring_energy.shape[1])
     n_cols = 3
     n_rows = -(-len(groups) // n_cols)
@@ -688,11 +696,7 @@ def plot_layer_radial_profile(
     def draw(
         panel: Figure | SubFigure, group: Mapping[str, ShowerObservables], cols: Mapping[str, str]
     ) -> None:
-        for k, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols)):
-            if k >= len(groups):
-                ax.set_visible(False)
-                rax.set_visible(False)
-                continue
+        for k, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols, len(groups))):
             layers = groups[k]
             _draw_curves(
                 ax,
@@ -726,9 +730,7 @@ def plot_layer_occupancy(
     """Mean number of hit cells (voxels) per shower in each layer (x: layer index) for the
     ``n_rings`` rings nearest the shower axis, one panel each (ring 0 of a cell grid is the axis
     cell): the occupancy near the core, layer by layer."""
-    from caloforge.observables import layer_ring_edges
-
-    edges_r = _finite_edges(layer_ring_edges(get_detector("ild-ecal")) if edges_mm is None else edges_mm)
+    edges_r = _layer_edges(edges_mm)
     n_layers, total = reference.layer_ring_hits.shape[1:]
     rings = list(range(min(n_rings, total)))
     edges = np.arange(n_layers + 1) - 0.5
@@ -768,11 +770,7 @@ def _observable_grid(
     edges = [shared_edges([reference[:, i], *(v[:, i] for v in candidates.values())]) for i in range(n)]
 
     def draw(panel: Figure | SubFigure, group: Mapping[str, np.ndarray], cols: Mapping[str, str]) -> None:
-        for i, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols)):
-            if i >= n:
-                ax.set_visible(False)
-                rax.set_visible(False)
-                continue
+        for i, (ax, rax) in enumerate(_ratio_grid(panel, n_rows, n_cols, n)):
             _draw_histogram(
                 ax,
                 rax,
