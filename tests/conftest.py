@@ -23,6 +23,11 @@ def _torch_threads_restored():
         torch.set_num_threads(threads)
 
 
+#: ``caloforge evaluate`` options for a family's command-line test: the smallest classifier and W1
+#: runs, no figures (those are tested in test_evaluate and test_end_to_end).
+QUICK_EVALUATE = ("--splits", 2, "--epochs", 2, "--draws", 2, "--no-plots")
+
+
 def run_cli(monkeypatch, *args: object, code: int = 0) -> None:
     """Run ``caloforge ARGS`` in-process and assert its exit code (0 by default)."""
     monkeypatch.setattr(sys, "argv", ["caloforge", *map(str, args)])

@@ -13,7 +13,7 @@ from caloforge.models.bibae import BIBAE, BIBAEConfig, PostProcessor, load_model
 from caloforge.models.bibae.model import Critic, Decoder, Encoder, mmd
 from caloforge.models.protocol import GenerationError, GenerationRequest
 from caloforge.models.registry import load_generator
-from conftest import cli_run, run_cli, toy_images, toy_voxels
+from conftest import QUICK_EVALUATE, cli_run, run_cli, toy_images, toy_voxels
 
 torch.set_num_threads(1)
 DET = get_detector("ild-ecal-30")
@@ -161,21 +161,7 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, image_
         assert f.kind == "voxels" and f.generator == "bibae" and len(f) == 20
         assert f.detector.name == "ild-ecal-30"
     np.testing.assert_array_equal(read_showers(out).voxels, read_showers(again).voxels)
-    run_cli(
-        monkeypatch,
-        "evaluate",
-        image_file,
-        out,
-        "--out",
-        report,
-        "--splits",
-        2,
-        "--epochs",
-        2,
-        "--draws",
-        2,
-        "--no-plots",
-    )
+    run_cli(monkeypatch, "evaluate", image_file, out, "--out", report, *QUICK_EVALUATE)
     (candidate,) = json.loads((report / "metrics.json").read_text())["candidates"]
     assert candidate["generator"] == "bibae"
     capsys.readouterr()

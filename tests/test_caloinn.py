@@ -16,7 +16,7 @@ from caloforge.models.caloinn import voxels_from_layer_features as decode
 from caloforge.models.nn.coupling import CouplingFlow, paired_masks
 from caloforge.models.protocol import CheckpointError, GenerationError, GenerationRequest
 from caloforge.models.registry import load_generator
-from conftest import cli_run, run_cli, toy_voxels
+from conftest import QUICK_EVALUATE, cli_run, run_cli, toy_voxels
 
 torch.set_num_threads(1)
 DET = get_detector("calochallenge-ds2")
@@ -234,21 +234,7 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, voxel_
     run_cli(monkeypatch, "generate", "--model", run, *source, "--out", out)
     with open_showers(out) as f:
         assert f.kind == "voxels" and f.generator == "caloinn" and len(f) == 80
-    run_cli(
-        monkeypatch,
-        "evaluate",
-        voxel_file,
-        out,
-        "--out",
-        report,
-        "--splits",
-        2,
-        "--epochs",
-        2,
-        "--draws",
-        2,
-        "--no-plots",
-    )
+    run_cli(monkeypatch, "evaluate", voxel_file, out, "--out", report, *QUICK_EVALUATE)
     (candidate,) = json.loads((report / "metrics.json").read_text())["candidates"]
     assert candidate["generator"] == "caloinn" and "high_level_auc" in json.dumps(candidate)
     capsys.readouterr()

@@ -20,7 +20,7 @@ from caloforge.models.l2lflows.variables import (
 )
 from caloforge.models.protocol import GenerationError, GenerationRequest
 from caloforge.models.registry import load_generator
-from conftest import cli_run, random_points, run_cli, toy_images
+from conftest import QUICK_EVALUATE, cli_run, random_points, run_cli, toy_images
 
 torch.set_num_threads(1)
 DET = get_detector("ild-ecal-30")
@@ -188,21 +188,7 @@ def test_train_generate_evaluate_on_the_command_line(monkeypatch, capsys, image_
     np.testing.assert_array_equal(showers.voxels, read_showers(again).voxels)
     layers = showers.voxels.reshape(20, 30, -1).sum(-1)
     assert np.isfinite(layers).all() and (layers >= 0).all() and (layers.sum(-1) > 0).all()
-    run_cli(
-        monkeypatch,
-        "evaluate",
-        image_file,
-        out,
-        "--out",
-        report,
-        "--splits",
-        2,
-        "--epochs",
-        2,
-        "--draws",
-        2,
-        "--no-plots",
-    )
+    run_cli(monkeypatch, "evaluate", image_file, out, "--out", report, *QUICK_EVALUATE)
     assert (report / "metrics.json").exists()
 
 
