@@ -102,6 +102,20 @@ def test_shipped_epic_models_generate_top_jets(name, tmp_path):
     assert 0.10 < mass < 0.20  # Pythia: 0.146
 
 
+@pytest.mark.parametrize(
+    ("name", "jet_type", "low", "high"), [("epic-fm-g30", "g", 0.05, 0.11), ("epic-fm-q30", "q", 0.04, 0.09)]
+)
+def test_shipped_epic_models_for_gluon_and_quark_jets(name, jet_type, low, high, tmp_path):
+    from caloforge.generation import generate_file, model_conditions
+    from caloforge.jets.io import read_jets
+    from caloforge.jets.observables import jet_kinematics
+
+    generate_file(name, model_conditions(name, 64, seed=1), tmp_path / "j.h5", seed=1)
+    jets = read_jets(tmp_path / "j.h5")
+    assert jets.jet_type == jet_type and jets.n_particles == 30
+    assert low < np.median(jet_kinematics(jets.particles)["mass"]) < high  # Pythia: g 0.081, q 0.064
+
+
 @pytest.mark.parametrize("name", ["bibae", "l2lflows"])
 def test_shipped_image_models_generate(name, tmp_path):
     from caloforge.generation import generate_file

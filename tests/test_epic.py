@@ -70,6 +70,19 @@ def test_variants_and_presets():
         EPiCConfig.for_variant("fm", sampler="ddim")
     for variant in ("gan", "fm", "jedi"):
         assert family_for_format(f"caloforge-epic-{variant}").name == "epic"
+    with pytest.raises(ValueError, match="time_power"):
+        EPiCConfig.for_variant("fm", time_power=0.0)
+
+
+@pytest.mark.parametrize(("power", "mean"), [(1.0, 0.5), (2.0, 2 / 3), (4.0, 0.8)])
+def test_fm_training_times_follow_time_power(power, mean):
+    from caloforge.models.epic.model import EPiCJetModel
+
+    config = EPiCConfig.for_variant("fm", "smoke", n_particles=4, time_power=power)
+    model = EPiCJetModel(config, "t", np.ones((2, 4), np.float32))
+    x, mask = torch.zeros(20000, 4, 3), torch.ones(20000, 4, dtype=torch.bool)
+    t, _ = model.loss_draws(x, mask, torch.Generator().manual_seed(0))
+    assert 0 <= t.min() and t.max() <= 1 and abs(t.mean().item() - mean) < 0.01  # E[u^(1/p)] = p/(p+1)
 
 
 @pytest.mark.parametrize("variant", ["gan", "fm", "jedi"])
@@ -259,3 +272,76 @@ def test_the_checkpoint_serves_the_averaged_weights(runs):
     assert served.keys() == ema.keys()
     assert all(torch.equal(served[k], ema[k]) for k in ema)
     assert not all(torch.equal(served[k], live[k]) for k in live)  # EMA lags the live weights
+
+
+def test_drawn_conditions_come_from_the_condition_flow(runs, jet_file):
+    gen = load_generator(runs["fm"])
+    assert gen.model.condition_flow is not None and "flow" in gen.describe()["drawn conditions"]
+    flow = model_conditions(runs["fm"], 300, seed=1)
+    again = model_conditions(runs["fm"], 300, seed=1)
+    assert all(np.array_equal(flow[k], again[k]) for k in flow)  # reproducible from the seed
+    table = gen.model.condition_table.numpy().astype(np.float64)
+    n = flow["num_particles"]
+    assert (n == np.round(n)).all() and n.min() >= 1 and n.max() <= 12
+    for col, name in enumerate(("pt", "eta", "mass")):  # within the training jets' range ...
+        assert table[:, col].min() <= flow[name].min() and flow[name].max() <= table[:, col].max()
+    assert not np.isin(flow["pt"], table[:, 0]).all()  # ... but new values, not stored rows
+    rows = model_conditions(runs["fm"], 300, seed=1, options={"conditions": "table"})
+    assert np.isin(rows["pt"], table[:, 0].astype(np.float32).astype(np.float64)).all()
+    assert gen.plan(GenerationRequest(options={"conditions": "table"})).sampler.name == "midpoint"
+    from caloforge.api import generate
+
+    jets = generate(runs["fm"], n=20, seed=1, conditions="table")  # the option reaches the draw
+    np.testing.assert_array_equal(jets.jet[:, 0], rows["pt"][:20].astype(np.float32))
+    with pytest.raises(GenerationError, match="drop one of them"):
+        model_conditions(runs["fm"], 10, 0, jet_file, options={"conditions": "table"})
+    with pytest.raises(GenerationError, match="conditions=flow or conditions=table"):
+        gen.plan(GenerationRequest(options={"conditions": "file"}))
+
+
+def test_models_without_a_condition_flow_draw_stored_rows(jet_file, tmp_path):
+    config = EPiCConfig.for_variant("gan", "smoke", n_particles=12, steps=2, condition_flow=False)
+    train(config, jet_file, tmp_path / "run")
+    gen = load_generator(tmp_path / "run")
+    assert gen.model.condition_flow is None
+    drawn = model_conditions(gen, 50, seed=3)
+    assert np.isin(drawn["pt"], gen.model.condition_table.numpy()[:, 0]).all()
+    with pytest.raises(GenerationError, match="trained without a condition flow"):
+        model_conditions(gen, 5, seed=3, options={"conditions": "flow"})
+
+
+def test_the_condition_flow_learns_the_jet_features():
+    """Trained alone on two kinds of jets, the flow's draws follow their features: the share of
+    each multiplicity and the mean and spread of log pT and log mass."""
+    from caloforge.models.epic.conditions import ConditionFlow
+
+    rng = np.random.default_rng(0)
+    heavy = rng.random(4000) < 0.3
+    jet = np.stack(
+        [
+            rng.lognormal(np.log(1000), 0.05, 4000),
+            rng.uniform(-2, 2, 4000),
+            np.where(heavy, rng.normal(175, 10, 4000), rng.lognormal(np.log(60), 0.4, 4000)),
+            np.where(heavy, 30, rng.integers(10, 31, 4000)),
+        ],
+        axis=1,
+    )
+    jets = torch.tensor(jet, dtype=torch.float32)
+    torch.manual_seed(0)
+    flow = ConditionFlow(n_particles=30, transforms=2, hidden=32)
+    flow.fit_standardisation(jets)
+    opt = torch.optim.Adam(flow.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(400):
+        idx = torch.randint(0, 4000, (256,), generator=gen)
+        loss = flow.nll(jets[idx], torch.rand(256, generator=gen))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    drawn = flow.sample(20000, torch.Generator().manual_seed(2), jets).numpy()
+    n_share = [(drawn[:, 3] == 30).mean(), (jet[:, 3] == 30).mean()]
+    assert abs(n_share[0] - n_share[1]) < 0.05, n_share
+    for col in (0, 2):
+        a, b = np.log(drawn[:, col]), np.log(jet[:, col])
+        assert abs(a.mean() - b.mean()) < 0.1 * b.std(), col
+        assert abs(a.std() / b.std() - 1) < 0.15, col

@@ -65,6 +65,8 @@ def test_registry_finds_families_by_format_and_imports_no_network_code():
         "epic-gan",
         "epic-fm",
         "epic-jedi",
+        "epic-fm-g30",
+        "epic-fm-q30",
     ],
 )
 def test_shipped_models_load_through_the_registry(name):

@@ -31,7 +31,8 @@ def generate(
 
     ``energies``: the incident energies in GeV, one shower each (shower models), or a mapping
     of every condition the model takes; without it, ``n`` conditions drawn with ``seed`` (a jet
-    model's from its training jets; a shower model's energies uniform in 10-90 GeV).
+    model's from its condition flow or its stored training jets, as the option ``conditions``
+    says; a shower model's energies uniform in 10-90 GeV).
     ``options``: the family's generation options (``caloforge info MODEL`` lists them);
     ``device``: ``cpu``, ``cuda:N`` or ``auto`` (:func:`caloforge.devices.resolve_device`).
     """
@@ -41,8 +42,10 @@ def generate(
     from caloforge.models.registry import get_family, load_generator
 
     generator = load_generator(model)
-    conditions = _as_conditions(run_conditions(generator, n, seed) if energies is None else energies)
     given = get_family(generator.family).check_options("generate", options)
+    conditions = _as_conditions(
+        run_conditions(generator, n, seed, options=given) if energies is None else energies
+    )
     request = GenerationRequest(sampler, steps, device=generation_device(generator, device), options=given)
     batches = list(generate_batches(generator, conditions, generator.plan(request), seed, batch_size))
     if not batches:

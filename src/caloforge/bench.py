@@ -358,11 +358,15 @@ def _model_generator(
         family.require("gpu")
     plan = generator.plan(GenerationRequest(spec.sampler, spec.n_steps, spec.precision, device=device))
 
+    drawn: dict[int, dict[str, np.ndarray]] = {}
+
     def conditions(energies: np.ndarray) -> dict[str, np.ndarray]:
-        if hasattr(generator, "sample_conditions"):  # jets: as many, drawn from the training jets
+        if hasattr(generator, "sample_conditions"):  # jets: as many, drawn as the model draws them
             from caloforge.generation import drawn_conditions
 
-            return drawn_conditions(generator, len(energies), 0)
+            if len(energies) not in drawn:  # once per count: the repeats time the jets, not the draw
+                drawn[len(energies)] = drawn_conditions(generator, len(energies), 0)
+            return drawn[len(energies)]
         return {"energy": energies}
 
     facts = (

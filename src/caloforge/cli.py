@@ -840,6 +840,7 @@ def generate(
     check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
     generator = load_generator(model)  # loaded once: generation takes the same one
     on = generation_device(generator, device, workers > 1 or engine != "local")
+    options = _generation_options(option or [])
     energies = run_conditions(
         generator,
         n,
@@ -848,6 +849,7 @@ def generate(
         energy_log=energy_log,
         energies_file=energies_file,
         conditions_file=conditions_file,
+        options=options,
     )
     total = len(next(iter(energies.values()))) if isinstance(energies, dict) else len(energies)
     with progress_bar() as bar:
@@ -869,7 +871,7 @@ def generate(
             engine=engine,
             scheduler=scheduler,
             resume=resume,
-            options=_generation_options(option or []),
+            options=options,
             device=on,
         )
     kind = get_kind(generator.output)

@@ -339,20 +339,27 @@ def model_conditions(
     n: int | None,
     seed: int,
     conditions_file: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """The conditions of a run of ``model`` (a model as :func:`load_generator` takes it, or a
     loaded generator) whose generator draws its own (:meth:`sample_conditions`: jet models):
-    ``n`` (default 100) drawn with ``seed``, or those of the first ``n`` entries of
-    ``conditions_file`` (a jet file: its jet features), keeping the ones the model takes."""
+    ``n`` (default 100) drawn with ``seed`` (``options``: the run's generation options, which
+    may say where from), or those of the first ``n`` entries of ``conditions_file`` (a jet
+    file: its jet features), keeping the ones the model takes."""
     generator = model if isinstance(model, ShowerGenerator) else load_generator(model)
     if conditions_file is not None:
+        if options and "conditions" in options:
+            raise GenerationError(
+                "--option conditions=… chooses where drawn conditions come from; with --conditions-file "
+                "none are drawn: drop one of them"
+            )
         kind = get_kind(generator.output)
         if kind.conditions_file is None:  # the kind's files hold no conditions (showers)
             raise GenerationError(
                 f"--conditions-file is for jet models; this model writes {generator.output}"
             )
         return kind.part("conditions_file")(conditions_file, generator.conditions, n)
-    return drawn_conditions(generator, 100 if n is None else n, seed)
+    return drawn_conditions(generator, 100 if n is None else n, seed, options)
 
 
 def run_conditions(
@@ -364,9 +371,11 @@ def run_conditions(
     energy_log: str | None = None,
     energies_file: str | Path | None = None,
     conditions_file: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> np.ndarray | dict[str, np.ndarray]:
-    """The conditions of a ``caloforge generate`` run of ``generator``: a jet model's drawn from
-    its training jets or read from ``conditions_file`` (:func:`model_conditions`); a shower
+    """The conditions of a ``caloforge generate`` run of ``generator``: a jet model's drawn as it
+    draws them (``options``: the run's generation options) or read from ``conditions_file``
+    (:func:`model_conditions`); a shower
     model's incident energies from ``energies_file`` (its first ``n`` showers, default all) or
     ``n`` (default 100) drawn with ``seed`` from ``--energy`` / ``--energy-log``."""
     from caloforge.io import ShowerFileError, open_showers
@@ -377,7 +386,7 @@ def run_conditions(
     if hasattr(generator, "sample_conditions"):
         if energies_file is not None or energy is not None or energy_log is not None:
             raise ValueError("jet models take no incident energies: give --conditions-file (jet file) or -n")
-        return model_conditions(generator, n, seed, conditions_file)
+        return model_conditions(generator, n, seed, conditions_file, options)
     if conditions_file is not None:
         raise ValueError("--conditions-file is for jet models; shower models take --energies-file, --energy")
     if energies_file is None:
@@ -396,13 +405,15 @@ def run_conditions(
     return energies[:n]
 
 
-def drawn_conditions(generator: ShowerGenerator, n: int, seed: int) -> dict[str, np.ndarray]:
+def drawn_conditions(
+    generator: ShowerGenerator, n: int, seed: int, options: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
     """``n`` conditions the generator draws from its training distribution
-    (``sample_conditions``), only those it takes."""
+    (``sample_conditions``; ``options``: the run's generation options), only those it takes."""
     sample = getattr(generator, "sample_conditions", None)
     if sample is None:
         raise GenerationError(f"{generator.label} models take incident energies (--energy, --energies-file)")
-    drawn = sample(n, seed)
+    drawn = sample(n, seed, options) if options else sample(n, seed)
     return {c.name: np.asarray(drawn[c.name], np.float64) for c in generator.conditions}
 
 

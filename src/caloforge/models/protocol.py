@@ -234,9 +234,9 @@ class ShowerGenerator(Protocol):
         ...
 
     # Optional: a generator whose conditions a user does not set from an energy spectrum
-    # (jets: pT, mass, multiplicity) has ``sample_conditions(n, seed) -> dict[str, ndarray]``,
-    # ``n`` conditions drawn from its training distribution (what ``caloforge generate`` uses
-    # without a conditions file).
+    # (jets: pT, mass, multiplicity) has ``sample_conditions(n, seed, options) -> dict[str,
+    # ndarray]``, ``n`` conditions drawn from its training distribution (what ``caloforge
+    # generate`` uses without a conditions file; ``options``: the run's generation options).
 
 
 def batch_seed(seed: int, index: int) -> int:

@@ -24,6 +24,19 @@ _EPIC_OPTIONS = (
     Option(
         "conditional", bool, "Condition on jet pT, mass and multiplicity (default: FM, JeDi yes; GAN no)."
     ),
+    Option(
+        "condition_flow",
+        bool,
+        "Train a flow over the jet features (pT, eta, mass, multiplicity) that generation draws "
+        "conditions from (default yes; without it, stored training-jet rows).",
+    ),
+    Option(
+        "time_power",
+        float,
+        "EPiC-FM: training times t = u^(1/time_power), u uniform (1, the default: uniform; above 1: "
+        "more steps near the data).",
+        min=0.1,
+    ),
     steps_option(),
     batch_size_option(),
     Option("max_jets", int, "Train on the first N jets only.", min=20, target="train"),
@@ -66,6 +79,12 @@ FAMILY = Family.of_package(
     capabilities=Capabilities(gpu=True),
     generate_options=(
         Option("clip", float, "EPiC-JeDi: clip the denoised particles at this many standard deviations."),
+        Option(
+            "conditions",
+            str,
+            "Where jet features are drawn from without --conditions-file: flow (the model's condition "
+            "flow, the default where it has one) or table (stored training-jet rows).",
+        ),
     ),
     trainings=(
         _epic_training("gan", "EPiC-GAN"),
@@ -76,6 +95,8 @@ FAMILY = Family.of_package(
         "epic-gan": "epic_gan_t30_cpu.pt",
         "epic-fm": "epic_fm_t30_cpu.pt",
         "epic-jedi": "epic_jedi_t30_cpu.pt",
+        "epic-fm-g30": "epic_fm_g30_cpu.pt",
+        "epic-fm-q30": "epic_fm_q30_cpu.pt",
     },
     bench_models=(("EPiC-GAN", "epic-gan"), ("EPiC-FM", "epic-fm"), ("EPiC-JeDi", "epic-jedi")),
 )

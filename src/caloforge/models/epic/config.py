@@ -17,7 +17,8 @@ SAMPLERS = {"gan": ("direct",), "fm": FIXED_STEP_METHODS, "jedi": ("ddim",)}
 
 _POSITIVE = (
     "n_particles", "steps", "batch_size", "log_every", "dim_local", "dim_global", "hidden", "n_layers",
-    "disc_layers", "latent_local", "latent_global", "time_dim", "sample_steps",
+    "disc_layers", "latent_local", "latent_global", "time_dim", "sample_steps", "flow_transforms",
+    "flow_hidden",
 )  # fmt: skip
 
 
@@ -34,7 +35,11 @@ class EPiCConfig(LoopConfig):
     """
 
     KIND: ClassVar[str] = "EPiC"
-    LEGACY: ClassVar[dict[str, Any]] = {"time_max_frequency": 1000.0, "jedi_clip": 6.0}
+    LEGACY: ClassVar[dict[str, Any]] = {
+        "time_max_frequency": 1000.0,
+        "jedi_clip": 6.0,
+        "condition_flow": False,
+    }
 
     variant: str = "fm"
     conditional: bool = True  # on jet pT, mass and multiplicity (else multiplicity only)
@@ -55,10 +60,20 @@ class EPiCConfig(LoopConfig):
     latent_global: int = 10  # GAN: noise dimensions per jet
     time_dim: int = 16  # FM / JeDi: sinusoidal time features ...
     time_max_frequency: float = 20.0  # ... of frequencies 1 to this (cycles per unit time)
+    # the jet features a run draws without a conditions file: a neural spline flow over
+    # (log pT, eta, log mass, multiplicity) trained beside the network (conditions.py), or,
+    # without it, rows of the stored training-jet table
+    condition_flow: bool = True
+    flow_transforms: int = 3
+    flow_hidden: int = 64
     # sampling
     sampler: str = "midpoint"
     sample_steps: int = 20
     sigma_min: float = 1e-4  # FM
+    # FM: training times t = u ** (1 / time_power), u uniform: 1 is uniform, above 1 puts more
+    # of the steps near the data (t = 1), where the particles' fine positions are learned (the
+    # validation loss uses the same times: compare it only between runs of one time_power)
+    time_power: float = 1.0
     # JeDi: VP cosine schedule, loss weight (1 - jedi_alpha * beta(t) / sigma(t)^2), floored at 0;
     # DDIM clips its clean-particle estimate at jedi_clip standard deviations (3: chosen on the
     # validation jets, docs/jets.md)
@@ -69,9 +84,13 @@ class EPiCConfig(LoopConfig):
         self.check(
             choices={"variant": VARIANTS},
             at_least_one=_POSITIVE,
-            above_zero=("lr", "lr_disc", "time_max_frequency", "jedi_clip"),
+            above_zero=("lr", "lr_disc", "time_max_frequency", "jedi_clip", "time_power"),
             fractions={"ema_decay": (0, 1), "val_fraction": (0, 0.5)},
         )
+        if self.time_power != 1.0 and self.variant != "fm":
+            raise ValueError(
+                f"EPiC config: time_power is for the fm variant; leave it at 1 for {self.variant}"
+            )
         if self.sampler not in SAMPLERS[self.variant]:
             raise ValueError(
                 f"EPiC config: sampler {self.sampler!r} is not one of the {self.variant} variant's "

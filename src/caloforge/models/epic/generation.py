@@ -3,6 +3,7 @@ whose output kind is ``jets``."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,9 +63,10 @@ class EPiCGenerator:
 
     Conditions: ``pt`` (GeV), ``eta``, ``num_particles`` and, for conditional models, ``mass``
     (GeV); an unconditional model only records ``pt`` and ``eta`` in the file (its relative
-    particles do not depend on them). :meth:`sample_conditions` draws them from the training
-    jets' table stored in the checkpoint (what ``caloforge generate`` uses without a
-    conditions file). It generates on the request's device (the CPU or a CUDA device).
+    particles do not depend on them). :meth:`sample_conditions` draws them from the model's
+    condition flow, or from the training jets' table stored in the checkpoint (what
+    ``caloforge generate`` uses without a conditions file; ``--option conditions=table``).
+    It generates on the request's device (the CPU or a CUDA device).
     """
 
     family = "epic"
@@ -91,14 +93,38 @@ class EPiCGenerator:
         )
         self.complete = model.complete
 
-    def sample_conditions(self, n: int, seed: int) -> dict[str, np.ndarray]:
-        """``n`` rows of the training jets' (pt, eta, mass, num_particles), drawn with ``seed``."""
-        table = self.model.condition_table.cpu().numpy().astype(np.float64)
-        rows = table[np.random.default_rng([seed % 2**63, 7]).integers(0, len(table), n)]
+    def sample_conditions(
+        self, n: int, seed: int, options: Mapping[str, Any] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``n`` jet features (pt, eta, mass, num_particles) drawn with ``seed``: from the
+        model's condition flow, or rows of the training jets' table (``options``
+        ``conditions=table``, and models trained without a flow)."""
+        source = self.condition_source(options or {})
+        table = self.model.condition_table.cpu()
+        if source == "flow":  # on the host, wherever the model is: the same rows for a seed
+            assert self.model.condition_flow is not None
+            flow = copy.deepcopy(self.model.condition_flow).cpu()
+            rows = flow.sample(n, torch.Generator().manual_seed(_flow_seed(seed)), table).numpy()
+        else:
+            table_np = table.numpy().astype(np.float64)
+            rows = table_np[np.random.default_rng([seed % 2**63, 7]).integers(0, len(table_np), n)]
         out = {"pt": rows[:, 0], "eta": rows[:, 1], "mass": rows[:, 2], "num_particles": rows[:, 3]}
         if not self.model.config.conditional:
             out.pop("mass")
         return out
+
+    def condition_source(self, options: Mapping[str, Any]) -> str:
+        """Where drawn jet features come from: ``flow`` (the default of a model trained with
+        one) or ``table`` (the stored training jets), as ``options["conditions"]`` asks."""
+        has_flow = self.model.condition_flow is not None
+        source = str(options.get("conditions", "flow" if has_flow else "table"))
+        if source not in ("flow", "table"):
+            raise GenerationError(f"conditions={source}: use conditions=flow or conditions=table")
+        if source == "flow" and not has_flow:
+            raise GenerationError(
+                "conditions=flow: this model was trained without a condition flow; use conditions=table"
+            )
+        return source
 
     def plan(self, request: GenerationRequest) -> Plan:
         """The model's sampler and steps unless asked otherwise; float32 on the request's device."""
@@ -118,11 +144,12 @@ class EPiCGenerator:
             raise GenerationError(
                 f"--precision {request.precision}: EPiC models run in float32 (auto or float32)"
             )
-        allowed = {"clip"} if cfg.variant == "jedi" else set()
+        allowed = {"clip", "conditions"} if cfg.variant == "jedi" else {"conditions"}
         unknown = sorted(set(request.options) - allowed)
         if unknown:
-            name, takes = _DESCRIPTIONS[cfg.variant], "clip" if allowed else "none"
+            name, takes = _DESCRIPTIONS[cfg.variant], ", ".join(sorted(allowed))
             raise GenerationError(f"unknown {name} generation option '{unknown[0]}' (it takes {takes})")
+        self.condition_source(request.options)  # checked here too; used where conditions are drawn
         attrs: dict[str, Any] = {"n_particles": cfg.n_particles, "variant": cfg.variant}
         options: dict[str, Any] = {"sampler": sampler, "steps": steps}
         if cfg.variant == "jedi":
@@ -164,8 +191,17 @@ class EPiCGenerator:
             f"hidden {c.hidden}",
             "particles": f"{c.n_particles} per jet ({self.model.jet_type} jets)",
             "conditioning": cond,
+            "drawn conditions": "a neural spline flow over (pT, eta, mass, multiplicity)"
+            if self.model.condition_flow is not None
+            else "rows of the stored training jets",
             "sampler": f"{c.sampler}, {c.sample_steps} steps" if c.variant != "gan" else "one pass",
         }
+
+
+def _flow_seed(seed: int) -> int:
+    """The seed of a run's condition-flow draw: a stream of its own (not a batch's)."""
+    state = np.random.SeedSequence([seed % 2**63, 7], spawn_key=(1,)).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
 
 
 def load_generator(path: Path, state: dict[str, Any]) -> EPiCGenerator:

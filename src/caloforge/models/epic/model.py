@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from caloforge.models._placement import rand, randn
+from caloforge.models.epic.conditions import ConditionFlow
 from caloforge.models.epic.config import EPiCConfig
 from caloforge.models.nn.epic import EPiCLayer, masked_pool
 from caloforge.odesolvers import evaluations_per_step, solve_fixed
@@ -127,8 +128,10 @@ class EPiCDiscriminator(nn.Module):
 
 class EPiCJetModel(nn.Module):
     """One trained EPiC model: its network (and, for the GAN while training, the critic),
-    the standardisation of particles and conditions, and a table of training-jet features
-    (``pt, eta, mass, num_particles``) that unconditioned runs draw their conditions from."""
+    the standardisation of particles and conditions, a table of training-jet features
+    (``pt, eta, mass, num_particles``) and, with ``config.condition_flow``, the
+    :class:`~caloforge.models.epic.conditions.ConditionFlow` that runs without a conditions file
+    draw their jet features from (else from the table)."""
 
     def __init__(self, config: EPiCConfig, jet_type: str, condition_table: np.ndarray) -> None:
         super().__init__()
@@ -145,6 +148,9 @@ class EPiCJetModel(nn.Module):
         self.register_buffer("cond_std", torch.ones(3))
         table = np.asarray(condition_table, np.float32).reshape(-1, 4)
         self.register_buffer("condition_table", torch.from_numpy(table.copy()))
+        self.condition_flow: ConditionFlow | None = None
+        if cfg.condition_flow:
+            self.condition_flow = ConditionFlow(cfg.n_particles, cfg.flow_transforms, cfg.flow_hidden)
 
     # -- preprocessing ---------------------------------------------------------------------
     @staticmethod
@@ -215,6 +221,8 @@ class EPiCJetModel(nn.Module):
         t = rand((len(x),), gen, x.device)
         if cfg.variant == "jedi":
             t = t * 0.998 + 1e-3
+        elif cfg.time_power != 1.0:
+            t = t ** (1.0 / cfg.time_power)
         return t, randn(x.shape, gen, x.device)
 
     def fm_loss(
@@ -317,6 +325,8 @@ class EPiCJetModel(nn.Module):
     def n_parameters(self) -> dict[str, int]:
         """Trainable parameters per network."""
         out = {"network": sum(p.numel() for p in self.net.parameters())}
+        if self.condition_flow is not None:
+            out["condition flow"] = sum(p.numel() for p in self.condition_flow.parameters())
         if self.disc is not None:
             out["critic"] = sum(p.numel() for p in self.disc.parameters())
         return out

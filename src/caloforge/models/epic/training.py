@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from caloforge.jets.io import JET_TYPES, Jets, read_jets
 from caloforge.models._distributed import shard
+from caloforge.models._placement import rand
 from caloforge.models._training import (
     OnDevice,
     RunOptions,
@@ -48,6 +49,7 @@ __all__ = ["CONDITION_TABLE_ROWS", "load_jets", "train"]
 #: Training jets whose features the checkpoint keeps for drawing conditions (about 160 kB).
 CONDITION_TABLE_ROWS = 10_000
 _MIN_JETS = 20
+_FLOW_LR = 1e-3  # the condition flow's Adam, cosine to 1 % over the run
 
 
 def load_jets(path: str | Path, n_particles: int, max_jets: int | None = None) -> Jets:
@@ -90,6 +92,15 @@ class _Trainer(OnDevice):
         rows = self.train_idx[:CONDITION_TABLE_ROWS].numpy()
         self.model = seeded(config.seed, lambda: EPiCJetModel(config, jets.jet_type, jets.jet[np.sort(rows)]))
         self.model.fit_standardisation(self.particles[self.train_idx], self.jet[self.train_idx])
+        flow = self.model.condition_flow
+        self.opt_flow: torch.optim.Optimizer | None = None
+        if flow is not None:  # its own optimiser and noise: the network's run is the same without it
+            flow.fit_standardisation(self.jet[self.train_idx])
+            self.opt_flow = torch.optim.Adam(flow.parameters(), lr=_FLOW_LR)
+            self.sched_flow = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.opt_flow, T_max=config.steps, eta_min=_FLOW_LR / 100
+            )
+            self.flow_gen = torch.Generator().manual_seed(config.seed + 3)
         self.n_jets = n
         self.gen = torch.Generator().manual_seed(config.seed)
         net = self.model.net
@@ -133,8 +144,9 @@ class _Trainer(OnDevice):
         mine = shard(len(x))
         x, mask, cond = x[mine], mask[mine], cond[mine]
         draws = (draws[0][mine], draws[1][mine])
+        flow_log = self._flow_step(pick, mine)
         if cfg.variant == "gan":
-            return self._gan_step(x, mask, cond, draws)
+            return self._gan_step(x, mask, cond, draws) + flow_log
         with self.place.autocast():
             if cfg.variant == "fm":  # a mean over the real particles
                 term = Term("loss", model.fm_loss(x, mask, cond, draws=draws).float(), units=mask.sum())
@@ -149,10 +161,24 @@ class _Trainer(OnDevice):
             value = None
         if self.step + 1 < cfg.steps:  # OneCycleLR refuses a step past its total
             self.sched.step()
-        out: list[tuple[str, float | None]] = [("loss", value)]
+        out: list[tuple[str, float | None]] = [("loss", value), *flow_log]
         if len(self.val_idx) and (self.step + 1) % max(cfg.steps // 10, 1) == 0:
             out.append(("val", self.validation_loss()))
         return out
+
+    def _flow_step(self, pick: Tensor, mine: Any) -> list[tuple[str, float | None]]:
+        """One update of the condition flow on the batch's jet features (none without a flow)."""
+        flow = self.model.condition_flow
+        if flow is None or self.opt_flow is None:
+            return []
+        u = rand((len(pick),), self.flow_gen)[mine]
+        jets = self.place.put(self.jet[pick][mine])
+        loss, logged = combine_terms([Term("flow", flow.nll(jets, self.place.put(u)))], len(jets))
+        value: float | None = logged[0][1]
+        if not optimizer_step(loss, flow, self.opt_flow, self.config.grad_clip):
+            value = None  # a skipped flow update: logged as such, the network's step stands
+        self.sched_flow.step()
+        return [("flow", value)]
 
     def _gan_step(
         self, x: Tensor, mask: Tensor, cond: Tensor, draws: tuple[Tensor, Tensor]
@@ -209,6 +235,12 @@ class _Trainer(OnDevice):
             train["sched"] = self.sched.state_dict()
         if self.opt_d is not None and self.model.disc is not None:
             train |= {"disc": self.model.disc.state_dict(), "opt_disc": self.opt_d.state_dict()}
+        if self.opt_flow is not None:
+            train |= {
+                "opt_flow": self.opt_flow.state_dict(),
+                "sched_flow": self.sched_flow.state_dict(),
+                "flow_gen": self.flow_gen.get_state(),
+            }
         return inference | {"train": train}
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
@@ -232,6 +264,10 @@ class _Trainer(OnDevice):
         if self.opt_d is not None and self.model.disc is not None:
             self.model.disc.load_state_dict(tr["disc"])
             self.opt_d.load_state_dict(tr["opt_disc"])
+        if self.opt_flow is not None:
+            self.opt_flow.load_state_dict(tr["opt_flow"])
+            self.sched_flow.load_state_dict(tr["sched_flow"])
+            self.flow_gen.set_state(tr["flow_gen"])
         self.gen.set_state(tr["gen"])
         self.step, self.skipped, self.elapsed_s = int(tr["step"]), int(tr["skipped"]), float(tr["elapsed_s"])
 
