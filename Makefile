@@ -55,7 +55,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 test-all: setup
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m "slow or not slow" --timeout 7200
 
 lint: setup
 	$(BIN)/ruff check src tests

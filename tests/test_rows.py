@@ -161,6 +161,7 @@ def test_two_processes_write_one_scratch_file(tmp_path):
     """The ranks of a data-parallel run load the same file at once: one writes the scratch
     rows, the other waits for it and reuses them."""
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
 
     import distributed_tasks as tasks
 
@@ -168,8 +169,12 @@ def test_two_processes_write_one_scratch_file(tmp_path):
     source.write_bytes(b"x")
     markers = tmp_path / "markers"
     markers.mkdir()
-    with mp.get_context("spawn").Pool(2) as pool:
-        paths = pool.starmap(tasks.write_rows, [(source, tmp_path / "cache", markers)] * 2)
+    # An executor, not multiprocessing.Pool: a worker that dies, or a result that cannot be read
+    # back, fails the test (BrokenProcessPool) instead of waiting for ever; the timeout bounds a
+    # real deadlock of the lock.
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(tasks.write_rows, source, tmp_path / "cache", markers) for _ in range(2)]
+        paths = [f.result(timeout=300) for f in futures]
     assert paths[0] == paths[1] != "wrong"
     assert len(list(markers.iterdir())) == 1  # one pass over the data wrote it
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".partial"] == []
