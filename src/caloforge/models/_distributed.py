@@ -229,6 +229,8 @@ def distributed(device: str | torch.device | None = None) -> Iterator[World]:
     joined = from_environment(device)
     try:
         yield world()
+        if joined:  # every rank done with its collectives before any leaves: a rank that tears
+            dist.barrier()  # the group down under a peer's last message aborts it (gloo)
     finally:
         if joined:
             dist.destroy_process_group()
