@@ -23,6 +23,17 @@ def _torch_threads_restored():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True)
+def _machine_seen_idle(request, monkeypatch):
+    """Commands run in-process choose their threads as on an idle machine: a CI machine that
+    something else keeps busy for a moment would otherwise add a "threads: …" line to their
+    stderr. Tests marked ``machine_load`` measure the real load."""
+    if request.node.get_closest_marker("machine_load") is None:
+        from caloforge import hardware
+
+        monkeypatch.setattr(hardware, "busy_cpus", lambda window_s=0.1: 0.0)
+
+
 #: ``caloforge evaluate`` options for a family's command-line test: the smallest classifier and W1
 #: runs, no figures (those are tested in test_evaluate and test_end_to_end).
 QUICK_EVALUATE = ("--splits", 2, "--epochs", 2, "--draws", 2, "--no-plots")

@@ -127,6 +127,7 @@ def test_quick_bench_full_chain_rows(tmp_path):
     assert "Geant4 + default fast sim" in to_markdown(result)
 
 
+@pytest.mark.machine_load
 def test_loaded_machine_rows_compare_the_default_threads_with_one(models):
     """One busy process beside the model: rows with the default threads (chosen as generate
     chooses them), 1 thread and all cores, not compared with Geant4, and the sentence that
@@ -160,6 +161,7 @@ def test_default_threads_leave_busy_cpus_alone(monkeypatch):
     assert hardware.default_threads(0.0) == (3, "OMP_NUM_THREADS")
 
 
+@pytest.mark.machine_load
 def test_busy_cpus_sees_a_busy_process():
     from caloforge.bench import busy_process
     from caloforge.hardware import busy_cpus

@@ -295,6 +295,7 @@ def test_drawn_conditions_come_from_the_condition_flow(runs, jet_file):
     np.testing.assert_array_equal(jets.jet[:, 0], rows["pt"][:20].astype(np.float32))
     with pytest.raises(GenerationError, match="drop one of them"):
         model_conditions(runs["fm"], 10, 0, jet_file, options={"conditions": "table"})
+    assert len(model_conditions(runs["fm"], 10, 0, jet_file, options={"clip": 3.0})["pt"]) == 10  # not a draw
     with pytest.raises(GenerationError, match="conditions=flow or conditions=table"):
         gen.plan(GenerationRequest(options={"conditions": "file"}))
 

@@ -348,9 +348,10 @@ def model_conditions(
     file: its jet features), keeping the ones the model takes."""
     generator = model if isinstance(model, ShowerGenerator) else load_generator(model)
     if conditions_file is not None:
-        if options and "conditions" in options:
+        drawing = [o.name for o in get_family(generator.family).generate_options if o.draws_conditions]
+        if chosen := [name for name in drawing if name in (options or {})]:
             raise GenerationError(
-                "--option conditions=… chooses where drawn conditions come from; with --conditions-file "
+                f"--option {chosen[0]}=… chooses how conditions are drawn; with --conditions-file "
                 "none are drawn: drop one of them"
             )
         kind = get_kind(generator.output)

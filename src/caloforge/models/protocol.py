@@ -345,6 +345,8 @@ class Option:
     when it is named otherwise) or ``"train"`` (a keyword of the family's train function).
     ``parse`` names a text parser (``"widths"``: ``4,64,64,4`` → a tuple of ints); ``min`` is
     the smallest number accepted. ``None`` (the default) means "the preset's / the function's".
+    ``draws_conditions`` marks a generate option that chooses how a model draws its own
+    conditions: meaningless, and refused, beside conditions read from a file.
 
     >>> Option("steps", int, "Training steps.", min=1).flag
     '--steps'
@@ -358,6 +360,7 @@ class Option:
     target: Literal["config", "train"] = "config"
     field: str | None = None
     parse: str | None = None
+    draws_conditions: bool = False
 
     @property
     def flag(self) -> str:

@@ -84,6 +84,7 @@ FAMILY = Family.of_package(
             str,
             "Where jet features are drawn from without --conditions-file: flow (the model's condition "
             "flow, the default where it has one) or table (stored training-jet rows).",
+            draws_conditions=True,
         ),
     ),
     trainings=(
