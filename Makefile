@@ -30,6 +30,8 @@ $(VENV)/.installed: pyproject.toml
 REFERENCE := src/caloforge/assets/ild_reference.h5
 DS2_REFERENCE := src/caloforge/assets/ds2_reference.h5
 JETS_REFERENCE := src/caloforge/assets/jets_t30_reference.h5
+JETS_G_REFERENCE := src/caloforge/assets/jets_g30_reference.h5
+JETS_Q_REFERENCE := src/caloforge/assets/jets_q30_reference.h5
 demo: setup
 	mkdir -p out
 	$(BIN)/caloforge info $(REFERENCE)
@@ -49,6 +51,10 @@ demo: setup
 	$(BIN)/caloforge generate --model epic-fm -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_fm.h5
 	$(BIN)/caloforge generate --model epic-jedi -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_jedi.h5
 	$(BIN)/caloforge evaluate $(JETS_REFERENCE) out/demo_epic_gan.h5 out/demo_epic_fm.h5 out/demo_epic_jedi.h5 --out out/demo_jets --overwrite
+	$(BIN)/caloforge generate --model epic-fm-g30 -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_fm_g30.h5
+	$(BIN)/caloforge evaluate $(JETS_G_REFERENCE) out/demo_epic_fm_g30.h5 --out out/demo_jets_g --overwrite
+	$(BIN)/caloforge generate --model epic-fm-q30 -n 1000 --seed 7 --workers 2 --overwrite --out out/demo_epic_fm_q30.h5
+	$(BIN)/caloforge evaluate $(JETS_Q_REFERENCE) out/demo_epic_fm_q30.h5 --out out/demo_jets_q --overwrite
 
 test: setup
 	$(BIN)/ruff check src tests

@@ -76,16 +76,20 @@ def test_shipped_caloinn_model_generates(tmp_path):
     assert np.all((100 < hits) & (hits < 3000))  # Geant4: 811 per shower on average
 
 
-def test_jets_reference_sample():
+@pytest.mark.parametrize(
+    ("jet_type", "mass_gev", "relative_mass"),
+    [("t", (160, 200), (0.12, 0.17)), ("g", (125, 175), (0.065, 0.10)), ("q", (80, 120), (0.05, 0.08))],
+)
+def test_jets_reference_samples(jet_type, mass_gev, relative_mass):
     from caloforge.jets.io import read_jets
     from caloforge.jets.observables import jet_kinematics
 
-    jets = read_jets(asset_path("jets_t30_reference.h5"))
-    assert len(jets) == 2000 and jets.n_particles == 30 and jets.jet_type == "t"
+    jets = read_jets(asset_path(f"jets_{jet_type}30_reference.h5"))
+    assert len(jets) == 2000 and jets.n_particles == 30 and jets.jet_type == jet_type
     assert jets.attrs["generator"] == "pythia8+fastjet" and jets.attrs["seed"] == 32
     assert (jets.jet[:, 0] >= 800).all()
-    assert 160 < np.median(jets.jet[:, 2]) < 200  # top-quark jets
-    assert 0.12 < np.median(jet_kinematics(jets.particles)["mass"]) < 0.17
+    assert mass_gev[0] < np.median(jets.jet[:, 2]) < mass_gev[1]  # top quarks; gluons heavier than quarks
+    assert relative_mass[0] < np.median(jet_kinematics(jets.particles)["mass"]) < relative_mass[1]
 
 
 @pytest.mark.parametrize("name", ["epic-gan", "epic-fm", "epic-jedi"])
