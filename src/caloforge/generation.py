@@ -348,8 +348,12 @@ def model_conditions(
     file: its jet features), keeping the ones the model takes."""
     generator = model if isinstance(model, ShowerGenerator) else load_generator(model)
     if conditions_file is not None:
-        drawing = [o.name for o in get_family(generator.family).generate_options if o.draws_conditions]
-        if chosen := [name for name in drawing if name in (options or {})]:
+        options = options or {}
+        if chosen := [
+            o.name
+            for o in get_family(generator.family).generate_options
+            if o.draws_conditions and o.name in options
+        ]:
             raise GenerationError(
                 f"--option {chosen[0]}=… chooses how conditions are drawn; with --conditions-file "
                 "none are drawn: drop one of them"
