@@ -836,8 +836,8 @@ def generate(
     from caloforge.models.registry import load_generator
     from caloforge.safety import check_outputs
 
-    set_threads(threads)
     check_outputs({"--out": out}, {"--energies-file": energies_file, "--conditions-file": conditions_file})
+    set_threads(threads)  # after the refusals: a refused run prints its one line and nothing else
     generator = load_generator(model)  # loaded once: generation takes the same one
     on = generation_device(generator, device, workers > 1 or engine != "local")
     options = _generation_options(option or [])
